@@ -1,0 +1,26 @@
+//! The kinds kumo serves, as data, and everything about them that needs no I/O.
+//!
+//! The API server is generic: it serves whatever [`ResourceDef`]s the registry holds. This crate says what a
+//! kind is ([`resource`]), which kinds are built in ([`builtin`]), how a CustomResourceDefinition becomes served
+//! kinds ([`crd`]), how objects are validated, pruned and defaulted ([`validation`], [`schema`], [`typed`]),
+//! how patches apply ([`patch`], [`apply`]), how `kubectl get` columns are printed ([`table`]), and how errors
+//! are reported ([`status`]).
+//!
+//! Newcomers: start with [`resource::ResourceDef`] and [`builtin::builtin_resources`].
+
+pub mod apply;
+pub mod builtin;
+pub mod crd;
+pub mod jsonpath;
+pub mod meta;
+pub mod patch;
+pub mod resource;
+pub mod schema;
+pub mod selector;
+pub mod status;
+pub mod table;
+pub mod typed;
+pub mod validation;
+
+pub use resource::{GroupVersionResource, PrinterColumn, ResourceDef, ScaleSpec};
+pub use status::{ApiError, Cause};

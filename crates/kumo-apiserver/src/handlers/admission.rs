@@ -1,0 +1,210 @@
+//! What happens to an object on its way into the store: schema/type validation with `fieldValidation`,
+//! metadata checks, system-managed fields, and the few kind-specific rules (Namespace, Secret, CRD).
+
+use super::ApiServer;
+use kumo_api::patch::lists::{BuiltinLists, ListTypes, SchemaLists};
+use kumo_api::{meta, schema, typed, validation, ApiError, Cause, ResourceDef};
+use serde_json::{json, Value};
+
+/// `fieldValidation`: what to do with fields the kind does not have.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+impl FieldValidation {
+    pub fn parse(v: Option<&str>) -> Result<Self, ApiError> {
+        match v {
+            None | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(o) => {
+                Err(ApiError::bad_request(format!("fieldValidation must be one of Ignore, Warn, Strict (got {o:?})")))
+            }
+        }
+    }
+}
+
+const OBJECT_META_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+/// The list semantics of a kind, for strategic merge patch and server-side apply.
+pub fn list_types(def: &ResourceDef) -> Box<dyn ListTypes + Send + Sync + '_> {
+    match def.builtin {
+        Some(b) => Box::new(BuiltinLists(b)),
+        None => Box::new(SchemaLists(def.schema.as_ref())),
+    }
+}
+
+/// Validates `obj` for `def`, pruning unknown fields per `fv` (collecting warnings) and applying schema
+/// defaults. Fills in apiVersion/kind.
+pub fn validate(
+    def: &ResourceDef,
+    obj: &mut Value,
+    url_ns: Option<&str>,
+    fv: FieldValidation,
+    warnings: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    let name = meta::name(obj).to_string();
+    let tm = validation::validate_type_meta(def, obj);
+    if !tm.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{}: the object's apiVersion/kind do not match the endpoint ({} {})",
+            tm.iter().map(Cause::describe).collect::<Vec<_>>().join(", "),
+            def.api_version(),
+            def.kind
+        )));
+    }
+    obj["apiVersion"] = json!(def.api_version());
+    obj["kind"] = json!(def.kind);
+    let mut unknown: Vec<String> = obj
+        .get("metadata")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.keys().filter(|k| !OBJECT_META_FIELDS.contains(&k.as_str())).map(|k| format!("metadata.{k}")).collect()
+        })
+        .unwrap_or_default();
+    let mut causes = Vec::new();
+    if let Some(b) = def.builtin {
+        match typed::check(b, obj) {
+            Ok(u) => unknown.extend(u.into_iter().filter(|p| !p.starts_with("metadata."))),
+            Err(e) => {
+                return Err(ApiError::bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: {e}",
+                    def.kind, def.version, def.kind
+                )))
+            }
+        }
+    } else if let Some(s) = &def.schema {
+        let f = schema::process(obj, s);
+        unknown.extend(f.unknown);
+        causes.extend(f.causes);
+    }
+    unknown.sort();
+    unknown.dedup();
+    if !unknown.is_empty() {
+        match fv {
+            FieldValidation::Strict => {
+                return Err(ApiError::strict_decoding(unknown.iter().map(|u| Cause::unknown(u.clone())).collect()))
+            }
+            FieldValidation::Warn => warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
+            FieldValidation::Ignore => {}
+        }
+        typed::prune(obj, &unknown);
+    }
+    causes.extend(validation::validate_metadata(def, obj, url_ns));
+    if def.builtin == Some(kumo_api::resource::Builtin::CustomResourceDefinition) {
+        causes.extend(kumo_api::crd::validate(obj));
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(&def.group, &def.kind, &name, causes));
+    }
+    Ok(())
+}
+
+/// System fields of a brand-new object.
+pub fn stamp_new(obj: &mut Value) {
+    let md = meta::metadata_mut(obj);
+    md.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    md.insert("creationTimestamp".into(), json!(meta::now_rfc3339()));
+    md.insert("generation".into(), json!(1));
+    for k in ["deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion", "selfLink"] {
+        md.remove(k);
+    }
+}
+
+/// Kind-specific rules on create.
+pub fn on_create(_api: &ApiServer, def: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
+    match def.kind.as_str() {
+        "Namespace" if def.group.is_empty() => {
+            obj["spec"] = json!({"finalizers": ["kubernetes"]});
+            obj["status"] = json!({"phase": "Active"});
+        }
+        "CustomResourceDefinition" => {
+            obj["status"] = kumo_api::crd::established_status(obj, &meta::now_rfc3339());
+        }
+        _ => {}
+    }
+    common_rules(def, obj)
+}
+
+/// Kind-specific rules on every write.
+pub fn common_rules(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
+    if def.kind == "Secret" && def.group.is_empty() {
+        // stringData is write-only: fold it into data, base64-encoded, as Kubernetes does.
+        if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
+            use base64::Engine;
+            let data = obj.as_object_mut().expect("object").entry("data").or_insert_with(|| json!({}));
+            for (k, v) in sd {
+                let s = v.as_str().unwrap_or_default();
+                data[k] = json!(base64::engine::general_purpose::STANDARD.encode(s));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Everything but metadata and status is "spec" for generation purposes.
+pub fn spec_changed(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| -> Value {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            for k in ["metadata", "status", "apiVersion", "kind"] {
+                m.remove(k);
+            }
+        }
+        v
+    };
+    strip(old) != strip(new)
+}
+
+/// Are `a` and `b` the same object apart from resourceVersion and managedFields timestamps?
+pub fn same_object(a: &Value, b: &Value) -> bool {
+    let norm = |v: &Value| -> Value {
+        let mut v = v.clone();
+        if let Some(md) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            md.remove("resourceVersion");
+            if let Some(Value::Array(mf)) = md.get_mut("managedFields") {
+                for e in mf.iter_mut() {
+                    if let Some(m) = e.as_object_mut() {
+                        m.remove("time");
+                    }
+                }
+            }
+        }
+        v
+    };
+    norm(a) == norm(b)
+}
+
+/// Checks the target namespace exists and is not being deleted.
+pub async fn check_namespace(api: &ApiServer, def: &ResourceDef, ns: Option<&str>) -> Result<(), ApiError> {
+    let Some(ns) = ns.filter(|_| def.namespaced) else { return Ok(()) };
+    let ns_def = api.registry.get("", "v1", "namespaces").expect("built-in");
+    match api.objects.try_get(&ns_def, None, ns).await? {
+        None => Err(ApiError::not_found("", "namespaces", ns)),
+        Some(n) if meta::deletion_timestamp(&n).is_some() => Err(ApiError::forbidden(format!(
+            "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+            def.qualified(),
+            "",
+        ))),
+        Some(_) => Ok(()),
+    }
+}

@@ -1,0 +1,230 @@
+//! Request dispatch and the verbs, generic over kinds.
+//!
+//! `dispatch` authenticates, resolves the path to discovery, OpenAPI or a [`ResourceDef`], and calls the
+//! verb: [`read`] (get, list), [`watch`], [`write`] (create, update, patch, apply), [`delete`]. Kind-specific
+//! behaviour is confined to [`admission`].
+
+pub mod admission;
+pub mod body;
+pub mod delete;
+pub mod read;
+pub mod scale;
+pub mod watch;
+pub mod write;
+
+use crate::objects::Objects;
+use crate::registry::Registry;
+use crate::request::{parse_path, Query, ResourcePath, Target};
+use crate::response::{self, Accept, Resp};
+use crate::watch_cache::WatchCache;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use kumo_api::{ApiError, ResourceDef};
+use kumo_store::Store;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything a handler needs; one per server.
+pub struct ApiServer {
+    pub objects: Objects,
+    pub registry: Arc<Registry>,
+    pub cache: Arc<WatchCache>,
+    pub token: String,
+    pub bookmark_interval: Duration,
+    /// Wakes the garbage collector after a deletion.
+    pub gc_kick: tokio::sync::Notify,
+}
+
+impl ApiServer {
+    pub fn new(
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        cache: Arc<WatchCache>,
+        token: String,
+        config: &crate::Config,
+    ) -> Self {
+        ApiServer {
+            objects: Objects { store },
+            registry,
+            cache,
+            token,
+            bookmark_interval: config.bookmark_interval,
+            gc_kick: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The kind stored under `key` (`/registry/{group}/{plural}/...`), at its storage version.
+    pub fn def_for_key(&self, key: &str) -> Option<Arc<ResourceDef>> {
+        let mut parts = key.strip_prefix("/registry/")?.splitn(3, '/');
+        let group = match parts.next()? {
+            "core" => "",
+            g => g,
+        };
+        let plural = parts.next()?;
+        let versions = self.registry.versions_of(group, plural);
+        versions.iter().find(|d| d.version == d.storage_version).or(versions.first()).cloned()
+    }
+}
+
+/// One API request, parsed.
+pub struct Call {
+    pub method: Method,
+    pub path: ResourcePath,
+    pub query: Query,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub accept: Accept,
+}
+
+impl Call {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn namespace(&self) -> Option<&str> {
+        self.path.namespace.as_deref()
+    }
+    pub fn name(&self) -> &str {
+        self.path.name.as_deref().unwrap_or("")
+    }
+    /// The field manager: `fieldManager` or, as Kubernetes does, the user agent's program name.
+    pub fn manager(&self) -> String {
+        if let Some(m) = self.query.get("fieldManager") {
+            return m.to_string();
+        }
+        let ua = self.header("user-agent").unwrap_or("unknown");
+        ua.split('/').next().unwrap_or("unknown").to_string()
+    }
+    pub fn dry_run(&self) -> Result<bool, ApiError> {
+        match self.query.0.get("dryRun").map(String::as_str) {
+            None | Some("") => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => {
+                Err(ApiError::bad_request(format!("unsupported dryRun value {other:?}: only \"All\" is supported")))
+            }
+        }
+    }
+}
+
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>) -> Resp {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = Query::parse(parts.uri.query());
+    let accept = Accept::parse(parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()));
+    match path.as_str() {
+        "/healthz" | "/livez" | "/readyz" => return plain("ok"),
+        "/version" => return response::json_response(StatusCode::OK, &crate::discovery::version()),
+        _ => {}
+    }
+    if !authorized(&api, &parts.headers) {
+        return response::error(&ApiError::unauthorized());
+    }
+    if path == "/openapi/v3" || path.starts_with("/openapi/v3/") {
+        return crate::openapi::serve(&api, &path);
+    }
+    let target = match parse_path(&path) {
+        Some(t) => t,
+        None => return response::error(&ApiError::path_not_found(&path)),
+    };
+    let rpath = match target {
+        Target::Resource(p) => p,
+        other => return crate::discovery::serve(&api, &other),
+    };
+    if accept.protobuf_only {
+        return response::error(&ApiError::not_acceptable("only application/json and application/yaml are served"));
+    }
+    let body = if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+        match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return response::error(&ApiError::too_large("the request body is larger than 3 MiB")),
+        }
+    } else {
+        Bytes::new()
+    };
+    let call = Call { method: parts.method, path: rpath, query, headers: parts.headers, body, accept };
+    match route(&api, call).await {
+        Ok(r) => r,
+        Err(e) => response::error(&e),
+    }
+}
+
+fn plain(s: &'static str) -> Resp {
+    http::Response::builder()
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .body(response::full(s))
+        .expect("response")
+}
+
+fn authorized(api: &ApiServer, headers: &http::HeaderMap) -> bool {
+    let Some(h) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let token = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")).unwrap_or("");
+    // Compare in constant time: the token is the only secret guarding the API.
+    token.len() == api.token.len() && token.bytes().zip(api.token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn route(api: &Arc<ApiServer>, call: Call) -> Result<Resp, ApiError> {
+    let p = &call.path;
+    let def = api
+        .registry
+        .get(&p.group, &p.version, &p.resource)
+        .ok_or_else(|| ApiError::path_not_found(&format!("{}/{} {}", p.group, p.version, p.resource)))?;
+    if p.namespace.is_some() && !def.namespaced {
+        return Err(ApiError::path_not_found(&format!("{} is not namespaced", def.plural)));
+    }
+    let sub = p.subresource.as_deref();
+    match sub {
+        None => {}
+        Some("status") if def.status_subresource => {}
+        Some("scale") if def.scale.is_some() => {}
+        Some("finalize") if def.kind == "Namespace" => {}
+        Some(s) => return Err(ApiError::path_not_found(&format!("{}/{s}", def.plural))),
+    }
+    let watching = call.query.flag("watch") || p.legacy_watch;
+    match (call.method.clone(), p.name.is_some()) {
+        (Method::GET, true) if sub == Some("scale") => scale::get(api, &def, &call).await,
+        (Method::GET, true) => read::get(api, &def, &call).await,
+        (Method::GET, false) if watching => watch::watch(api.clone(), def, &call).await,
+        (Method::GET, false) => read::list(api, &def, &call).await,
+        (Method::POST, false) => write::create(api, &def, &call).await,
+        (Method::PUT, true) if sub == Some("scale") => scale::update(api, &def, &call).await,
+        (Method::PUT, true) => write::update(api, &def, &call).await,
+        (Method::PATCH, true) if sub == Some("scale") => scale::patch(api, &def, &call).await,
+        (Method::PATCH, true) => write::patch(api, &def, &call).await,
+        (Method::DELETE, true) => delete::delete(api, &def, &call).await,
+        (Method::DELETE, false) => delete::delete_collection(api, &def, &call).await,
+        (m, _) => Err(ApiError::method_not_allowed(m.as_str(), &def.plural)),
+    }
+}
+
+/// Creates the system namespaces and serves every stored CRD.
+pub async fn bootstrap(api: &Arc<ApiServer>) -> anyhow::Result<()> {
+    let ns_def = api.registry.get("", "v1", "namespaces").expect("built-in");
+    for ns in kumo_api::builtin::SYSTEM_NAMESPACES {
+        if api.objects.try_get(&ns_def, None, ns).await?.is_none() {
+            let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            admission::stamp_new(&mut obj);
+            admission::on_create(api, &ns_def, &mut obj)?;
+            match api.objects.create(&ns_def, &obj).await {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let crd_def = api.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions").expect("built-in");
+    let (crds, _) = api.objects.list_all(&crd_def, None).await?;
+    for crd in crds {
+        api.registry.put_crd(&crd);
+    }
+    Ok(())
+}
+
+/// `{"kind": "...List", ...}` around items.
+pub fn list_object(def: &ResourceDef, items: Vec<Value>, meta: Value) -> Value {
+    json!({"kind": def.list_kind, "apiVersion": def.api_version(), "metadata": meta, "items": items})
+}

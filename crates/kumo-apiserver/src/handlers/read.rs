@@ -1,0 +1,167 @@
+//! get and list: selectors, paging with continue tokens, resourceVersion semantics, Table output.
+
+use super::{list_object, ApiServer, Call};
+use crate::objects::{decode, parse_rv, present, store_error};
+use crate::response::{self, Resp};
+use base64::Engine;
+use http::StatusCode;
+use kumo_api::selector::{FieldSelector, LabelSelector};
+use kumo_api::{table, ApiError, ResourceDef};
+use kumo_store::RangeRequest;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub async fn get(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Resp, ApiError> {
+    let obj = present(def, api.objects.get(def, call.namespace(), call.name()).await?);
+    if call.accept.table {
+        let t = table::table(def, &[obj], include_object(call), json!({"resourceVersion": ""}), true);
+        return Ok(response::encode(StatusCode::OK, &t, &call.accept));
+    }
+    Ok(response::encode(StatusCode::OK, &obj, &call.accept))
+}
+
+pub fn include_object(call: &Call) -> &str {
+    call.query.get("includeObject").unwrap_or("Metadata")
+}
+
+/// The selectors of a list or watch.
+pub struct Selectors {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Selectors {
+    pub fn from_call(def: &ResourceDef, call: &Call) -> Result<Self, ApiError> {
+        let labels = LabelSelector::parse(call.query.get("labelSelector").unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+        let kind = def.kind.clone();
+        let allowed = move |f: &str| -> bool {
+            matches!(f, "metadata.name" | "metadata.namespace")
+                || kind == "Event"
+                || (kind == "Secret" && f == "type")
+                || (kind == "Node" && f == "spec.unschedulable")
+        };
+        let fields = FieldSelector::parse(call.query.get("fieldSelector").unwrap_or(""), &allowed)
+            .map_err(|e| ApiError::bad_request(format!("{e} for {}", def.qualified())))?;
+        Ok(Selectors { labels, fields })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.labels.matches(kumo_api::meta::labels(obj)) && self.fields.matches(obj)
+    }
+}
+
+fn encode_continue(rev: i64, key: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"rv": rev, "start": key}).to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
+    let bad = || {
+        ApiError::bad_request("invalid continue token: it must be the value of metadata.continue from a previous list")
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    Ok((v["rv"].as_i64().ok_or_else(bad)?, v["start"].as_str().ok_or_else(bad)?.to_string()))
+}
+
+pub async fn list(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Resp, ApiError> {
+    let sel = Selectors::from_call(def, call)?;
+    let limit = call.query.int("limit").map_err(ApiError::bad_request)?.unwrap_or(0).max(0) as usize;
+    let rv = call.query.get("resourceVersion");
+    let rv_match = call.query.get("resourceVersionMatch");
+    let (mut revision, mut start_after) = (None, None);
+    if let Some(token) = call.query.get("continue") {
+        if rv.is_some_and(|r| r != "0") {
+            return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+        }
+        let (r, k) = decode_continue(token)?;
+        revision = Some(r);
+        start_after = Some(k);
+    } else {
+        match (rv, rv_match) {
+            (Some(r), Some("Exact")) => revision = Some(parse_rv(r)?),
+            (None, Some(m)) => {
+                return Err(ApiError::bad_request(format!(
+                    "resourceVersionMatch {m} is forbidden unless resourceVersion is provided"
+                )))
+            }
+            (Some(r), _) => {
+                let want = parse_rv(r)?;
+                if want > 0 && !api.cache.wait_for(want, Duration::from_secs(3)).await {
+                    let mut e = ApiError::timeout(format!(
+                        "Too large resource version: {want}, current: {}",
+                        api.cache.revision()
+                    ));
+                    e.retry_after_seconds = Some(1);
+                    return Err(e);
+                }
+            }
+            (None, None) => {}
+        }
+        if let Some(m) = rv_match {
+            if !matches!(m, "Exact" | "NotOlderThan") {
+                return Err(ApiError::bad_request(format!(
+                    "unsupported resourceVersionMatch {m:?}: Exact or NotOlderThan"
+                )));
+            }
+        }
+    }
+    let prefix = def.list_prefix(call.namespace());
+    let mut items = Vec::new();
+    let (mut more, mut remaining, mut last_key) = (false, 0i64, None::<String>);
+    let read_rev;
+    loop {
+        // With a selector, read in pages until `limit` matching items are found.
+        let page = if limit == 0 { 0 } else { (limit - items.len()).max(if sel.is_empty() { 0 } else { 500 }) };
+        let r = api
+            .objects
+            .store
+            .range(RangeRequest { prefix: prefix.clone(), start_after: start_after.clone(), limit: page, revision })
+            .await
+            .map_err(|e| match e {
+                kumo_store::Error::Compacted { .. } if call.query.get("continue").is_some() => ApiError::gone(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ),
+                e => store_error(def, "", e),
+            })?;
+        revision = Some(r.revision);
+        for kv in &r.kvs {
+            if limit > 0 && items.len() == limit {
+                more = true;
+                break;
+            }
+            let obj = decode(kv)?;
+            last_key = Some(kv.key.clone());
+            if sel.matches(&obj) {
+                items.push(present(def, obj));
+            }
+        }
+        if limit > 0 && items.len() == limit && (r.more || more) {
+            more = true;
+            remaining = if sel.is_empty() { r.remaining + (r.kvs.len() as i64 - items.len() as i64).max(0) } else { 0 };
+        }
+        if !r.more || limit == 0 || more {
+            read_rev = r.revision;
+            break;
+        }
+        start_after = last_key.clone();
+    }
+    let mut meta = json!({"resourceVersion": read_rev.to_string()});
+    if more {
+        if let Some(k) = &last_key {
+            meta["continue"] = json!(encode_continue(read_rev, k));
+        }
+        if sel.is_empty() && remaining > 0 {
+            meta["remainingItemCount"] = json!(remaining);
+        }
+    }
+    if call.accept.table {
+        let t = table::table(def, &items, include_object(call), meta, true);
+        return Ok(response::encode(StatusCode::OK, &t, &call.accept));
+    }
+    Ok(response::encode(StatusCode::OK, &list_object(def, items, meta), &call.accept))
+}

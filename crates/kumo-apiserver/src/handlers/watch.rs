@@ -1,0 +1,193 @@
+//! watch: initial events, resume from a resourceVersion, selector transitions, bookmarks, timeouts, and
+//! `410 Gone` as an ERROR event once history is compacted.
+
+use super::read::Selectors;
+use super::{ApiServer, Call};
+use crate::objects::{parse_rv, present};
+use crate::response::Resp;
+use crate::watch_cache::CachedEvent;
+use bytes::Bytes;
+use futures::StreamExt;
+use http::StatusCode;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use kumo_api::{table, ApiError, ResourceDef};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Encoder {
+    def: Arc<ResourceDef>,
+    table: bool,
+    include_object: String,
+    sent_columns: bool,
+}
+
+impl Encoder {
+    fn event(&mut self, kind: &str, obj: &Value) -> Bytes {
+        let obj = present(&self.def, obj.clone());
+        let object = if self.table {
+            let with_columns = !self.sent_columns;
+            self.sent_columns = true;
+            let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""));
+            table::table(&self.def, &[obj], &self.include_object, json!({"resourceVersion": rv}), with_columns)
+        } else {
+            obj
+        };
+        line(json!({"type": kind, "object": object}))
+    }
+
+    fn bookmark(&self, rv: i64, initial_end: bool) -> Bytes {
+        let mut md = json!({"resourceVersion": rv.to_string()});
+        if initial_end {
+            md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        line(
+            json!({"type": "BOOKMARK", "object": {"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": md}}),
+        )
+    }
+}
+
+fn line(v: Value) -> Bytes {
+    let mut b = serde_json::to_vec(&v).expect("JSON");
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+fn gone_event(msg: String) -> Bytes {
+    line(json!({"type": "ERROR", "object": ApiError::gone(msg).to_status()}))
+}
+
+pub async fn watch(api: Arc<ApiServer>, def: Arc<ResourceDef>, call: &Call) -> Result<Resp, ApiError> {
+    let mut sel = Selectors::from_call(&def, call)?;
+    if let Some(name) = call.path.name.as_deref() {
+        // The legacy /watch/.../{name} form watches one object.
+        sel.fields =
+            kumo_api::selector::FieldSelector::parse(&format!("metadata.name={name}"), &|_| true).expect("valid");
+    }
+    let rv = call.query.get("resourceVersion");
+    let send_initial = match call.query.get("sendInitialEvents") {
+        Some("true") => {
+            if call.query.get("resourceVersionMatch") != Some("NotOlderThan") || !call.query.flag("allowWatchBookmarks")
+            {
+                return Err(ApiError::invalid(
+                    "",
+                    "ListOptions",
+                    "",
+                    vec![kumo_api::Cause::invalid(
+                        "sendInitialEvents",
+                        "sendInitialEvents requires resourceVersionMatch=NotOlderThan and allowWatchBookmarks=true",
+                    )],
+                ));
+            }
+            true
+        }
+        Some("false") | None => false,
+        Some(o) => return Err(ApiError::bad_request(format!("invalid sendInitialEvents {o:?}"))),
+    };
+    if let Some(m) = call.query.get("resourceVersionMatch") {
+        if !send_initial {
+            return Err(ApiError::bad_request(format!(
+                "resourceVersionMatch {m} is not allowed for watch without sendInitialEvents"
+            )));
+        }
+    }
+    let bookmarks = call.query.flag("allowWatchBookmarks");
+    let timeout = Duration::from_secs(
+        call.query.int("timeoutSeconds").map_err(ApiError::bad_request)?.unwrap_or(1800).max(1) as u64,
+    );
+    let prefix = def.list_prefix(call.namespace());
+    let mut enc = Encoder {
+        def: def.clone(),
+        table: call.accept.table,
+        include_object: super::read::include_object(call).to_string(),
+        sent_columns: false,
+    };
+
+    let initial_list = send_initial || rv.is_none() || rv == Some("0");
+    let (mut initial, start) = if initial_list {
+        let (objs, rev) = api.objects.list_all(&def, call.namespace()).await?;
+        (objs.into_iter().filter(|o| sel.matches(o)).collect::<Vec<_>>(), rev)
+    } else {
+        (vec![], parse_rv(rv.unwrap_or("0"))?)
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    let stream = match api.cache.watch(&prefix, start).await {
+        Ok(s) => Some(s),
+        Err(g) => {
+            let _ = tx.try_send(gone_event(format!("too old resource version: {} ({})", g.requested, g.oldest)));
+            None
+        }
+    };
+    let interval = api.bookmark_interval;
+    let cache = api.cache.clone();
+    tokio::spawn(async move {
+        let Some(mut stream) = stream else { return };
+        for obj in initial.drain(..) {
+            if tx.send(enc.event("ADDED", &obj)).await.is_err() {
+                return;
+            }
+        }
+        let mut last = start;
+        if send_initial && tx.send(enc.bookmark(last, true)).await.is_err() {
+            return;
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            // Read before polling the stream: if the stream is then idle, nothing at or below this revision
+            // is pending for this watcher, so a bookmark may carry it.
+            let seen = cache.revision();
+            tokio::select! {
+                biased;
+                item = stream.next() => match item {
+                    Some(Ok(ev)) => {
+                        last = ev.revision;
+                        if let Some(b) = transition(&mut enc, &sel, &ev) {
+                            if tx.send(b).await.is_err() { return; }
+                        }
+                    }
+                    Some(Err(g)) => {
+                        let _ = tx.send(gone_event(format!("too old resource version: {} ({})", g.requested, g.oldest))).await;
+                        return;
+                    }
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    if bookmarks {
+                        last = last.max(seen);
+                        if tx.send(enc.bookmark(last, false)).await.is_err() { return; }
+                    }
+                }
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let body = StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))),
+    );
+    Ok(http::Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CACHE_CONTROL, "no-cache, private")
+        .body(BodyExt::boxed(body))
+        .expect("response"))
+}
+
+/// The event a watcher with `sel` sees for `ev`: objects entering the selection are ADDED, leaving it DELETED.
+fn transition(enc: &mut Encoder, sel: &Selectors, ev: &CachedEvent) -> Option<Bytes> {
+    let now = sel.matches(&ev.object);
+    let before = ev.prev.as_ref().is_some_and(|p| sel.matches(p));
+    if ev.deleted {
+        return (now || before).then(|| enc.event("DELETED", &ev.object));
+    }
+    match (before, now) {
+        (false, true) => Some(enc.event("ADDED", &ev.object)),
+        (true, true) => Some(enc.event("MODIFIED", &ev.object)),
+        (true, false) => Some(enc.event("DELETED", &ev.object)),
+        (false, false) => None,
+    }
+}

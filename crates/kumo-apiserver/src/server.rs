@@ -1,0 +1,103 @@
+//! Startup and the connection loop: open the store, load the PKI, seed system namespaces, load CRDs, start
+//! the watch cache and background loops, then serve HTTPS.
+
+use crate::handlers::{self, ApiServer};
+use crate::registry::Registry;
+use crate::tls;
+use crate::watch_cache::WatchCache;
+use anyhow::{Context, Result};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kumo_store::Store;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Extra names/IPs for the serving certificate.
+    pub hosts: Vec<String>,
+    /// How often history older than the previous tick is compacted.
+    pub compaction_interval: Duration,
+    /// Events kept in the watch cache.
+    pub watch_cache_size: usize,
+    pub bookmark_interval: Duration,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Config {
+            data_dir,
+            listen,
+            hosts: vec![],
+            compaction_interval: Duration::from_secs(300),
+            watch_cache_size: 10_000,
+            bookmark_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A started server: where it listens and where its kubeconfig is.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+    pub api: Arc<ApiServer>,
+}
+
+/// Starts serving with `store`; returns once the listener is bound (serving continues in the background).
+pub async fn run(config: Config, store: Arc<dyn Store>) -> Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let pki = tls::load_or_create(&config.data_dir, &config.hosts)?;
+    let tls_config = tls::server_config(&pki)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {} (is another kumo server running?)", config.listen))?;
+    let addr = listener.local_addr()?;
+    let server_url = format!("https://{addr}");
+    let kubeconfig = tls::write_kubeconfig(&config.data_dir, &pki, &server_url)?;
+
+    let cache = WatchCache::start(store.clone(), config.watch_cache_size).await?;
+    let api = Arc::new(ApiServer::new(store, Arc::new(Registry::with_builtins()), cache, pki.token.clone(), &config));
+    handlers::bootstrap(&api).await?;
+    crate::gc::spawn_all(api.clone(), config.compaction_interval);
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
+    let serve_api = api.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let api = serve_api.clone();
+            tokio::spawn(async move {
+                let stream = match acceptor.accept(tcp).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!("TLS handshake with {peer}: {e}");
+                        return;
+                    }
+                };
+                let svc = hyper::service::service_fn(move |req| {
+                    let api = api.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handlers::dispatch(api, req).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
+                    tracing::debug!("connection from {peer}: {e}");
+                }
+            });
+        }
+    });
+    tracing::info!("kumo API server listening on {server_url}; kubeconfig at {}", kubeconfig.display());
+    Ok(Running { addr, kubeconfig, api })
+}

@@ -1,0 +1,207 @@
+//! The watch cache: one store watch fans out to every API watcher, with the recent history kept in memory
+//! so that thousands of watchers (and watchers resuming from a recent resourceVersion) never read the store.
+
+use crate::objects::decode;
+use futures::stream::{BoxStream, StreamExt};
+use kumo_store::{EventKind, Store};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+use tokio::sync::broadcast;
+
+/// One change, decoded once and shared by every watcher.
+#[derive(Debug)]
+pub struct CachedEvent {
+    pub revision: i64,
+    pub key: String,
+    pub deleted: bool,
+    /// The new object (for a deletion: the last state), resourceVersion stamped with `revision`.
+    pub object: Arc<Value>,
+    pub prev: Option<Arc<Value>>,
+}
+
+/// Why a watch cannot continue: the client must relist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gone {
+    pub requested: i64,
+    pub oldest: i64,
+}
+
+struct Ring {
+    events: VecDeque<Arc<CachedEvent>>,
+    /// Every event with revision > `start` is in `events` (or the store watch must be used).
+    start: i64,
+    last: i64,
+}
+
+pub struct WatchCache {
+    store: Arc<dyn Store>,
+    ring: RwLock<Ring>,
+    tx: broadcast::Sender<Arc<CachedEvent>>,
+    capacity: usize,
+}
+
+fn to_cached(e: kumo_store::Event) -> Option<Arc<CachedEvent>> {
+    let mut object = decode(&e.kv).ok()?;
+    // A deletion carries the last state, stamped with the deletion's revision.
+    kumo_api::meta::set_meta(&mut object, "resourceVersion", Value::String(e.kv.mod_revision.to_string()));
+    Some(Arc::new(CachedEvent {
+        revision: e.kv.mod_revision,
+        key: e.kv.key.clone(),
+        deleted: e.kind == EventKind::Delete,
+        object: Arc::new(object),
+        prev: e.prev.as_ref().and_then(|p| decode(p).ok()).map(Arc::new),
+    }))
+}
+
+impl WatchCache {
+    /// Starts following the store from its current revision.
+    pub async fn start(store: Arc<dyn Store>, capacity: usize) -> anyhow::Result<Arc<Self>> {
+        let rev = store.current_revision().await?;
+        let (tx, _) = broadcast::channel(capacity.max(1024));
+        let cache = Arc::new(WatchCache {
+            store,
+            ring: RwLock::new(Ring { events: VecDeque::new(), start: rev, last: rev }),
+            tx,
+            capacity: capacity.max(1),
+        });
+        let c = cache.clone();
+        tokio::spawn(async move { c.pump().await });
+        Ok(cache)
+    }
+
+    async fn pump(self: Arc<Self>) {
+        loop {
+            let from = self.ring.read().expect("lock").last;
+            let mut stream = match self.store.watch("/registry/", from).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("watch cache: store watch from {from} failed: {e}; resetting");
+                    self.reset().await;
+                    continue;
+                }
+            };
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(e) => {
+                        if let Some(ev) = to_cached(e) {
+                            self.push(ev);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("watch cache: store watch ended: {e}");
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// After losing events the cache can no longer vouch for history: start over at the store's revision.
+    async fn reset(&self) {
+        if let Ok(rev) = self.store.current_revision().await {
+            let mut r = self.ring.write().expect("lock");
+            r.events.clear();
+            r.start = rev;
+            r.last = rev;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    fn push(&self, ev: Arc<CachedEvent>) {
+        let mut r = self.ring.write().expect("lock");
+        if ev.revision <= r.last {
+            return;
+        }
+        r.last = ev.revision;
+        r.events.push_back(ev.clone());
+        while r.events.len() > self.capacity {
+            if let Some(old) = r.events.pop_front() {
+                r.start = old.revision;
+            }
+        }
+        // Sent under the lock so a subscriber sees either the ring entry or the broadcast, never neither.
+        let _ = self.tx.send(ev);
+    }
+
+    /// The newest revision the cache has seen.
+    pub fn revision(&self) -> i64 {
+        self.ring.read().expect("lock").last
+    }
+
+    /// Waits (briefly) until the cache has caught up with `rev`, so a watch started right after a write sees
+    /// the write's successors in order.
+    pub async fn wait_for(&self, rev: i64, max: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + max;
+        while self.revision() < rev {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// Every change under `prefix` after revision `after`, then live changes. The stream yields `Err(Gone)` and
+    /// ends when history is no longer available (compacted) or the watcher fell too far behind.
+    pub async fn watch(
+        &self,
+        prefix: &str,
+        after: i64,
+    ) -> Result<BoxStream<'static, Result<Arc<CachedEvent>, Gone>>, Gone> {
+        let prefix = prefix.to_string();
+        let (replay, rx) = {
+            let r = self.ring.read().expect("lock");
+            if after >= r.start {
+                let replay: Vec<_> =
+                    r.events.iter().filter(|e| e.revision > after && e.key.starts_with(&prefix)).cloned().collect();
+                (Some(replay), Some(self.tx.subscribe()))
+            } else {
+                (None, None)
+            }
+        };
+        match (replay, rx) {
+            (Some(replay), Some(rx)) => {
+                let last = replay.last().map(|e| e.revision).unwrap_or(after);
+                let live =
+                    futures::stream::unfold((rx, last, prefix, false), |(mut rx, last, prefix, done)| async move {
+                        if done {
+                            return None;
+                        }
+                        loop {
+                            match rx.recv().await {
+                                Ok(e) if e.revision > last && e.key.starts_with(&prefix) => {
+                                    let rev = e.revision;
+                                    return Some((Ok(e), (rx, rev, prefix, false)));
+                                }
+                                Ok(_) => continue,
+                                Err(broadcast::error::RecvError::Lagged(_)) => {
+                                    return Some((
+                                        Err(Gone { requested: last, oldest: last + 1 }),
+                                        (rx, last, prefix, true),
+                                    ))
+                                }
+                                Err(broadcast::error::RecvError::Closed) => return None,
+                            }
+                        }
+                    });
+                Ok(futures::stream::iter(replay.into_iter().map(Ok)).chain(live).boxed())
+            }
+            _ => {
+                // Older than the ring: read history from the store itself.
+                let s = self.store.watch(&prefix, after).await.map_err(|e| match e {
+                    kumo_store::Error::Compacted { requested, compacted } => Gone { requested, oldest: compacted },
+                    _ => Gone { requested: after, oldest: after + 1 },
+                })?;
+                Ok(s.filter_map(move |item| async move {
+                    match item {
+                        Ok(e) => to_cached(e).map(Ok),
+                        Err(_) => Some(Err(Gone { requested: after, oldest: after + 1 })),
+                    }
+                })
+                .boxed())
+            }
+        }
+    }
+}

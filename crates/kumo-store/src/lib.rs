@@ -1,0 +1,58 @@
+//! Revisioned key-value storage with etcd semantics.
+//!
+//! Everything kumo persists goes through the [`Store`] trait: one monotonically increasing revision across all
+//! keys, compare-and-swap on a key's `mod_revision`, range reads (optionally at a past revision), watch from a
+//! revision, and compaction. The API server only ever talks to this trait, so the embedded backend
+//! ([`RedbStore`], the default) and a future etcd backend are interchangeable.
+//!
+//! Newcomers: start with [`Store`], then `redb_store/schema.rs` for how revisions are kept on disk.
+
+mod redb_store;
+mod types;
+
+pub use redb_store::RedbStore;
+pub use types::*;
+
+use futures::stream::BoxStream;
+
+/// A revisioned key-value store with etcd-like semantics.
+///
+/// Keys are UTF-8 strings (the API server uses `/registry/{group}/{resource}/{namespace}/{name}`); values are
+/// opaque bytes. Every successful write gets a fresh revision, strictly greater than all before it.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The latest revision written (0 for an empty store).
+    async fn current_revision(&self) -> Result<i64>;
+
+    /// The oldest revision that can still be read or watched from (everything at or below
+    /// `compacted_revision` is gone).
+    async fn compacted_revision(&self) -> Result<i64>;
+
+    /// Reads one key at the latest revision.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+
+    /// Reads keys starting with `prefix`, in key order, strictly after `start_after` when given, at most `limit`
+    /// of them (0 = no limit), as of `revision` (None = latest). Reading at a compacted revision fails with
+    /// [`Error::Compacted`]; at a future revision with [`Error::FutureRevision`].
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse>;
+
+    /// Creates `key`; fails with [`Error::AlreadyExists`] if it exists.
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue>;
+
+    /// Replaces `key` only if its current `mod_revision` equals `expected_revision`;
+    /// [`Error::NotFound`] if absent, [`Error::Conflict`] (with the current value) if it moved on.
+    async fn update(&self, key: &str, value: Vec<u8>, expected_revision: i64) -> Result<KeyValue>;
+
+    /// Deletes `key`, only if its `mod_revision` equals `expected_revision` when given. Returns the deleted
+    /// value, with `mod_revision` set to the revision of the deletion.
+    async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<KeyValue>;
+
+    /// Streams every change to keys starting with `prefix` made after `after_revision`, in revision order, then
+    /// live changes as they commit. Fails with [`Error::Compacted`] if `after_revision` is at or below the
+    /// compacted revision (once anything was compacted). The stream ends with `Err(Error::Compacted)` if the
+    /// watcher falls too far behind.
+    async fn watch(&self, prefix: &str, after_revision: i64) -> Result<BoxStream<'static, Result<Event>>>;
+
+    /// Discards history at and below `revision` (the latest value of each live key is always kept).
+    async fn compact(&self, revision: i64) -> Result<()>;
+}

@@ -1,0 +1,210 @@
+//! [`RedbStore`]: the embedded, single-file backend of [`Store`], built on redb.
+//!
+//! Every write goes to one writer thread that commits queued requests together (group commit, see
+//! `writer.rs`), so a write costs one shared fsync. Reads run on tokio's blocking pool against a redb read
+//! snapshot. The table layout is described in `schema.rs`.
+
+mod read;
+mod schema;
+mod watch;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod watch_tests;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use futures::stream::BoxStream;
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::{Error, Event, KeyValue, RangeRequest, RangeResponse, Result, Store};
+use schema::{backend, FORMAT_VERSION, META, META_COMPACTED, META_FORMAT_VERSION, META_REVISION};
+use writer::{EventBatch, Op, Request};
+
+/// Live events buffered per watcher before a slow one is cut off (counted in commits, not events).
+const BROADCAST_CAPACITY: usize = 4096;
+
+/// Committed counters, updated by the writer after each commit so they can be read without a transaction.
+#[derive(Debug, Default)]
+struct Shared {
+    revision: AtomicI64,
+    compacted: AtomicI64,
+    /// Number of committed write transactions (lets tests observe group commit).
+    commits: AtomicU64,
+}
+
+/// A [`Store`] persisted in a single redb file.
+///
+/// Share it as `Arc<RedbStore>` (or `Arc<dyn Store>`). Dropping it waits for queued writes to commit and closes
+/// the file, after which it may be opened again.
+pub struct RedbStore {
+    db: Arc<Database>,
+    shared: Arc<Shared>,
+    /// None only while dropping, to stop the writer.
+    requests: Option<mpsc::Sender<Request>>,
+    events: broadcast::Sender<EventBatch>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore").field("shared", &self.shared).finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Opens the database at `path`, creating it if missing. Fails with [`Error::Backend`] if the file is not a
+    /// redb database or was written by an unknown format version.
+    pub fn open(path: &Path) -> Result<RedbStore> {
+        Self::open_with_capacity(path, BROADCAST_CAPACITY)
+    }
+
+    fn open_with_capacity(path: &Path, capacity: usize) -> Result<RedbStore> {
+        let db = Database::create(path).map_err(|e| Error::Backend(format!("opening {}: {e}", path.display())))?;
+        let (revision, compacted) = init(&db)?;
+        let shared = Arc::new(Shared {
+            revision: AtomicI64::new(revision),
+            compacted: AtomicI64::new(compacted),
+            commits: AtomicU64::new(0),
+        });
+        let db = Arc::new(db);
+        let (requests, rx) = mpsc::channel();
+        let (events, _) = broadcast::channel(capacity);
+        let writer = {
+            let (db, shared, events) = (db.clone(), shared.clone(), events.clone());
+            std::thread::Builder::new()
+                .name("kumo-store-writer".into())
+                .spawn(move || writer::run(db, shared, rx, events))
+                .map_err(backend)?
+        };
+        Ok(RedbStore { db, shared, requests: Some(requests), events, writer: Some(writer) })
+    }
+
+    /// Queues a write and waits (without blocking the runtime) for its durable commit.
+    async fn submit(&self, op: Op) -> Result<Option<KeyValue>> {
+        let gone = || Error::Backend("storage writer thread has stopped".into());
+        let (reply, rx) = oneshot::channel();
+        let requests = self.requests.as_ref().ok_or_else(gone)?;
+        requests.send(Request { op, reply }).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    async fn submit_kv(&self, op: Op) -> Result<KeyValue> {
+        self.submit(op).await?.ok_or_else(|| Error::Backend("write returned no value".into()))
+    }
+
+    /// Runs `f` on a fresh read snapshot on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> Result<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db.begin_read().map_err(backend)?)).await.map_err(backend)?
+    }
+
+    /// [`Store::watch`], awaiting `after_snapshot` between taking the replay snapshot and returning, so tests can
+    /// commit exactly inside that window.
+    async fn watch_with(
+        &self,
+        prefix: &str,
+        after_revision: i64,
+        after_snapshot: impl std::future::Future<Output = ()>,
+    ) -> Result<BoxStream<'static, Result<Event>>> {
+        // Subscribe before taking the replay snapshot: every commit is then either in the snapshot or arrives
+        // live (possibly both; the live copy is dropped by revision).
+        let rx = self.events.subscribe();
+        let p = prefix.to_string();
+        let (replay, snapshot) = self.read(move |txn| read::replay(txn, &p, after_revision)).await?;
+        after_snapshot.await;
+        let replayed_to = snapshot.max(after_revision);
+        let prefix = prefix.to_string();
+        Ok(watch::stream(replay, replayed_to, rx, prefix, self.shared.clone()))
+    }
+}
+
+/// Creates the tables on first open, checks the format version and returns `(revision, compacted)`.
+fn init(db: &Database) -> Result<(i64, i64)> {
+    let txn = db.begin_write().map_err(backend)?;
+    let revisions = {
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        let version = meta.get(META_FORMAT_VERSION).map_err(backend)?.map(|v| v.value());
+        match version {
+            None => {
+                meta.insert(META_FORMAT_VERSION, FORMAT_VERSION).map_err(backend)?;
+            }
+            Some(FORMAT_VERSION) => {}
+            Some(other) => {
+                return Err(Error::Backend(format!(
+                    "unsupported kumo-store format version {other} (this build understands {FORMAT_VERSION})"
+                )));
+            }
+        }
+        let get = |name| -> Result<i64> { Ok(meta.get(name).map_err(backend)?.map(|v| v.value()).unwrap_or(0)) };
+        (get(META_REVISION)?, get(META_COMPACTED)?)
+    };
+    // Create the other tables so read transactions can always open them.
+    txn.open_table(schema::CURRENT).map_err(backend)?;
+    txn.open_table(schema::HISTORY).map_err(backend)?;
+    txn.open_table(schema::LOG).map_err(backend)?;
+    txn.commit().map_err(backend)?;
+    Ok(revisions)
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and exit; joining releases the file lock.
+        drop(self.requests.take());
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!("kumo-store writer thread panicked");
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RedbStore {
+    async fn current_revision(&self) -> Result<i64> {
+        Ok(self.shared.revision.load(Ordering::SeqCst))
+    }
+
+    async fn compacted_revision(&self) -> Result<i64> {
+        Ok(self.shared.compacted.load(Ordering::SeqCst))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let key = key.to_string();
+        self.read(move |txn| read::get(txn, &key)).await
+    }
+
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        self.read(move |txn| read::range(txn, &req)).await
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
+        self.submit_kv(Op::Create { key: key.to_string(), value }).await
+    }
+
+    async fn update(&self, key: &str, value: Vec<u8>, expected_revision: i64) -> Result<KeyValue> {
+        self.submit_kv(Op::Update { key: key.to_string(), value, expected: expected_revision }).await
+    }
+
+    async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<KeyValue> {
+        self.submit_kv(Op::Delete { key: key.to_string(), expected: expected_revision }).await
+    }
+
+    async fn watch(&self, prefix: &str, after_revision: i64) -> Result<BoxStream<'static, Result<Event>>> {
+        self.watch_with(prefix, after_revision, std::future::ready(())).await
+    }
+
+    async fn compact(&self, revision: i64) -> Result<()> {
+        self.submit(Op::Compact { revision }).await.map(|_| ())
+    }
+}

@@ -1,0 +1,161 @@
+//! Read paths, each run inside one read transaction so it sees a single consistent snapshot.
+
+use std::ops::Bound;
+
+use redb::ReadTransaction;
+
+use super::schema::{backend, decode_current, Version, CURRENT, HISTORY, LOG, META, META_COMPACTED, META_REVISION};
+use crate::{Error, Event, EventKind, KeyValue, RangeRequest, RangeResponse, Result};
+
+/// The snapshot's `(revision, compacted)`.
+pub(crate) fn revisions(txn: &ReadTransaction) -> Result<(i64, i64)> {
+    let meta = txn.open_table(META).map_err(backend)?;
+    let get = |name| -> Result<i64> { Ok(meta.get(name).map_err(backend)?.map(|v| v.value()).unwrap_or(0)) };
+    Ok((get(META_REVISION)?, get(META_COMPACTED)?))
+}
+
+/// Fails with [`Error::Compacted`] when `revision` is at or below a compaction.
+pub(crate) fn check_compacted(revision: i64, compacted: i64) -> Result<()> {
+    if compacted > 0 && revision <= compacted {
+        return Err(Error::Compacted { requested: revision, compacted });
+    }
+    Ok(())
+}
+
+pub(crate) fn get(txn: &ReadTransaction, key: &str) -> Result<Option<KeyValue>> {
+    let current = txn.open_table(CURRENT).map_err(backend)?;
+    let row = current.get(key).map_err(backend)?;
+    row.map(|v| decode_current(key, v.value())).transpose()
+}
+
+/// Collects up to `limit` values and counts the rest.
+struct Page {
+    limit: usize,
+    kvs: Vec<KeyValue>,
+    remaining: i64,
+}
+
+impl Page {
+    /// `make` is only called for values that are returned, so counting the tail decodes nothing.
+    fn push(&mut self, make: impl FnOnce() -> Result<KeyValue>) -> Result<()> {
+        if self.limit == 0 || self.kvs.len() < self.limit {
+            self.kvs.push(make()?);
+        } else {
+            self.remaining += 1;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn range(txn: &ReadTransaction, req: &RangeRequest) -> Result<RangeResponse> {
+    let (current_rev, compacted) = revisions(txn)?;
+    // Like etcd, a non-positive revision means "latest".
+    let at = match req.revision {
+        Some(r) if r > 0 => {
+            if r > current_rev {
+                return Err(Error::FutureRevision { requested: r, current: current_rev });
+            }
+            check_compacted(r, compacted)?;
+            r
+        }
+        _ => current_rev,
+    };
+    let prefix = req.prefix.as_str();
+    // Start at the prefix, or just past `start_after` when that sorts later.
+    let start = match req.start_after.as_deref() {
+        Some(after) if after >= prefix => Bound::Excluded(after),
+        _ => Bound::Included(prefix),
+    };
+    let mut page = Page { limit: req.limit, kvs: Vec::new(), remaining: 0 };
+    if at == current_rev {
+        let table = txn.open_table(CURRENT).map_err(backend)?;
+        for entry in table.range::<&str>((start, Bound::Unbounded)).map_err(backend)? {
+            let (k, v) = entry.map_err(backend)?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            page.push(|| decode_current(key, v.value()))?;
+        }
+    } else {
+        range_history(txn, prefix, start, at, &mut page)?;
+    }
+    Ok(RangeResponse { more: page.remaining > 0, remaining: page.remaining, kvs: page.kvs, revision: at })
+}
+
+/// Walks history key by key, taking each key's latest version at or below `at` unless it is a tombstone.
+fn range_history(txn: &ReadTransaction, prefix: &str, start: Bound<&str>, at: i64, page: &mut Page) -> Result<()> {
+    let history = txn.open_table(HISTORY).map_err(backend)?;
+    let mut lower: Bound<(String, i64)> = match start {
+        Bound::Excluded(k) => Bound::Excluded((k.to_string(), i64::MAX)),
+        _ => Bound::Included((prefix.to_string(), i64::MIN)),
+    };
+    loop {
+        let bound = match &lower {
+            Bound::Included((k, r)) => Bound::Included((k.as_str(), *r)),
+            Bound::Excluded((k, r)) => Bound::Excluded((k.as_str(), *r)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let next = history.range::<(&str, i64)>((bound, Bound::Unbounded)).map_err(backend)?.next();
+        let Some(entry) = next else { break };
+        let key = entry.map_err(backend)?.0.value().0.to_string();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        let latest = history.range((key.as_str(), i64::MIN)..=(key.as_str(), at)).map_err(backend)?.next_back();
+        if let Some(entry) = latest {
+            let (k, v) = entry.map_err(backend)?;
+            if !Version::is_tombstone(v.value()) {
+                let rev = k.value().1;
+                page.push(|| {
+                    let kv = Version::decode(v.value())?.into_kv(&key, rev);
+                    kv.ok_or_else(|| Error::Backend("tombstone decoded as value".into()))
+                })?;
+            }
+        }
+        lower = Bound::Excluded((key, i64::MAX));
+    }
+    Ok(())
+}
+
+/// Events for keys under `prefix` with revision above `after`, plus the snapshot revision they run up to.
+pub(crate) fn replay(txn: &ReadTransaction, prefix: &str, after: i64) -> Result<(Vec<Event>, i64)> {
+    let (current_rev, compacted) = revisions(txn)?;
+    check_compacted(after, compacted)?;
+    let log = txn.open_table(LOG).map_err(backend)?;
+    let history = txn.open_table(HISTORY).map_err(backend)?;
+    let mut events = Vec::new();
+    for entry in log.range(after.saturating_add(1)..).map_err(backend)? {
+        let (r, k) = entry.map_err(backend)?;
+        let (rev, key) = (r.value(), k.value());
+        if !key.starts_with(prefix) {
+            continue;
+        }
+        let version = match history.get((key, rev)).map_err(backend)? {
+            Some(v) => Version::decode(v.value())?,
+            None => return Err(Error::Backend(format!("history for {key}@{rev} is missing"))),
+        };
+        // Compaction keeps the latest non-tombstone version at or below it, so the predecessor of any
+        // uncompacted event survives; None means a create.
+        let prev = match history.range((key, i64::MIN)..(key, rev)).map_err(backend)?.next_back() {
+            Some(entry) => {
+                let (pk, pv) = entry.map_err(backend)?;
+                Version::decode(pv.value())?.into_kv(key, pk.value().1)
+            }
+            None => None,
+        };
+        let event = match version {
+            Version::Put { create_rev, value } => {
+                let kv = KeyValue { key: key.to_string(), value, create_revision: create_rev, mod_revision: rev };
+                Event { kind: EventKind::Put, kv, prev }
+            }
+            Version::Tombstone { create_rev } => {
+                let value = prev.as_ref().map(|p| p.value.clone()).unwrap_or_default();
+                let kv = KeyValue { key: key.to_string(), value, create_revision: create_rev, mod_revision: rev };
+                Event { kind: EventKind::Delete, kv, prev }
+            }
+        };
+        events.push(event);
+    }
+    Ok((events, current_rev))
+}

@@ -1,0 +1,241 @@
+//! The single writer thread: group commit of queued write requests.
+//!
+//! redb allows one write transaction at a time and every durable commit costs an fsync, so all writes funnel
+//! through one thread that drains whatever is queued, applies it in one transaction, commits once and then
+//! answers every request. Each request keeps its own revision and its own result.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableTable, Table};
+use tokio::sync::{broadcast, oneshot};
+
+use super::schema::{
+    backend, decode_current, encode_current, Version, CURRENT, HISTORY, LOG, META, META_COMPACTED, META_REVISION,
+};
+use super::Shared;
+use crate::{Error, Event, EventKind, KeyValue, Result};
+
+/// Upper bound on requests per transaction, so one commit never grows without limit.
+const MAX_BATCH: usize = 1024;
+
+/// A write operation, applied in submission order.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Create { key: String, value: Vec<u8> },
+    Update { key: String, value: Vec<u8>, expected: i64 },
+    Delete { key: String, expected: Option<i64> },
+    Compact { revision: i64 },
+}
+
+/// What a request gets back: the written value for puts and deletes, None for a compaction.
+pub(crate) type Outcome = Result<Option<KeyValue>>;
+
+pub(crate) struct Request {
+    pub(crate) op: Op,
+    pub(crate) reply: oneshot::Sender<Outcome>,
+}
+
+/// Live events of one commit, in revision order.
+pub(crate) type EventBatch = Arc<Vec<Event>>;
+
+/// Runs until every request sender is dropped.
+pub(crate) fn run(
+    db: Arc<Database>,
+    shared: Arc<Shared>,
+    requests: mpsc::Receiver<Request>,
+    events: broadcast::Sender<EventBatch>,
+) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(req) => batch.push(req),
+                Err(_) => break,
+            }
+        }
+        let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
+        let outcomes = match commit(&db, &shared, &events, &ops) {
+            Ok(outcomes) => outcomes,
+            // A storage failure aborts the whole transaction; retry one by one so only the culprit fails.
+            Err(err) if ops.len() > 1 => {
+                tracing::warn!(error = %err, requests = ops.len(), "group commit failed, retrying singly");
+                ops.chunks(1)
+                    .map(|op| commit(&db, &shared, &events, op).unwrap_or_else(|e| vec![Err(e)]).remove(0))
+                    .collect()
+            }
+            Err(err) => vec![Err(err)],
+        };
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            // The caller may have given up waiting; the write stands regardless.
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// Applies `ops` in one durable transaction, then publishes the events. The outer error means nothing was
+/// committed.
+fn commit(db: &Database, shared: &Shared, events: &broadcast::Sender<EventBatch>, ops: &[Op]) -> Result<Vec<Outcome>> {
+    let mut txn = db.begin_write().map_err(backend)?;
+    txn.set_durability(Durability::Immediate).map_err(backend)?;
+    let mut applied = Applied::default();
+    {
+        let mut t = Tables {
+            meta: txn.open_table(META).map_err(backend)?,
+            current: txn.open_table(CURRENT).map_err(backend)?,
+            history: txn.open_table(HISTORY).map_err(backend)?,
+            log: txn.open_table(LOG).map_err(backend)?,
+        };
+        applied.revision = t.meta_get(META_REVISION)?;
+        applied.compacted = t.meta_get(META_COMPACTED)?;
+        for op in ops {
+            let outcome = t.apply(op, &mut applied)?;
+            applied.outcomes.push(outcome);
+        }
+        t.meta.insert(META_REVISION, applied.revision).map_err(backend)?;
+        t.meta.insert(META_COMPACTED, applied.compacted).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)?;
+
+    shared.revision.store(applied.revision, Ordering::SeqCst);
+    shared.compacted.store(applied.compacted, Ordering::SeqCst);
+    shared.commits.fetch_add(1, Ordering::Relaxed);
+    if !applied.events.is_empty() {
+        // No receivers is fine: nobody is watching.
+        let _ = events.send(Arc::new(applied.events));
+    }
+    Ok(applied.outcomes)
+}
+
+#[derive(Default)]
+struct Applied {
+    revision: i64,
+    compacted: i64,
+    events: Vec<Event>,
+    outcomes: Vec<Outcome>,
+}
+
+struct Tables<'t> {
+    meta: Table<'t, &'static str, i64>,
+    current: Table<'t, &'static str, &'static [u8]>,
+    history: Table<'t, (&'static str, i64), &'static [u8]>,
+    log: Table<'t, i64, &'static str>,
+}
+
+impl Tables<'_> {
+    fn meta_get(&self, name: &str) -> Result<i64> {
+        Ok(self.meta.get(name).map_err(backend)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    fn current(&self, key: &str) -> Result<Option<KeyValue>> {
+        match self.current.get(key).map_err(backend)? {
+            Some(bytes) => decode_current(key, bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies one op. `Err` is a storage failure (aborts the batch); `Ok(Err)` is this request's own failure.
+    fn apply(&mut self, op: &Op, a: &mut Applied) -> Result<Outcome> {
+        match op {
+            Op::Create { key, value } => {
+                if self.current(key)?.is_some() {
+                    return Ok(Err(Error::AlreadyExists(key.clone())));
+                }
+                let rev = a.revision + 1;
+                let kv = KeyValue { key: key.clone(), value: value.clone(), create_revision: rev, mod_revision: rev };
+                self.put(&kv)?;
+                a.revision = rev;
+                a.events.push(Event { kind: EventKind::Put, kv: kv.clone(), prev: None });
+                Ok(Ok(Some(kv)))
+            }
+            Op::Update { key, value, expected } => {
+                let Some(prev) = self.current(key)? else {
+                    return Ok(Err(Error::NotFound(key.clone())));
+                };
+                if prev.mod_revision != *expected {
+                    return Ok(Err(Error::Conflict { key: key.clone(), current: Some(prev) }));
+                }
+                let rev = a.revision + 1;
+                let kv = KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                    create_revision: prev.create_revision,
+                    mod_revision: rev,
+                };
+                self.put(&kv)?;
+                a.revision = rev;
+                a.events.push(Event { kind: EventKind::Put, kv: kv.clone(), prev: Some(prev) });
+                Ok(Ok(Some(kv)))
+            }
+            Op::Delete { key, expected } => {
+                let Some(prev) = self.current(key)? else {
+                    return Ok(Err(Error::NotFound(key.clone())));
+                };
+                if expected.is_some_and(|e| e != prev.mod_revision) {
+                    return Ok(Err(Error::Conflict { key: key.clone(), current: Some(prev) }));
+                }
+                let rev = a.revision + 1;
+                self.current.remove(key.as_str()).map_err(backend)?;
+                let tomb = Version::Tombstone { create_rev: prev.create_revision };
+                self.history.insert((key.as_str(), rev), tomb.encode().as_slice()).map_err(backend)?;
+                self.log.insert(rev, key.as_str()).map_err(backend)?;
+                a.revision = rev;
+                let kv = KeyValue { mod_revision: rev, ..prev.clone() };
+                a.events.push(Event { kind: EventKind::Delete, kv: kv.clone(), prev: Some(prev) });
+                Ok(Ok(Some(kv)))
+            }
+            Op::Compact { revision } => {
+                if *revision > a.revision {
+                    return Ok(Err(Error::FutureRevision { requested: *revision, current: a.revision }));
+                }
+                if *revision > a.compacted {
+                    self.compact(a.compacted, *revision)?;
+                    a.compacted = *revision;
+                }
+                Ok(Ok(None))
+            }
+        }
+    }
+
+    /// Writes `kv` as the key's current value and records it in history and log.
+    fn put(&mut self, kv: &KeyValue) -> Result<()> {
+        let (key, rev) = (kv.key.as_str(), kv.mod_revision);
+        let row = encode_current(kv.create_revision, rev, &kv.value);
+        self.current.insert(key, row.as_slice()).map_err(backend)?;
+        let version = Version::Put { create_rev: kv.create_revision, value: kv.value.clone() };
+        self.history.insert((key, rev), version.encode().as_slice()).map_err(backend)?;
+        self.log.insert(rev, key).map_err(backend)?;
+        Ok(())
+    }
+
+    /// Drops log entries at or below `upto` and every history entry superseded at or below it, keeping each key's
+    /// latest entry at or below `upto` unless that is a tombstone.
+    fn compact(&mut self, previous: i64, upto: i64) -> Result<()> {
+        // A key with history at or below `upto` that could now be dropped was written after the previous
+        // compaction (older keys kept only their single surviving entry), so the log since then names them all.
+        let mut keys = BTreeSet::new();
+        for entry in self.log.range(previous + 1..=upto).map_err(backend)? {
+            keys.insert(entry.map_err(backend)?.1.value().to_string());
+        }
+        self.log.retain_in(..=upto, |_, _| false).map_err(backend)?;
+        for key in &keys {
+            let mut doomed = Vec::new();
+            let range = (key.as_str(), i64::MIN)..=(key.as_str(), upto);
+            for entry in self.history.range(range).map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                doomed.push((k.value().1, Version::is_tombstone(v.value())));
+            }
+            if let Some(&(_, tombstone)) = doomed.last() {
+                if !tombstone {
+                    doomed.pop();
+                }
+            }
+            for (rev, _) in doomed {
+                self.history.remove((key.as_str(), rev)).map_err(backend)?;
+            }
+        }
+        Ok(())
+    }
+}

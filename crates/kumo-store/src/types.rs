@@ -1,0 +1,73 @@
+//! Values, events and errors shared by every [`crate::Store`] backend.
+
+/// One key's value and its revisions, as etcd reports them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Revision at which the key was (last) created.
+    pub create_revision: i64,
+    /// Revision of the last change (for a deleted value: the revision of the deletion).
+    pub mod_revision: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// A change to one key. For `Delete`, `kv.value` is the last value before deletion and `kv.mod_revision` is the
+/// revision of the deletion. `prev` is the value before the change (None for a create).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+    pub prev: Option<KeyValue>,
+}
+
+impl Event {
+    pub fn revision(&self) -> i64 {
+        self.kv.mod_revision
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RangeRequest {
+    pub prefix: String,
+    /// Continue strictly after this key (for paging).
+    pub start_after: Option<String>,
+    /// Maximum number of keys; 0 means all.
+    pub limit: usize,
+    /// Read as of this revision; None means latest.
+    pub revision: Option<i64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RangeResponse {
+    pub kvs: Vec<KeyValue>,
+    /// The revision the read was served at.
+    pub revision: i64,
+    /// True when `limit` cut the result short.
+    pub more: bool,
+    /// How many keys remain after the returned ones (when `more`).
+    pub remaining: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("key {0} not found")]
+    NotFound(String),
+    #[error("key {0} already exists")]
+    AlreadyExists(String),
+    #[error("key {key} was modified (current revision {})", current.as_ref().map(|c| c.mod_revision).unwrap_or(0))]
+    Conflict { key: String, current: Option<KeyValue> },
+    #[error("revision {requested} has been compacted (oldest available is {compacted})")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("revision {requested} is in the future (current is {current})")]
+    FutureRevision { requested: i64, current: i64 },
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

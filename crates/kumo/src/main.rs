@@ -1,0 +1,85 @@
+//! The `kumo` binary. It holds no logic of its own: each subcommand wires crates together.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "kumo", version, about = "Virtual machines as a service, managed the Kubernetes way")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane (API server on an embedded store) on this machine.
+    Server(ServerArgs),
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Where the store, the PKI and the admin kubeconfig live.
+    #[arg(long, default_value = "/var/lib/kumo")]
+    data_dir: PathBuf,
+    /// Address to serve the Kubernetes API on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Extra DNS names or IPs for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_san: Vec<String>,
+    /// How long history is kept before compaction, e.g. 5m, 30s.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    compaction_interval: Duration,
+    /// Events the watch cache keeps in memory.
+    #[arg(long, default_value_t = 10_000)]
+    watch_cache_size: usize,
+    /// How often watchers that asked for bookmarks get one.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    bookmark_interval: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 5m, 1h, 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KUMO_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Server(args) => server(args).await,
+    }
+}
+
+async fn server(args: ServerArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating --data-dir {} (choose a writable directory)", args.data_dir.display()))?;
+    let db = args.data_dir.join("kumo.redb");
+    let store = kumo_store::RedbStore::open(&db)
+        .with_context(|| format!("opening the store at {} (is another kumo server using it?)", db.display()))?;
+    let mut config = kumo_apiserver::Config::new(args.data_dir.clone(), args.listen);
+    config.hosts = args.tls_san;
+    config.compaction_interval = args.compaction_interval;
+    config.watch_cache_size = args.watch_cache_size;
+    config.bookmark_interval = args.bookmark_interval;
+    let running = kumo_apiserver::run(config, Arc::new(store)).await?;
+    eprintln!("kumo server ready at https://{}\n  export KUBECONFIG={}", running.addr, running.kubeconfig.display());
+    tokio::signal::ctrl_c().await?;
+    eprintln!("shutting down");
+    Ok(())
+}
