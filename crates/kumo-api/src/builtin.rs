@@ -35,6 +35,7 @@ fn def(
         printer_columns: columns,
         schema: None,
         builtin: Some(builtin),
+        storage_group: None,
         verbs: ALL_VERBS.to_vec(),
     }
 }
@@ -86,7 +87,7 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
             PrinterColumn::new("Message", "string", ".message", ""),
         ],
     );
-    let event = def(
+    let mut event = def(
         "events.k8s.io",
         "v1",
         "Event",
@@ -102,6 +103,7 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
             PrinterColumn::new("Message", "string", ".note", ""),
         ],
     );
+    event.storage_group = Some(String::new());
     let lease = def(
         "coordination.k8s.io",
         "v1",

@@ -135,6 +135,7 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
                 .unwrap_or_default(),
             schema: v.pointer("/schema/openAPIV3Schema").cloned(),
             builtin: None,
+            storage_group: None,
             verbs: ALL_VERBS.to_vec(),
         })
         .collect()

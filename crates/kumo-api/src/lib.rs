@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod builtin;
+pub mod convert;
 pub mod crd;
 pub mod jsonpath;
 pub mod meta;

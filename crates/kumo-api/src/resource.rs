@@ -86,6 +86,8 @@ pub struct ResourceDef {
     /// The OpenAPI v3 schema of the whole object (a CRD's `openAPIV3Schema`), when one is known.
     pub schema: Option<Value>,
     pub builtin: Option<Builtin>,
+    /// Objects live under another group's keys (events.k8s.io Events are stored as core Events).
+    pub storage_group: Option<String>,
     /// False for kinds that only make sense in a subset of verbs (none today); kept for discovery.
     pub verbs: Vec<&'static str>,
 }
@@ -106,6 +108,9 @@ impl ResourceDef {
     }
 
     pub fn storage_api_version(&self) -> String {
+        if let Some(g) = &self.storage_group {
+            return if g.is_empty() { self.storage_version.clone() } else { format!("{g}/{}", self.storage_version) };
+        }
         if self.group.is_empty() {
             self.storage_version.clone()
         } else {
@@ -116,7 +121,8 @@ impl ResourceDef {
     /// Key prefix of every object of this kind in the store; independent of the served version so all
     /// versions of a kind share storage.
     pub fn key_prefix(&self) -> String {
-        let group = if self.group.is_empty() { "core" } else { &self.group };
+        let group = self.storage_group.as_deref().unwrap_or(&self.group);
+        let group = if group.is_empty() { "core" } else { group };
         format!("/registry/{group}/{}/", self.plural)
     }
 

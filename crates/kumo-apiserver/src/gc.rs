@@ -129,7 +129,11 @@ async fn drop_owner(api: &ApiServer, e: &Entry, owner_uid: &str) -> anyhow::Resu
         .into_iter()
         .filter(|r| r.get("uid").and_then(Value::as_str) != Some(owner_uid))
         .collect();
-    meta::set_meta(&mut next, "ownerReferences", json!(refs));
+    if refs.is_empty() {
+        meta::remove_meta(&mut next, "ownerReferences");
+    } else {
+        meta::set_meta(&mut next, "ownerReferences", json!(refs));
+    }
     let rv = crate::objects::parse_rv(meta::resource_version(&e.obj))?;
     match api.objects.update(&def, &next, rv).await {
         Ok(_) => Ok(true),

@@ -53,11 +53,19 @@ pub fn parse_rv(rv: &str) -> Result<i64, ApiError> {
 
 /// Serves a stored object at the version the client asked for (versions of a kind share storage; kumo
 /// converts between CRD versions by rewriting apiVersion only, the CRD `None` strategy).
-pub fn present(def: &ResourceDef, mut obj: Value) -> Value {
+pub fn present(def: &ResourceDef, obj: Value) -> Value {
+    let mut obj = if def.storage_group.is_some() { kumo_api::convert::event_from_core(&obj) } else { obj };
     if let Some(m) = obj.as_object_mut() {
         m.insert("apiVersion".into(), Value::String(def.api_version()));
         m.insert("kind".into(), Value::String(def.kind.clone()));
     }
+    obj
+}
+
+/// The stored form of an object: its kind's storage version (and representation).
+pub fn to_storage(def: &ResourceDef, obj: Value) -> Value {
+    let mut obj = if def.storage_group.is_some() { kumo_api::convert::event_to_core(&obj) } else { obj };
+    obj["apiVersion"] = Value::String(def.storage_api_version());
     obj
 }
 

@@ -132,7 +132,7 @@ pub async fn delete_collection(api: &ApiServer, def: &ResourceDef, call: &Call) 
     let opts = DeleteOptions::from_call(call)?;
     let (objs, rev) = api.objects.list_all(def, call.namespace()).await?;
     let mut deleted = Vec::new();
-    for obj in objs.into_iter().filter(|o| sel.matches(o)) {
+    for obj in objs.into_iter().map(|o| present(def, o)).filter(|o| sel.matches(o)) {
         match delete_object(api, def, meta::namespace(&obj), meta::name(&obj), &opts).await {
             Ok(Deleted::Gone(o)) | Ok(Deleted::Pending(o)) => deleted.push(present(def, o)),
             Err(e) if e.code == 404 => {}

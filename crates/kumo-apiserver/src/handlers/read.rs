@@ -134,10 +134,10 @@ pub async fn list(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Res
                 more = true;
                 break;
             }
-            let obj = decode(kv)?;
+            let obj = present(def, decode(kv)?);
             last_key = Some(kv.key.clone());
             if sel.matches(&obj) {
-                items.push(present(def, obj));
+                items.push(obj);
             }
         }
         if limit > 0 && items.len() == limit && (r.more || more) {

@@ -107,7 +107,7 @@ pub async fn watch(api: Arc<ApiServer>, def: Arc<ResourceDef>, call: &Call) -> R
     let initial_list = send_initial || rv.is_none() || rv == Some("0");
     let (mut initial, start) = if initial_list {
         let (objs, rev) = api.objects.list_all(&def, call.namespace()).await?;
-        (objs.into_iter().filter(|o| sel.matches(o)).collect::<Vec<_>>(), rev)
+        (objs.into_iter().map(|o| present(&def, o)).filter(|o| sel.matches(o)).collect::<Vec<_>>(), rev)
     } else {
         (vec![], parse_rv(rv.unwrap_or("0"))?)
     };
@@ -179,8 +179,8 @@ pub async fn watch(api: Arc<ApiServer>, def: Arc<ResourceDef>, call: &Call) -> R
 
 /// The event a watcher with `sel` sees for `ev`: objects entering the selection are ADDED, leaving it DELETED.
 fn transition(enc: &mut Encoder, sel: &Selectors, ev: &CachedEvent) -> Option<Bytes> {
-    let now = sel.matches(&ev.object);
-    let before = ev.prev.as_ref().is_some_and(|p| sel.matches(p));
+    let now = selected(enc, sel, &ev.object);
+    let before = ev.prev.as_ref().is_some_and(|p| selected(enc, sel, p));
     if ev.deleted {
         return (now || before).then(|| enc.event("DELETED", &ev.object));
     }
@@ -189,5 +189,16 @@ fn transition(enc: &mut Encoder, sel: &Selectors, ev: &CachedEvent) -> Option<By
         (true, true) => Some(enc.event("MODIFIED", &ev.object)),
         (true, false) => Some(enc.event("DELETED", &ev.object)),
         (false, false) => None,
+    }
+}
+
+/// Selector match on the served representation, skipping the conversion when nothing needs it.
+fn selected(enc: &Encoder, sel: &Selectors, obj: &Value) -> bool {
+    if sel.is_empty() {
+        true
+    } else if enc.def.storage_group.is_some() {
+        sel.matches(&present(&enc.def, obj.clone()))
+    } else {
+        sel.matches(obj)
     }
 }

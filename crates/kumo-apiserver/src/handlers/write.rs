@@ -2,7 +2,7 @@
 
 use super::admission::{self, list_types, FieldValidation};
 use super::{body, ApiServer, Call};
-use crate::objects::{parse_rv, present};
+use crate::objects::{parse_rv, present, to_storage};
 use crate::response::{self, Resp};
 use http::StatusCode;
 use kumo_api::patch::{self, PatchType};
@@ -112,12 +112,6 @@ async fn create_object(
     Ok(out)
 }
 
-/// Objects are stored at the kind's storage version.
-fn to_storage(def: &ResourceDef, mut obj: Value) -> Value {
-    obj["apiVersion"] = json!(def.storage_api_version());
-    obj
-}
-
 fn after_write(api: &ApiServer, def: &ResourceDef, obj: &Value) {
     if def.builtin == Some(kumo_api::resource::Builtin::CustomResourceDefinition) {
         api.registry.put_crd(obj);
@@ -158,6 +152,8 @@ async fn commit_update(
     applied: bool,
 ) -> Result<(Value, bool), ApiError> {
     let current_rv = parse_rv(meta::resource_version(current))?;
+    // Work in the served representation; the stored one is produced at the end.
+    let current = &present(def, current.clone());
     match sub {
         Some("status") => {
             let status = new.get("status").cloned();
