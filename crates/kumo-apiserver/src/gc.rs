@@ -35,8 +35,9 @@ pub fn spawn_all(api: Arc<ApiServer>, compaction_interval: Duration) {
             tokio::time::sleep(compaction_interval).await;
             let store = &api.objects.store;
             if let Some(rev) = previous {
-                if let Err(e) = store.compact(rev).await {
-                    tracing::warn!("compaction to {rev}: {e}");
+                match store.compact(rev).await {
+                    Ok(()) => api.cache.compacted(rev),
+                    Err(e) => tracing::warn!("compaction to {rev}: {e}"),
                 }
             }
             previous = store.current_revision().await.ok();

@@ -125,6 +125,16 @@ impl WatchCache {
         let _ = self.tx.send(ev);
     }
 
+    /// History at or below `rev` was compacted in the store; the cache forgets it too, so that resuming from a
+    /// compacted version is a 410 whichever path serves it.
+    pub fn compacted(&self, rev: i64) {
+        let mut r = self.ring.write().expect("lock");
+        while r.events.front().is_some_and(|e| e.revision <= rev) {
+            r.events.pop_front();
+        }
+        r.start = r.start.max(rev.min(r.last));
+    }
+
     /// The newest revision the cache has seen.
     pub fn revision(&self) -> i64 {
         self.ring.read().expect("lock").last
