@@ -10,11 +10,13 @@
 
 pub mod apply;
 pub mod builtin;
+pub mod builtin_schema;
 pub mod convert;
 pub mod crd;
 pub mod jsonpath;
 pub mod meta;
 pub mod patch;
+pub mod protobuf;
 pub mod resource;
 pub mod schema;
 pub mod selector;

@@ -5,9 +5,12 @@
 use crate::handlers::ApiServer;
 use crate::response::{self, Resp};
 use http::StatusCode;
+use kumo_api::resource::Builtin;
 use kumo_api::{ApiError, ResourceDef};
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, OnceLock};
 
 const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 
@@ -21,23 +24,8 @@ fn gv_path(group: &str, version: &str) -> String {
 
 /// The schema name of a kind, in Kubernetes' reversed-domain style (`io.kubevirt.v1.VirtualMachine`).
 fn schema_name(d: &ResourceDef) -> String {
-    match d.builtin {
-        Some(_) => {
-            let g = match d.group.as_str() {
-                "" => "core".to_string(),
-                g => g.trim_end_matches(".k8s.io").to_string(),
-            };
-            if d.group == "apiextensions.k8s.io" {
-                format!("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{}.{}", d.version, d.kind)
-            } else {
-                format!("io.k8s.api.{g}.{}.{}", d.version, d.kind)
-            }
-        }
-        None => {
-            let rev: Vec<&str> = d.group.split('.').rev().collect();
-            format!("{}.{}.{}", rev.join("."), d.version, d.kind)
-        }
-    }
+    let rev: Vec<&str> = d.group.split('.').rev().collect();
+    format!("{}.{}.{}", rev.join("."), d.version, d.kind)
 }
 
 fn object_meta_schema() -> Value {
@@ -81,6 +69,13 @@ fn kind_schema(d: &ResourceDef) -> Value {
     }
     schema["x-kubernetes-group-version-kind"] = json!([{"group": d.group, "version": d.version, "kind": d.kind}]);
     schema
+}
+
+/// Generated once: the schemas of built-in kinds never change while the server runs.
+fn builtin_schemas(b: Builtin) -> &'static (String, Map<String, Value>) {
+    static CACHE: OnceLock<Mutex<HashMap<String, &'static (String, Map<String, Value>)>>> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().expect("lock");
+    cache.entry(format!("{b:?}")).or_insert_with(|| Box::leak(Box::new(kumo_api::builtin_schema::schemas(b))))
 }
 
 fn param(name: &str, desc: &str) -> Value {
@@ -129,12 +124,26 @@ pub fn gv_document(api: &ApiServer, group: &str, version: &str) -> Option<Value>
         return None;
     }
     let mut schemas = Map::new();
-    schemas.insert(OBJECT_META.into(), object_meta_schema());
     let mut paths = Map::new();
     for d in &defs {
-        let name = schema_name(d);
+        let name = match d.builtin {
+            Some(b) => {
+                let (name, defs) = builtin_schemas(b);
+                schemas.extend(defs.clone());
+                let mut kind = schemas[name].clone();
+                kind["x-kubernetes-group-version-kind"] =
+                    json!([{"group": d.group, "version": d.version, "kind": d.kind}]);
+                schemas.insert(name.clone(), kind);
+                name.clone()
+            }
+            None => {
+                schemas.entry(OBJECT_META).or_insert_with(object_meta_schema);
+                let name = schema_name(d);
+                schemas.insert(name.clone(), kind_schema(d));
+                name
+            }
+        };
         let sref = format!("#/components/schemas/{name}");
-        schemas.insert(name, kind_schema(d));
         let base = format!("/{}", gv_path(&d.group, &d.version));
         let scope = if d.namespaced { "/namespaces/{namespace}" } else { "" };
         let coll = format!("{base}{scope}/{}", d.plural);

@@ -52,6 +52,8 @@ def main(kubeconfig):
         if not token:
             break
     assert names == [f"page-{i}" for i in range(5)], names
+    core.delete_collection_namespaced_config_map(ns, label_selector="page=yes")
+    assert core.list_namespaced_config_map(ns, label_selector="page=yes").items == []
 
     # Watch: events arrive in order.
     events = []

@@ -142,3 +142,33 @@ async fn acknowledged_writes_survive_sigkill() {
     let next_rv: i64 = next.metadata.resource_version.unwrap().parse().unwrap();
     assert!(next_rv > max_rv, "revisions keep increasing: {next_rv} > {max_rv}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_list_and_bookmarks() {
+    let s = Server::start_with(&["--bookmark-interval", "1s"]).unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(s.client().await.unwrap(), "default");
+    for n in ["s0", "s1"] {
+        api.create(&PostParams::default(), &cm(n)).await.unwrap();
+    }
+    // sendInitialEvents: the watcher gets the current state from the watch itself, ended by a bookmark.
+    let (reader, writer) = reflector::store();
+    let mut stream = Box::pin(
+        reflector(writer, watcher(api.clone(), watcher::Config::default().streaming_lists())).default_backoff(),
+    );
+    let mut inits = 0;
+    drive(&mut stream, &reader, &mut inits, |n, _| n.len() == 2).await;
+    api.create(&PostParams::default(), &cm("s2")).await.unwrap();
+    drive(&mut stream, &reader, &mut inits, |n, _| n.len() == 3).await;
+
+    // A plain watch with bookmarks gets one while idle, carrying a resourceVersion it can resume from.
+    let rv = api.list(&Default::default()).await.unwrap().metadata.resource_version.unwrap();
+    let mut w = api.watch(&kube::api::WatchParams::default().timeout(10), &rv).await.unwrap().boxed();
+    let ev = tokio::time::timeout(Duration::from_secs(8), w.next()).await.expect("bookmark within the interval");
+    match ev {
+        Some(Ok(kube::api::WatchEvent::Bookmark(b))) => {
+            let brv: i64 = b.metadata.resource_version.parse().unwrap();
+            assert!(brv >= rv.parse::<i64>().unwrap());
+        }
+        other => panic!("expected a bookmark, got {other:?}"),
+    }
+}

@@ -212,6 +212,9 @@ fn explain_uses_the_crd_schema() {
     assert!(out.contains("The widget's color."), "{out}");
     let top = s.kubectl_ok(&["explain", "widget"]).unwrap();
     assert!(top.contains("A widget for tests."), "{top}");
+    // Built-in kinds are explained from their real Kubernetes schemas.
+    let data = s.kubectl_ok(&["explain", "configmap.data"]).unwrap();
+    assert!(data.contains("map[string]string") && data.contains("configuration data"), "{data}");
 }
 
 #[test]
