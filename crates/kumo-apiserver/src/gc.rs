@@ -2,17 +2,19 @@
 //! garbage collection through ownerReferences (Background, Foreground, Orphan), namespace deletion, and
 //! periodic compaction of store history.
 //!
-//! These run inside the API server and use its own delete/update paths, so they obey the same rules as
-//! clients (finalizers, preconditions).
+//! The collector keeps a small index (key → uid, owner → dependents, objects being deleted) fed by the watch
+//! cache, so it only looks at objects a change concerns: cost follows the rate of change, not store size.
+//! It acts through the API server's own delete/update paths, so it obeys the same rules as clients.
 
 use crate::handlers::body::DeleteOptions;
 use crate::handlers::delete::{delete_object, remove_finalizer};
 use crate::handlers::ApiServer;
 use crate::objects::decode;
+use futures::StreamExt;
 use kumo_api::meta;
 use kumo_store::RangeRequest;
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,12 +22,10 @@ pub fn spawn_all(api: Arc<ApiServer>, compaction_interval: Duration) {
     let gc_api = api.clone();
     tokio::spawn(async move {
         loop {
-            match collect_once(&gc_api).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => tracing::warn!("garbage collector: {e}"),
+            if let Err(e) = run_collector(&gc_api).await {
+                tracing::warn!("garbage collector restarting: {e}");
             }
-            let _ = tokio::time::timeout(Duration::from_secs(10), gc_api.gc_kick.notified()).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
     tokio::spawn(async move {
@@ -45,65 +45,159 @@ pub fn spawn_all(api: Arc<ApiServer>, compaction_interval: Duration) {
     });
 }
 
-struct Entry {
-    key: String,
-    obj: Value,
+/// What the collector knows about every object: enough to find dependents and missing owners.
+#[derive(Default)]
+struct Index {
+    uid_of: HashMap<String, String>,
+    key_of: HashMap<String, String>,
+    /// owner uid → keys of objects naming it in ownerReferences.
+    dependents: HashMap<String, BTreeSet<String>>,
+    /// key → owner uids.
+    owners: HashMap<String, Vec<String>>,
+    /// Namespaces being deleted.
+    terminating: HashSet<String>,
 }
 
-/// One pass over every object; returns whether it changed anything (so the caller runs another pass).
-pub async fn collect_once(api: &ApiServer) -> anyhow::Result<bool> {
+impl Index {
+    fn put(&mut self, key: &str, obj: &Value) {
+        self.remove(key);
+        let uid = meta::uid(obj).to_string();
+        self.uid_of.insert(key.to_string(), uid.clone());
+        self.key_of.insert(uid, key.to_string());
+        let owners = meta::owner_uids(obj);
+        for o in &owners {
+            self.dependents.entry(o.clone()).or_default().insert(key.to_string());
+        }
+        if !owners.is_empty() {
+            self.owners.insert(key.to_string(), owners);
+        }
+        if is_namespace_key(key) && meta::deletion_timestamp(obj).is_some() {
+            self.terminating.insert(meta::name(obj).to_string());
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(uid) = self.uid_of.remove(key) {
+            if self.key_of.get(&uid).is_some_and(|k| k == key) {
+                self.key_of.remove(&uid);
+            }
+        }
+        for o in self.owners.remove(key).unwrap_or_default() {
+            if let Some(d) = self.dependents.get_mut(&o) {
+                d.remove(key);
+                if d.is_empty() {
+                    self.dependents.remove(&o);
+                }
+            }
+        }
+        if is_namespace_key(key) {
+            self.terminating.remove(key.rsplit('/').next().unwrap_or(""));
+        }
+    }
+
+    fn orphaned(&self, key: &str) -> bool {
+        self.owners.get(key).is_some_and(|os| os.iter().all(|o| !self.key_of.contains_key(o)))
+    }
+}
+
+fn is_namespace_key(key: &str) -> bool {
+    key.starts_with("/registry/core/namespaces/")
+}
+
+/// Namespace of a namespaced key `/registry/{group}/{plural}/{ns}/{name}`.
+fn key_namespace(key: &str) -> Option<&str> {
+    let parts: Vec<&str> = key.strip_prefix("/registry/")?.split('/').collect();
+    (parts.len() == 4).then(|| parts[2])
+}
+
+async fn run_collector(api: &ApiServer) -> anyhow::Result<()> {
     let all = api.objects.store.range(RangeRequest { prefix: "/registry/".into(), ..Default::default() }).await?;
-    let entries: Vec<Entry> =
-        all.kvs.iter().filter_map(|kv| Some(Entry { key: kv.key.clone(), obj: decode(kv).ok()? })).collect();
-    let uids: HashSet<&str> = entries.iter().map(|e| meta::uid(&e.obj)).collect();
-    let mut dependents: HashMap<&str, Vec<&Entry>> = HashMap::new();
-    for e in &entries {
-        for owner in e.obj.pointer("/metadata/ownerReferences").and_then(Value::as_array).into_iter().flatten() {
-            if let Some(uid) = owner.get("uid").and_then(Value::as_str) {
-                dependents.entry(uid).or_default().push(e);
+    let mut index = Index::default();
+    let mut dirty: BTreeSet<String> = BTreeSet::new();
+    for kv in &all.kvs {
+        if let Ok(obj) = decode(kv) {
+            index.put(&kv.key, &obj);
+            if meta::deletion_timestamp(&obj).is_some() {
+                dirty.insert(kv.key.clone());
             }
         }
     }
-    let mut changed = false;
-    let background = DeleteOptions { propagation: Some("Background".into()), ..Default::default() };
-    for e in &entries {
-        let Some(def) = api.def_for_key(&e.key) else { continue };
-        let uid = meta::uid(&e.obj);
-        let deps = dependents.get(uid).map(Vec::as_slice).unwrap_or(&[]);
-        if meta::deletion_timestamp(&e.obj).is_some() {
-            let fins = meta::finalizers(&e.obj);
-            if fins.iter().any(|f| f == "foregroundDeletion") {
-                if deps.is_empty() {
-                    ignore_gone(remove_finalizer(api, &def, &e.obj, "foregroundDeletion").await)?;
-                    changed = true;
-                } else {
-                    for d in deps.iter().filter(|d| meta::deletion_timestamp(&d.obj).is_none()) {
-                        changed |= delete_entry(
-                            api,
-                            d,
-                            &DeleteOptions { propagation: Some("Foreground".into()), ..Default::default() },
-                        )
-                        .await?;
-                    }
-                }
-            } else if fins.iter().any(|f| f == "orphan") {
-                for d in deps {
-                    drop_owner(api, d, uid).await?;
-                }
-                ignore_gone(remove_finalizer(api, &def, &e.obj, "orphan").await)?;
-                changed = true;
+    dirty.extend(index.owners.keys().filter(|k| index.orphaned(k)).cloned());
+    let mut events = api.cache.watch("/registry/", all.revision).await.map_err(|g| anyhow::anyhow!("watch: {g:?}"))?;
+    loop {
+        for key in std::mem::take(&mut dirty) {
+            if let Err(e) = collect_key(api, &index, &key).await {
+                tracing::warn!("garbage collector on {key}: {e}");
             }
-            if def.kind == "Namespace" && def.group.is_empty() {
-                changed |= finish_namespace(api, &entries, &e.obj, &background).await?;
-            }
-            continue;
         }
-        let owners = meta::owner_uids(&e.obj);
-        if !owners.is_empty() && owners.iter().all(|o| !uids.contains(o.as_str())) {
-            changed |= delete_entry(api, e, &background).await?;
+        // Wait for a change; re-check everything pending now and then in case an action raced a write.
+        let ev = match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
+            Ok(Some(Ok(ev))) => ev,
+            Ok(Some(Err(g))) => anyhow::bail!("watch fell behind: {g:?}"),
+            Ok(None) => anyhow::bail!("watch ended"),
+            Err(_) => {
+                dirty.extend(index.owners.keys().filter(|k| index.orphaned(k)).cloned());
+                continue;
+            }
+        };
+        let uid = meta::uid(&ev.object).to_string();
+        if ev.deleted {
+            index.remove(&ev.key);
+            // Dependents of a vanished owner may now be orphans; owners waiting in foreground may be done.
+            dirty.extend(index.dependents.get(&uid).into_iter().flatten().cloned());
+            for o in meta::owner_uids(&ev.object) {
+                if let Some(k) = index.key_of.get(&o) {
+                    dirty.insert(k.clone());
+                }
+            }
+            if let Some(ns) = key_namespace(&ev.key).filter(|ns| index.terminating.contains(*ns)) {
+                dirty.insert(format!("/registry/core/namespaces/{ns}"));
+            }
+        } else {
+            index.put(&ev.key, &ev.object);
+            if meta::deletion_timestamp(&ev.object).is_some() || index.orphaned(&ev.key) {
+                dirty.insert(ev.key.clone());
+            }
+            if let Some(ns) = key_namespace(&ev.key).filter(|ns| index.terminating.contains(*ns)) {
+                // Content appearing in (or changing within) a terminating namespace is deleted too.
+                dirty.insert(format!("/registry/core/namespaces/{ns}"));
+            }
         }
     }
-    Ok(changed)
+}
+
+/// Acts on one object: finalizers of an object being deleted, or deletion of an orphan.
+async fn collect_key(api: &ApiServer, index: &Index, key: &str) -> anyhow::Result<()> {
+    let Some(def) = api.def_for_key(key) else { return Ok(()) };
+    let Some(kv) = api.objects.store.get(key).await? else { return Ok(()) };
+    let obj = decode(&kv)?;
+    let uid = meta::uid(&obj);
+    let deps: Vec<String> = index.dependents.get(uid).map(|d| d.iter().cloned().collect()).unwrap_or_default();
+    if meta::deletion_timestamp(&obj).is_none() {
+        if index.orphaned(key) {
+            delete_key(api, key, "Background").await?;
+        }
+        return Ok(());
+    }
+    let fins = meta::finalizers(&obj);
+    if fins.iter().any(|f| f == "foregroundDeletion") {
+        if deps.is_empty() {
+            ignore_gone(remove_finalizer(api, &def, &obj, "foregroundDeletion").await)?;
+        } else {
+            for d in &deps {
+                delete_key(api, d, "Foreground").await?;
+            }
+        }
+    } else if fins.iter().any(|f| f == "orphan") {
+        for d in &deps {
+            drop_owner(api, d, uid).await?;
+        }
+        ignore_gone(remove_finalizer(api, &def, &obj, "orphan").await)?;
+    }
+    if def.kind == "Namespace" && def.group.is_empty() {
+        finish_namespace(api, &obj).await?;
+    }
+    Ok(())
 }
 
 fn ignore_gone(r: Result<(), kumo_api::ApiError>) -> anyhow::Result<()> {
@@ -114,19 +208,27 @@ fn ignore_gone(r: Result<(), kumo_api::ApiError>) -> anyhow::Result<()> {
     }
 }
 
-async fn delete_entry(api: &ApiServer, e: &Entry, opts: &DeleteOptions) -> anyhow::Result<bool> {
-    let Some(def) = api.def_for_key(&e.key) else { return Ok(false) };
-    match delete_object(api, &def, meta::namespace(&e.obj), meta::name(&e.obj), opts).await {
-        Ok(_) => Ok(true),
-        Err(err) if err.code == 404 || err.code == 409 => Ok(false),
+async fn delete_key(api: &ApiServer, key: &str, policy: &str) -> anyhow::Result<()> {
+    let Some(def) = api.def_for_key(key) else { return Ok(()) };
+    let Some(kv) = api.objects.store.get(key).await? else { return Ok(()) };
+    let obj = decode(&kv)?;
+    if meta::deletion_timestamp(&obj).is_some() {
+        return Ok(());
+    }
+    let opts = DeleteOptions { propagation: Some(policy.into()), ..Default::default() };
+    match delete_object(api, &def, meta::namespace(&obj), meta::name(&obj), &opts).await {
+        Ok(_) => Ok(()),
+        Err(err) if err.code == 404 || err.code == 409 => Ok(()),
         Err(err) => Err(err.into()),
     }
 }
 
-async fn drop_owner(api: &ApiServer, e: &Entry, owner_uid: &str) -> anyhow::Result<bool> {
-    let Some(def) = api.def_for_key(&e.key) else { return Ok(false) };
-    let mut next = e.obj.clone();
-    let refs: Vec<Value> = meta::owner_refs(&e.obj)
+async fn drop_owner(api: &ApiServer, key: &str, owner_uid: &str) -> anyhow::Result<()> {
+    let Some(def) = api.def_for_key(key) else { return Ok(()) };
+    let Some(kv) = api.objects.store.get(key).await? else { return Ok(()) };
+    let obj = decode(&kv)?;
+    let mut next = obj.clone();
+    let refs: Vec<Value> = meta::owner_refs(&obj)
         .into_iter()
         .filter(|r| r.get("uid").and_then(Value::as_str) != Some(owner_uid))
         .collect();
@@ -135,42 +237,59 @@ async fn drop_owner(api: &ApiServer, e: &Entry, owner_uid: &str) -> anyhow::Resu
     } else {
         meta::set_meta(&mut next, "ownerReferences", json!(refs));
     }
-    let rv = crate::objects::parse_rv(meta::resource_version(&e.obj))?;
-    match api.objects.update(&def, &next, rv).await {
-        Ok(_) => Ok(true),
-        Err(err) if err.code == 404 || err.code == 409 => Ok(false),
-        Err(err) => Err(err.into()),
-    }
+    ignore_gone(api.objects.update(&def, &next, kv.mod_revision).await.map(|_| ()))
 }
 
 /// Deletes everything in a terminating namespace, then releases the namespace's own finalizer.
-async fn finish_namespace(
-    api: &ApiServer,
-    entries: &[Entry],
-    ns: &Value,
-    opts: &DeleteOptions,
-) -> anyhow::Result<bool> {
+async fn finish_namespace(api: &ApiServer, ns: &Value) -> anyhow::Result<()> {
     let name = meta::name(ns);
-    let contents: Vec<&Entry> = entries.iter().filter(|e| meta::namespace(&e.obj) == Some(name)).collect();
-    let mut changed = false;
-    for e in &contents {
-        if meta::deletion_timestamp(&e.obj).is_none() {
-            changed |= delete_entry(api, e, opts).await?;
+    let mut remaining = 0;
+    let mut seen = HashSet::new();
+    for def in api.registry.all().into_iter().filter(|d| d.namespaced) {
+        if !seen.insert(def.list_prefix(Some(name))) {
+            continue;
+        }
+        let r =
+            api.objects.store.range(RangeRequest { prefix: def.list_prefix(Some(name)), ..Default::default() }).await?;
+        remaining += r.kvs.len();
+        for kv in &r.kvs {
+            delete_key(api, &kv.key, "Background").await?;
         }
     }
     let spec_fins = ns.pointer("/spec/finalizers").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
-    if contents.is_empty() && spec_fins > 0 {
+    if remaining == 0 && spec_fins > 0 {
         let def = api.registry.get("", "v1", "namespaces").expect("built-in");
-        let mut next = ns.clone();
-        next["spec"]["finalizers"] = json!([]);
         let rv = crate::objects::parse_rv(meta::resource_version(ns))?;
         let result = if meta::finalizers(ns).is_empty() {
             api.objects.delete(&def, None, name, Some(rv)).await.map(|_| ())
         } else {
+            let mut next = ns.clone();
+            next["spec"]["finalizers"] = json!([]);
             api.objects.update(&def, &next, rv).await.map(|_| ())
         };
         ignore_gone(result)?;
-        changed = true;
     }
-    Ok(changed)
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_tracks_owners_and_orphans() {
+        let mut ix = Index::default();
+        let owner = json!({"metadata": {"name": "o", "uid": "u1"}});
+        let dep = json!({"metadata": {"name": "d", "uid": "u2", "ownerReferences": [{"uid": "u1"}]}});
+        ix.put("/registry/core/configmaps/default/o", &owner);
+        ix.put("/registry/core/configmaps/default/d", &dep);
+        assert!(!ix.orphaned("/registry/core/configmaps/default/d"));
+        ix.remove("/registry/core/configmaps/default/o");
+        assert!(ix.orphaned("/registry/core/configmaps/default/d"));
+        assert_eq!(ix.dependents["u1"].len(), 1);
+        ix.remove("/registry/core/configmaps/default/d");
+        assert!(ix.dependents.is_empty());
+        assert_eq!(key_namespace("/registry/core/configmaps/default/d"), Some("default"));
+        assert_eq!(key_namespace("/registry/core/namespaces/default"), None);
+    }
 }

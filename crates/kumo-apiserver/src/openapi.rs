@@ -8,9 +8,8 @@ use http::StatusCode;
 use kumo_api::resource::Builtin;
 use kumo_api::{ApiError, ResourceDef};
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 
@@ -71,11 +70,20 @@ fn kind_schema(d: &ResourceDef) -> Value {
     schema
 }
 
-/// Generated once: the schemas of built-in kinds never change while the server runs.
-fn builtin_schemas(b: Builtin) -> &'static (String, Map<String, Value>) {
-    static CACHE: OnceLock<Mutex<HashMap<String, &'static (String, Map<String, Value>)>>> = OnceLock::new();
-    let mut cache = CACHE.get_or_init(Default::default).lock().expect("lock");
-    cache.entry(format!("{b:?}")).or_insert_with(|| Box::leak(Box::new(kumo_api::builtin_schema::schemas(b))))
+/// A built-in kind's schema name and the schemas it needs.
+type BuiltinSchemas = (String, Map<String, Value>);
+
+/// Generated once, on first use: the schemas of built-in kinds never change while the server runs.
+fn builtin_schemas(b: Builtin) -> &'static BuiltinSchemas {
+    static CACHE: OnceLock<Vec<(Builtin, BuiltinSchemas)>> = OnceLock::new();
+    let all = CACHE.get_or_init(|| {
+        kumo_api::builtin::builtin_resources()
+            .into_iter()
+            .filter_map(|d| d.builtin)
+            .map(|b| (b, kumo_api::builtin_schema::schemas(b)))
+            .collect()
+    });
+    &all.iter().find(|(x, _)| *x == b).expect("every built-in has a schema").1
 }
 
 fn param(name: &str, desc: &str) -> Value {

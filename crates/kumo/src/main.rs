@@ -79,7 +79,12 @@ async fn server(args: ServerArgs) -> Result<()> {
     config.bookmark_interval = args.bookmark_interval;
     let running = kumo_apiserver::run(config, Arc::new(store)).await?;
     eprintln!("kumo server ready at https://{}\n  export KUBECONFIG={}", running.addr, running.kubeconfig.display());
-    tokio::signal::ctrl_c().await?;
-    eprintln!("shutting down");
+    // Every acknowledged write is already durable, so stopping needs no flush: just exit on INT or TERM.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("kumo server: shutting down");
     Ok(())
 }

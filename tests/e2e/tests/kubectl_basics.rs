@@ -247,3 +247,22 @@ fn bad_input_gets_clear_errors_and_stores_nothing() {
     // The server still serves.
     s.kubectl_ok(&["get", "ns", "default"]).unwrap();
 }
+
+#[test]
+fn kubectl_create_generators_send_protobuf() {
+    let s = Server::start().unwrap();
+    s.kubectl_ok(&["create", "namespace", "gen"]).unwrap();
+    s.kubectl_ok(&["create", "configmap", "c", "-n", "gen", "--from-literal=k=v"]).unwrap();
+    s.kubectl_ok(&["create", "secret", "generic", "s", "-n", "gen", "--from-literal=pw=hunter2"]).unwrap();
+    s.kubectl_ok(&["create", "serviceaccount", "sa", "-n", "gen"]).unwrap();
+    assert_eq!(s.kubectl_ok(&["get", "cm", "c", "-n", "gen", "-o", "jsonpath={.data.k}"]).unwrap(), "v");
+    assert_eq!(
+        s.kubectl_ok(&["get", "secret", "s", "-n", "gen", "-o", "jsonpath={.data.pw}"]).unwrap(),
+        "aHVudGVyMg=="
+    );
+    assert_eq!(s.kubectl_ok(&["get", "ns", "gen", "-o", "jsonpath={.status.phase}"]).unwrap(), "Active");
+    assert!(s.kubectl_ok(&["get", "sa", "-n", "gen", "-o", "name"]).unwrap().contains("serviceaccount/sa"));
+    // A kind kumo does not serve is refused clearly.
+    let err = s.kubectl_err(&["create", "deployment", "d", "--image=x"]).unwrap();
+    assert!(err.contains("the server could not find the requested resource") || err.contains("not supported"), "{err}");
+}

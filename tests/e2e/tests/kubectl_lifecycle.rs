@@ -143,6 +143,7 @@ fn get_watch_shows_events_in_order() {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     assert_eq!(seen, vec!["ADDED w1 1", "ADDED w2 1", "ADDED w3 1", "MODIFIED w1 1", "DELETED w2 1"]);
 }
 

@@ -76,7 +76,11 @@ pub fn supported_kinds() -> impl Iterator<Item = (&'static str, &'static str)> {
 }
 
 fn api_version_for_message(api_version: &str) -> &str {
-    if api_version.is_empty() { "(no apiVersion)" } else { api_version }
+    if api_version.is_empty() {
+        "(no apiVersion)"
+    } else {
+        api_version
+    }
 }
 
 /// The `runtime.Unknown` envelope.
@@ -199,9 +203,16 @@ impl<'a> Reader<'a> {
     }
 
     /// A length-delimited field, after checking that the wire type says so.
+    /// `what` names the field in the error; leave it empty when the caller's context already does.
     fn length_delimited_as(&mut self, wire: u8, what: &str) -> Result<&'a [u8], String> {
-        expect_wire(wire, WIRE_LEN).map_err(|e| format!("{what}: {e}"))?;
+        expect_wire(wire, WIRE_LEN).map_err(|e| if what.is_empty() { e } else { format!("{what}: {e}") })?;
         self.length_delimited()
+    }
+
+    /// A varint field, after checking that the wire type says so.
+    fn varint_as(&mut self, wire: u8, what: &str) -> Result<u64, String> {
+        expect_wire(wire, WIRE_VARINT).map_err(|e| format!("{what}: {e}"))?;
+        self.varint()
     }
 
     /// Skips a field of an unknown number.
@@ -262,14 +273,14 @@ fn decode_field(r: &mut Reader, wire: u8, field: &Field, out: &mut Map<String, V
             out.insert(name.to_string(), value);
         }
         Kind::Map | Kind::MapBytes | Kind::MapQuantity => {
-            let (key, value) = decode_map_entry(r.length_delimited_as(wire, "map entry")?, field.kind)?;
+            let (key, value) = decode_map_entry(r.length_delimited_as(wire, "")?, field.kind)?;
             let map = out.entry(name).or_insert_with(|| Value::Object(Map::new()));
             if let Value::Object(map) = map {
                 map.insert(key, value);
             }
         }
         Kind::RepeatedString | Kind::RepeatedMessage(_) => {
-            let bytes = r.length_delimited_as(wire, "list item")?;
+            let bytes = r.length_delimited_as(wire, "")?;
             let item = match field.kind {
                 Kind::RepeatedMessage(msg) => Value::Object(decode_message(bytes, msg)?),
                 _ => Value::String(utf8(bytes)),
@@ -280,7 +291,7 @@ fn decode_field(r: &mut Reader, wire: u8, field: &Field, out: &mut Map<String, V
             }
         }
         kind => {
-            let bytes = r.length_delimited_as(wire, "value")?;
+            let bytes = r.length_delimited_as(wire, "")?;
             out.insert(name.to_string(), decode_length_delimited(bytes, kind)?);
         }
     }
@@ -340,11 +351,8 @@ fn decode_time(buf: &[u8], micro: bool) -> Result<Value, String> {
     let mut r = Reader::new(buf);
     while let Some((num, wire)) = r.key()? {
         match num {
-            1 | 2 => {
-                expect_wire(wire, WIRE_VARINT).map_err(|e| format!("{}: {e}", ["seconds", "nanos"][num as usize - 1]))?;
-                let v = r.varint()?;
-                if num == 1 { seconds = v as i64 } else { nanos = i64::from(v as i32) }
-            }
+            1 => seconds = r.varint_as(wire, "seconds")? as i64,
+            2 => nanos = i64::from(r.varint_as(wire, "nanos")? as i32),
             _ => r.skip(wire)?,
         }
     }
@@ -397,11 +405,8 @@ fn decode_int_or_string(buf: &[u8]) -> Result<Value, String> {
     let mut r = Reader::new(buf);
     while let Some((num, wire)) = r.key()? {
         match num {
-            1 | 2 => {
-                expect_wire(wire, WIRE_VARINT).map_err(|e| format!("{}: {e}", ["type", "intVal"][num as usize - 1]))?;
-                let v = r.varint()?;
-                if num == 1 { is_string = v == 1 } else { int_val = v as i32 }
-            }
+            1 => is_string = r.varint_as(wire, "type")? == 1,
+            2 => int_val = r.varint_as(wire, "intVal")? as i32,
             3 => str_val = utf8(r.length_delimited_as(wire, "strVal")?),
             _ => r.skip(wire)?,
         }

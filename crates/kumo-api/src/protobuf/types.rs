@@ -123,6 +123,18 @@ static MANAGED_FIELDS_ENTRY: Msg = Msg {
     ],
 };
 
+static CONDITION: Msg = Msg {
+    name: "Condition",
+    fields: &[
+        keep(1, "type", String),
+        keep(2, "status", String),
+        omit(3, "observedGeneration", Int64),
+        keep(4, "lastTransitionTime", Time),
+        keep(5, "reason", String),
+        keep(6, "message", String),
+    ],
+};
+
 // ---- k8s.io/api/core/v1 ----
 
 static CONFIG_MAP: Msg = Msg {
@@ -224,6 +236,84 @@ static EVENT_SOURCE: Msg =
 
 static CORE_EVENT_SERIES: Msg =
     Msg { name: "EventSeries", fields: &[omit(1, "count", Int32), keep(2, "lastObservedTime", MicroTime)] };
+
+static SERVICE: Msg = Msg {
+    name: "Service",
+    fields: &[
+        keep(1, "metadata", Message(&OBJECT_META)),
+        keep(2, "spec", Message(&SERVICE_SPEC)),
+        keep(3, "status", Message(&SERVICE_STATUS)),
+    ],
+};
+
+static SERVICE_SPEC: Msg = Msg {
+    name: "ServiceSpec",
+    fields: &[
+        omit(1, "ports", RepeatedMessage(&SERVICE_PORT)),
+        omit(2, "selector", Map),
+        omit(3, "clusterIP", String),
+        omit(4, "type", String),
+        omit(5, "externalIPs", RepeatedString),
+        omit(7, "sessionAffinity", String),
+        omit(8, "loadBalancerIP", String),
+        omit(9, "loadBalancerSourceRanges", RepeatedString),
+        omit(10, "externalName", String),
+        omit(11, "externalTrafficPolicy", String),
+        omit(12, "healthCheckNodePort", Int32),
+        omit(13, "publishNotReadyAddresses", Bool),
+        keep(14, "sessionAffinityConfig", Message(&SESSION_AFFINITY_CONFIG)),
+        keep(17, "ipFamilyPolicy", String),
+        omit(18, "clusterIPs", RepeatedString),
+        omit(19, "ipFamilies", RepeatedString),
+        keep(20, "allocateLoadBalancerNodePorts", Bool),
+        keep(21, "loadBalancerClass", String),
+        keep(22, "internalTrafficPolicy", String),
+        keep(23, "trafficDistribution", String),
+    ],
+};
+
+static SERVICE_PORT: Msg = Msg {
+    name: "ServicePort",
+    fields: &[
+        omit(1, "name", String),
+        omit(2, "protocol", String),
+        keep(3, "port", Int32),
+        keep(4, "targetPort", IntOrString),
+        omit(5, "nodePort", Int32),
+        keep(6, "appProtocol", String),
+    ],
+};
+
+static SESSION_AFFINITY_CONFIG: Msg =
+    Msg { name: "SessionAffinityConfig", fields: &[keep(1, "clientIP", Message(&CLIENT_IP_CONFIG))] };
+
+static CLIENT_IP_CONFIG: Msg = Msg { name: "ClientIPConfig", fields: &[keep(1, "timeoutSeconds", Int32)] };
+
+static SERVICE_STATUS: Msg = Msg {
+    name: "ServiceStatus",
+    fields: &[
+        keep(1, "loadBalancer", Message(&LOAD_BALANCER_STATUS)),
+        omit(2, "conditions", RepeatedMessage(&CONDITION)),
+    ],
+};
+
+static LOAD_BALANCER_STATUS: Msg =
+    Msg { name: "LoadBalancerStatus", fields: &[omit(1, "ingress", RepeatedMessage(&LOAD_BALANCER_INGRESS))] };
+
+static LOAD_BALANCER_INGRESS: Msg = Msg {
+    name: "LoadBalancerIngress",
+    fields: &[
+        omit(1, "ip", String),
+        omit(2, "hostname", String),
+        keep(3, "ipMode", String),
+        omit(4, "ports", RepeatedMessage(&PORT_STATUS)),
+    ],
+};
+
+static PORT_STATUS: Msg = Msg {
+    name: "PortStatus",
+    fields: &[keep(1, "port", Int32), keep(2, "protocol", String), keep(3, "error", String)],
+};
 
 static NODE: Msg = Msg {
     name: "Node",
@@ -407,6 +497,7 @@ static TOP_LEVEL: &[(&str, &str, &Msg)] = &[
     ("v1", "ServiceAccount", &SERVICE_ACCOUNT),
     ("v1", "Event", &CORE_EVENT),
     ("v1", "Node", &NODE),
+    ("v1", "Service", &SERVICE),
     ("coordination.k8s.io/v1", "Lease", &LEASE),
     ("events.k8s.io/v1", "Event", &EVENTS_EVENT),
 ];

@@ -8,6 +8,16 @@ use serde_json::Value;
 pub fn decode(call: &Call) -> Result<Value, ApiError> {
     let ct = call.header("content-type").unwrap_or("application/json");
     let base = ct.split(';').next().unwrap_or("").trim();
+    if base == kumo_api::protobuf::CONTENT_TYPE {
+        // kubectl's generators (create namespace/configmap/secret/...) send built-in kinds as protobuf.
+        return kumo_api::protobuf::decode(&call.body).map_err(|e| {
+            if e.starts_with("protobuf bodies are not supported") {
+                ApiError::unsupported_media_type(e)
+            } else {
+                ApiError::bad_request(e)
+            }
+        });
+    }
     if base.contains("protobuf") || base.contains("cbor") {
         return Err(ApiError::unsupported_media_type(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {base})"

@@ -87,7 +87,6 @@ pub async fn delete_object(
             }
             match api.objects.delete(def, ns, name, Some(rv)).await {
                 Ok(obj) => {
-                    api.gc_kick.notify_one();
                     return Ok(Deleted::Gone(obj));
                 }
                 Err(e) if e.code == 409 => continue,
@@ -111,7 +110,6 @@ pub async fn delete_object(
         }
         match api.objects.update(def, &next, rv).await {
             Ok(obj) => {
-                api.gc_kick.notify_one();
                 return Ok(Deleted::Pending(obj));
             }
             Err(e) if e.code == 409 => continue,
@@ -159,6 +157,5 @@ pub async fn remove_finalizer(
     } else {
         api.objects.update(def, &next, rv).await?;
     }
-    api.gc_kick.notify_one();
     Ok(())
 }

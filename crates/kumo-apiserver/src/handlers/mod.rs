@@ -33,8 +33,6 @@ pub struct ApiServer {
     pub cache: Arc<WatchCache>,
     pub token: String,
     pub bookmark_interval: Duration,
-    /// Wakes the garbage collector after a deletion.
-    pub gc_kick: tokio::sync::Notify,
 }
 
 impl ApiServer {
@@ -45,14 +43,7 @@ impl ApiServer {
         token: String,
         config: &crate::Config,
     ) -> Self {
-        ApiServer {
-            objects: Objects { store },
-            registry,
-            cache,
-            token,
-            bookmark_interval: config.bookmark_interval,
-            gc_kick: tokio::sync::Notify::new(),
-        }
+        ApiServer { objects: Objects { store }, registry, cache, token, bookmark_interval: config.bookmark_interval }
     }
 
     /// The kind stored under `key` (`/registry/{group}/{plural}/...`), at its storage version.

@@ -251,14 +251,10 @@ async fn commit_update(
     {
         // The last finalizer is gone: the deletion completes now.
         let out = api.objects.delete(def, url_ns, meta::name(&new), Some(current_rv)).await?;
-        api.gc_kick.notify_one();
         return Ok((out, true));
     }
     let out = api.objects.update(def, &new, current_rv).await?;
     after_write(api, def, &out);
-    if meta::deletion_timestamp(&out).is_some() {
-        api.gc_kick.notify_one();
-    }
     Ok((out, true))
 }
 
