@@ -56,6 +56,8 @@ struct Index {
     owners: HashMap<String, Vec<String>>,
     /// Namespaces being deleted.
     terminating: HashSet<String>,
+    /// Keys of objects with a deletionTimestamp (finalizers pending), re-checked periodically.
+    deleting: BTreeSet<String>,
 }
 
 impl Index {
@@ -71,12 +73,16 @@ impl Index {
         if !owners.is_empty() {
             self.owners.insert(key.to_string(), owners);
         }
-        if is_namespace_key(key) && meta::deletion_timestamp(obj).is_some() {
-            self.terminating.insert(meta::name(obj).to_string());
+        if meta::deletion_timestamp(obj).is_some() {
+            self.deleting.insert(key.to_string());
+            if is_namespace_key(key) {
+                self.terminating.insert(meta::name(obj).to_string());
+            }
         }
     }
 
     fn remove(&mut self, key: &str) {
+        self.deleting.remove(key);
         if let Some(uid) = self.uid_of.remove(key) {
             if self.key_of.get(&uid).is_some_and(|k| k == key) {
                 self.key_of.remove(&uid);
@@ -137,6 +143,7 @@ async fn run_collector(api: &ApiServer) -> anyhow::Result<()> {
             Ok(None) => anyhow::bail!("watch ended"),
             Err(_) => {
                 dirty.extend(index.owners.keys().filter(|k| index.orphaned(k)).cloned());
+                dirty.extend(index.deleting.iter().cloned());
                 continue;
             }
         };
@@ -153,7 +160,17 @@ async fn run_collector(api: &ApiServer) -> anyhow::Result<()> {
             if let Some(ns) = key_namespace(&ev.key).filter(|ns| index.terminating.contains(*ns)) {
                 dirty.insert(format!("/registry/core/namespaces/{ns}"));
             }
+            if ev.key.starts_with(CRD_PREFIX) {
+                api.registry.remove_crd(meta::name(&ev.object));
+            }
+            // The last custom resource of a CRD being deleted releases the CRD.
+            if let Some(crd_key) = crd_key_for(&ev.key).filter(|k| index.deleting.contains(k)) {
+                dirty.insert(crd_key);
+            }
         } else {
+            if ev.key.starts_with(CRD_PREFIX) {
+                api.registry.put_crd(&ev.object);
+            }
             index.put(&ev.key, &ev.object);
             if meta::deletion_timestamp(&ev.object).is_some() || index.orphaned(&ev.key) {
                 dirty.insert(ev.key.clone());
@@ -197,7 +214,31 @@ async fn collect_key(api: &ApiServer, index: &Index, key: &str) -> anyhow::Resul
     if def.kind == "Namespace" && def.group.is_empty() {
         finish_namespace(api, &obj).await?;
     }
+    if key.starts_with(CRD_PREFIX) && fins.iter().any(|f| f == CRD_CLEANUP) {
+        // Deleting a CRD deletes every object of its kind first, as Kubernetes does.
+        let group = obj.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
+        let plural = obj.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
+        let prefix = format!("/registry/{group}/{plural}/");
+        let r = api.objects.store.range(RangeRequest { prefix, ..Default::default() }).await?;
+        for kv in &r.kvs {
+            delete_key(api, &kv.key, "Background").await?;
+        }
+        if r.kvs.is_empty() {
+            ignore_gone(remove_finalizer(api, &def, &obj, CRD_CLEANUP).await)?;
+        }
+    }
     Ok(())
+}
+
+const CRD_PREFIX: &str = "/registry/apiextensions.k8s.io/customresourcedefinitions/";
+/// The finalizer Kubernetes puts on CRDs so their custom resources are deleted first.
+pub const CRD_CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";
+
+/// For a custom resource's key, the key of its CRD (`{plural}.{group}`).
+fn crd_key_for(key: &str) -> Option<String> {
+    let parts: Vec<&str> = key.strip_prefix("/registry/")?.split('/').collect();
+    let (group, plural) = (parts.first()?, parts.get(1)?);
+    group.contains('.').then(|| format!("{CRD_PREFIX}{plural}.{group}"))
 }
 
 fn ignore_gone(r: Result<(), kumo_api::ApiError>) -> anyhow::Result<()> {

@@ -266,3 +266,17 @@ fn kubectl_create_generators_send_protobuf() {
     let err = s.kubectl_err(&["create", "deployment", "d", "--image=x"]).unwrap();
     assert!(err.contains("the server could not find the requested resource") || err.contains("not supported"), "{err}");
 }
+
+#[test]
+fn deleting_a_crd_deletes_its_objects_and_stops_serving_it() {
+    let s = with_crd();
+    s.apply("apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: doomed}\nspec: {color: green}\n").unwrap();
+    let out = s.kubectl(&["delete", "crd", "widgets.example.com", "--timeout=30s"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = s.kubectl_err(&["get", "widgets"]).unwrap();
+    assert!(err.contains("the server doesn't have a resource type") || err.contains("NotFound"), "{err}");
+    // Recreating the CRD does not resurrect old objects.
+    s.apply(WIDGET_CRD).unwrap();
+    let names = kumo_e2e::eventually(Duration::from_secs(10), || s.kubectl_ok(&["get", "widgets", "-o", "name"]).ok());
+    assert_eq!(names.as_deref().map(str::trim), Some(""));
+}

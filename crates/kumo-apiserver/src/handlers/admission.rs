@@ -139,6 +139,11 @@ pub fn on_create(_api: &ApiServer, def: &ResourceDef, obj: &mut Value) -> Result
         }
         "CustomResourceDefinition" => {
             obj["status"] = kumo_api::crd::established_status(obj, &meta::now_rfc3339());
+            let mut fins = meta::finalizers(obj);
+            if !fins.iter().any(|f| f == crate::gc::CRD_CLEANUP) {
+                fins.push(crate::gc::CRD_CLEANUP.to_string());
+            }
+            meta::set_meta(obj, "finalizers", json!(fins));
         }
         _ => {}
     }
