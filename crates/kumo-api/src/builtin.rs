@@ -36,6 +36,7 @@ fn def(
         schema: None,
         builtin: Some(builtin),
         storage_group: None,
+        reject_unknown_fields: false,
         verbs: ALL_VERBS.to_vec(),
     }
 }

@@ -136,6 +136,11 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
             schema: v.pointer("/schema/openAPIV3Schema").cloned(),
             builtin: None,
             storage_group: None,
+            reject_unknown_fields: crd
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(crate::kubevirt::REJECT_UNKNOWN_ANNOTATION))
+                .and_then(Value::as_str)
+                == Some("true"),
             verbs: ALL_VERBS.to_vec(),
         })
         .collect()

@@ -14,6 +14,7 @@ pub mod builtin_schema;
 pub mod convert;
 pub mod crd;
 pub mod jsonpath;
+pub mod kubevirt;
 pub mod meta;
 pub mod patch;
 pub mod protobuf;

@@ -86,6 +86,8 @@ pub struct ResourceDef {
     /// The OpenAPI v3 schema of the whole object (a CRD's `openAPIV3Schema`), when one is known.
     pub schema: Option<Value>,
     pub builtin: Option<Builtin>,
+    /// Unknown fields are refused (422, naming them) instead of pruned, whatever fieldValidation says.
+    pub reject_unknown_fields: bool,
     /// Objects live under another group's keys (events.k8s.io Events are stored as core Events).
     pub storage_group: Option<String>,
     /// False for kinds that only make sense in a subset of verbs (none today); kept for discovery.

@@ -99,6 +99,17 @@ pub fn validate(
     }
     unknown.sort();
     unknown.dedup();
+    if def.reject_unknown_fields && !unknown.is_empty() {
+        let causes = unknown
+            .iter()
+            .map(|u| Cause {
+                reason: "FieldValueForbidden".into(),
+                message: format!("Forbidden: field \"{u}\" is not supported by kumo"),
+                field: u.clone(),
+            })
+            .collect();
+        return Err(ApiError::invalid(&def.group, &def.kind, &name, causes));
+    }
     if !unknown.is_empty() {
         match fv {
             FieldValidation::Strict => {
@@ -112,6 +123,9 @@ pub fn validate(
     causes.extend(validation::validate_metadata(def, obj, url_ns));
     if def.builtin == Some(kumo_api::resource::Builtin::CustomResourceDefinition) {
         causes.extend(kumo_api::crd::validate(obj));
+    }
+    if def.group == kumo_api::kubevirt::GROUP {
+        causes.extend(kumo_api::kubevirt::validate(&def.kind, obj));
     }
     if !causes.is_empty() {
         return Err(ApiError::invalid(&def.group, &def.kind, &name, causes));

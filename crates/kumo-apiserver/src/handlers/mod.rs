@@ -208,9 +208,40 @@ pub async fn bootstrap(api: &Arc<ApiServer>) -> anyhow::Result<()> {
         }
     }
     let crd_def = api.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions").expect("built-in");
+    install_crds(api, &crd_def).await?;
     let (crds, _) = api.objects.list_all(&crd_def, None).await?;
     for crd in crds {
         api.registry.put_crd(&crd);
+    }
+    Ok(())
+}
+
+/// Installs (or upgrades) the CRDs kumo itself serves: KubeVirt's kinds.
+async fn install_crds(api: &Arc<ApiServer>, crd_def: &ResourceDef) -> anyhow::Result<()> {
+    for mut crd in kumo_api::kubevirt::crds() {
+        let name = kumo_api::meta::name(&crd).to_string();
+        match api.objects.try_get(crd_def, None, &name).await? {
+            None => {
+                admission::stamp_new(&mut crd);
+                admission::on_create(api, crd_def, &mut crd)?;
+                api.objects.create(crd_def, &crd).await?;
+            }
+            Some(mut current)
+                if current.get("spec") != crd.get("spec")
+                    || current.pointer("/metadata/annotations") != crd.pointer("/metadata/annotations") =>
+            {
+                let rv = crate::objects::parse_rv(kumo_api::meta::resource_version(&current))?;
+                current["spec"] = crd["spec"].clone();
+                kumo_api::meta::set_meta(
+                    &mut current,
+                    "annotations",
+                    crd.pointer("/metadata/annotations").cloned().unwrap_or_default(),
+                );
+                current["status"] = kumo_api::crd::established_status(&current, &kumo_api::meta::now_rfc3339());
+                api.objects.update(crd_def, &current, rv).await?;
+            }
+            Some(_) => {}
+        }
     }
     Ok(())
 }
