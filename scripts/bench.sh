@@ -22,6 +22,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "bench: open-files limit $(ulimit -n)"
 
 mkdir -p target/bench
+echo "bench: source $(git describe --always --dirty 2>/dev/null || echo unknown)"
 cmd=(target/release/kumo-bench --kumo-bin target/release/kumo --out target/bench/results.json "$@")
 echo "bench: ${cmd[*]}"
 exec "${cmd[@]}"

@@ -1,0 +1,62 @@
+//! Store growth: fill a fresh kumo with ConfigMaps bucket by bucket, recording create throughput, latency,
+//! server CPU, resident memory and data-directory size after each bucket; then sit idle for a while to see
+//! what the server does with a full store on its own.
+
+use crate::load::{self, KumoWorker};
+use crate::procs::{self, CpuMeter, Kumo};
+use crate::report::{Bucket, Growth};
+use anyhow::Result;
+use std::time::Duration;
+
+pub struct Settings {
+    pub objects: usize,
+    pub step: usize,
+    pub conns: usize,
+    pub size: usize,
+    pub idle: Duration,
+}
+
+/// Returns the growth results and the size of one stored object as kumo returns it.
+pub async fn run(kumo: &Kumo, s: &Settings) -> Result<(Growth, usize)> {
+    let pid = kumo.proc.pid();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = kumo.proc.rss_bytes()?;
+    let (probe, _) = load::run_phase(KumoWorker::open(&kumo.endpoint, 1, "probe", s.size).await?, 0..1, pid).await?;
+    let stored_bytes = probe[0].stored_bytes;
+
+    let mut workers = KumoWorker::open(&kumo.endpoint, s.conns, "grow", s.size).await?;
+    let mut buckets = vec![];
+    for from in (0..s.objects).step_by(s.step) {
+        let to = (from + s.step).min(s.objects);
+        let (w, phase) = load::run_phase(workers, from..to, pid).await?;
+        workers = w;
+        let rss_after = kumo.proc.rss_bytes()?;
+        let disk_after = procs::dir_bytes(kumo.proc.dir());
+        crate::progress(format!(
+            "{} (store {to} objects, RSS {} MiB, data dir {} MiB)",
+            crate::show("grow", &phase),
+            rss_after >> 20,
+            disk_after >> 20
+        ));
+        buckets.push(Bucket { from, to, phase, rss_after, disk_after });
+    }
+    drop(workers);
+
+    crate::progress(format!("idle for {:?} at {} objects", s.idle, s.objects));
+    let cpu = CpuMeter::start(pid);
+    tokio::time::sleep(s.idle).await;
+    let idle_cpu = cpu.stop().0;
+    let rss_after_idle = kumo.proc.rss_bytes()?;
+    Ok((
+        Growth {
+            conns: s.conns,
+            rss_before,
+            buckets,
+            idle_secs: s.idle.as_secs_f64(),
+            idle_cpu,
+            rss_after_idle,
+            rss_after_restart: 0,
+        },
+        stored_bytes,
+    ))
+}
