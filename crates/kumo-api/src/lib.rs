@@ -18,6 +18,7 @@ pub mod kubevirt;
 pub mod meta;
 pub mod patch;
 pub mod protobuf;
+pub mod quantity;
 pub mod resource;
 pub mod schema;
 pub mod selector;

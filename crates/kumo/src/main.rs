@@ -16,8 +16,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the control plane (API server on an embedded store) on this machine.
+    /// Run the control plane (API server on an embedded store, and the controllers) on this machine.
     Server(ServerArgs),
+    /// Run only the controllers, against any Kubernetes-compatible API server (kumo's or a real cluster's).
+    Controllers {
+        /// Kubeconfig to use (default: $KUBECONFIG or ~/.kube/config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -40,6 +46,9 @@ struct ServerArgs {
     /// How often watchers that asked for bookmarks get one.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     bookmark_interval: Duration,
+    /// Do not run the controllers in this process (run `kumo controllers` elsewhere instead).
+    #[arg(long)]
+    no_controllers: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -63,7 +72,24 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Server(args) => server(args).await,
+        Command::Controllers { kubeconfig } => {
+            let client = client_from(kubeconfig.as_deref()).await?;
+            kumo_controllers::run(client).await
+        }
     }
+}
+
+/// A kube-rs client from a kubeconfig file, or the default configuration.
+async fn client_from(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await.context("no kubeconfig: pass --kubeconfig or set KUBECONFIG")?,
+    };
+    Ok(kube::Client::try_from(config)?)
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
@@ -78,6 +104,15 @@ async fn server(args: ServerArgs) -> Result<()> {
     config.watch_cache_size = args.watch_cache_size;
     config.bookmark_interval = args.bookmark_interval;
     let running = kumo_apiserver::run(config, Arc::new(store)).await?;
+    if !args.no_controllers {
+        // The controllers talk to this server through the API like any other client.
+        let client = client_from(Some(&running.kubeconfig)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = kumo_controllers::run(client).await {
+                tracing::error!("controllers stopped: {e:#}");
+            }
+        });
+    }
     eprintln!("kumo server ready at https://{}\n  export KUBECONFIG={}", running.addr, running.kubeconfig.display());
     // Every acknowledged write is already durable, so stopping needs no flush: just exit on INT or TERM.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -1,0 +1,173 @@
+//! Running the controllers with kube-rs: watch, fetch what a plan needs, apply the plan through the API,
+//! record events. All decisions live in [`crate::vm`] and [`crate::vmi`].
+
+use crate::{kinds, vm, vmi};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::DynamicObject;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("encoding: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub struct Ctx {
+    client: Client,
+    recorder: Recorder,
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Runs every controller until the process ends.
+pub async fn run(client: Client) -> anyhow::Result<()> {
+    let reporter = Reporter { controller: "kumo-controllers".into(), instance: std::env::var("HOSTNAME").ok() };
+    let ctx = Arc::new(Ctx { client: client.clone(), recorder: Recorder::new(client.clone(), reporter) });
+    let (vm_ar, vmi_ar) = (kinds::vm(), kinds::vmi());
+    let vms = Api::<DynamicObject>::all_with(client.clone(), &vm_ar);
+    let vmis = Api::<DynamicObject>::all_with(client.clone(), &vmi_ar);
+    let vm_controller = Controller::new_with(vms, watcher::Config::default(), vm_ar.clone())
+        .owns_with(vmis.clone(), vmi_ar.clone(), watcher::Config::default())
+        .run(reconcile_vm, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!("vm controller: {e}");
+            }
+        });
+    let vmi_controller = Controller::new_with(vmis, watcher::Config::default(), vmi_ar)
+        .run(reconcile_vmi, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!("vmi controller: {e}");
+            }
+        });
+    tokio::join!(vm_controller, vmi_controller);
+    Ok(())
+}
+
+fn error_policy(_obj: Arc<DynamicObject>, err: &Error, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!("reconcile failed: {err}");
+    Action::requeue(Duration::from_secs(2))
+}
+
+async fn publish(ctx: &Ctx, obj: &DynamicObject, ar: &kube::core::ApiResource, events: &[vm::Event]) {
+    let reference = obj.object_ref(ar);
+    for e in events {
+        let ev = KEvent {
+            type_: if e.warning { EventType::Warning } else { EventType::Normal },
+            reason: e.reason.into(),
+            note: Some(e.note.clone()),
+            action: e.reason.into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
+            tracing::warn!("recording event {}: {err}", e.reason);
+        }
+    }
+}
+
+/// Merge-patches `status`, nulling keys that disappeared (a merge patch only removes what it names).
+async fn patch_status(api: &Api<DynamicObject>, obj: &DynamicObject, status: &Value) -> Result<(), Error> {
+    let old = obj.data.get("status").cloned().unwrap_or(json!({}));
+    if &old == status {
+        return Ok(());
+    }
+    let mut patch = status.clone();
+    if let (Some(o), Some(p)) = (old.as_object(), patch.as_object_mut()) {
+        for k in o.keys() {
+            p.entry(k.clone()).or_insert(Value::Null);
+        }
+    }
+    api.patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": patch}))).await?;
+    Ok(())
+}
+
+async fn reconcile_vm(vm_obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = vm_obj.namespace().unwrap_or_default();
+    let name = vm_obj.name_any();
+    let vms = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &kinds::vm());
+    let vmis = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &kinds::vmi());
+    let vm_value = serde_json::to_value(&*vm_obj)?;
+    let vmi = vmis.get_opt(&name).await?.map(|v| serde_json::to_value(&v)).transpose()?;
+    let plan = vm::plan(&vm_value, vmi.as_ref(), &now());
+    for action in &plan.actions {
+        match action {
+            vm::Action::CreateVmi(obj) => {
+                let obj: DynamicObject = serde_json::from_value(obj.clone())?;
+                match vmis.create(&PostParams::default(), &obj).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            vm::Action::DeleteVmi { uid } => {
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+                    ..Default::default()
+                };
+                match vmis.delete(&name, &dp).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    publish(&ctx, &vm_obj, &kinds::vm(), &plan.events).await;
+    if vm_obj.meta().deletion_timestamp.is_none() {
+        patch_status(&vms, &vm_obj, &plan.status).await?;
+    }
+    // Act again soon after changing something, so e.g. a replaced VMI is recreated once the old one is gone.
+    Ok(if plan.actions.is_empty() {
+        Action::requeue(Duration::from_secs(300))
+    } else {
+        Action::requeue(Duration::from_secs(1))
+    })
+}
+
+async fn reconcile_vmi(vmi_obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = vmi_obj.namespace().unwrap_or_default();
+    let vmis = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &kinds::vmi());
+    let value = serde_json::to_value(&*vmi_obj)?;
+    let phase = value.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+    let (nodes, used) = if phase == "Scheduling" {
+        let nodes: Vec<Value> = Api::<Node>::all(ctx.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
+        let mut used: HashMap<String, u64> = HashMap::new();
+        let all =
+            Api::<DynamicObject>::all_with(ctx.client.clone(), &kinds::vmi()).list(&ListParams::default()).await?;
+        for other in &all.items {
+            let v = serde_json::to_value(other)?;
+            if let Some(n) = v.pointer("/status/nodeName").and_then(Value::as_str) {
+                *used.entry(n.to_string()).or_default() += vmi::memory_request(&v);
+            }
+        }
+        (nodes, used)
+    } else {
+        (vec![], HashMap::new())
+    };
+    let plan = vmi::plan(&value, &nodes, &used, &now());
+    publish(&ctx, &vmi_obj, &kinds::vmi(), &plan.events).await;
+    if let Some(status) = &plan.status {
+        patch_status(&vmis, &vmi_obj, status).await?;
+    }
+    Ok(if plan.retry { Action::requeue(Duration::from_secs(3)) } else { Action::requeue(Duration::from_secs(300)) })
+}
