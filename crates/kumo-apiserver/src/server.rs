@@ -33,7 +33,7 @@ impl Config {
             listen,
             hosts: vec![],
             compaction_interval: Duration::from_secs(300),
-            watch_cache_size: 10_000,
+            watch_cache_size: 5_000,
             bookmark_interval: Duration::from_secs(30),
         }
     }

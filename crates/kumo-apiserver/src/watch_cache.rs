@@ -18,6 +18,22 @@ pub struct CachedEvent {
     /// The new object (for a deletion: the last state), resourceVersion stamped with `revision`.
     pub object: Arc<Value>,
     pub prev: Option<Arc<Value>>,
+    /// Watch-stream lines already encoded for this event, by (event type, served apiVersion): watchers of the
+    /// same kind share one serialization instead of each encoding the object again.
+    encoded: std::sync::Mutex<Vec<(String, bytes::Bytes)>>,
+}
+
+impl CachedEvent {
+    /// The encoding of this event under `key`, computed by `make` the first time.
+    pub fn encoded(&self, key: &str, make: impl FnOnce() -> bytes::Bytes) -> bytes::Bytes {
+        let mut cache = self.encoded.lock().expect("lock");
+        if let Some((_, b)) = cache.iter().find(|(k, _)| k == key) {
+            return b.clone();
+        }
+        let b = make();
+        cache.push((key.to_string(), b.clone()));
+        b
+    }
 }
 
 /// Why a watch cannot continue: the client must relist.
@@ -51,6 +67,7 @@ fn to_cached(e: kumo_store::Event) -> Option<Arc<CachedEvent>> {
         deleted: e.kind == EventKind::Delete,
         object: Arc::new(object),
         prev: e.prev.as_ref().and_then(|p| decode(p).ok()).map(Arc::new),
+        encoded: Default::default(),
     }))
 }
 

@@ -41,7 +41,7 @@ struct ServerArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     compaction_interval: Duration,
     /// Events the watch cache keeps in memory.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 5_000)]
     watch_cache_size: usize,
     /// How often watchers that asked for bookmarks get one.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]

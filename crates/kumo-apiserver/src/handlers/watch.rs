@@ -37,6 +37,15 @@ impl Encoder {
         line(json!({"type": kind, "object": object}))
     }
 
+    /// A change event; plain JSON encodings are shared between watchers through the cache.
+    fn change(&mut self, kind: &str, ev: &CachedEvent) -> Bytes {
+        if self.table {
+            return self.event(kind, &ev.object);
+        }
+        let key = format!("{kind}|{}", self.def.api_version());
+        ev.encoded(&key, || self.event(kind, &ev.object))
+    }
+
     fn bookmark(&self, rv: i64, initial_end: bool) -> Bytes {
         let mut md = json!({"resourceVersion": rv.to_string()});
         if initial_end {
@@ -182,12 +191,12 @@ fn transition(enc: &mut Encoder, sel: &Selectors, ev: &CachedEvent) -> Option<By
     let now = selected(enc, sel, &ev.object);
     let before = ev.prev.as_ref().is_some_and(|p| selected(enc, sel, p));
     if ev.deleted {
-        return (now || before).then(|| enc.event("DELETED", &ev.object));
+        return (now || before).then(|| enc.change("DELETED", ev));
     }
     match (before, now) {
-        (false, true) => Some(enc.event("ADDED", &ev.object)),
-        (true, true) => Some(enc.event("MODIFIED", &ev.object)),
-        (true, false) => Some(enc.event("DELETED", &ev.object)),
+        (false, true) => Some(enc.change("ADDED", ev)),
+        (true, true) => Some(enc.change("MODIFIED", ev)),
+        (true, false) => Some(enc.change("DELETED", ev)),
         (false, false) => None,
     }
 }

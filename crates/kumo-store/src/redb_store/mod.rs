@@ -58,6 +58,9 @@ impl std::fmt::Debug for RedbStore {
     }
 }
 
+/// redb page cache size.
+const CACHE_BYTES: usize = 64 << 20;
+
 impl RedbStore {
     /// Opens the database at `path`, creating it if missing. Fails with [`Error::Backend`] if the file is not a
     /// redb database or was written by an unknown format version.
@@ -66,7 +69,12 @@ impl RedbStore {
     }
 
     fn open_with_capacity(path: &Path, capacity: usize) -> Result<RedbStore> {
-        let db = Database::create(path).map_err(|e| Error::Backend(format!("opening {}: {e}", path.display())))?;
+        // redb's default page cache is 1 GiB; the API server's watch cache already keeps hot data in memory,
+        // so a smaller cache keeps resident memory proportional to what is actually used.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| Error::Backend(format!("opening {}: {e}", path.display())))?;
         let (revision, compacted) = init(&db)?;
         let shared = Arc::new(Shared {
             revision: AtomicI64::new(revision),
