@@ -32,6 +32,15 @@ pub fn serve(api: &ApiServer, target: &Target) -> Resp {
                 groups.iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_doc(g, vs)).collect();
             json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": list})
         }
+        Target::Group(g) if g == crate::kubevirt::GROUP => {
+            let mut d = group_doc(g, &["v1".to_string()]);
+            d["kind"] = json!("APIGroup");
+            d["apiVersion"] = json!("v1");
+            d
+        }
+        Target::GroupVersion { group, version } if group == crate::kubevirt::GROUP && version == "v1" => {
+            crate::kubevirt::discovery()
+        }
         Target::Group(g) => match groups.get(g) {
             Some(vs) if !g.is_empty() => {
                 let mut d = group_doc(g, vs);

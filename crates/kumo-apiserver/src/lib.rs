@@ -10,6 +10,7 @@
 pub mod discovery;
 pub mod gc;
 pub mod handlers;
+pub mod kubevirt;
 pub mod objects;
 pub mod openapi;
 pub mod registry;

@@ -14,8 +14,52 @@ struct Cli {
     command: Command,
 }
 
+mod virtctl;
+
+#[derive(clap::Args)]
+struct Target {
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// Kubeconfig to use (default: $KUBECONFIG or ~/.kube/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Start a VirtualMachine.
+    Start {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop a VirtualMachine (the guest gets an ACPI shutdown, then is killed after its grace period).
+    Stop {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Restart a VirtualMachine.
+    Restart {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Pause a running guest: `kumo pause vmi NAME` (or `vm NAME`).
+    Pause {
+        kind: String,
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Resume a paused guest: `kumo unpause vmi NAME`.
+    Unpause {
+        kind: String,
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Run the control plane (API server on an embedded store, and the controllers) on this machine.
     Server(ServerArgs),
     /// Run only the controllers, against any Kubernetes-compatible API server (kumo's or a real cluster's).
@@ -72,11 +116,31 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Server(args) => server(args).await,
+        Command::Start { name, target } => vm_verb(&target, "virtualmachines", &name, "start").await,
+        Command::Stop { name, target } => vm_verb(&target, "virtualmachines", &name, "stop").await,
+        Command::Restart { name, target } => vm_verb(&target, "virtualmachines", &name, "restart").await,
+        Command::Pause { kind, name, target } => {
+            virtctl::kind_plural(&kind)?;
+            vm_verb(&target, "virtualmachineinstances", &name, "pause").await
+        }
+        Command::Unpause { kind, name, target } => {
+            virtctl::kind_plural(&kind)?;
+            vm_verb(&target, "virtualmachineinstances", &name, "unpause").await
+        }
         Command::Controllers { kubeconfig } => {
             let client = client_from(kubeconfig.as_deref()).await?;
             kumo_controllers::run(client).await
         }
     }
+}
+
+async fn vm_verb(target: &Target, plural: &str, name: &str, verb: &str) -> Result<()> {
+    let client = client_from(target.kubeconfig.as_deref()).await?;
+    let ns = target.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    virtctl::put_subresource(&client, &ns, plural, name, verb).await?;
+    let what = if plural == "virtualmachines" { "VM" } else { "VMI" };
+    println!("{what} {name} was scheduled to {verb}");
+    Ok(())
 }
 
 /// A kube-rs client from a kubeconfig file, or the default configuration.

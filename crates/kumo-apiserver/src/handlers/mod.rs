@@ -160,6 +160,9 @@ fn authorized(api: &ApiServer, headers: &http::HeaderMap) -> bool {
 
 async fn route(api: &Arc<ApiServer>, call: Call) -> Result<Resp, ApiError> {
     let p = &call.path;
+    if p.group == crate::kubevirt::GROUP {
+        return crate::kubevirt::serve(api, &call).await;
+    }
     let def = api
         .registry
         .get(&p.group, &p.version, &p.resource)

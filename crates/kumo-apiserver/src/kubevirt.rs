@@ -1,0 +1,170 @@
+//! KubeVirt's `subresources.kubevirt.io/v1` API (what KubeVirt's virt-api serves and virtctl calls):
+//! VM start/stop/restart and VMI pause/unpause. They translate into ordinary writes the controllers and the
+//! node agent act on — a runStrategy change or a stateChangeRequest on the VM, a pause annotation on the VMI.
+
+use crate::handlers::{ApiServer, Call};
+use crate::objects::parse_rv;
+use crate::response::{self, Resp};
+use http::{Method, StatusCode};
+use kumo_api::{meta, ApiError, ResourceDef};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub const GROUP: &str = "subresources.kubevirt.io";
+/// On a VMI: the agent pauses (`"true"`) or resumes the guest to match.
+pub const PAUSE_ANNOTATION: &str = "kumo.dev/paused";
+
+const VERBS: &[(&str, &[&str])] =
+    &[("virtualmachines", &["start", "stop", "restart"]), ("virtualmachineinstances", &["pause", "unpause"])];
+
+/// The discovery document for `subresources.kubevirt.io/v1`.
+pub fn discovery() -> Value {
+    let mut resources = Vec::new();
+    for (plural, subs) in VERBS {
+        for s in *subs {
+            resources.push(json!({"name": format!("{plural}/{s}"), "singularName": "", "namespaced": true,
+                "kind": "", "verbs": ["update"]}));
+        }
+    }
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{GROUP}/v1"), "resources": resources})
+}
+
+fn conflict(def: &ResourceDef, name: &str, why: &str) -> ApiError {
+    ApiError::conflict(&def.group, &def.plural, name, why)
+}
+
+pub async fn serve(api: &Arc<ApiServer>, call: &Call) -> Result<Resp, ApiError> {
+    let p = &call.path;
+    let sub = p.subresource.as_deref().unwrap_or("");
+    let known = VERBS.iter().any(|(plural, subs)| *plural == p.resource && subs.contains(&sub));
+    if !known || p.name.is_none() || p.namespace.is_none() || p.version != "v1" {
+        return Err(ApiError::path_not_found(&format!("{GROUP}/{}/{}/{sub}", p.version, p.resource)));
+    }
+    if call.method != Method::PUT {
+        return Err(ApiError::method_not_allowed(call.method.as_str(), &format!("{}/{sub}", p.resource)));
+    }
+    let vm_def = api
+        .registry
+        .get("kubevirt.io", "v1", "virtualmachines")
+        .ok_or_else(|| ApiError::internal("kubevirt.io CRDs missing"))?;
+    let vmi_def = api
+        .registry
+        .get("kubevirt.io", "v1", "virtualmachineinstances")
+        .ok_or_else(|| ApiError::internal("kubevirt.io CRDs missing"))?;
+    let (ns, name) = (call.namespace(), call.name());
+    match sub {
+        "start" | "stop" | "restart" => {
+            let vm = api.objects.get(&vm_def, ns, name).await?;
+            let vmi = api.objects.try_get(&vmi_def, ns, name).await?;
+            let next = vm_transition(&vm_def, &vm, vmi.as_ref(), sub)?;
+            let rv = parse_rv(meta::resource_version(&vm))?;
+            api.objects.update(&vm_def, &next, rv).await?;
+        }
+        _ => {
+            let vmi = api.objects.get(&vmi_def, ns, name).await?;
+            if vmi.pointer("/status/phase").and_then(Value::as_str) != Some("Running") {
+                return Err(conflict(&vmi_def, name, "VMI is not running"));
+            }
+            let paused = vmi
+                .pointer(&format!("/metadata/annotations/{}", PAUSE_ANNOTATION.replace('/', "~1")))
+                .and_then(Value::as_str)
+                == Some("true");
+            let want = sub == "pause";
+            if paused == want {
+                return Err(conflict(&vmi_def, name, if want { "VMI is already paused" } else { "VMI is not paused" }));
+            }
+            let mut next = vmi.clone();
+            let mut ann = vmi.pointer("/metadata/annotations").cloned().unwrap_or(json!({}));
+            if want {
+                ann[PAUSE_ANNOTATION] = json!("true");
+            } else if let Some(m) = ann.as_object_mut() {
+                m.remove(PAUSE_ANNOTATION);
+            }
+            meta::set_meta(&mut next, "annotations", ann);
+            api.objects.update(&vmi_def, &next, parse_rv(meta::resource_version(&vmi))?).await?;
+        }
+    }
+    Ok(response::json_response(StatusCode::ACCEPTED, &json!({})))
+}
+
+/// The VM after a start/stop/restart request, following KubeVirt: strategies that decide on their own
+/// (Always, RerunOnFailure, Halted, legacy running) flip to the opposite state; Manual and restarts queue
+/// stateChangeRequests for the VM controller.
+pub fn vm_transition(def: &ResourceDef, vm: &Value, vmi: Option<&Value>, verb: &str) -> Result<Value, ApiError> {
+    let name = meta::name(vm);
+    let strategy = vm.pointer("/spec/runStrategy").and_then(Value::as_str);
+    let legacy = vm.pointer("/spec/running").and_then(Value::as_bool);
+    let vmi_live = vmi.filter(|i| {
+        meta::deletion_timestamp(i).is_none()
+            && !matches!(i.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+    });
+    let mut next = vm.clone();
+    let mut requests = vm.pointer("/status/stateChangeRequests").and_then(Value::as_array).cloned().unwrap_or_default();
+    if !requests.is_empty() {
+        return Err(conflict(def, name, "a previous start/stop request is still being processed; try again shortly"));
+    }
+    let set_running = |next: &mut Value, on: bool| match legacy {
+        Some(_) if strategy.is_none() => next["spec"]["running"] = json!(on),
+        _ => next["spec"]["runStrategy"] = json!(if on { "Always" } else { "Halted" }),
+    };
+    match verb {
+        "start" => {
+            if vmi_live.is_some() {
+                return Err(conflict(def, name, "VM is already running"));
+            }
+            match strategy {
+                Some("Manual") | Some("Once") => requests.push(json!({"action": "Start"})),
+                Some("RerunOnFailure") if vmi.is_some() => requests.push(json!({"action": "Start"})),
+                _ => set_running(&mut next, true),
+            }
+        }
+        "stop" => {
+            let Some(i) = vmi_live else { return Err(conflict(def, name, "VM is not running")) };
+            match strategy {
+                Some("Manual") | Some("Once") => requests.push(json!({"action": "Stop", "uid": meta::uid(i)})),
+                _ => set_running(&mut next, false),
+            }
+        }
+        _ => {
+            let Some(i) = vmi_live else { return Err(conflict(def, name, "VM is not running, cannot restart it")) };
+            if strategy == Some("Halted") || legacy == Some(false) {
+                return Err(conflict(def, name, "RunStrategy Halted does not support manual restart requests"));
+            }
+            requests.push(json!({"action": "Stop", "uid": meta::uid(i)}));
+            requests.push(json!({"action": "Start"}));
+        }
+    }
+    if !requests.is_empty() {
+        next["status"]["stateChangeRequests"] = json!(requests);
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def() -> ResourceDef {
+        kumo_api::crd::resource_defs(&kumo_api::kubevirt::vm_crd()).remove(0)
+    }
+
+    fn vm(strategy: &str) -> Value {
+        json!({"metadata": {"name": "v"}, "spec": {"runStrategy": strategy}, "status": {}})
+    }
+
+    #[test]
+    fn start_stop_restart() {
+        let running = json!({"metadata": {"uid": "i1"}, "status": {"phase": "Running"}});
+        let d = def();
+        assert_eq!(vm_transition(&d, &vm("Halted"), None, "start").unwrap()["spec"]["runStrategy"], "Always");
+        assert_eq!(vm_transition(&d, &vm("Always"), Some(&running), "stop").unwrap()["spec"]["runStrategy"], "Halted");
+        assert_eq!(vm_transition(&d, &vm("Always"), Some(&running), "start").unwrap_err().code, 409);
+        assert_eq!(vm_transition(&d, &vm("Halted"), None, "stop").unwrap_err().code, 409);
+        let manual = vm_transition(&d, &vm("Manual"), None, "start").unwrap();
+        assert_eq!(manual["status"]["stateChangeRequests"], json!([{"action": "Start"}]));
+        let r = vm_transition(&d, &vm("Always"), Some(&running), "restart").unwrap();
+        assert_eq!(r["status"]["stateChangeRequests"], json!([{"action": "Stop", "uid": "i1"}, {"action": "Start"}]));
+        let legacy = json!({"metadata": {"name": "v"}, "spec": {"running": false}});
+        assert_eq!(vm_transition(&d, &legacy, None, "start").unwrap()["spec"]["running"], true);
+    }
+}
