@@ -1,28 +1,41 @@
 #!/usr/bin/env bash
-# Installs what kumo's tests and tools need on a fresh Debian machine (idempotent; run as root).
-# Needs network access to the Debian and PyPI package registries.
+# Installs what kumo, its tests and its tools need on a fresh Debian machine, builds the test guest, and
+# starts the local registry holding it as a containerDisk. Idempotent; run as root. Needs only the Debian and
+# PyPI package registries.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-need_apt=()
-command -v kubectl >/dev/null || echo "warning: kubectl not found; the end-to-end tests use it" >&2
-if [ "${KUMO_SETUP_BENCH:-0}" = 1 ]; then
-  command -v etcd >/dev/null || need_apt+=(etcd-server)
-fi
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "setup: installing ${need_apt[*]} (apt)"
+# Debian packages: QEMU and qemu-img (guests), iproute2 + nftables (per-VMI networking), docker-registry
+# (containerDisks), busybox/xorriso/genisoimage (network and ISO tests), etcd-server (benchmark).
+pkgs=(qemu-system-x86 qemu-utils iproute2 nftables docker-registry busybox xorriso genisoimage curl ca-certificates)
+[ "${KUMO_SETUP_BENCH:-0}" = 1 ] && pkgs+=(etcd-server)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]} (apt)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+command -v kubectl >/dev/null || echo "setup: warning: kubectl not found; the end-to-end tests use it" >&2
 
 if ! python3 -c 'import kubernetes' 2>/dev/null; then
   echo "setup: installing the Python kubernetes client (pip)"
   python3 -m pip install --quiet --disable-pip-version-check kubernetes \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kubernetes
 fi
-
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
+
+# Kernel pieces the per-VMI network uses (already built in on most kernels; failures are harmless).
+for m in tun bridge veth nf_tables nft_chain_nat nft_masq; do modprobe -q "$m" 2>/dev/null || true; done
+
+echo "setup: test guest (cached under ${KUMO_CACHE:-$HOME/.cache/kumo})"
+images/build-guest.sh >/dev/null
+images/start-registry.sh >/dev/null
+images/package-containerdisk.sh >/dev/null
 echo "setup: done"

@@ -89,6 +89,8 @@ pub fn vm_crd() -> Value {
             "action": {"type": "string", "enum": ["Start", "Stop"]}, "uid": {"type": "string"},
             "data": {"type": "object", "additionalProperties": {"type": "string"}}}}},
         "printableStatusReason": {"type": "string"},
+        "startFailure": {"type": "object", "properties": {"consecutiveFailCount": {"type": "integer"},
+            "lastFailedVMIUID": {"type": "string"}, "retryAfterTimestamp": {"type": "string"}}},
     }});
     let schema = json!({"type": "object", "description": "VirtualMachine handles the lifecycle of a VirtualMachineInstance.",
         "required": ["spec"], "properties": {"spec": spec, "status": status}});

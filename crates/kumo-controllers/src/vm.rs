@@ -24,6 +24,8 @@ pub struct Event {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub actions: Vec<Action>,
+    /// Look again after this long (e.g. when a crash-loop backoff ends).
+    pub requeue_after: Option<std::time::Duration>,
     /// The VM's status as it should be after the actions.
     pub status: Value,
     pub events: Vec<Event>,
@@ -124,6 +126,26 @@ pub fn plan(vm: &Value, vmi: Option<&Value>, now: &str) -> Plan {
             }
         }
     }
+    // Consecutive failures drive the crash-loop backoff (KubeVirt's status.startFailure).
+    let mut start_failure = vm.pointer("/status/startFailure").cloned();
+    let mut requeue_after = None;
+    if let Some(i) = vmi.filter(|i| phase(i) == "Failed") {
+        let seen = start_failure.as_ref().and_then(|f| f.get("lastFailedVMIUID")).and_then(Value::as_str)
+            == Some(uid(i).as_str());
+        if !seen {
+            let count =
+                start_failure.as_ref().and_then(|f| f.get("consecutiveFailCount")).and_then(Value::as_u64).unwrap_or(0)
+                    + 1;
+            let delay = BACKOFF_BASE_SECS.saturating_mul(1 << (count - 1).min(10)).min(BACKOFF_MAX_SECS);
+            let retry = chrono::DateTime::parse_from_rfc3339(now)
+                .map(|t| (t + chrono::Duration::seconds(delay as i64)).format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .unwrap_or_else(|_| now.to_string());
+            start_failure =
+                Some(json!({"consecutiveFailCount": count, "lastFailedVMIUID": uid(i), "retryAfterTimestamp": retry}));
+        }
+    } else if vmi.is_some_and(|i| phase(i) == "Running") {
+        start_failure = None;
+    }
     let want = want.unwrap_or(match strategy {
         "Always" => true,
         "RerunOnFailure" => vmi.is_none_or(|i| phase(i) != "Succeeded"),
@@ -142,10 +164,14 @@ pub fn plan(vm: &Value, vmi: Option<&Value>, now: &str) -> Plan {
             });
         }
         (true, Some(i)) if finished(i) && !deleting(i) && strategy != "Once" => {
-            // A finished VMI is replaced: delete now, create on the next pass once it is gone.
+            // A finished VMI is replaced: delete now, create on the next pass once it is gone — after a
+            // growing backoff when it failed, so a broken VM does not restart in a tight loop.
             let rerun =
                 strategy == "Always" || (strategy == "RerunOnFailure" && phase(i) == "Failed") || !requests.is_empty();
-            if rerun {
+            let wait = if phase(i) == "Failed" { backoff_remaining(&start_failure, now) } else { None };
+            if let Some(w) = wait {
+                requeue_after = Some(w);
+            } else if rerun {
                 actions.push(Action::DeleteVmi { uid: uid(i) });
                 events.push(Event {
                     warning: phase(i) == "Failed",
@@ -194,7 +220,21 @@ pub fn plan(vm: &Value, vmi: Option<&Value>, now: &str) -> Plan {
     if !requests.is_empty() {
         status["stateChangeRequests"] = json!(requests);
     }
-    Plan { actions, status, events }
+    if let Some(f) = start_failure {
+        status["startFailure"] = f;
+    }
+    Plan { actions, requeue_after, status, events }
+}
+
+const BACKOFF_BASE_SECS: u64 = 10;
+const BACKOFF_MAX_SECS: u64 = 300;
+
+/// Time left before a failed VMI may be restarted, if any.
+fn backoff_remaining(start_failure: &Option<Value>, now: &str) -> Option<std::time::Duration> {
+    let retry = start_failure.as_ref()?.get("retryAfterTimestamp")?.as_str()?;
+    let (retry, now) =
+        (chrono::DateTime::parse_from_rfc3339(retry).ok()?, chrono::DateTime::parse_from_rfc3339(now).ok()?);
+    (retry > now).then(|| (retry - now).to_std().ok()).flatten()
 }
 
 fn printable_status(vm_deleting: bool, vmi: Option<&Value>, creating: bool, strategy: &str) -> &'static str {
@@ -259,7 +299,6 @@ mod tests {
         assert_eq!(kinds(&plan(&vm("Halted"), Some(&vmi("Running")), "t")), vec!["delete"]);
         assert_eq!(kinds(&plan(&vm("Always"), Some(&vmi("Running")), "t")), Vec::<&str>::new());
         assert_eq!(kinds(&plan(&vm("Always"), Some(&vmi("Succeeded")), "t")), vec!["delete"]);
-        assert_eq!(kinds(&plan(&vm("RerunOnFailure"), Some(&vmi("Failed")), "t")), vec!["delete"]);
         assert_eq!(kinds(&plan(&vm("RerunOnFailure"), Some(&vmi("Succeeded")), "t")), Vec::<&str>::new());
         assert_eq!(kinds(&plan(&vm("Manual"), None, "t")), Vec::<&str>::new());
         assert_eq!(kinds(&plan(&vm("Once"), None, "t")), vec!["create"]);
@@ -267,6 +306,27 @@ mod tests {
         let mut legacy = vm("x");
         legacy["spec"] = json!({"running": true, "template": {"spec": {}}});
         assert_eq!(kinds(&plan(&legacy, None, "t")), vec!["create"]);
+    }
+
+    #[test]
+    fn failed_vmis_restart_after_a_growing_backoff() {
+        let t0 = "2026-01-01T00:00:00Z";
+        let p = plan(&vm("RerunOnFailure"), Some(&vmi("Failed")), t0);
+        assert!(kinds(&p).is_empty(), "first failure waits");
+        assert_eq!(p.requeue_after, Some(std::time::Duration::from_secs(10)));
+        assert_eq!(p.status["startFailure"]["consecutiveFailCount"], 1);
+        assert_eq!(p.status["printableStatus"], "CrashLoopBackOff");
+        let mut later = vm("RerunOnFailure");
+        later["status"] = p.status.clone();
+        assert_eq!(kinds(&plan(&later, Some(&vmi("Failed")), "2026-01-01T00:00:11Z")), vec!["delete"]);
+        // The next failed VMI (new uid) doubles the wait.
+        let mut next = vmi("Failed");
+        next["metadata"]["uid"] = json!("vmi-2");
+        let p2 = plan(&later, Some(&next), "2026-01-01T00:01:00Z");
+        assert_eq!(
+            (p2.status["startFailure"]["consecutiveFailCount"].as_u64(), p2.requeue_after),
+            (Some(2), Some(std::time::Duration::from_secs(20)))
+        );
     }
 
     #[test]

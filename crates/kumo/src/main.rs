@@ -62,6 +62,17 @@ enum Command {
     },
     /// Run the control plane (API server on an embedded store, and the controllers) on this machine.
     Server(ServerArgs),
+    /// Run a node agent: this machine runs the guests scheduled to it.
+    Agent {
+        /// Kubeconfig to use (default: $KUBECONFIG or ~/.kube/config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Where VMI disks, sockets and the image cache live.
+        #[arg(long, default_value = "/var/lib/kumo/agent")]
+        state_dir: PathBuf,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
     /// Run only the controllers, against any Kubernetes-compatible API server (kumo's or a real cluster's).
     Controllers {
         /// Kubeconfig to use (default: $KUBECONFIG or ~/.kube/config).
@@ -93,6 +104,43 @@ struct ServerArgs {
     /// Do not run the controllers in this process (run `kumo controllers` elsewhere instead).
     #[arg(long)]
     no_controllers: bool,
+    /// Do not run a node agent in this process (this machine runs no guests).
+    #[arg(long)]
+    no_agent: bool,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+#[derive(clap::Args, Clone)]
+struct AgentArgs {
+    /// Node name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Registry mirror, e.g. quay.io=127.0.0.1:5000 (repeatable).
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=MIRROR")]
+    registry_mirrors: Vec<String>,
+    /// A registry reached over plain HTTP, e.g. 127.0.0.1:5000 (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
+    /// Kernel booted once under KVM to find out whether KVM really works here.
+    #[arg(long)]
+    probe_kernel: Option<PathBuf>,
+}
+
+impl AgentArgs {
+    fn config(&self, state_dir: PathBuf) -> Result<kumo_agent::agent::AgentConfig> {
+        let mut cfg = kumo_agent::agent::AgentConfig::new(state_dir);
+        cfg.node_name = self.node_name.clone();
+        cfg.probe_kernel = self.probe_kernel.clone();
+        for m in &self.registry_mirrors {
+            let (registry, mirror) = m.split_once('=').with_context(|| {
+                format!("--registry-mirror {m:?}: expected REGISTRY=MIRROR, e.g. quay.io=127.0.0.1:5000")
+            })?;
+            cfg.registry.mirrors.entry(registry.to_string()).or_default().push(mirror.to_string());
+        }
+        cfg.registry.insecure.extend(self.insecure_registries.iter().cloned());
+        Ok(cfg)
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -126,6 +174,10 @@ async fn main() -> Result<()> {
         Command::Unpause { kind, name, target } => {
             virtctl::kind_plural(&kind)?;
             vm_verb(&target, "virtualmachineinstances", &name, "unpause").await
+        }
+        Command::Agent { kubeconfig, state_dir, agent } => {
+            let client = client_from(kubeconfig.as_deref()).await?;
+            kumo_agent::agent::run(client, agent.config(state_dir)?).await
         }
         Command::Controllers { kubeconfig } => {
             let client = client_from(kubeconfig.as_deref()).await?;
@@ -174,6 +226,15 @@ async fn server(args: ServerArgs) -> Result<()> {
         tokio::spawn(async move {
             if let Err(e) = kumo_controllers::run(client).await {
                 tracing::error!("controllers stopped: {e:#}");
+            }
+        });
+    }
+    if !args.no_agent {
+        let client = client_from(Some(&running.kubeconfig)).await?;
+        let cfg = args.agent.config(args.data_dir.join("agent"))?;
+        tokio::spawn(async move {
+            if let Err(e) = kumo_agent::agent::run(client, cfg).await {
+                tracing::error!("node agent stopped: {e:#} (the API keeps serving; fix the cause or pass --no-agent)");
             }
         });
     }

@@ -34,7 +34,19 @@ impl Server {
         Self::start_with(&[])
     }
 
+    /// A control plane without a node agent (most API tests need no guests).
     pub fn start_with(args: &[&str]) -> Result<Server> {
+        let mut all = vec!["--no-agent"];
+        all.extend_from_slice(args);
+        Self::start_raw(&all)
+    }
+
+    /// The all-in-one server, node agent included (needs root and QEMU).
+    pub fn start_with_agent(args: &[&str]) -> Result<Server> {
+        Self::start_raw(args)
+    }
+
+    fn start_raw(args: &[&str]) -> Result<Server> {
         let mut s = Server {
             dir: tempfile::Builder::new().prefix("kumo-e2e-").tempdir()?,
             port: free_port(),

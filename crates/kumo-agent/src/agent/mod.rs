@@ -1,0 +1,144 @@
+//! The agent's main loop: register the Node, heartbeat its Lease, and reconcile every VMI scheduled here
+//! ([`reconcile`]). Guests outlive the agent: on restart it reattaches to running QEMU processes.
+
+mod reconcile;
+mod status;
+
+use crate::image::{ImageCache, RegistryConfig};
+use crate::net::{Ipam, NodeNet};
+use crate::node::{self, HostInfo};
+use crate::qemu::{self, Accel, RunningVm};
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::Api;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// How this agent runs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The Node name (default: the host name).
+    pub node_name: Option<String>,
+    /// Per-VMI directories (disks, ISOs, QEMU sockets) and the IPAM state live here.
+    pub state_dir: PathBuf,
+    /// Base images of containerDisks, one per digest.
+    pub image_cache: PathBuf,
+    pub registry: RegistryConfig,
+    pub qemu_binary: Option<PathBuf>,
+    /// A kernel to boot under KVM to find out whether KVM really works here.
+    pub probe_kernel: Option<PathBuf>,
+    /// QEMU drops to this uid/gid after opening its files.
+    pub run_as: Option<(u32, u32)>,
+    pub sandbox: bool,
+    /// Memory kept back for the host when reporting allocatable.
+    pub reserved_memory: u64,
+    pub heartbeat: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(state_dir: PathBuf) -> Self {
+        AgentConfig {
+            node_name: None,
+            image_cache: state_dir.join("images"),
+            state_dir,
+            registry: RegistryConfig::default(),
+            qemu_binary: None,
+            probe_kernel: None,
+            run_as: Some((65534, 65534)),
+            sandbox: true,
+            reserved_memory: 512 << 20,
+            heartbeat: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A guest this agent runs.
+pub(crate) struct LocalVm {
+    pub vm: RunningVm,
+    pub dhcp_stop: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    /// Set while the agent itself stops the guest, so the exit is not reported as a guest shutdown.
+    pub stopping: std::sync::atomic::AtomicBool,
+}
+
+pub(crate) struct Agent {
+    pub client: kube::Client,
+    pub cfg: AgentConfig,
+    pub node: String,
+    pub accel: Accel,
+    pub qemu: PathBuf,
+    pub images: ImageCache,
+    pub node_net: NodeNet,
+    pub ipam: Ipam,
+    pub vms: Mutex<HashMap<String, Arc<LocalVm>>>,
+    pub recorder: Recorder,
+}
+
+pub fn vmi_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachineInstance"),
+        "virtualmachineinstances",
+    )
+}
+
+/// Runs the agent until the process ends.
+pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
+    let qemu = match &cfg.qemu_binary {
+        Some(p) => p.clone(),
+        None => qemu::find_qemu_binary()
+            .context("qemu-system-x86_64 not found: install it (apt-get install qemu-system-x86 qemu-utils)")?,
+    };
+    let version = qemu::qemu_version(&qemu).await?;
+    let probe = cfg.probe_kernel.clone().or_else(default_probe_kernel);
+    let accel = qemu::detect_accel(&qemu, probe.as_deref()).await;
+    let accel_name = if accel == Accel::Kvm { "kvm" } else { "tcg" };
+    let host = HostInfo::gather(cfg.node_name.clone(), accel_name, &version.to_string());
+    tracing::info!(node = %host.name, accel = accel_name, qemu = %version, "kumo agent starting");
+    node::register(&client, &host, cfg.reserved_memory).await?;
+    tokio::spawn(node::heartbeat(client.clone(), host.clone(), cfg.reserved_memory, cfg.heartbeat));
+    std::fs::create_dir_all(cfg.state_dir.join("vmis"))
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let reporter = Reporter { controller: "kumo-agent".into(), instance: Some(host.name.clone()) };
+    let agent = Arc::new(Agent {
+        client: client.clone(),
+        node: host.name.clone(),
+        accel,
+        qemu,
+        images: ImageCache::new(cfg.image_cache.clone()),
+        node_net: NodeNet::default(),
+        ipam: Ipam::new(cfg.state_dir.join("ipam")),
+        vms: Mutex::new(HashMap::new()),
+        recorder: Recorder::new(client.clone(), reporter),
+        cfg,
+    });
+    let ar = vmi_resource();
+    let api = Api::<DynamicObject>::all_with(client, &ar);
+    Controller::new_with(api, watcher::Config::default(), ar)
+        .run(reconcile::reconcile, reconcile::error_policy, agent)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!("agent reconcile: {e}");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// A kernel to probe KVM with: the host's, or the test guest's from the image cache.
+fn default_probe_kernel() -> Option<PathBuf> {
+    let boot = std::fs::read_dir("/boot").ok().and_then(|d| {
+        d.filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz")))
+    });
+    boot.or_else(|| {
+        let home = std::env::var("HOME").ok()?;
+        let p = PathBuf::from(home).join(".cache/kumo/images/vmlinuz");
+        p.exists().then_some(p)
+    })
+}

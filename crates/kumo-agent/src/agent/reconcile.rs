@@ -1,0 +1,320 @@
+//! One VMI on this node: start it (prepare, DHCP, QEMU), keep its status true, pause/resume on request,
+//! stop it on deletion and leave nothing behind.
+
+use super::{status, Agent, LocalVm};
+use crate::net::VmiNetwork;
+use crate::qemu::{self, RunningVm};
+use crate::vmi::prepare::{self, PrepareCtx, PrepareError};
+use crate::vmi::translate::{self, HostSettings};
+use kube::api::{Patch, PatchParams};
+use kube::core::DynamicObject;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Held on every VMI the agent has started, so deletion waits for the guest to stop and the host to be clean.
+pub const FINALIZER: &str = "kumo.dev/agent";
+const PAUSE_ANNOTATION: &str = "kumo.dev/paused";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+pub fn error_policy(_obj: Arc<DynamicObject>, err: &Error, _agent: Arc<Agent>) -> Action {
+    tracing::warn!("agent: {err}");
+    Action::requeue(Duration::from_secs(3))
+}
+
+fn api(agent: &Agent, vmi: &DynamicObject) -> Api<DynamicObject> {
+    Api::namespaced_with(agent.client.clone(), &vmi.namespace().unwrap_or_default(), &super::vmi_resource())
+}
+
+fn dir(agent: &Agent, uid: &str) -> PathBuf {
+    agent.cfg.state_dir.join("vmis").join(uid)
+}
+
+async fn event(agent: &Agent, vmi: &DynamicObject, warning: bool, reason: &str, note: String) {
+    let ev = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = agent.recorder.publish(&ev, &vmi.object_ref(&super::vmi_resource())).await {
+        tracing::warn!("recording event {reason}: {e}");
+    }
+}
+
+async fn patch_status(agent: &Agent, vmi: &DynamicObject, st: Value) -> Result<(), Error> {
+    api(agent, vmi)
+        .patch_status(&vmi.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": st})))
+        .await?;
+    Ok(())
+}
+
+async fn set_finalizer(agent: &Agent, vmi: &DynamicObject, present: bool) -> Result<(), Error> {
+    let mut fins = vmi.finalizers().to_vec();
+    let has = fins.iter().any(|f| f == FINALIZER);
+    if has == present {
+        return Ok(());
+    }
+    if present {
+        fins.push(FINALIZER.into());
+    } else {
+        fins.retain(|f| f != FINALIZER);
+    }
+    // The resourceVersion makes this a compare-and-swap: never drop someone else's finalizer change.
+    let patch = json!({"metadata": {"finalizers": fins, "resourceVersion": vmi.resource_version()}});
+    match api(agent, vmi).patch(&vmi.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn reconcile(vmi: Arc<DynamicObject>, agent: Arc<Agent>) -> Result<Action, Error> {
+    let value = serde_json::to_value(&*vmi).map_err(anyhow::Error::from)?;
+    let uid = vmi.uid().unwrap_or_default();
+    let mine = value.pointer("/status/nodeName").and_then(Value::as_str) == Some(agent.node.as_str());
+    let phase = value.pointer("/status/phase").and_then(Value::as_str).unwrap_or("").to_string();
+    let local = agent.vms.lock().await.get(&uid).cloned();
+    if !mine {
+        return Ok(Action::await_change());
+    }
+    if vmi.meta().deletion_timestamp.is_some() {
+        let grace = value.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30);
+        if let Some(l) = &local {
+            l.stopping.store(true, Ordering::SeqCst);
+            let outcome = l.vm.shutdown(Duration::from_secs(grace)).await.map_err(Error::Other)?;
+            event(&agent, &vmi, false, "Deleted", format!("Signaled deletion; the guest {outcome:?}")).await;
+        }
+        cleanup(&agent, &uid).await;
+        set_finalizer(&agent, &vmi, false).await?;
+        return Ok(Action::await_change());
+    }
+    match (phase.as_str(), local) {
+        ("Scheduled", None) => start(&agent, &vmi, &value).await,
+        ("Running", None) => {
+            // After an agent restart: reattach to the guest if it is still running.
+            match reattach(&agent, &value, &uid).await {
+                Ok(()) => Ok(Action::requeue(Duration::from_secs(60))),
+                Err(e) => {
+                    let msg = format!("the guest's QEMU process is gone: {e:#}");
+                    patch_status(&agent, &vmi, status::failed(&value, "QemuExited", &msg, &status::now())).await?;
+                    event(&agent, &vmi, true, "Failed", msg).await;
+                    cleanup(&agent, &uid).await;
+                    set_finalizer(&agent, &vmi, false).await?;
+                    Ok(Action::await_change())
+                }
+            }
+        }
+        ("Running", Some(l)) => {
+            sync_pause(&agent, &vmi, &value, &l).await?;
+            Ok(Action::requeue(Duration::from_secs(60)))
+        }
+        ("Succeeded" | "Failed", _) => {
+            cleanup(&agent, &uid).await;
+            set_finalizer(&agent, &vmi, false).await?;
+            Ok(Action::await_change())
+        }
+        _ => Ok(Action::await_change()),
+    }
+}
+
+async fn start(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value) -> Result<Action, Error> {
+    set_finalizer(agent, vmi, true).await?;
+    let uid = vmi.uid().unwrap_or_default();
+    match launch(agent, vmi, value, &uid).await {
+        Ok((net_iface, vm_pid)) => {
+            let iface = net_iface.as_ref().map(|(n, net)| (n.as_str(), net.pod_ip.to_string(), net.mac.clone()));
+            let accel = if agent.accel == qemu::Accel::Kvm { "kvm" } else { "tcg" };
+            let st = status::running(
+                value,
+                iface.as_ref().map(|(n, ip, mac)| (*n, ip.as_str(), mac.as_str())),
+                accel,
+                &status::now(),
+            );
+            patch_status(agent, vmi, st).await?;
+            event(agent, vmi, false, "Started", format!("VirtualMachineInstance started (QEMU pid {vm_pid}, {accel})"))
+                .await;
+            Ok(Action::requeue(Duration::from_secs(60)))
+        }
+        Err(e) => {
+            tracing::warn!(vmi = %vmi.name_any(), "start failed: {}: {}", e.reason, e.message);
+            cleanup(agent, &uid).await;
+            patch_status(agent, vmi, status::failed(value, e.reason, &e.message, &status::now())).await?;
+            event(agent, vmi, true, e.reason, e.message).await;
+            set_finalizer(agent, vmi, false).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+type Launched = (Option<(String, VmiNetwork)>, u32);
+
+async fn launch(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value, uid: &str) -> Result<Launched, PrepareError> {
+    let spec = value.get("spec").cloned().unwrap_or_default();
+    let dir = dir(agent, uid);
+    let ctx = PrepareCtx {
+        client: &agent.client,
+        images: &agent.images,
+        registry: &agent.cfg.registry,
+        node_net: &agent.node_net,
+        ipam: &agent.ipam,
+        tap_owner: agent.cfg.run_as,
+    };
+    let mut prepared = prepare::volumes(&ctx, value, &spec, &dir).await?;
+    let net = prepare::network(&ctx, value, &spec)?;
+    if let Some((name, n)) = &net {
+        prepared.nics.insert(name.clone(), (n.tap.clone(), n.mac.clone()));
+    }
+    // KubeVirt's default interface, when the VMI declares none, must appear in the translated spec too.
+    let mut spec_for_qemu = value.clone();
+    if spec.pointer("/domain/devices/interfaces").and_then(Value::as_array).is_none_or(|a| a.is_empty()) {
+        spec_for_qemu["spec"]["domain"]["devices"]["interfaces"] = json!(prepare::interfaces(&spec));
+    }
+    let host = HostSettings { accel: agent.accel, sandbox: agent.cfg.sandbox, run_as: agent.cfg.run_as };
+    let mut cfg = translate::launch_config(&spec_for_qemu, &prepared, &dir.join("run"), &host)
+        .map_err(|m| PrepareError { reason: "InvalidSpec", message: m })?;
+    cfg.netns = net.as_ref().map(|(_, n)| n.netns.clone());
+    let dhcp_stop = match &net {
+        Some((_, n)) => Some(start_dhcp(n).map_err(|m| PrepareError { reason: "NetworkError", message: m })?),
+        None => None,
+    };
+    let vm = qemu::launch(&cfg, &agent.qemu)
+        .await
+        .map_err(|e| PrepareError { reason: "QemuFailed", message: format!("{e:#}") })?;
+    let pid = vm.pid();
+    register(agent, vmi, uid, vm, dhcp_stop).await;
+    Ok((net, pid))
+}
+
+/// The DHCP server must listen before QEMU starts, or the guest's first DISCOVERs are lost.
+fn start_dhcp(net: &VmiNetwork) -> Result<tokio::sync::oneshot::Sender<()>, String> {
+    let socket = net.bind_dhcp().map_err(|e| format!("binding the DHCP server in {}: {e}", net.netns.display()))?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let cfg = net.dhcp.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::net::serve(socket, cfg, async move {
+            let _ = rx.await;
+        })
+        .await
+        {
+            tracing::warn!("DHCP server stopped: {e}");
+        }
+    });
+    Ok(tx)
+}
+
+/// Remembers a running guest and reports its exit when the guest (not the agent) ends it.
+async fn register(
+    agent: &Arc<Agent>,
+    vmi: &DynamicObject,
+    uid: &str,
+    vm: RunningVm,
+    dhcp_stop: Option<tokio::sync::oneshot::Sender<()>>,
+) {
+    let local = Arc::new(LocalVm { vm, dhcp_stop: std::sync::Mutex::new(dhcp_stop), stopping: Default::default() });
+    agent.vms.lock().await.insert(uid.to_string(), local.clone());
+    let (agent, vmi, uid) = (agent.clone(), vmi.clone(), uid.to_string());
+    tokio::spawn(async move {
+        let exit = local.vm.wait_exit().await;
+        if local.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let ok = exit.is_some_and(|s| s.success());
+        let msg = match exit {
+            Some(s) if s.success() => "the guest shut down".to_string(),
+            Some(s) => format!("QEMU exited with {s}"),
+            None => "QEMU exited".to_string(),
+        };
+        let Ok(Some(current)) = api(&agent, &vmi).get_opt(&vmi.name_any()).await else { return };
+        let value = serde_json::to_value(&current).unwrap_or_default();
+        if let Err(e) = patch_status(&agent, &current, status::finished(&value, ok, &msg, &status::now())).await {
+            tracing::warn!("reporting guest exit: {e}");
+        }
+        event(&agent, &current, !ok, if ok { "Stopped" } else { "Failed" }, msg).await;
+        let _ = uid;
+    });
+}
+
+async fn reattach(agent: &Arc<Agent>, value: &Value, uid: &str) -> anyhow::Result<()> {
+    let vm = qemu::attach(&dir(agent, uid).join("run")).await?;
+    let spec = value.get("spec").cloned().unwrap_or_default();
+    let ctx = PrepareCtx {
+        client: &agent.client,
+        images: &agent.images,
+        registry: &agent.cfg.registry,
+        node_net: &agent.node_net,
+        ipam: &agent.ipam,
+        tap_owner: agent.cfg.run_as,
+    };
+    // Network setup converges on what exists, giving back the DHCP answer to serve again.
+    let net = prepare::network(&ctx, value, &spec).map_err(|e| anyhow::anyhow!("{}: {}", e.reason, e.message))?;
+    let dhcp_stop = match &net {
+        Some((_, n)) => Some(start_dhcp(n).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let obj: DynamicObject = serde_json::from_value(value.clone())?;
+    tracing::info!(vmi = %obj.name_any(), pid = vm.pid(), "reattached to running guest");
+    register(agent, &obj, uid, vm, dhcp_stop).await;
+    Ok(())
+}
+
+async fn sync_pause(agent: &Agent, vmi: &DynamicObject, value: &Value, l: &LocalVm) -> Result<(), Error> {
+    let want = vmi.annotations().get(PAUSE_ANNOTATION).map(String::as_str) == Some("true");
+    let is = value
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Paused" && c["status"] == "True"));
+    if want == is {
+        return Ok(());
+    }
+    let r = if want { l.vm.qmp().stop().await } else { l.vm.qmp().cont().await };
+    r.map_err(|e| Error::Other(anyhow::anyhow!("{}: {e}", if want { "pausing" } else { "resuming" })))?;
+    patch_status(agent, vmi, status::paused(value, want, &status::now())).await?;
+    event(
+        agent,
+        vmi,
+        false,
+        if want { "Paused" } else { "Unpaused" },
+        format!("The guest was {}", if want { "paused" } else { "resumed" }),
+    )
+    .await;
+    Ok(())
+}
+
+/// Removes everything the VMI had on this host: QEMU, DHCP, network namespace and links, pod IP, files.
+async fn cleanup(agent: &Agent, uid: &str) {
+    if let Some(l) = agent.vms.lock().await.remove(uid) {
+        l.stopping.store(true, Ordering::SeqCst);
+        if l.vm.is_alive() {
+            let _ = l.vm.kill().await;
+        }
+        if let Some(tx) = l.dhcp_stop.lock().expect("lock").take() {
+            let _ = tx.send(());
+        }
+    }
+    if let Err(e) = agent.node_net.teardown_vmi(uid) {
+        tracing::warn!("tearing down the network of {uid}: {e:#}");
+    }
+    if let Err(e) = agent.ipam.release(uid) {
+        tracing::warn!("releasing the pod IP of {uid}: {e:#}");
+    }
+    let d = dir(agent, uid);
+    if d.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&d) {
+            tracing::warn!("removing {}: {e}", d.display());
+        }
+    }
+}

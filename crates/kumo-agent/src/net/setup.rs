@@ -1,0 +1,445 @@
+//! Per-node and per-VMI network plumbing, by shelling out to `ip` and `nft`. Every step checks or replaces
+//! what exists, so running [`NodeNet::ensure`] or [`NodeNet::setup_vmi`] again (after an agent restart) converges
+//! instead of failing, and [`NodeNet::teardown_vmi`] succeeds when things are already gone.
+//!
+//! ```text
+//! node:  kumo0 (10.244.0.1/24) ── kv-<id> ══ veth ══ eth0 (netns kumo-<id>)
+//! masquerade:  eth0 10.244.0.X/24 ─ nft dnat/masquerade ─ k6t-br 10.0.2.1/24 ─ tap0 ─ guest 10.0.2.2 (DHCP)
+//! bridge:      eth0 (no address) ─┬─ k6t-br 169.254.75.10/32 (DHCP server only)
+//!                                 └─ tap0 ─ guest 10.244.0.X/24 (DHCP), router 10.244.0.1
+//! ```
+
+use std::io;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::path::PathBuf;
+
+use anyhow::{bail, ensure, Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::dhcp::{self, DhcpConfig};
+use super::netns::{self, run, succeeds};
+use super::nft::{self, Proto};
+
+/// The node bridge.
+pub const NODE_BRIDGE: &str = "kumo0";
+/// The bridge inside each VMI namespace (KubeVirt's name).
+pub const INNER_BRIDGE: &str = "k6t-br";
+/// The namespace end of the veth pair.
+pub const POD_IFACE: &str = "eth0";
+/// The guest's link inside the namespace.
+pub const TAP: &str = "tap0";
+/// Masquerade binding: the inner bridge's address (the guest's gateway and DHCP server).
+pub const MASQ_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+/// Masquerade binding: the guest's address.
+pub const MASQ_GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+pub const MASQ_PREFIX: u8 = 24;
+/// Bridge binding: the inner bridge's placeholder address, the DHCP server identifier.
+pub const BRIDGE_PLACEHOLDER: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
+/// Default lease handed to guests.
+pub const LEASE_SECS: u32 = 86_400;
+
+/// How the guest is connected to the pod network (KubeVirt's interface binding methods).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// The guest sits behind NAT at 10.0.2.2; `ports` arriving at the pod address are forwarded to it (every
+    /// TCP/UDP/SCTP port when empty).
+    Masquerade { ports: Vec<(u16, Proto)> },
+    /// The guest owns the pod address on the node's L2 segment.
+    Bridge,
+}
+
+/// What the guest's end of the inner bridge is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestLink {
+    /// A persistent tap for QEMU, owned by `owner` (uid, gid) so an unprivileged QEMU can open it.
+    Tap { owner: Option<(u32, u32)> },
+    /// A veth pair whose far end `peer_name` sits in the existing namespace `peer_netns`, with the guest's MAC:
+    /// a stand-in guest for tests and debugging.
+    Veth { peer_netns: String, peer_name: String },
+}
+
+/// One VMI's network request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmiSpec {
+    pub uid: String,
+    pub binding: Binding,
+    /// The VMI's address on the node network (from [`super::Ipam`]).
+    pub pod_ip: Ipv4Addr,
+    /// The guest MAC; derived from the uid when `None`.
+    pub mac: Option<String>,
+    pub link: GuestLink,
+}
+
+/// The result of [`NodeNet::setup_vmi`]: everything QEMU and the DHCP server need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmiNetwork {
+    /// `/run/netns/<netns_name>`.
+    pub netns: PathBuf,
+    pub netns_name: String,
+    /// The node end of the veth pair.
+    pub host_veth: String,
+    /// The tap QEMU opens (inside `netns`).
+    pub tap: String,
+    /// The address the guest gets by DHCP.
+    pub guest_ip: Ipv4Addr,
+    /// The VMI's address on the node network (what status reports).
+    pub pod_ip: Ipv4Addr,
+    /// The guest MAC (`aa:bb:cc:dd:ee:ff`), for QEMU's `-device virtio-net-pci,mac=`.
+    pub mac: String,
+    /// The interface the DHCP server binds to (inside `netns`).
+    pub dhcp_iface: String,
+    /// The DHCP answer; callers may add hostname, DNS servers and search domains before serving.
+    pub dhcp: DhcpConfig,
+}
+
+impl VmiNetwork {
+    /// Binds the DHCP server socket inside this VMI's namespace.
+    pub fn bind_dhcp(&self) -> io::Result<UdpSocket> {
+        dhcp::bind_in_netns(&self.netns, &self.dhcp_iface)
+    }
+}
+
+/// The node's pod network: a bridge with the gateway address, forwarding, and masquerade out of the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeNet {
+    /// Where the node side lives: `None` is the agent's own namespace; a name places it in `/run/netns/<name>`
+    /// (a simulated node, for tests).
+    pub netns: Option<String>,
+    pub bridge: String,
+    pub gateway: Ipv4Addr,
+    pub prefix_len: u8,
+    /// MTU for veths, taps and bridges, and advertised by DHCP; kernel defaults when `None`.
+    pub mtu: Option<u16>,
+}
+
+impl Default for NodeNet {
+    fn default() -> Self {
+        Self {
+            netns: None,
+            bridge: NODE_BRIDGE.into(),
+            gateway: Ipv4Addr::new(10, 244, 0, 1),
+            prefix_len: 24,
+            mtu: None,
+        }
+    }
+}
+
+/// The short id names are derived from: 10 hex digits of the uid (its first ones when it is a UUID, a hash
+/// otherwise), so interface names stay within 15 characters.
+pub fn short_id(uid: &str) -> String {
+    let hex: String = uid.chars().filter(|c| *c != '-').collect();
+    if hex.len() >= 10 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+        hex[..10].to_string()
+    } else {
+        hex::encode(Sha256::digest(uid.as_bytes()))[..10].to_string()
+    }
+}
+
+pub fn netns_name(uid: &str) -> String {
+    format!("kumo-{}", short_id(uid))
+}
+
+pub fn host_veth_name(uid: &str) -> String {
+    format!("kv-{}", short_id(uid))
+}
+
+/// A stable, locally administered unicast MAC for a uid: `02:4b:56` ("KV") and three hashed bytes.
+pub fn mac_for(uid: &str) -> String {
+    let h = Sha256::digest(uid.as_bytes());
+    format!("02:4b:56:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
+}
+
+fn ip_in(ns: &str, args: &[&str]) -> Result<String> {
+    let mut v = vec!["-n", ns];
+    v.extend_from_slice(args);
+    run("ip", &v)
+}
+
+fn link_exists(ns: Option<&str>, dev: &str) -> bool {
+    match ns {
+        Some(ns) => succeeds("ip", &["-n", ns, "link", "show", "dev", dev]),
+        None => succeeds("ip", &["link", "show", "dev", dev]),
+    }
+}
+
+fn del_link(ns: Option<&str>, dev: &str) -> Result<()> {
+    if link_exists(ns, dev) {
+        match ns {
+            Some(ns) => ip_in(ns, &["link", "del", "dev", dev])?,
+            None => run("ip", &["link", "del", "dev", dev])?,
+        };
+    }
+    Ok(())
+}
+
+/// Creates a bridge unless it exists (STP off, no forwarding delay) and pins its MAC to `mac`. Left alone, a
+/// Linux bridge takes the lowest MAC of its ports, so the gateway's MAC would change under running guests
+/// whenever a VMI's veth came or went.
+fn ensure_bridge(ns: Option<&str>, name: &str, mac: &str) -> Result<()> {
+    let ip = |args: &[&str]| match ns {
+        Some(ns) => ip_in(ns, args),
+        None => run("ip", args),
+    };
+    if !link_exists(ns, name) {
+        ip(&["link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
+    }
+    ip(&["link", "set", "dev", name, "address", mac])?;
+    Ok(())
+}
+
+/// A stable locally administered MAC for kumo's own bridges: `02:4b:4e` ("KN") and three hashed bytes of `seed`.
+fn infra_mac(seed: &str) -> String {
+    let h = Sha256::digest(seed.as_bytes());
+    format!("02:4b:4e:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
+}
+
+impl NodeNet {
+    fn ip(&self, args: &[&str]) -> Result<String> {
+        match &self.netns {
+            Some(ns) => ip_in(ns, args),
+            None => run("ip", args),
+        }
+    }
+
+    fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.gateway) & u32::from(dhcp::prefix_mask(self.prefix_len)))
+    }
+
+    /// Node-level setup, once per agent start: the bridge with the gateway address, IPv4 forwarding, and the
+    /// `ip kumo` table masquerading pod traffic that leaves through anything but the bridge.
+    pub fn ensure(&self) -> Result<()> {
+        let ns = self.netns.as_deref();
+        if let Some(ns) = ns {
+            netns::add(ns)?;
+        }
+        ensure_bridge(ns, &self.bridge, &infra_mac(&format!("node/{}/{}", self.bridge, self.gateway)))?;
+        let cidr = format!("{}/{}", self.gateway, self.prefix_len);
+        self.ip(&["addr", "replace", &cidr, "dev", &self.bridge])?;
+        if let Some(mtu) = self.mtu {
+            self.ip(&["link", "set", &self.bridge, "mtu", &mtu.to_string()])?;
+        }
+        self.ip(&["link", "set", &self.bridge, "up"])?;
+        netns::set_sysctl(ns.map(netns::path).as_deref(), "net.ipv4.ip_forward", "1")?;
+        nft::apply(ns, "ip", &nft::node_ruleset(self.network(), self.prefix_len, &self.bridge))
+            .context("node nftables table (is the `nftables` package installed?)")
+    }
+
+    /// Removes the node-level bridge and table (not the namespace given in `netns`). Forwarding stays on.
+    pub fn remove(&self) -> Result<()> {
+        let ns = self.netns.as_deref();
+        if ns.is_some_and(|n| !netns::exists(n)) {
+            return Ok(());
+        }
+        nft::delete(ns, "ip")?;
+        del_link(ns, &self.bridge)
+    }
+
+    /// Plumbs one VMI: namespace, veth to the node bridge, the binding's inner bridge and NAT, and the guest
+    /// link. Safe to call again for the same VMI. Call [`NodeNet::ensure`] first.
+    pub fn setup_vmi(&self, spec: &VmiSpec) -> Result<VmiNetwork> {
+        let net = self.network();
+        let mask = u32::from(dhcp::prefix_mask(self.prefix_len));
+        ensure!(
+            u32::from(spec.pod_ip) & mask == u32::from(net)
+                && spec.pod_ip != self.gateway
+                && spec.pod_ip != Ipv4Addr::from(u32::from(net) | !mask)
+                && spec.pod_ip != net,
+            "pod address {} is not a host address of {net}/{}",
+            spec.pod_ip,
+            self.prefix_len
+        );
+        let mac = match &spec.mac {
+            Some(m) => {
+                let b = dhcp::parse_mac(m).with_context(|| format!("bad MAC {m:?}"))?;
+                ensure!(b[0] & 1 == 0, "MAC {m} is multicast");
+                m.to_ascii_lowercase()
+            }
+            None => mac_for(&spec.uid),
+        };
+        let ns = netns_name(&spec.uid);
+        let host_veth = host_veth_name(&spec.uid);
+        let node_ns = self.netns.as_deref();
+        let mtu = self.mtu.map(|m| m.to_string());
+
+        netns::add(&ns).with_context(|| format!("namespace {ns}"))?;
+        // The veth pair: reuse a complete one; a half (after a crash) is removed and recreated.
+        let have_host = link_exists(node_ns, &host_veth);
+        let have_pod = link_exists(Some(&ns), POD_IFACE);
+        if have_host != have_pod {
+            del_link(node_ns, &host_veth)?;
+            del_link(Some(&ns), POD_IFACE)?;
+        }
+        if !(have_host && have_pod) {
+            self.ip(&["link", "add", &host_veth, "type", "veth", "peer", "name", POD_IFACE, "netns", &ns])
+                .context("creating the veth pair")?;
+        }
+        self.ip(&["link", "set", &host_veth, "master", &self.bridge])?;
+        ensure_bridge(Some(&ns), INNER_BRIDGE, &infra_mac(&format!("vmi/{}", spec.uid)))?;
+        self.ensure_guest_link(&ns, &spec.link, &mac)?;
+        if let Some(m) = &mtu {
+            self.ip(&["link", "set", &host_veth, "mtu", m])?;
+            for dev in [POD_IFACE, TAP, INNER_BRIDGE] {
+                ip_in(&ns, &["link", "set", dev, "mtu", m])?;
+            }
+        }
+        self.ip(&["link", "set", &host_veth, "up"])?;
+
+        let pod_cidr = format!("{}/{}", spec.pod_ip, self.prefix_len);
+        let (guest_ip, dhcp) = match &spec.binding {
+            Binding::Masquerade { ports } => {
+                ip_in(&ns, &["link", "set", POD_IFACE, "nomaster"])?;
+                ip_in(&ns, &["addr", "replace", &pod_cidr, "dev", POD_IFACE])?;
+                ip_in(&ns, &["link", "set", POD_IFACE, "up"])?;
+                ip_in(&ns, &["route", "replace", "default", "via", &self.gateway.to_string(), "dev", POD_IFACE])?;
+                let br_cidr = format!("{MASQ_GATEWAY}/{MASQ_PREFIX}");
+                ip_in(&ns, &["addr", "replace", &br_cidr, "dev", INNER_BRIDGE])?;
+                ip_in(&ns, &["link", "set", INNER_BRIDGE, "up"])?;
+                ip_in(&ns, &["link", "set", TAP, "master", INNER_BRIDGE, "up"])?;
+                netns::set_sysctl(Some(&netns::path(&ns)), "net.ipv4.ip_forward", "1")?;
+                let guest_net = Ipv4Addr::from(u32::from(MASQ_GUEST) & u32::from(dhcp::prefix_mask(MASQ_PREFIX)));
+                let rules =
+                    nft::masquerade_ruleset(POD_IFACE, spec.pod_ip, MASQ_GUEST, (guest_net, MASQ_PREFIX), ports);
+                nft::apply(Some(&ns), "ip", &rules).context("masquerade rules")?;
+                (MASQ_GUEST, self.dhcp_config(MASQ_GATEWAY, MASQ_GUEST, MASQ_PREFIX, MASQ_GATEWAY, &mac))
+            }
+            Binding::Bridge => {
+                ip_in(&ns, &["addr", "flush", "dev", POD_IFACE])?;
+                ip_in(&ns, &["link", "set", POD_IFACE, "master", INNER_BRIDGE, "up"])?;
+                ip_in(&ns, &["addr", "replace", &format!("{BRIDGE_PLACEHOLDER}/32"), "dev", INNER_BRIDGE])?;
+                ip_in(&ns, &["link", "set", INNER_BRIDGE, "up"])?;
+                ip_in(&ns, &["link", "set", TAP, "master", INNER_BRIDGE, "up"])?;
+                nft::apply(Some(&ns), "bridge", &nft::bridge_isolation_ruleset(POD_IFACE))
+                    .context("bridge DHCP isolation rules")?;
+                let cfg = self.dhcp_config(BRIDGE_PLACEHOLDER, spec.pod_ip, self.prefix_len, self.gateway, &mac);
+                (spec.pod_ip, cfg)
+            }
+        };
+        Ok(VmiNetwork {
+            netns: netns::path(&ns),
+            netns_name: ns,
+            host_veth,
+            tap: TAP.into(),
+            guest_ip,
+            pod_ip: spec.pod_ip,
+            mac,
+            dhcp_iface: INNER_BRIDGE.into(),
+            dhcp,
+        })
+    }
+
+    fn dhcp_config(&self, server: Ipv4Addr, client: Ipv4Addr, prefix: u8, router: Ipv4Addr, mac: &str) -> DhcpConfig {
+        DhcpConfig {
+            server_ip: server,
+            client_ip: client,
+            prefix_len: prefix,
+            router: Some(router),
+            dns: Vec::new(),
+            domain: None,
+            search: Vec::new(),
+            hostname: None,
+            lease_secs: LEASE_SECS,
+            mtu: self.mtu,
+            client_mac: dhcp::parse_mac(mac),
+        }
+    }
+
+    fn ensure_guest_link(&self, ns: &str, link: &GuestLink, mac: &str) -> Result<()> {
+        match link {
+            GuestLink::Tap { owner } => {
+                if link_exists(Some(ns), TAP) {
+                    return Ok(()); // persistent, perhaps open by a running QEMU: keep it
+                }
+                let (uid, gid) = owner.map(|(u, g)| (u.to_string(), g.to_string())).unzip();
+                let mut args = vec!["tuntap", "add", "dev", TAP, "mode", "tap"];
+                if let (Some(u), Some(g)) = (&uid, &gid) {
+                    args.extend_from_slice(&["user", u, "group", g]);
+                }
+                args.push("vnet_hdr");
+                ip_in(ns, &args).context("creating the tap (is the tun module loaded?)")?;
+            }
+            GuestLink::Veth { peer_netns, peer_name } => {
+                if !link_exists(Some(ns), TAP) {
+                    ip_in(ns, &["link", "add", TAP, "type", "veth", "peer", "name", peer_name, "netns", peer_netns])?;
+                }
+                ip_in(peer_netns, &["link", "set", peer_name, "address", mac, "up"])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes everything [`NodeNet::setup_vmi`] created for `uid`; succeeds if it is already gone. Stop the
+    /// VMI's QEMU and DHCP server first: their file descriptors keep the namespace alive otherwise (the links
+    /// are still deleted explicitly, so nothing stays attached to the node bridge either way).
+    pub fn teardown_vmi(&self, uid: &str) -> Result<()> {
+        let ns = netns_name(uid);
+        let node_ns = self.netns.as_deref();
+        if node_ns.is_none_or(netns::exists) {
+            del_link(node_ns, &host_veth_name(uid))?;
+        }
+        if netns::exists(&ns) {
+            for dev in [TAP, POD_IFACE, INNER_BRIDGE] {
+                del_link(Some(&ns), dev)?;
+            }
+            nft::delete(Some(&ns), "ip")?;
+            nft::delete(Some(&ns), "bridge")?;
+            netns::delete(&ns)?;
+        }
+        if netns::exists(&ns) {
+            bail!("namespace {ns} still exists after deletion");
+        }
+        Ok(())
+    }
+}
+
+/// Sets up a VMI on the default node network (`kumo0`, 10.244.0.1/24, the agent's namespace), ensuring the
+/// node level first. `tap_owner` is the (uid, gid) QEMU runs as.
+pub fn setup(
+    vmi_uid: &str,
+    binding: Binding,
+    pod_ip: Ipv4Addr,
+    mac: Option<&str>,
+    tap_owner: Option<(u32, u32)>,
+) -> Result<VmiNetwork> {
+    let node = NodeNet::default();
+    node.ensure()?;
+    node.setup_vmi(&VmiSpec {
+        uid: vmi_uid.into(),
+        binding,
+        pod_ip,
+        mac: mac.map(str::to_string),
+        link: GuestLink::Tap { owner: tap_owner },
+    })
+}
+
+/// Tears down a VMI set up by [`setup`].
+pub fn teardown(vmi_uid: &str) -> Result<()> {
+    NodeNet::default().teardown_vmi(vmi_uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_and_are_stable() {
+        let uid = "3f2b8c1e-9a7d-4e0f-b1c2-d3e4f5a6b7c8";
+        assert_eq!(short_id(uid), "3f2b8c1e9a");
+        assert_eq!(netns_name(uid), "kumo-3f2b8c1e9a");
+        assert_eq!(host_veth_name(uid), "kv-3f2b8c1e9a");
+        assert!(host_veth_name(uid).len() <= 15);
+        let odd = short_id("My VMI/uid!");
+        assert_eq!(odd.len(), 10);
+        assert!(odd.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(odd, short_id("My VMI/uid!"));
+    }
+
+    #[test]
+    fn generated_mac_is_local_unicast_and_stable() {
+        let m = mac_for("uid-1");
+        assert_eq!(m, mac_for("uid-1"));
+        assert_ne!(m, mac_for("uid-2"));
+        let b = dhcp::parse_mac(&m).unwrap();
+        assert_eq!(b[0] & 0b11, 0b10, "locally administered unicast");
+        assert!(m.starts_with("02:4b:56:"));
+    }
+}

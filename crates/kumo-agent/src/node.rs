@@ -1,0 +1,178 @@
+//! This node, as the API sees it: the Node object (capacity, labels, addresses, which accelerator QEMU uses)
+//! and the Lease in `kube-node-lease` that the agent renews as its heartbeat.
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Facts about the host, gathered once at start-up.
+#[derive(Clone, Debug)]
+pub struct HostInfo {
+    pub name: String,
+    pub cpus: u64,
+    pub memory_bytes: u64,
+    pub kernel: String,
+    pub os_image: String,
+    pub machine_id: String,
+    pub boot_id: String,
+    pub internal_ip: String,
+    /// "kvm" or "tcg": what QEMU runs guests with here (KVM only when a guest really booted under it).
+    pub accel: String,
+    pub qemu_version: String,
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// MemTotal from /proc/meminfo, in bytes.
+fn mem_total() -> u64 {
+    read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
+}
+
+fn os_image() -> String {
+    read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "Linux".into())
+}
+
+/// The first non-loopback IPv4 address, or 127.0.0.1.
+fn first_ipv4() -> String {
+    nix::ifaddrs::getifaddrs()
+        .ok()
+        .and_then(|addrs| {
+            addrs
+                .filter(|a| !a.interface_name.starts_with("lo") && !a.interface_name.starts_with("kumo"))
+                .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|i| i.ip().to_string())))
+                .next()
+        })
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+impl HostInfo {
+    pub fn gather(name: Option<String>, accel: &str, qemu_version: &str) -> HostInfo {
+        HostInfo {
+            name: name.unwrap_or_else(|| read("/proc/sys/kernel/hostname").to_lowercase()),
+            cpus: std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1),
+            memory_bytes: mem_total(),
+            kernel: read("/proc/sys/kernel/osrelease"),
+            os_image: os_image(),
+            machine_id: read("/etc/machine-id"),
+            boot_id: read("/proc/sys/kernel/random/boot_id"),
+            internal_ip: first_ipv4(),
+            accel: accel.into(),
+            qemu_version: qemu_version.into(),
+        }
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The Node's metadata and spec as the agent applies them.
+pub fn node_object(h: &HostInfo) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": h.name, "labels": {
+            "kubernetes.io/hostname": h.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+            "kubevirt.io/schedulable": "true", "kumo.dev/accel": h.accel},
+            "annotations": {"kumo.dev/accel": h.accel, "kumo.dev/qemu-version": h.qemu_version}},
+    })
+}
+
+/// The Node's status: capacity, Ready, addresses, node info. Memory reserved for the host is not allocatable.
+pub fn node_status(h: &HostInfo, reserved_bytes: u64) -> Value {
+    let ts = now();
+    let kvm = if h.accel == "kvm" { "1k" } else { "0" };
+    json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": h.name},
+        "status": {
+            "capacity": {"cpu": h.cpus.to_string(), "memory": format!("{}Ki", h.memory_bytes / 1024),
+                "devices.kubevirt.io/kvm": kvm},
+            "allocatable": {"cpu": h.cpus.to_string(),
+                "memory": format!("{}Ki", h.memory_bytes.saturating_sub(reserved_bytes) / 1024),
+                "devices.kubevirt.io/kvm": kvm},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KumoAgentReady",
+                "message": format!("kumo agent is posting ready status; guests run with {}", h.accel.to_uppercase()),
+                "lastHeartbeatTime": ts, "lastTransitionTime": ts}],
+            "addresses": [{"type": "InternalIP", "address": h.internal_ip}, {"type": "Hostname", "address": h.name}],
+            "nodeInfo": {"kubeletVersion": concat!("kumo-agent/", env!("CARGO_PKG_VERSION")), "kubeProxyVersion": "",
+                "kernelVersion": h.kernel, "osImage": h.os_image, "operatingSystem": "linux", "architecture": "amd64",
+                "containerRuntimeVersion": format!("qemu://{}", h.qemu_version), "machineID": h.machine_id,
+                "systemUUID": h.machine_id, "bootID": h.boot_id},
+        }
+    })
+}
+
+const MANAGER: &str = "kumo-agent";
+
+/// Registers (or re-registers) the Node and reports its status.
+pub async fn register(client: &kube::Client, h: &HostInfo, reserved: u64) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pp = PatchParams::apply(MANAGER).force();
+    nodes.patch(&h.name, &pp, &Patch::Apply(node_object(h))).await.context("registering the Node")?;
+    nodes.patch_status(&h.name, &pp, &Patch::Apply(node_status(h, reserved))).await.context("reporting Node status")?;
+    Ok(())
+}
+
+/// Renews the node Lease every `every` and refreshes the Node status every few renewals, forever.
+pub async fn heartbeat(client: kube::Client, h: HostInfo, reserved: u64, every: Duration) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let mut n: u64 = 0;
+    loop {
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": h.name, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": h.name, "leaseDurationSeconds": (every.as_secs() * 4).max(40),
+                "renewTime": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}});
+        if let Err(e) = leases.patch(&h.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(lease)).await {
+            tracing::warn!("renewing node lease: {e}");
+        }
+        if n.is_multiple_of(6) {
+            if let Err(e) = register(&client, &h, reserved).await {
+                tracing::warn!("node status: {e:#}");
+            }
+        }
+        n += 1;
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_reports_accelerator_and_capacity() {
+        let h = HostInfo {
+            name: "n1".into(),
+            cpus: 2,
+            memory_bytes: 4 << 30,
+            kernel: "6.1".into(),
+            os_image: "Debian".into(),
+            machine_id: "m".into(),
+            boot_id: "b".into(),
+            internal_ip: "10.0.0.5".into(),
+            accel: "tcg".into(),
+            qemu_version: "7.2.0".into(),
+        };
+        let o = node_object(&h);
+        assert_eq!(o["metadata"]["labels"]["kumo.dev/accel"], "tcg");
+        let s = node_status(&h, 1 << 30);
+        assert_eq!(s["status"]["capacity"]["memory"], "4194304Ki");
+        assert_eq!(s["status"]["allocatable"]["memory"], "3145728Ki");
+        assert_eq!(s["status"]["conditions"][0]["type"], "Ready");
+        assert!(s["status"]["conditions"][0]["message"].as_str().unwrap().contains("TCG"));
+        assert!(HostInfo::gather(None, "tcg", "x").memory_bytes > 0);
+    }
+}

@@ -1,0 +1,3 @@
+//! Turning VirtualMachineInstances into running guests: the spec → QEMU translation ([`translate`]).
+pub mod prepare;
+pub mod translate;

@@ -1,0 +1,226 @@
+//! Making a VMI's resources ready on the host before QEMU starts: disk files (containerDisk overlays,
+//! emptyDisk, hostDisk), cloud-init ISOs, and the network namespace with its DHCP answer.
+
+use super::translate::Prepared;
+use crate::cloudinit::{self, CloudInitData, SecretData};
+use crate::image::{create_empty_disk, create_overlay, ImageCache, RegistryConfig};
+use crate::net::{Binding, GuestLink, Ipam, NodeNet, Proto, VmiNetwork, VmiSpec};
+use crate::qemu::DiskFormat;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Why preparing failed, in KubeVirt's vocabulary (`reason`) and in words that say what to fix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrepareError {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl PrepareError {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        PrepareError { reason, message: message.into() }
+    }
+}
+
+pub struct PrepareCtx<'a> {
+    pub client: &'a kube::Client,
+    pub images: &'a ImageCache,
+    pub registry: &'a RegistryConfig,
+    pub node_net: &'a NodeNet,
+    pub ipam: &'a Ipam,
+    pub tap_owner: Option<(u32, u32)>,
+}
+
+fn s<'a>(v: &'a Value, p: &str) -> Option<&'a str> {
+    v.pointer(p).and_then(Value::as_str)
+}
+
+/// The interfaces a VMI gets: its own, or (KubeVirt's default) one masquerade NIC on the pod network.
+pub fn interfaces(spec: &Value) -> Vec<Value> {
+    let ifaces = spec.pointer("/domain/devices/interfaces").and_then(Value::as_array).cloned().unwrap_or_default();
+    let networks = spec.get("networks").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+    if ifaces.is_empty() && networks == 0 {
+        return vec![serde_json::json!({"name": "default", "masquerade": {}})];
+    }
+    ifaces
+}
+
+fn binding(iface: &Value) -> Result<Binding, PrepareError> {
+    if iface.get("bridge").is_some() {
+        return Ok(Binding::Bridge);
+    }
+    let mut ports = Vec::new();
+    for p in iface.get("ports").and_then(Value::as_array).into_iter().flatten() {
+        let port = p.get("port").and_then(Value::as_u64).unwrap_or(0) as u16;
+        let proto = match s(p, "/protocol").unwrap_or("TCP") {
+            "UDP" => Proto::Udp,
+            _ => Proto::Tcp,
+        };
+        ports.push((port, proto));
+    }
+    Ok(Binding::Masquerade { ports })
+}
+
+/// Sets up the VMI's network (one pod-network interface, as in KubeVirt's default).
+pub fn network(ctx: &PrepareCtx, vmi: &Value, spec: &Value) -> Result<Option<(String, VmiNetwork)>, PrepareError> {
+    let ifaces = interfaces(spec);
+    let Some(iface) = ifaces.first() else { return Ok(None) };
+    if ifaces.len() > 1 {
+        return Err(PrepareError::new(
+            "UnsupportedNetwork",
+            "kumo supports one interface (on the pod network) per VMI",
+        ));
+    }
+    let uid = s(vmi, "/metadata/uid").unwrap_or_default();
+    let pod_ip =
+        ctx.ipam.allocate(uid).map_err(|e| PrepareError::new("NetworkError", format!("allocating a pod IP: {e:#}")))?;
+    let spec_net = VmiSpec {
+        uid: uid.to_string(),
+        binding: binding(iface)?,
+        pod_ip,
+        mac: s(iface, "/macAddress").map(|m| m.to_lowercase().replace('-', ":")),
+        link: GuestLink::Tap { owner: ctx.tap_owner },
+    };
+    ctx.node_net.ensure().map_err(|e| PrepareError::new("NetworkError", format!("node network: {e:#}")))?;
+    let mut net = ctx
+        .node_net
+        .setup_vmi(&spec_net)
+        .map_err(|e| PrepareError::new("NetworkError", format!("setting up the VMI network: {e:#}")))?;
+    net.dhcp.hostname = Some(s(spec, "/hostname").or(s(vmi, "/metadata/name")).unwrap_or("vmi").to_string());
+    net.dhcp.dns = host_nameservers();
+    Ok(Some((s(iface, "/name").unwrap_or("default").to_string(), net)))
+}
+
+/// IPv4 nameservers from the host's resolv.conf, handed to guests as KubeVirt hands them the pod's.
+fn host_nameservers() -> Vec<std::net::Ipv4Addr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse().ok())
+        .filter(|a: &std::net::Ipv4Addr| !a.is_loopback())
+        .collect()
+}
+
+/// Prepares every volume into `dir/disks`, returning what QEMU needs.
+pub async fn volumes(ctx: &PrepareCtx<'_>, vmi: &Value, spec: &Value, dir: &Path) -> Result<Prepared, PrepareError> {
+    let disks = dir.join("disks");
+    std::fs::create_dir_all(&disks)
+        .map_err(|e| PrepareError::new("DiskError", format!("creating {}: {e}", disks.display())))?;
+    let mut prepared = Prepared::default();
+    for v in spec.get("volumes").and_then(Value::as_array).into_iter().flatten() {
+        let name = s(v, "/name").unwrap_or_default().to_string();
+        let entry = if let Some(cd) = v.get("containerDisk") {
+            let image = s(cd, "/image").unwrap_or_default();
+            let base = ctx
+                .images
+                .disk_for(image, ctx.registry)
+                .await
+                .map_err(|e| PrepareError::new("ErrImagePull", format!("volume {name}: {e:#}")))?;
+            let overlay = disks.join(format!("{name}.qcow2"));
+            if !overlay.exists() {
+                create_overlay(&base.path, &base.format, &overlay)
+                    .await
+                    .map_err(|e| PrepareError::new("DiskError", format!("volume {name}: {e:#}")))?;
+            }
+            (overlay, DiskFormat::Qcow2)
+        } else if let Some(ed) = v.get("emptyDisk") {
+            let bytes = ed
+                .get("capacity")
+                .map(kumo_api::quantity::from_value)
+                .transpose()
+                .map_err(|e| PrepareError::new("DiskError", format!("volume {name}: emptyDisk.capacity: {e}")))?;
+            let path = disks.join(format!("{name}.qcow2"));
+            if !path.exists() {
+                create_empty_disk(&path, bytes.unwrap_or(0))
+                    .await
+                    .map_err(|e| PrepareError::new("DiskError", format!("volume {name}: {e:#}")))?;
+            }
+            (path, DiskFormat::Qcow2)
+        } else if let Some(hd) = v.get("hostDisk") {
+            (host_disk(&name, hd)?, DiskFormat::Raw)
+        } else if let Some(src) = v.get("cloudInitNoCloud").or(v.get("cloudInitConfigDrive")) {
+            let iso = cloud_init_iso(ctx, vmi, spec, src, v.get("cloudInitConfigDrive").is_some()).await?;
+            let path = disks.join(format!("{name}.iso"));
+            std::fs::write(&path, iso)
+                .map_err(|e| PrepareError::new("DiskError", format!("writing {}: {e}", path.display())))?;
+            (path, DiskFormat::Raw)
+        } else if v.get("ephemeral").is_some() {
+            return Err(PrepareError::new(
+                "UnsupportedVolume",
+                format!("volume {name}: ephemeral volumes need PersistentVolumeClaims, which kumo does not serve yet"),
+            ));
+        } else {
+            return Err(PrepareError::new("UnsupportedVolume", format!("volume {name}: no supported volume source")));
+        };
+        prepared.volumes.insert(name, entry);
+    }
+    Ok(prepared)
+}
+
+fn host_disk(name: &str, hd: &Value) -> Result<PathBuf, PrepareError> {
+    let path = PathBuf::from(s(hd, "/path").unwrap_or_default());
+    let err = |m: String| PrepareError::new("DiskError", format!("volume {name}: hostDisk: {m}"));
+    if !path.is_absolute() {
+        return Err(err(format!("path {} must be absolute", path.display())));
+    }
+    if path.exists() {
+        return Ok(path);
+    }
+    if s(hd, "/type") != Some("DiskOrCreate") {
+        return Err(err(format!(
+            "{} does not exist (type Disk needs an existing file; use DiskOrCreate)",
+            path.display()
+        )));
+    }
+    let bytes = hd
+        .get("capacity")
+        .map(kumo_api::quantity::from_value)
+        .transpose()
+        .map_err(err)?
+        .ok_or_else(|| err("capacity is required to create the disk".into()))?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
+    }
+    // A sparse raw file: KubeVirt's hostDisk images are raw `disk.img` files.
+    let f = std::fs::File::create(&path).map_err(|e| err(e.to_string()))?;
+    f.set_len(bytes).map_err(|e| err(e.to_string()))?;
+    Ok(path)
+}
+
+async fn cloud_init_iso(
+    ctx: &PrepareCtx<'_>,
+    vmi: &Value,
+    spec: &Value,
+    src: &Value,
+    config_drive: bool,
+) -> Result<Vec<u8>, PrepareError> {
+    let ns = s(vmi, "/metadata/namespace").unwrap_or("default");
+    let mut secrets: BTreeMap<String, SecretData> = BTreeMap::new();
+    for key in ["/secretRef/name", "/networkDataSecretRef/name"] {
+        if let Some(secret) = s(src, key) {
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+            let got = api
+                .get(secret)
+                .await
+                .map_err(|e| PrepareError::new("CloudInitError", format!("reading Secret {ns}/{secret}: {e}")))?;
+            let data = got.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+            secrets.insert(secret.to_string(), data);
+        }
+    }
+    let lookup = |name: &str| -> anyhow::Result<SecretData> {
+        secrets.get(name).cloned().ok_or_else(|| anyhow::anyhow!("Secret {name} not found"))
+    };
+    let (user_data, network_data) =
+        cloudinit::resolve_source(src, &lookup).map_err(|e| PrepareError::new("CloudInitError", format!("{e:#}")))?;
+    let data = CloudInitData {
+        user_data,
+        network_data,
+        instance_id: s(vmi, "/metadata/uid").unwrap_or_default().to_string(),
+        hostname: s(spec, "/hostname").or(s(vmi, "/metadata/name")).unwrap_or("vmi").to_string(),
+    };
+    Ok(if config_drive { cloudinit::configdrive_iso(&data) } else { cloudinit::nocloud_iso(&data) })
+}

@@ -1,0 +1,165 @@
+//! Real guests: `kumo server` with its node agent boots KubeVirt VMs as QEMU (TCG) processes from a
+//! containerDisk in a local registry, with cloud-init and masquerade networking, and cleans up after them.
+//! Needs root, QEMU and the test guest + registry that scripts/setup.sh prepares.
+
+use kumo_e2e::{eventually, Server};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+const REGISTRY: &str = "127.0.0.1:5000";
+
+fn vm(name: &str, image: &str) -> String {
+    format!(
+        r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  runStrategy: Always
+  template:
+    metadata:
+      labels: {{kubevirt.io/domain: {name}}}
+    spec:
+      terminationGracePeriodSeconds: 10
+      domain:
+        memory: {{guest: 256Mi}}
+        devices:
+          disks:
+          - name: containerdisk
+            disk: {{bus: virtio}}
+          - name: cloudinitdisk
+            disk: {{bus: virtio}}
+          interfaces:
+          - name: default
+            masquerade: {{}}
+            ports:
+            - {{name: http, port: 8080}}
+          rng: {{}}
+      networks:
+      - name: default
+        pod: {{}}
+      volumes:
+      - name: containerdisk
+        containerDisk:
+          image: {image}
+      - name: cloudinitdisk
+        cloudInitNoCloud:
+          userData: |
+            #!/bin/sh
+            echo "user-data ran in {name}" > /www/userdata.txt
+"#
+    )
+}
+
+fn server() -> Server {
+    let registry_up = std::net::TcpStream::connect(REGISTRY).is_ok();
+    assert!(
+        registry_up,
+        "no registry at {REGISTRY}: run scripts/setup.sh (it builds the test guest and starts the registry)"
+    );
+    Server::start_with_agent(&["--insecure-registry", REGISTRY, "--registry-mirror", &format!("quay.io={REGISTRY}")])
+        .unwrap()
+}
+
+/// One plain HTTP GET; the body, or None if the guest does not answer (yet).
+fn http_get(ip: &str, path: &str) -> Option<String> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&format!("{ip}:8080").parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.starts_with("HTTP/1.").then(|| out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+fn get(s: &Server, args: &[&str]) -> String {
+    s.kubectl_ok(args).unwrap_or_default()
+}
+
+/// Host resources of one VMI: QEMU processes, network namespace, node-side veth, state directory.
+fn leftovers(s: &Server, uid: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let short: String = uid.chars().filter(|c| *c != '-').take(10).collect();
+    if std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+        std::fs::read(p.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains(uid)).unwrap_or(false)
+    }) {
+        found.push("qemu process".into());
+    }
+    if std::path::Path::new(&format!("/run/netns/kumo-{short}")).exists() {
+        found.push("network namespace".into());
+    }
+    if std::path::Path::new(&format!("/sys/class/net/kv-{short}")).exists() {
+        found.push("veth".into());
+    }
+    if s.data_dir().join("agent/vmis").join(uid).exists() {
+        found.push("state directory".into());
+    }
+    found
+}
+
+#[test]
+fn guest_boots_answers_and_leaves_nothing_behind() {
+    let s = server();
+    s.apply(&vm("testvm", "quay.io/kumo/test-guest:latest")).unwrap();
+    let out = s.kubectl(&["wait", "vmi", "testvm", "--for=condition=Ready", "--timeout=180s"]).unwrap();
+    assert!(
+        out.status.success(),
+        "wait: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        get(&s, &["describe", "vmi", "testvm"])
+    );
+    let ip = get(&s, &["get", "vmi", "testvm", "-o", "jsonpath={.status.interfaces[0].ipAddress}"]);
+    assert!(ip.starts_with("10.244.0."), "pod IP in status: {ip:?}");
+    let body =
+        eventually(Duration::from_secs(90), || http_get(&ip, "/userdata.txt").filter(|b| b.contains("user-data ran")));
+    assert_eq!(
+        body.as_deref().map(str::trim),
+        Some("user-data ran in testvm"),
+        "the guest served the user-data's file"
+    );
+    let table = get(&s, &["get", "vm", "testvm"]);
+    assert!(table.contains("Running") && table.contains("True"), "{table}");
+    let uid = get(&s, &["get", "vmi", "testvm", "-o", "jsonpath={.metadata.uid}"]);
+    assert!(leftovers(&s, &uid).contains(&"qemu process".to_string()));
+
+    // Stop: the guest goes away with everything it had; start brings it back.
+    let kumo = |args: &[&str]| {
+        std::process::Command::new(kumo_e2e::kumo_bin())
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(s.kubeconfig())
+            .output()
+            .unwrap()
+    };
+    assert!(kumo(&["stop", "testvm"]).status.success());
+    let gone = eventually(Duration::from_secs(60), || get(&s, &["get", "vmi", "-o", "name"]).is_empty().then_some(()));
+    assert!(gone.is_some(), "VMI deleted after stop");
+    let left = eventually(Duration::from_secs(20), || leftovers(&s, &uid).is_empty().then_some(()));
+    assert!(left.is_some(), "nothing left after stop: {:?}", leftovers(&s, &uid));
+    assert!(kumo(&["start", "testvm"]).status.success());
+    let out = s.kubectl(&["wait", "vmi", "testvm", "--for=condition=Ready", "--timeout=180s"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ip = get(&s, &["get", "vmi", "testvm", "-o", "jsonpath={.status.interfaces[0].ipAddress}"]);
+    assert!(eventually(Duration::from_secs(90), || http_get(&ip, "/")).is_some(), "restarted guest answers");
+    let uid2 = get(&s, &["get", "vmi", "testvm", "-o", "jsonpath={.metadata.uid}"]);
+
+    // A VMI whose image cannot be pulled fails with the reason visible; the running guest is unaffected.
+    s.apply(&vm("badimage", "quay.io/kumo/does-not-exist:latest")).unwrap();
+    let failed = eventually(Duration::from_secs(60), || {
+        let r = get(&s, &["get", "vmi", "badimage", "-o", "jsonpath={.status.phase}/{.status.reason}"]);
+        (r == "Failed/ErrImagePull").then_some(r)
+    });
+    assert!(failed.is_some(), "{}", get(&s, &["describe", "vmi", "badimage"]));
+    let describe = get(&s, &["describe", "vmi", "badimage"]);
+    assert!(describe.contains("ErrImagePull") && describe.contains("does-not-exist"), "{describe}");
+    assert!(http_get(&ip, "/").is_some(), "the other guest keeps running");
+    s.kubectl_ok(&["delete", "vm", "badimage", "--timeout=60s"]).unwrap();
+
+    // Deleting the VM deletes its VMI; the agent stops the guest and removes every host resource.
+    s.kubectl_ok(&["delete", "vm", "testvm", "--timeout=120s"]).unwrap();
+    let gone = eventually(Duration::from_secs(60), || get(&s, &["get", "vmi", "-o", "name"]).is_empty().then_some(()));
+    assert!(gone.is_some(), "VMIs deleted");
+    let left = eventually(Duration::from_secs(20), || leftovers(&s, &uid2).is_empty().then_some(()));
+    assert!(left.is_some(), "nothing left after delete: {:?}", leftovers(&s, &uid2));
+}
