@@ -163,3 +163,133 @@ fn guest_boots_answers_and_leaves_nothing_behind() {
     let left = eventually(Duration::from_secs(20), || leftovers(&s, &uid2).is_empty().then_some(()));
     assert!(left.is_some(), "nothing left after delete: {:?}", leftovers(&s, &uid2));
 }
+
+const VMI_CONFIGDRIVE_BRIDGE: &str = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: cdbridge
+spec:
+  terminationGracePeriodSeconds: 5
+  domain:
+    memory: {guest: 256Mi}
+    devices:
+      disks:
+      - {name: root, disk: {bus: virtio}, bootOrder: 1}
+      - {name: config, disk: {bus: virtio}}
+      - {name: scratch, disk: {bus: virtio}}
+      interfaces:
+      - {name: default, bridge: {}}
+  networks:
+  - {name: default, pod: {}}
+  volumes:
+  - name: root
+    containerDisk: {image: quay.io/kumo/test-guest:latest}
+  - name: scratch
+    emptyDisk: {capacity: 64Mi}
+  - name: config
+    cloudInitConfigDrive:
+      userData: |
+        #!/bin/sh
+        ls /sys/block > /www/disks.txt
+        hostname > /www/host.txt
+"#;
+
+#[test]
+fn configdrive_bridge_and_empty_disk() {
+    let s = server();
+    s.apply(VMI_CONFIGDRIVE_BRIDGE).unwrap();
+    let out = s.kubectl(&["wait", "vmi", "cdbridge", "--for=condition=Ready", "--timeout=180s"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        get(&s, &["describe", "vmi", "cdbridge"])
+    );
+    // Bridge binding: the guest itself holds the pod IP reported in status.
+    let ip = get(&s, &["get", "vmi", "cdbridge", "-o", "jsonpath={.status.interfaces[0].ipAddress}"]);
+    let disks = eventually(Duration::from_secs(90), || http_get(&ip, "/disks.txt").filter(|b| b.contains("vd")));
+    let disks = disks.expect("the guest at the pod IP served the ConfigDrive user-data's output");
+    assert!(disks.contains("vdc"), "the emptyDisk is attached: {disks}");
+    assert_eq!(
+        http_get(&ip, "/host.txt").map(|h| h.trim().to_string()),
+        Some("cdbridge".into()),
+        "hostname from ConfigDrive"
+    );
+    let uid = get(&s, &["get", "vmi", "cdbridge", "-o", "jsonpath={.metadata.uid}"]);
+    s.kubectl_ok(&["delete", "vmi", "cdbridge", "--timeout=60s"]).unwrap();
+    let left = eventually(Duration::from_secs(20), || leftovers(&s, &uid).is_empty().then_some(()));
+    assert!(left.is_some(), "nothing left: {:?}", leftovers(&s, &uid));
+}
+
+/// `kumo agent` as its own process, so it can be killed while guests run.
+fn spawn_agent(s: &Server) -> std::process::Child {
+    let log = std::fs::File::create(s.data_dir().join("agent.log")).unwrap();
+    std::process::Command::new(kumo_e2e::kumo_bin())
+        .args(["agent", "--kubeconfig"])
+        .arg(s.kubeconfig())
+        .arg("--state-dir")
+        .arg(s.data_dir().join("agent"))
+        .args(["--insecure-registry", REGISTRY, "--registry-mirror", &format!("quay.io={REGISTRY}")])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn guests_survive_an_agent_kill_and_are_managed_afterwards() {
+    assert!(std::net::TcpStream::connect(REGISTRY).is_ok(), "no registry at {REGISTRY}: run scripts/setup.sh");
+    let s = Server::start().unwrap();
+    let mut agent = spawn_agent(&s);
+    for name in ["one", "two"] {
+        s.apply(&vm(name, "quay.io/kumo/test-guest:latest")).unwrap();
+    }
+    let mut ips = Vec::new();
+    for name in ["one", "two"] {
+        let out = s.kubectl(&["wait", "vmi", name, "--for=condition=Ready", "--timeout=180s"]).unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let ip = get(&s, &["get", "vmi", name, "-o", "jsonpath={.status.interfaces[0].ipAddress}"]);
+        assert!(eventually(Duration::from_secs(90), || http_get(&ip, "/")).is_some(), "{name} answers");
+        ips.push(ip);
+    }
+    let uids: Vec<String> =
+        ["one", "two"].iter().map(|n| get(&s, &["get", "vmi", n, "-o", "jsonpath={.metadata.uid}"])).collect();
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    // With the agent dead the guests keep running.
+    std::thread::sleep(Duration::from_secs(2));
+    for (ip, uid) in ips.iter().zip(&uids) {
+        assert!(http_get(ip, "/").is_some(), "guest {ip} still answers");
+        assert!(leftovers(&s, uid).contains(&"qemu process".to_string()));
+    }
+    let mut agent = spawn_agent(&s);
+    // The restarted agent reattaches: pausing and stopping work on the guests it did not start.
+    std::thread::sleep(Duration::from_secs(3));
+    let kumo = |args: &[&str]| {
+        std::process::Command::new(kumo_e2e::kumo_bin())
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(s.kubeconfig())
+            .output()
+            .unwrap()
+    };
+    assert!(kumo(&["pause", "vmi", "one"]).status.success());
+    let paused = eventually(Duration::from_secs(30), || {
+        (get(&s, &["get", "vmi", "one", "-o", "jsonpath={.status.conditions[?(@.type==\"Paused\")].status}"]) == "True")
+            .then_some(())
+    });
+    assert!(paused.is_some(), "paused after reattach");
+    assert!(http_get(&ips[0], "/").is_none(), "a paused guest does not answer");
+    assert!(kumo(&["unpause", "vmi", "one"]).status.success());
+    assert!(eventually(Duration::from_secs(30), || http_get(&ips[0], "/")).is_some(), "resumed guest answers");
+    assert!(kumo(&["stop", "two"]).status.success());
+    let left = eventually(Duration::from_secs(60), || leftovers(&s, &uids[1]).is_empty().then_some(()));
+    assert!(left.is_some(), "stopped guest cleaned up: {:?}", leftovers(&s, &uids[1]));
+    assert!(http_get(&ips[0], "/").is_some(), "the other guest still runs");
+    s.kubectl_ok(&["delete", "vm", "one", "two", "--timeout=120s"]).unwrap();
+    let left = eventually(Duration::from_secs(60), || leftovers(&s, &uids[0]).is_empty().then_some(()));
+    assert!(left.is_some(), "{:?}", leftovers(&s, &uids[0]));
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""VM benchmark: VMI create -> guest answers HTTP through kumo, against the same guest started by a bare
+qemu-system-x86_64 command line (the baseline, measured in the same run), and the node agent's resident
+memory per running VM (QEMU excluded: it is a separate process).
+
+Usage: scripts/bench-vm.sh [--runs N] [--vms N]   (needs root, and scripts/setup.sh done)
+"""
+import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.environ.get("KUMO_CACHE", os.path.expanduser("~/.cache/kumo"))
+KUMO = os.path.join(ROOT, "target", "release", "kumo")
+REGISTRY = "127.0.0.1:5000"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_ok(url, timeout=1.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+def wait_http(url, deadline):
+    while time.monotonic() < deadline:
+        if http_ok(url, 0.5):
+            return time.monotonic()
+        time.sleep(0.05)
+    raise RuntimeError(f"no HTTP answer from {url}")
+
+
+def bare_qemu(workdir):
+    """Same guest, same memory, TCG, user-mode networking: process start -> first HTTP answer."""
+    overlay = os.path.join(workdir, "bare.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                    os.path.join(CACHE, "images", "guest.qcow2"), overlay], check=True)
+    port = free_port()
+    t0 = time.monotonic()
+    p = subprocess.Popen(["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max",
+                          "-m", "256M", "-nodefaults", "-nographic", "-display", "none", "-serial", "null",
+                          "-drive", f"file={overlay},if=virtio,format=qcow2",
+                          "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:8080",
+                          "-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t1 = wait_http(f"http://127.0.0.1:{port}/", t0 + 120)
+        return t1 - t0
+    finally:
+        p.kill()
+        p.wait()
+        os.unlink(overlay)
+
+
+def kubectl(kubeconfig, *args, stdin=None):
+    return subprocess.run(["kubectl", "--kubeconfig", kubeconfig, *args], input=stdin, capture_output=True,
+                          text=True, check=True).stdout
+
+
+VMI = """apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  domain:
+    memory: {{guest: 256Mi}}
+    devices:
+      disks: [{{name: root, disk: {{bus: virtio}}}}]
+      interfaces: [{{name: default, masquerade: {{}}, ports: [{{port: 8080}}]}}]
+      rng: {{}}
+  networks: [{{name: default, pod: {{}}}}]
+  volumes: [{{name: root, containerDisk: {{image: quay.io/kumo/test-guest:latest}}}}]
+"""
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--vms", type=int, default=4, help="guests running at once for the memory figure")
+    ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench", "vm.json"))
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="kumo-bench-vm-")
+    procs = []
+    try:
+        port = free_port()
+        data = os.path.join(work, "data")
+        server = subprocess.Popen([KUMO, "server", "--data-dir", data, "--listen", f"127.0.0.1:{port}", "--no-agent"],
+                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "server.log"), "w"))
+        procs.append(server)
+        kc = os.path.join(data, "kubeconfig")
+        for _ in range(200):
+            if os.path.exists(kc) and subprocess.run(["kubectl", "--kubeconfig", kc, "get", "--raw", "/readyz"],
+                                                     capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        agent = subprocess.Popen([KUMO, "agent", "--kubeconfig", kc, "--state-dir", os.path.join(work, "agent"),
+                                  "--insecure-registry", REGISTRY, "--registry-mirror", f"quay.io={REGISTRY}"],
+                                 stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "agent.log"), "w"))
+        procs.append(agent)
+        time.sleep(2)
+        # Warm the image cache once (a pull is not part of boot time on a node that has the image).
+        kubectl(kc, "apply", "-f", "-", stdin=VMI.format(name="warm"))
+        kubectl(kc, "wait", "vmi", "warm", "--for=condition=Ready", "--timeout=300s")
+        kubectl(kc, "delete", "vmi", "warm", "--timeout=120s")
+
+        bare, kumo = [], []
+        for i in range(a.runs):
+            b = bare_qemu(work)
+            bare.append(b)
+            t0 = time.monotonic()
+            kubectl(kc, "apply", "-f", "-", stdin=VMI.format(name=f"b{i}"))
+            ip = ""
+            while not ip and time.monotonic() < t0 + 120:
+                ip = kubectl(kc, "get", "vmi", f"b{i}", "-o", "jsonpath={.status.interfaces[0].ipAddress}")
+                if not ip:
+                    time.sleep(0.05)
+            k = wait_http(f"http://{ip}:8080/", t0 + 180) - t0
+            kumo.append(k)
+            print(f"run {i + 1}: bare qemu {b:.2f} s, kumo {k:.2f} s, ratio {k / b:.3f}", flush=True)
+            kubectl(kc, "delete", "vmi", f"b{i}", "--timeout=120s")
+
+        # Agent memory per running VM: agent RSS idle vs with N guests.
+        time.sleep(2)
+        idle = rss_kib(agent.pid)
+        for i in range(a.vms):
+            kubectl(kc, "apply", "-f", "-", stdin=VMI.format(name=f"m{i}"))
+        for i in range(a.vms):
+            kubectl(kc, "wait", "vmi", f"m{i}", "--for=condition=Ready", "--timeout=300s")
+        time.sleep(3)
+        busy = rss_kib(agent.pid)
+        per_vm = (busy - idle) / a.vms / 1024
+        # Delete and wait, so the agent stops every guest before it is stopped itself.
+        kubectl(kc, "delete", "vmi", *[f"m{i}" for i in range(a.vms)], "--timeout=300s")
+        res = {
+            "boot_to_http_seconds": {"bare_qemu_median": statistics.median(bare), "kumo_median": statistics.median(kumo),
+                                     "bare_qemu": bare, "kumo": kumo},
+            "ratio_kumo_over_bare": statistics.median(kumo) / statistics.median(bare),
+            "agent_rss_mib": {"idle": idle / 1024, f"with_{a.vms}_vms": busy / 1024, "per_vm": per_vm},
+        }
+        os.makedirs(os.path.dirname(a.out), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=2)
+        print()
+        print("| figure | value |")
+        print("|---|---|")
+        print(f"| bare qemu start -> HTTP answer (median of {a.runs}) | {statistics.median(bare):.2f} s |")
+        print(f"| kumo VMI create -> HTTP answer (median of {a.runs}) | {statistics.median(kumo):.2f} s |")
+        print(f"| ratio kumo / bare | {res['ratio_kumo_over_bare']:.3f} |")
+        print(f"| agent RSS idle / with {a.vms} VMs | {idle / 1024:.1f} / {busy / 1024:.1f} MiB |")
+        print(f"| agent RSS per running VM (QEMU excluded) | {per_vm:.2f} MiB |")
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
