@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod cloudinit;
+pub mod console;
 pub mod image;
 pub mod net;
 pub mod node;

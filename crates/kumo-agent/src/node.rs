@@ -22,6 +22,8 @@ pub struct HostInfo {
     /// "kvm" or "tcg": what QEMU runs guests with here (KVM only when a guest really booted under it).
     pub accel: String,
     pub qemu_version: String,
+    /// The console endpoint (`https://ip:port`) and its certificate's SHA-256, published on the Node.
+    pub console: Option<(String, String)>,
 }
 
 fn read(path: &str) -> String {
@@ -72,6 +74,7 @@ impl HostInfo {
             internal_ip: first_ipv4(),
             accel: accel.into(),
             qemu_version: qemu_version.into(),
+            console: None,
         }
     }
 }
@@ -82,13 +85,18 @@ fn now() -> String {
 
 /// The Node's metadata and spec as the agent applies them.
 pub fn node_object(h: &HostInfo) -> Value {
-    json!({
+    let mut node = json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": h.name, "labels": {
             "kubernetes.io/hostname": h.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
             "kubevirt.io/schedulable": "true", "kumo.dev/accel": h.accel},
             "annotations": {"kumo.dev/accel": h.accel, "kumo.dev/qemu-version": h.qemu_version}},
-    })
+    });
+    if let Some((endpoint, fingerprint)) = &h.console {
+        node["metadata"]["annotations"][crate::console::ENDPOINT_ANNOTATION] = json!(endpoint);
+        node["metadata"]["annotations"][crate::console::FINGERPRINT_ANNOTATION] = json!(fingerprint);
+    }
+    node
 }
 
 /// The Node's status: capacity, Ready, addresses, node info. Memory reserved for the host is not allocatable.
@@ -165,9 +173,11 @@ mod tests {
             internal_ip: "10.0.0.5".into(),
             accel: "tcg".into(),
             qemu_version: "7.2.0".into(),
+            console: Some(("https://10.0.0.5:1234".into(), "ab".into())),
         };
         let o = node_object(&h);
         assert_eq!(o["metadata"]["labels"]["kumo.dev/accel"], "tcg");
+        assert_eq!(o["metadata"]["annotations"]["kumo.dev/console-endpoint"], "https://10.0.0.5:1234");
         let s = node_status(&h, 1 << 30);
         assert_eq!(s["status"]["capacity"]["memory"], "4194304Ki");
         assert_eq!(s["status"]["allocatable"]["memory"], "3145728Ki");

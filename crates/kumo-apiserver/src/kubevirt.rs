@@ -26,6 +26,9 @@ pub fn discovery() -> Value {
                 "kind": "", "verbs": ["update"]}));
         }
     }
+    // The console is a WebSocket GET, proxied to the node agent (crate::console).
+    resources.push(json!({"name": "virtualmachineinstances/console", "singularName": "", "namespaced": true,
+        "kind": "", "verbs": ["get"]}));
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{GROUP}/v1"), "resources": resources})
 }
 

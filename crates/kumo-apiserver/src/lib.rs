@@ -7,6 +7,7 @@
 //! Background loops that act like Kubernetes' controller-manager for built-in semantics (garbage collection by
 //! ownerReferences, namespace deletion, CRD establishment, compaction) live in [`gc`].
 
+pub mod console;
 pub mod discovery;
 pub mod gc;
 pub mod handlers;

@@ -53,6 +53,12 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Open a VMI's serial console (interactive; Ctrl-] leaves).
+    Console {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Resume a paused guest: `kumo unpause vmi NAME`.
     Unpause {
         kind: String,
@@ -177,7 +183,14 @@ async fn main() -> Result<()> {
         }
         Command::Agent { kubeconfig, state_dir, agent } => {
             let client = client_from(kubeconfig.as_deref()).await?;
-            kumo_agent::agent::run(client, agent.config(state_dir)?).await
+            let mut cfg = agent.config(state_dir)?;
+            cfg.console_token = kubeconfig_token(kubeconfig.as_deref()).await;
+            kumo_agent::agent::run(client, cfg).await
+        }
+        Command::Console { name, target } => {
+            let config = kube_config(target.kubeconfig.as_deref()).await?;
+            let ns = target.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+            virtctl::console(config, &ns, &name).await
         }
         Command::Controllers { kubeconfig } => {
             let client = client_from(kubeconfig.as_deref()).await?;
@@ -195,17 +208,34 @@ async fn vm_verb(target: &Target, plural: &str, name: &str, verb: &str) -> Resul
     Ok(())
 }
 
+/// The bearer token in a kubeconfig: the agent's console endpoint accepts the API server presenting it.
+async fn kubeconfig_token(kubeconfig: Option<&std::path::Path>) -> Option<String> {
+    use secrecy::ExposeSecret;
+    let config = match kubeconfig {
+        Some(p) => {
+            kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(p).ok()?, &Default::default())
+                .await
+                .ok()?
+        }
+        None => kube::Config::infer().await.ok()?,
+    };
+    config.auth_info.token.map(|t| t.expose_secret().to_string())
+}
+
 /// A kube-rs client from a kubeconfig file, or the default configuration.
 async fn client_from(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
-    let config = match kubeconfig {
+    Ok(kube::Client::try_from(kube_config(kubeconfig).await?)?)
+}
+
+async fn kube_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
         }
         None => kube::Config::infer().await.context("no kubeconfig: pass --kubeconfig or set KUBECONFIG")?,
-    };
-    Ok(kube::Client::try_from(config)?)
+    })
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
@@ -231,7 +261,8 @@ async fn server(args: ServerArgs) -> Result<()> {
     }
     if !args.no_agent {
         let client = client_from(Some(&running.kubeconfig)).await?;
-        let cfg = args.agent.config(args.data_dir.join("agent"))?;
+        let mut cfg = args.agent.config(args.data_dir.join("agent"))?;
+        cfg.console_token = kubeconfig_token(Some(&running.kubeconfig)).await;
         tokio::spawn(async move {
             if let Err(e) = kumo_agent::agent::run(client, cfg).await {
                 tracing::error!("node agent stopped: {e:#} (the API keeps serving; fix the cause or pass --no-agent)");

@@ -22,3 +22,100 @@ pub fn kind_plural(kind: &str) -> Result<&'static str> {
         other => bail!("unknown kind {other:?}: use vm or vmi"),
     })
 }
+
+/// `kumo console NAME`: the VMI's serial console through the API server, interactive until Ctrl-].
+pub async fn console(config: kube::Config, ns: &str, name: &str) -> Result<()> {
+    use futures::{SinkExt, StreamExt};
+    use secrecy::ExposeSecret;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    let url = &config.cluster_url;
+    let host = url.host().context("the kubeconfig's server has no host")?.to_string();
+    let port = url.port_u16().unwrap_or(443);
+    let mut roots = rustls::RootCertStore::empty();
+    for der in config.root_cert.clone().unwrap_or_default() {
+        roots.add(rustls::pki_types::CertificateDer::from(der)).context("the kubeconfig's CA certificate")?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp =
+        tokio::net::TcpStream::connect((host.as_str(), port)).await.with_context(|| format!("connecting to {url}"))?;
+    let server_name = rustls::pki_types::ServerName::try_from(host.clone())?;
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(server_name, tcp).await?;
+    let path = format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/console");
+    let mut req = format!("wss://{host}:{port}{path}").into_client_request()?;
+    if let Some(t) = &config.auth_info.token {
+        req.headers_mut().insert("authorization", format!("Bearer {}", t.expose_secret()).parse()?);
+    }
+    req.headers_mut().insert("sec-websocket-protocol", "plain.kubevirt.io".parse()?);
+    let (ws, _) = match tokio_tungstenite::client_async(req, stream).await {
+        Ok(x) => x,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            let msg = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
+                .unwrap_or(body);
+            bail!("console {name}: {msg}");
+        }
+        Err(e) => return Err(e).with_context(|| format!("console {name}")),
+    };
+    eprintln!("Successfully connected to {name} console. The escape sequence is ^]");
+    let _raw = RawTerminal::enter();
+    let (mut tx, mut rx) = ws.split();
+    let mut stdin = tokio::io::stdin();
+    let mut stdout = tokio::io::stdout();
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            n = stdin.read(&mut buf) => {
+                let n = n?;
+                if n == 0 {
+                    // Input closed (not a terminal): keep printing until the other side ends or Ctrl-].
+                    std::future::pending::<()>().await;
+                }
+                if let Some(pos) = buf[..n].iter().position(|b| *b == 0x1d) {
+                    if pos > 0 { tx.send(Message::Binary(bytes::Bytes::copy_from_slice(&buf[..pos]))).await?; }
+                    break;
+                }
+                tx.send(Message::Binary(bytes::Bytes::copy_from_slice(&buf[..n]))).await?;
+            }
+            msg = rx.next() => match msg {
+                Some(Ok(Message::Binary(b))) => { stdout.write_all(&b).await?; stdout.flush().await?; }
+                Some(Ok(Message::Text(t))) => { stdout.write_all(t.as_bytes()).await?; stdout.flush().await?; }
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+    let _ = tx.send(Message::Close(None)).await;
+    Ok(())
+}
+
+/// Puts a terminal on stdin into raw mode (so keys reach the guest as typed) and restores it on drop.
+struct RawTerminal(Option<nix::sys::termios::Termios>);
+
+impl RawTerminal {
+    fn enter() -> RawTerminal {
+        use nix::sys::termios;
+        let stdin = std::io::stdin();
+        let Ok(saved) = termios::tcgetattr(&stdin) else { return RawTerminal(None) };
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        let _ = termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw);
+        RawTerminal(Some(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, saved);
+        }
+    }
+}

@@ -123,6 +123,26 @@ fn guest_boots_answers_and_leaves_nothing_behind() {
     let uid = get(&s, &["get", "vmi", "testvm", "-o", "jsonpath={.metadata.uid}"]);
     assert!(leftovers(&s, &uid).contains(&"qemu process".to_string()));
 
+    // `kumo console` reaches the guest's serial console through the API server; Ctrl-] leaves.
+    let mut console = std::process::Command::new(kumo_e2e::kumo_bin())
+        .args(["console", "testvm", "--kubeconfig"])
+        .arg(s.kubeconfig())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = console.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    stdin.write_all(b"\necho CONSOLE-$((6*7))\n").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    stdin.write_all(&[0x1d]).unwrap();
+    let out = console.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("CONSOLE-42"), "the guest's shell answered on the console: {text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("escape sequence is ^]"));
+
     // Stop: the guest goes away with everything it had; start brings it back.
     let kumo = |args: &[&str]| {
         std::process::Command::new(kumo_e2e::kumo_bin())

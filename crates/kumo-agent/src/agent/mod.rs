@@ -40,6 +40,8 @@ pub struct AgentConfig {
     /// Memory kept back for the host when reporting allocatable.
     pub reserved_memory: u64,
     pub heartbeat: Duration,
+    /// Bearer token the console endpoint requires (the API server's); None accepts any caller.
+    pub console_token: Option<String>,
 }
 
 impl AgentConfig {
@@ -55,6 +57,7 @@ impl AgentConfig {
             sandbox: true,
             reserved_memory: 512 << 20,
             heartbeat: Duration::from_secs(10),
+            console_token: None,
         }
     }
 }
@@ -98,7 +101,10 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     let probe = cfg.probe_kernel.clone().or_else(default_probe_kernel);
     let accel = qemu::detect_accel(&qemu, probe.as_deref()).await;
     let accel_name = if accel == Accel::Kvm { "kvm" } else { "tcg" };
-    let host = HostInfo::gather(cfg.node_name.clone(), accel_name, &version.to_string());
+    let mut host = HostInfo::gather(cfg.node_name.clone(), accel_name, &version.to_string());
+    let bind: std::net::SocketAddr = format!("{}:0", host.internal_ip).parse().context("node address")?;
+    let console = crate::console::serve(bind, cfg.state_dir.join("vmis"), cfg.console_token.clone()).await?;
+    host.console = Some((format!("https://{}", console.addr), console.fingerprint));
     tracing::info!(node = %host.name, accel = accel_name, qemu = %version, "kumo agent starting");
     node::register(&client, &host, cfg.reserved_memory).await?;
     tokio::spawn(node::heartbeat(client.clone(), host.clone(), cfg.reserved_memory, cfg.heartbeat));

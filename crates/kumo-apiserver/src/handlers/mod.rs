@@ -101,6 +101,14 @@ impl Call {
 const MAX_BODY: usize = 3 * 1024 * 1024;
 
 pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>) -> Resp {
+    if let Some(Target::Resource(p)) = parse_path(req.uri().path()) {
+        if p.group == crate::kubevirt::GROUP && p.subresource.as_deref() == Some("console") {
+            if !authorized(&api, req.headers()) {
+                return response::error(&ApiError::unauthorized());
+            }
+            return crate::console::proxy(&api, req, p).await;
+        }
+    }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let query = Query::parse(parts.uri.query());

@@ -1,0 +1,152 @@
+//! The agent's console endpoint: a WebSocket per VMI serial console, which the API server proxies
+//! `subresources.kubevirt.io/.../virtualmachineinstances/{name}/console` to (as kube-apiserver proxies exec to
+//! the kubelet). HTTPS with a certificate the agent generates; its SHA-256 fingerprint is published on the
+//! Node, so the API server can pin it. Requests must carry the bearer token the agent was given.
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+
+/// Node annotations through which the API server finds and trusts this endpoint.
+pub const ENDPOINT_ANNOTATION: &str = "kumo.dev/console-endpoint";
+pub const FINGERPRINT_ANNOTATION: &str = "kumo.dev/console-cert-sha256";
+
+pub struct ConsoleEndpoint {
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+}
+
+/// Serves consoles of the VMIs under `vmis_dir/<uid>/run/serial.sock` on `bind`.
+pub async fn serve(bind: SocketAddr, vmis_dir: PathBuf, token: Option<String>) -> Result<ConsoleEndpoint> {
+    let key = rcgen::KeyPair::generate()?;
+    let params = rcgen::CertificateParams::new(vec!["kumo-agent".to_string()])?;
+    let cert = params.self_signed(&key)?;
+    let fingerprint = hex::encode(Sha256::digest(cert.der()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener =
+        tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding the console endpoint {bind}"))?;
+    let addr = listener.local_addr()?;
+    let ctx = Arc::new((vmis_dir, token));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let (acceptor, ctx) = (acceptor.clone(), ctx.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req| {
+                    let ctx = ctx.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(req, &ctx.0, ctx.1.as_deref())) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Ok(ConsoleEndpoint { addr, fingerprint })
+}
+
+fn reply(code: StatusCode, msg: &str) -> Response<Full<Bytes>> {
+    Response::builder().status(code).body(Full::new(Bytes::from(msg.to_string()))).expect("response")
+}
+
+fn handle(
+    mut req: Request<hyper::body::Incoming>,
+    vmis_dir: &std::path::Path,
+    token: Option<&str>,
+) -> Response<Full<Bytes>> {
+    if let Some(t) = token {
+        let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if auth.strip_prefix("Bearer ") != Some(t) {
+            return reply(StatusCode::UNAUTHORIZED, "unauthorized");
+        }
+    }
+    let Some(uid) =
+        req.uri().path().strip_prefix("/console/").filter(|u| !u.is_empty() && !u.contains('/') && !u.contains(".."))
+    else {
+        return reply(StatusCode::NOT_FOUND, "no such console");
+    };
+    let socket = vmis_dir.join(uid).join("run").join("serial.sock");
+    if !socket.exists() {
+        return reply(StatusCode::NOT_FOUND, "this VMI has no running console on this node");
+    }
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return reply(StatusCode::BAD_REQUEST, "a WebSocket upgrade is required");
+    };
+    let protocol = req.headers().get("sec-websocket-protocol").cloned();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        if let Err(e) = pipe(ws, &socket).await {
+            tracing::debug!("console session ended: {e}");
+        }
+    });
+    let mut resp = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()));
+    if let Some(p) = protocol {
+        // KubeVirt's clients ask for "plain.kubevirt.io"; echo the first offered protocol.
+        let first = p.to_str().unwrap_or("").split(',').next().unwrap_or("").trim().to_string();
+        resp = resp.header("sec-websocket-protocol", first);
+    }
+    resp.body(Full::new(Bytes::new())).expect("response")
+}
+
+/// Console bytes both ways: WebSocket binary/text messages ⇄ the serial socket.
+async fn pipe<S>(ws: tokio_tungstenite::WebSocketStream<S>, socket: &std::path::Path) -> Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let serial =
+        tokio::net::UnixStream::connect(socket).await.with_context(|| format!("connecting {}", socket.display()))?;
+    let (mut sr, mut sw) = serial.into_split();
+    let (mut wtx, mut wrx) = ws.split();
+    let to_ws = async {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = sr.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            wtx.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await?;
+        }
+        anyhow::Ok(())
+    };
+    let to_serial = async {
+        while let Some(msg) = wrx.next().await {
+            match msg? {
+                Message::Binary(b) => sw.write_all(&b).await?,
+                Message::Text(t) => sw.write_all(t.as_bytes()).await?,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        r = to_ws => r,
+        r = to_serial => r,
+    }
+}
