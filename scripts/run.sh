@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kumo and runs the all-in-one control plane on this machine.
+# Sets up this machine, builds kumo and runs the all-in-one control plane + node agent (run as root).
 #   KUMO_DATA   data directory (default ~/.local/share/kumo)
 #   KUMO_LISTEN address to serve on (default 127.0.0.1:6443)
 set -euo pipefail
@@ -10,4 +10,6 @@ cargo build --release -p kumo
 data="${KUMO_DATA:-$HOME/.local/share/kumo}"
 listen="${KUMO_LISTEN:-127.0.0.1:6443}"
 echo "run: starting kumo server; in another shell: export KUBECONFIG=$data/kubeconfig"
-exec target/release/kumo server --data-dir "$data" --listen "$listen"
+echo "run: then: kubectl apply -f examples/vm.yaml"
+exec target/release/kumo server --data-dir "$data" --listen "$listen" \
+  --insecure-registry 127.0.0.1:5000 --registry-mirror quay.io=127.0.0.1:5000

@@ -80,6 +80,15 @@ fn kubevirt_manifests_apply_and_print_kubevirt_columns() {
 }
 
 #[test]
+fn readme_example_is_valid() {
+    let s = Server::start().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/vm.yaml");
+    let out = s.kubectl_ok(&["apply", "--dry-run=server", "-f", example]).unwrap();
+    assert!(out.contains("virtualmachine.kubevirt.io/testvm created (server dry run)"), "{out}");
+    assert!(s.kubectl_ok(&["get", "vm", "-o", "name"]).unwrap().trim().is_empty(), "dry run stores nothing");
+}
+
+#[test]
 fn unimplemented_kubevirt_fields_are_refused_by_name() {
     let s = Server::start().unwrap();
     let clock = VM.replace("        cpu: {cores: 1}\n", "        cpu: {cores: 1}\n        clock: {utc: {}}\n");
