@@ -313,3 +313,53 @@ fn guests_survive_an_agent_kill_and_are_managed_afterwards() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+fn bare_vmi(name: &str, volume: &str) -> String {
+    format!(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: {name}}}\nspec:\n  domain:\n    memory: {{guest: 128Mi}}\n    devices:\n      disks: [{{name: root, disk: {{bus: virtio}}}}]\n  volumes:\n  - name: root\n{volume}\n"
+    )
+}
+
+fn wait_failed(s: &Server, name: &str) -> String {
+    let done = eventually(Duration::from_secs(90), || {
+        (get(s, &["get", "vmi", name, "-o", "jsonpath={.status.phase}"]) == "Failed").then_some(())
+    });
+    let describe = get(s, &["describe", "vmi", name]);
+    assert!(done.is_some(), "{name} did not fail: {describe}");
+    describe
+}
+
+#[test]
+fn corrupt_disks_and_qemu_failures_fail_the_vmi_with_the_reason() {
+    let s = server();
+    // A containerDisk whose qcow2 is corrupt, pushed to the local registry.
+    let corrupt = s.data_dir().join("corrupt.qcow2");
+    let mut bytes = b"QFI\xfb\x00\x00\x00\x03".to_vec();
+    bytes.extend(std::iter::repeat_n(0xA5u8, 4096));
+    std::fs::write(&corrupt, bytes).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../images/package-containerdisk.sh");
+    let out = std::process::Command::new(script)
+        .arg("--image")
+        .arg(&corrupt)
+        .args(["--repo", "kumo/corrupt", "--no-kernel"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pushing the corrupt image: {}", String::from_utf8_lossy(&out.stderr));
+    s.apply(&bare_vmi("corrupt", "    containerDisk: {image: quay.io/kumo/corrupt:latest}")).unwrap();
+    let d = wait_failed(&s, "corrupt");
+    assert!(d.contains("qcow2") || d.contains("qemu-img"), "the reason names the bad disk: {d}");
+    assert!(d.contains("Warning"), "an event says so: {d}");
+
+    // QEMU that exits at once (its disk is a directory): Failed, with QEMU's own words.
+    let dir = s.data_dir().join("not-a-disk");
+    std::fs::create_dir_all(&dir).unwrap();
+    s.apply(&bare_vmi("qemufails", &format!("    hostDisk: {{path: {}, type: Disk}}", dir.display()))).unwrap();
+    let d = wait_failed(&s, "qemufails");
+    assert!(d.contains("QemuFailed") && d.contains("QEMU exited"), "{d}");
+    // The agent keeps serving: a good guest still starts.
+    s.apply(&vm("stillfine", "quay.io/kumo/test-guest:latest")).unwrap();
+    let out = s.kubectl(&["wait", "vmi", "stillfine", "--for=condition=Ready", "--timeout=180s"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.kubectl_ok(&["delete", "vm", "stillfine", "--timeout=120s"]).unwrap();
+    s.kubectl_ok(&["delete", "vmi", "corrupt", "qemufails", "--timeout=60s"]).unwrap();
+}
