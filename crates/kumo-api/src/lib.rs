@@ -11,6 +11,7 @@
 pub mod apply;
 pub mod builtin;
 pub mod builtin_schema;
+pub mod conditions;
 pub mod convert;
 pub mod crd;
 pub mod jsonpath;

@@ -2,7 +2,7 @@
 //! `runStrategy` (or legacy `running`) and pending start/stop requests, and what the VM's status says.
 //! Pure: no I/O, so every case is a unit test.
 
-use crate::conditions;
+use kumo_api::conditions;
 use serde_json::{json, Value};
 
 /// One thing to do through the API.

@@ -2,8 +2,8 @@
 //! the node it runs on (Ready, schedulable, matching nodeSelector and required node affinity, tolerating
 //! taints, with memory to spare). Pure: no I/O.
 
-use crate::conditions;
 use crate::vm::Event;
+use kumo_api::conditions;
 use kumo_api::quantity;
 use serde_json::{json, Value};
 use std::collections::HashMap;

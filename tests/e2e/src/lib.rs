@@ -178,6 +178,11 @@ impl Server {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs the `kumo` CLI against this server.
+    pub fn kumo(&self, args: &[&str]) -> Output {
+        Command::new(kumo_bin()).args(args).arg("--kubeconfig").arg(self.kubeconfig()).output().expect("running kumo")
+    }
+
     /// A kube-rs client for this server.
     pub async fn client(&self) -> Result<kube::Client> {
         let kc = kube::config::Kubeconfig::read_from(self.kubeconfig())?;

@@ -80,35 +80,26 @@ fn run_strategy_drives_the_vmi_and_scheduling_waits_for_a_node() {
     wait_for(&s, "all gone", &["get", "vm,vmi", "-o", "name"], "");
 }
 
-fn kumo(s: &Server, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(kumo_e2e::kumo_bin())
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn kumo_start_stop_restart_use_kubevirt_subresources() {
     let s = Server::start().unwrap();
     s.apply(&VM.replace("runStrategy: Always", "runStrategy: Halted")).unwrap();
     wait_for(&s, "stopped", &["get", "vm", "ctl", "-o", "jsonpath={.status.printableStatus}"], "Stopped");
-    let out = kumo(&s, &["stop", "ctl"]);
+    let out = s.kumo(&["stop", "ctl"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("VM is not running"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = kumo(&s, &["start", "ctl"]);
+    let out = s.kumo(&["start", "ctl"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("VM ctl was scheduled to start"));
     assert_eq!(jsonpath(&s, &["get", "vm", "ctl", "-o", "jsonpath={.spec.runStrategy}"]), "Always");
     wait_for(&s, "vmi exists", &["get", "vmi", "ctl", "-o", "jsonpath={.metadata.name}"], "ctl");
     let first_uid = jsonpath(&s, &["get", "vmi", "ctl", "-o", "jsonpath={.metadata.uid}"]);
     // Restart replaces the VMI (new uid) through stateChangeRequests.
-    let out = kumo(&s, &["restart", "ctl"]);
+    let out = s.kumo(&["restart", "ctl"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let replaced = eventually(Duration::from_secs(20), || {
         let uid = jsonpath(&s, &["get", "vmi", "ctl", "-o", "jsonpath={.metadata.uid}"]);
@@ -117,13 +108,13 @@ fn kumo_start_stop_restart_use_kubevirt_subresources() {
     assert!(replaced.is_some(), "restart created a new VMI");
     wait_for(&s, "requests drained", &["get", "vm", "ctl", "-o", "jsonpath={.status.stateChangeRequests}"], "");
     // Pausing needs a running guest; this one is not scheduled anywhere.
-    let out = kumo(&s, &["pause", "vmi", "ctl"]);
+    let out = s.kumo(&["pause", "vmi", "ctl"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("VMI is not running"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = kumo(&s, &["stop", "ctl"]);
+    let out = s.kumo(&["stop", "ctl"]);
     assert!(out.status.success());
     assert_eq!(jsonpath(&s, &["get", "vm", "ctl", "-o", "jsonpath={.spec.runStrategy}"]), "Halted");
     wait_for(&s, "vmi gone", &["get", "vmi", "-o", "name"], "");

@@ -144,20 +144,12 @@ fn guest_boots_answers_and_leaves_nothing_behind() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("escape sequence is ^]"));
 
     // Stop: the guest goes away with everything it had; start brings it back.
-    let kumo = |args: &[&str]| {
-        std::process::Command::new(kumo_e2e::kumo_bin())
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(s.kubeconfig())
-            .output()
-            .unwrap()
-    };
-    assert!(kumo(&["stop", "testvm"]).status.success());
+    assert!(s.kumo(&["stop", "testvm"]).status.success());
     let gone = eventually(Duration::from_secs(60), || get(&s, &["get", "vmi", "-o", "name"]).is_empty().then_some(()));
     assert!(gone.is_some(), "VMI deleted after stop");
     let left = eventually(Duration::from_secs(20), || leftovers(&s, &uid).is_empty().then_some(()));
     assert!(left.is_some(), "nothing left after stop: {:?}", leftovers(&s, &uid));
-    assert!(kumo(&["start", "testvm"]).status.success());
+    assert!(s.kumo(&["start", "testvm"]).status.success());
     let out = s.kubectl(&["wait", "vmi", "testvm", "--for=condition=Ready", "--timeout=180s"]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ip = get(&s, &["get", "vmi", "testvm", "-o", "jsonpath={.status.interfaces[0].ipAddress}"]);
@@ -286,24 +278,16 @@ fn guests_survive_an_agent_kill_and_are_managed_afterwards() {
     let mut agent = spawn_agent(&s);
     // The restarted agent reattaches: pausing and stopping work on the guests it did not start.
     std::thread::sleep(Duration::from_secs(3));
-    let kumo = |args: &[&str]| {
-        std::process::Command::new(kumo_e2e::kumo_bin())
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(s.kubeconfig())
-            .output()
-            .unwrap()
-    };
-    assert!(kumo(&["pause", "vmi", "one"]).status.success());
+    assert!(s.kumo(&["pause", "vmi", "one"]).status.success());
     let paused = eventually(Duration::from_secs(30), || {
         (get(&s, &["get", "vmi", "one", "-o", "jsonpath={.status.conditions[?(@.type==\"Paused\")].status}"]) == "True")
             .then_some(())
     });
     assert!(paused.is_some(), "paused after reattach");
     assert!(http_get(&ips[0], "/").is_none(), "a paused guest does not answer");
-    assert!(kumo(&["unpause", "vmi", "one"]).status.success());
+    assert!(s.kumo(&["unpause", "vmi", "one"]).status.success());
     assert!(eventually(Duration::from_secs(30), || http_get(&ips[0], "/")).is_some(), "resumed guest answers");
-    assert!(kumo(&["stop", "two"]).status.success());
+    assert!(s.kumo(&["stop", "two"]).status.success());
     let left = eventually(Duration::from_secs(60), || leftovers(&s, &uids[1]).is_empty().then_some(()));
     assert!(left.is_some(), "stopped guest cleaned up: {:?}", leftovers(&s, &uids[1]));
     assert!(http_get(&ips[0], "/").is_some(), "the other guest still runs");

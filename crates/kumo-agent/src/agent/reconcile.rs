@@ -162,17 +162,21 @@ async fn start(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value) -> Result
 
 type Launched = (Option<(String, VmiNetwork)>, u32);
 
-async fn launch(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value, uid: &str) -> Result<Launched, PrepareError> {
-    let spec = value.get("spec").cloned().unwrap_or_default();
-    let dir = dir(agent, uid);
-    let ctx = PrepareCtx {
+fn prepare_ctx(agent: &Agent) -> PrepareCtx<'_> {
+    PrepareCtx {
         client: &agent.client,
         images: &agent.images,
         registry: &agent.cfg.registry,
         node_net: &agent.node_net,
         ipam: &agent.ipam,
         tap_owner: agent.cfg.run_as,
-    };
+    }
+}
+
+async fn launch(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value, uid: &str) -> Result<Launched, PrepareError> {
+    let spec = value.get("spec").cloned().unwrap_or_default();
+    let dir = dir(agent, uid);
+    let ctx = prepare_ctx(agent);
     let mut prepared = prepare::volumes(&ctx, value, &spec, &dir).await?;
     let net = prepare::network(&ctx, value, &spec)?;
     if let Some((name, n)) = &net {
@@ -251,14 +255,7 @@ async fn register(
 async fn reattach(agent: &Arc<Agent>, value: &Value, uid: &str) -> anyhow::Result<()> {
     let vm = qemu::attach(&dir(agent, uid).join("run")).await?;
     let spec = value.get("spec").cloned().unwrap_or_default();
-    let ctx = PrepareCtx {
-        client: &agent.client,
-        images: &agent.images,
-        registry: &agent.cfg.registry,
-        node_net: &agent.node_net,
-        ipam: &agent.ipam,
-        tap_owner: agent.cfg.run_as,
-    };
+    let ctx = prepare_ctx(agent);
     // Network setup converges on what exists, giving back the DHCP answer to serve again.
     let net = prepare::network(&ctx, value, &spec).map_err(|e| anyhow::anyhow!("{}: {}", e.reason, e.message))?;
     let dhcp_stop = match &net {

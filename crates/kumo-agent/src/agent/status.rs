@@ -1,5 +1,6 @@
 //! The VMI status the agent reports, as pure functions of the VMI and what happened on the node.
 
+use kumo_api::conditions::set as set_condition;
 use serde_json::{json, Value};
 
 pub fn now() -> String {
@@ -8,22 +9,6 @@ pub fn now() -> String {
 
 fn conditions(vmi: &Value) -> Vec<Value> {
     vmi.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default()
-}
-
-/// Sets one condition, keeping its lastTransitionTime when the status is unchanged.
-pub fn set_condition(list: &mut Vec<Value>, type_: &str, status: &str, reason: &str, message: &str, now: &str) {
-    match list.iter_mut().find(|c| c["type"] == type_) {
-        Some(c) => {
-            if c["status"] != status {
-                c["lastTransitionTime"] = json!(now);
-            }
-            c["status"] = json!(status);
-            c["reason"] = json!(reason);
-            c["message"] = json!(message);
-        }
-        None => list.push(json!({"type": type_, "status": status, "reason": reason, "message": message,
-            "lastProbeTime": null, "lastTransitionTime": now})),
-    }
 }
 
 fn with_phase(vmi: &Value, phase: &str, now: &str) -> Value {

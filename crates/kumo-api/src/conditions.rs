@@ -1,4 +1,4 @@
-//! Reading and writing `status.conditions` on untyped objects.
+//! `status.conditions` on untyped objects, shared by the controllers and the node agent.
 
 use serde_json::{json, Value};
 
