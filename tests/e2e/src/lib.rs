@@ -191,9 +191,32 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Test hygiene when a test failed midway: guests outlive their agent by design, so stop the QEMU
+    /// processes and network namespaces this server's agent left (they would collide with later tests).
+    fn reap_guests(&self) {
+        let Ok(vmis) = std::fs::read_dir(self.dir.path().join("agent/vmis")) else { return };
+        let data = self.dir.path().to_string_lossy().into_owned();
+        for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&data)
+                && String::from_utf8_lossy(&cmdline).contains("qemu-system")
+            {
+                let _ = Command::new("kill").arg("-9").arg(p.file_name()).status();
+            }
+        }
+        for vmi in vmis.flatten() {
+            let short: String = vmi.file_name().to_string_lossy().chars().filter(|c| *c != '-').take(10).collect();
+            let _ = Command::new("ip").args(["netns", "del", &format!("kumo-{short}")]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip").args(["link", "del", &format!("kv-{short}")]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+        self.reap_guests();
         if std::thread::panicking() {
             eprintln!("--- kumo server log ---\n{}", self.log());
         }

@@ -344,6 +344,11 @@ fn corrupt_disks_and_qemu_failures_fail_the_vmi_with_the_reason() {
     s.apply(&vm("stillfine", "quay.io/kumo/test-guest:latest")).unwrap();
     let out = s.kubectl(&["wait", "vmi", "stillfine", "--for=condition=Ready", "--timeout=180s"]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let uid = get(&s, &["get", "vmi", "stillfine", "-o", "jsonpath={.metadata.uid}"]);
     s.kubectl_ok(&["delete", "vm", "stillfine", "--timeout=120s"]).unwrap();
     s.kubectl_ok(&["delete", "vmi", "corrupt", "qemufails", "--timeout=60s"]).unwrap();
+    let gone = eventually(Duration::from_secs(60), || get(&s, &["get", "vmi", "-o", "name"]).is_empty().then_some(()));
+    assert!(gone.is_some(), "VMIs deleted");
+    let left = eventually(Duration::from_secs(20), || leftovers(&s, &uid).is_empty().then_some(()));
+    assert!(left.is_some(), "nothing left: {:?}", leftovers(&s, &uid));
 }
