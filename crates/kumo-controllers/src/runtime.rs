@@ -143,7 +143,7 @@ async fn reconcile_vmi(vmi_obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Act
     let vmis = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &kinds::vmi());
     let value = serde_json::to_value(&*vmi_obj)?;
     let phase = value.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
-    let (nodes, used) = if phase == "Scheduling" {
+    let (nodes, used) = if matches!(phase, "" | "Pending" | "Scheduling") {
         let nodes: Vec<Value> = Api::<Node>::all(ctx.client.clone())
             .list(&ListParams::default())
             .await?

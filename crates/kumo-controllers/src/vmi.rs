@@ -45,40 +45,52 @@ pub fn plan(vmi: &Value, nodes: &[Value], used: &HashMap<String, u64>, now: &str
     if vmi.pointer("/metadata/deletionTimestamp").is_some() {
         return p;
     }
-    match s(vmi, "/status/phase") {
-        "" => p.status = Some(with_phase(vmi, "Pending", now)),
-        "Pending" => p.status = Some(with_phase(vmi, "Scheduling", now)),
-        "Scheduling" => match pick_node(vmi, nodes, used) {
-            Ok(node) => {
-                let mut st = with_phase(vmi, "Scheduled", now);
-                st["nodeName"] = json!(node);
+    let phase = s(vmi, "/status/phase");
+    if !matches!(phase, "" | "Pending" | "Scheduling") {
+        return p;
+    }
+    // A new VMI moves Pending → Scheduling → Scheduled in one write when a node fits (each transition is
+    // still recorded): fewer round trips between creation and the agent starting the guest.
+    let through = |to: &str| -> Value {
+        const ORDER: [&str; 3] = ["Pending", "Scheduling", "Scheduled"];
+        let from = ORDER.iter().position(|p| *p == phase).map_or(0, |i| i + 1);
+        let until = ORDER.iter().position(|p| *p == to).expect("a scheduling phase");
+        let mut v = vmi.clone();
+        for step in ORDER.iter().take(until + 1).skip(from) {
+            v["status"] = with_phase(&v, step, now);
+        }
+        v.get("status").cloned().unwrap_or(json!({}))
+    };
+    match pick_node(vmi, nodes, used) {
+        Ok(node) => {
+            let mut st = through("Scheduled");
+            st["nodeName"] = json!(node);
+            let mut conds = st.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            conditions::set(&mut conds, "PodScheduled", "True", "", "", now);
+            st["conditions"] = json!(conds);
+            p.status = Some(st);
+            p.events.push(Event {
+                warning: false,
+                reason: "Scheduled",
+                note: format!("Successfully assigned to node {node}"),
+            });
+        }
+        Err(why) => {
+            p.retry = true;
+            let same = vmi
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled"))
+                .is_some_and(|c| c["status"] == "False" && c["message"] == json!(why));
+            if !same || phase != "Scheduling" {
+                let mut st = through("Scheduling");
                 let mut conds = st.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-                conditions::set(&mut conds, "PodScheduled", "True", "", "", now);
+                conditions::set(&mut conds, "PodScheduled", "False", "Unschedulable", &why, now);
                 st["conditions"] = json!(conds);
                 p.status = Some(st);
-                p.events.push(Event {
-                    warning: false,
-                    reason: "Scheduled",
-                    note: format!("Successfully assigned to node {node}"),
-                });
+                p.events.push(Event { warning: true, reason: "FailedScheduling", note: why });
             }
-            Err(why) => {
-                p.retry = true;
-                if conditions::status(vmi, "PodScheduled") != Some("False")
-                    || vmi.pointer("/status/conditions").and_then(Value::as_array).and_then(|c| {
-                        c.iter().find(|c| c["type"] == "PodScheduled").map(|c| c["message"] != json!(why))
-                    }) == Some(true)
-                {
-                    let mut st = vmi.get("status").cloned().unwrap_or(json!({}));
-                    let mut conds = st.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-                    conditions::set(&mut conds, "PodScheduled", "False", "Unschedulable", &why, now);
-                    st["conditions"] = json!(conds);
-                    p.status = Some(st);
-                    p.events.push(Event { warning: true, reason: "FailedScheduling", note: why });
-                }
-            }
-        },
-        _ => {}
+        }
     }
     p
 }
@@ -201,9 +213,16 @@ mod tests {
     fn phases_advance_to_scheduled() {
         let nodes = vec![node("n1", true)];
         let used = HashMap::new();
-        let p = plan(&json!({"metadata": {}}), &nodes, &used, "t");
-        assert_eq!(p.status.unwrap()["phase"], "Pending");
-        assert_eq!(plan(&vmi("Pending"), &nodes, &used, "t").status.unwrap()["phase"], "Scheduling");
+        // A new VMI goes straight to Scheduled, recording every transition.
+        let p = plan(&json!({"metadata": {}, "spec": {}}), &nodes, &used, "t");
+        let st = p.status.unwrap();
+        assert_eq!(st["phase"], "Scheduled");
+        let phases: Vec<&str> =
+            st["phaseTransitionTimestamps"].as_array().unwrap().iter().map(|t| t["phase"].as_str().unwrap()).collect();
+        assert_eq!(phases, vec!["Pending", "Scheduling", "Scheduled"]);
+        assert_eq!(plan(&vmi("Pending"), &nodes, &used, "t").status.unwrap()["phase"], "Scheduled");
+        // Without a node it waits in Scheduling.
+        assert_eq!(plan(&json!({"metadata": {}}), &[], &used, "t").status.unwrap()["phase"], "Scheduling");
         let p = plan(&vmi("Scheduling"), &nodes, &used, "t");
         let st = p.status.unwrap();
         assert_eq!((st["phase"].as_str(), st["nodeName"].as_str()), (Some("Scheduled"), Some("n1")));
