@@ -126,60 +126,9 @@ async fn qemu_img(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Parses a Kubernetes resource quantity into bytes, rounding fractions up as Kubernetes does: plain numbers
-/// (`1024`, `1.5`), binary suffixes `Ki Mi Gi Ti Pi Ei`, decimal suffixes `k M G T P E` (`K` is accepted for
-/// `k`) and `m` (milli), and decimal exponents (`1e9`, `5E3`). Negative quantities are rejected.
+/// Parses a Kubernetes resource quantity into bytes (see [`kumo_api::quantity::parse`]).
 pub fn parse_quantity(s: &str) -> Result<u64> {
-    let bad = |why: &str| anyhow!("invalid quantity {s:?}: {why}");
-    let t = s.trim();
-    let t = t.strip_prefix('+').unwrap_or(t);
-    if t.starts_with('-') {
-        return Err(bad("must not be negative"));
-    }
-    let num_end = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (number, suffix) = t.split_at(num_end);
-    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
-    if int.is_empty() && frac.is_empty() {
-        return Err(bad("no number"));
-    }
-    if frac.contains('.') || frac.len() > 30 {
-        return Err(bad("malformed number"));
-    }
-    // value = mantissa / 10^frac_digits * 2^bin * 10^dec
-    let mantissa: u128 = format!("{int}{frac}").parse().map_err(|_| bad("number too large"))?;
-    let (bin, dec): (u32, i32) = match suffix {
-        "" => (0, 0),
-        "Ki" => (10, 0),
-        "Mi" => (20, 0),
-        "Gi" => (30, 0),
-        "Ti" => (40, 0),
-        "Pi" => (50, 0),
-        "Ei" => (60, 0),
-        "m" => (0, -3),
-        "k" | "K" => (0, 3),
-        "M" => (0, 6),
-        "G" => (0, 9),
-        "T" => (0, 12),
-        "P" => (0, 15),
-        "E" => (0, 18),
-        exp if exp.starts_with(['e', 'E']) => {
-            let e: i32 = exp[1..].parse().map_err(|_| bad("unknown suffix"))?;
-            if !(-40..=40).contains(&e) {
-                return Err(bad("exponent out of range"));
-            }
-            (0, e)
-        }
-        _ => return Err(bad("unknown suffix (use Ki, Mi, Gi, Ti, k, M, G, T or an exponent like 1e9)")),
-    };
-    let too_large = || bad("larger than 2^64-1 bytes");
-    let mut value = mantissa.checked_mul(1u128 << bin).ok_or_else(too_large)?;
-    let mut divisor_exp = frac.len() as i32 - dec;
-    while divisor_exp < 0 {
-        value = value.checked_mul(10).ok_or_else(too_large)?;
-        divisor_exp += 1;
-    }
-    let divisor = 10u128.checked_pow(divisor_exp as u32).ok_or_else(too_large)?;
-    u64::try_from(value.div_ceil(divisor)).map_err(|_| too_large())
+    kumo_api::quantity::parse(s).map_err(|e| anyhow!(e))
 }
 
 #[cfg(test)]
