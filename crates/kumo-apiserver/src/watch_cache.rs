@@ -58,9 +58,8 @@ pub struct WatchCache {
 }
 
 fn to_cached(e: kumo_store::Event) -> Option<Arc<CachedEvent>> {
-    let mut object = decode(&e.kv).ok()?;
-    // A deletion carries the last state, stamped with the deletion's revision.
-    kumo_api::meta::set_meta(&mut object, "resourceVersion", Value::String(e.kv.mod_revision.to_string()));
+    // For a deletion, `kv` is the last state and its mod_revision the deletion's: decode stamps that.
+    let object = decode(&e.kv).ok()?;
     Some(Arc::new(CachedEvent {
         revision: e.kv.mod_revision,
         key: e.kv.key.clone(),

@@ -246,13 +246,16 @@ async fn register(
             Some(s) => format!("QEMU exited with {s}"),
             None => "QEMU exited".to_string(),
         };
+        // The name may already belong to a newer VMI (a VM restarted it); only report on this one.
         let Ok(Some(current)) = api(&agent, &vmi).get_opt(&vmi.name_any()).await else { return };
+        if current.uid().as_deref() != Some(uid.as_str()) {
+            return;
+        }
         let value = serde_json::to_value(&current).unwrap_or_default();
         if let Err(e) = patch_status(&agent, &current, status::finished(&value, ok, &msg, &status::now())).await {
             tracing::warn!("reporting guest exit: {e}");
         }
         event(&agent, &current, !ok, if ok { "Stopped" } else { "Failed" }, msg).await;
-        let _ = uid;
     });
 }
 

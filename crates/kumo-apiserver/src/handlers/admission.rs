@@ -220,9 +220,8 @@ pub async fn check_namespace(api: &ApiServer, def: &ResourceDef, ns: Option<&str
     match api.objects.try_get(&ns_def, None, ns).await? {
         None => Err(ApiError::not_found("", "namespaces", ns)),
         Some(n) if meta::deletion_timestamp(&n).is_some() => Err(ApiError::forbidden(format!(
-            "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+            "{} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
             def.qualified(),
-            "",
         ))),
         Some(_) => Ok(()),
     }

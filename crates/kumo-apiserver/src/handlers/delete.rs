@@ -29,7 +29,6 @@ pub async fn delete(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<R
     match delete_object(api, def, call.namespace(), call.name(), &opts).await? {
         Deleted::Gone(obj) if def.builtin.is_some() => {
             let details = json!({"name": call.name(), "group": def.group, "kind": def.plural, "uid": meta::uid(&obj)});
-            let _ = obj;
             Ok(response::encode(StatusCode::OK, &success_status(details), &call.accept))
         }
         Deleted::Gone(obj) => Ok(response::encode(StatusCode::OK, &present(def, obj), &call.accept)),
