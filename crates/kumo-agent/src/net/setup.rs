@@ -300,6 +300,11 @@ impl NodeNet {
                 let rules =
                     nft::masquerade_ruleset(POD_IFACE, spec.pod_ip, MASQ_GUEST, (guest_net, MASQ_PREFIX), ports);
                 nft::apply(Some(&ns), "ip", &rules).context("masquerade rules")?;
+                // The guest's MAC is known: without this entry, connections tried before the guest is up leave
+                // the neighbour INCOMPLETE, and the first one after it is up waits for the next ARP retry (up
+                // to a second). Permanent is safe here: the entry lives and dies with the namespace.
+                let guest = MASQ_GUEST.to_string();
+                ip_in(&ns, &["neigh", "replace", &guest, "lladdr", &mac, "dev", INNER_BRIDGE, "nud", "permanent"])?;
                 (MASQ_GUEST, self.dhcp_config(MASQ_GATEWAY, MASQ_GUEST, MASQ_PREFIX, MASQ_GATEWAY, &mac))
             }
             Binding::Bridge => {
@@ -310,6 +315,10 @@ impl NodeNet {
                 ip_in(&ns, &["link", "set", TAP, "master", INNER_BRIDGE, "up"])?;
                 nft::apply(Some(&ns), "bridge", &nft::bridge_isolation_ruleset(POD_IFACE))
                     .context("bridge DHCP isolation rules")?;
+                // As for masquerade, but on the node bridge, so not permanent: the kernel re-verifies and ages
+                // it out, and the next VMI given this address replaces it.
+                let pod = spec.pod_ip.to_string();
+                self.ip(&["neigh", "replace", &pod, "lladdr", &mac, "dev", &self.bridge, "nud", "reachable"])?;
                 let cfg = self.dhcp_config(BRIDGE_PLACEHOLDER, spec.pod_ip, self.prefix_len, self.gateway, &mac);
                 (spec.pod_ip, cfg)
             }
