@@ -165,9 +165,10 @@ async fn reconcile_vmi(vmi_obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Act
         (vec![], HashMap::new())
     };
     let plan = vmi::plan(&value, &nodes, &used, &now());
-    publish(&ctx, &vmi_obj, &kinds::vmi(), &plan.events).await;
+    // Status first: the agent waits for it, and an event should describe what was written.
     if let Some(status) = &plan.status {
         patch_status(&vmis, &vmi_obj, status).await?;
     }
+    publish(&ctx, &vmi_obj, &kinds::vmi(), &plan.events).await;
     Ok(if plan.retry { Action::requeue(Duration::from_secs(3)) } else { Action::requeue(Duration::from_secs(300)) })
 }

@@ -208,6 +208,16 @@ pub fn plan(vm: &Value, vmi: Option<&Value>, now: &str) -> Plan {
     } else {
         conds.retain(|c| c.get("type").and_then(Value::as_str) != Some("Paused"));
     }
+    // Every change of printableStatus is an event, so `kubectl describe vm` tells the VM's story.
+    let before = vm.pointer("/status/printableStatus").and_then(Value::as_str);
+    if before != Some(printable) && !vm_deleting {
+        let warning = matches!(printable, "CrashLoopBackOff" | "ErrImagePull" | "ErrorUnschedulable");
+        let note = match before {
+            Some(b) => format!("Status changed from {b} to {printable}"),
+            None => format!("Status is {printable}"),
+        };
+        events.push(Event { warning, reason: printable, note });
+    }
     let mut status = json!({
         "printableStatus": printable,
         "ready": ready,
@@ -290,6 +300,23 @@ mod tests {
                 Action::DeleteVmi { .. } => "delete",
             })
             .collect()
+    }
+
+    #[test]
+    fn printable_status_changes_are_events() {
+        let reasons = |p: &Plan| p.events.iter().map(|e| (e.reason, e.warning)).collect::<Vec<_>>();
+        let p = plan(&vm("Always"), None, "t");
+        assert_eq!(reasons(&p), vec![("SuccessfulCreate", false), ("Starting", false)]);
+        let mut starting = vm("Always");
+        starting["status"] = p.status.clone();
+        let p = plan(&starting, Some(&vmi("Running")), "t");
+        assert_eq!(reasons(&p), vec![("Running", false)]);
+        assert_eq!(p.events[0].note, "Status changed from Starting to Running");
+        let mut running = vm("Always");
+        running["status"] = p.status.clone();
+        assert!(plan(&running, Some(&vmi("Running")), "t").events.is_empty(), "no change, no event");
+        let p = plan(&running, Some(&vmi("Failed")), "t");
+        assert!(reasons(&p).contains(&("CrashLoopBackOff", true)), "{:?}", reasons(&p));
     }
 
     #[test]

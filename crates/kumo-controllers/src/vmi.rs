@@ -51,19 +51,26 @@ pub fn plan(vmi: &Value, nodes: &[Value], used: &HashMap<String, u64>, now: &str
     }
     // A new VMI moves Pending → Scheduling → Scheduled in one write when a node fits (each transition is
     // still recorded): fewer round trips between creation and the agent starting the guest.
-    let through = |to: &str| -> Value {
+    // Entering Pending and Scheduling is an event too (Scheduled has its own, with the node).
+    let through = |to: &str, events: &mut Vec<Event>| -> Value {
         const ORDER: [&str; 3] = ["Pending", "Scheduling", "Scheduled"];
         let from = ORDER.iter().position(|p| *p == phase).map_or(0, |i| i + 1);
         let until = ORDER.iter().position(|p| *p == to).expect("a scheduling phase");
         let mut v = vmi.clone();
         for step in ORDER.iter().take(until + 1).skip(from) {
             v["status"] = with_phase(&v, step, now);
+            let note = match *step {
+                "Pending" => "The VirtualMachineInstance was accepted",
+                "Scheduling" => "Looking for a node to run the VirtualMachineInstance",
+                _ => continue,
+            };
+            events.push(Event { warning: false, reason: step, note: note.into() });
         }
         v.get("status").cloned().unwrap_or(json!({}))
     };
     match pick_node(vmi, nodes, used) {
         Ok(node) => {
-            let mut st = through("Scheduled");
+            let mut st = through("Scheduled", &mut p.events);
             st["nodeName"] = json!(node);
             let mut conds = st.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
             conditions::set(&mut conds, "PodScheduled", "True", "", "", now);
@@ -83,7 +90,7 @@ pub fn plan(vmi: &Value, nodes: &[Value], used: &HashMap<String, u64>, now: &str
                 .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled"))
                 .is_some_and(|c| c["status"] == "False" && c["message"] == json!(why));
             if !same || phase != "Scheduling" {
-                let mut st = through("Scheduling");
+                let mut st = through("Scheduling", &mut p.events);
                 let mut conds = st.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
                 conditions::set(&mut conds, "PodScheduled", "False", "Unschedulable", &why, now);
                 st["conditions"] = json!(conds);
@@ -220,13 +227,15 @@ mod tests {
         let phases: Vec<&str> =
             st["phaseTransitionTimestamps"].as_array().unwrap().iter().map(|t| t["phase"].as_str().unwrap()).collect();
         assert_eq!(phases, vec!["Pending", "Scheduling", "Scheduled"]);
+        let reasons: Vec<&str> = p.events.iter().map(|e| e.reason).collect();
+        assert_eq!(reasons, vec!["Pending", "Scheduling", "Scheduled"], "an event per transition");
         assert_eq!(plan(&vmi("Pending"), &nodes, &used, "t").status.unwrap()["phase"], "Scheduled");
         // Without a node it waits in Scheduling.
         assert_eq!(plan(&json!({"metadata": {}}), &[], &used, "t").status.unwrap()["phase"], "Scheduling");
         let p = plan(&vmi("Scheduling"), &nodes, &used, "t");
         let st = p.status.unwrap();
         assert_eq!((st["phase"].as_str(), st["nodeName"].as_str()), (Some("Scheduled"), Some("n1")));
-        assert_eq!(p.events[0].reason, "Scheduled");
+        assert_eq!(p.events.iter().map(|e| e.reason).collect::<Vec<_>>(), vec!["Scheduled"]);
         assert!(plan(&vmi("Running"), &nodes, &used, "t").status.is_none());
     }
 
@@ -238,7 +247,7 @@ mod tests {
         let used = HashMap::from([("full".to_string(), 900u64 << 20)]);
         let p = plan(&vmi("Scheduling"), &nodes, &used, "t");
         assert!(p.retry);
-        let msg = p.events[0].note.clone();
+        let msg = p.events.last().unwrap().note.clone();
         assert!(
             msg.starts_with("0/3 nodes are available")
                 && msg.contains("untolerated taint")

@@ -69,6 +69,25 @@ fn run_strategy_drives_the_vmi_and_scheduling_waits_for_a_node() {
     wait_for(&s, "vm starting", &["get", "vm", "ctl", "-o", "jsonpath={.status.printableStatus}"], "Starting");
     let events = s.kubectl_ok(&["describe", "vm", "ctl"]).unwrap();
     assert!(events.contains("SuccessfulCreate"), "{events}");
+    // Every transition is an event: the VMI's phases, the VM's printableStatus changes.
+    let reasons = |kind: &str| {
+        let sel = format!("involvedObject.kind={kind},involvedObject.name=ctl");
+        jsonpath(&s, &["get", "events", "--field-selector", &sel, "-o", "jsonpath={.items[*].reason}"])
+    };
+    let all_there = eventually(Duration::from_secs(10), || {
+        let (vmi, vm) = (reasons("VirtualMachineInstance"), reasons("VirtualMachine"));
+        let want_vmi = ["Pending", "Scheduling", "FailedScheduling", "Scheduled"];
+        let want_vm = ["ErrorUnschedulable", "Starting"];
+        (want_vmi.iter().all(|r| vmi.split(' ').any(|x| x == *r))
+            && want_vm.iter().all(|r| vm.split(' ').any(|x| x == *r)))
+        .then_some(())
+    });
+    assert!(
+        all_there.is_some(),
+        "VMI events: {}; VM events: {}",
+        reasons("VirtualMachineInstance"),
+        reasons("VirtualMachine")
+    );
     // Halting deletes the VMI; the VM reports Stopped.
     s.kubectl_ok(&["patch", "vm", "ctl", "--type=merge", "-p", r#"{"spec":{"runStrategy":"Halted"}}"#]).unwrap();
     wait_for(&s, "vmi deleted", &["get", "vmi", "-o", "name"], "");
