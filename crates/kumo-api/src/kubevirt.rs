@@ -203,6 +203,9 @@ fn validate_vmi_spec(spec: &Value, p: &str) -> Vec<Cause> {
             }
         }
     }
+    if let Some(kb) = spec.pointer("/domain/firmware/kernelBoot") {
+        validate_kernel_boot(kb, &format!("{p}.domain.firmware.kernelBoot"), &mut c);
+    }
     let cloud_init = spec
         .get("volumes")
         .and_then(Value::as_array)
@@ -214,6 +217,36 @@ fn validate_vmi_spec(spec: &Value, p: &str) -> Vec<Cause> {
         c.push(Cause::invalid(format!("{p}.volumes"), "at most one cloud-init volume is supported"));
     }
     c
+}
+
+/// KubeVirt's rules for kernelBoot, plus kumo's: QEMU boots the kernel directly, so an initrd alone (which
+/// KubeVirt lets through to libvirt) cannot boot and is refused here.
+fn validate_kernel_boot(kb: &Value, p: &str, c: &mut Vec<Cause>) {
+    let Some(container) = kb.get("container") else {
+        if kb.get("kernelArgs").is_some() {
+            c.push(Cause::invalid(format!("{p}.kernelArgs"), "kernel arguments need a kernel: set container too"));
+        }
+        return;
+    };
+    let path = |key: &str| container.get(key).and_then(Value::as_str);
+    if path("kernelPath").is_none() {
+        let why = if path("initrdPath").is_some() {
+            "required: kumo boots the kernel directly, and an initrd alone cannot boot"
+        } else {
+            "required: the path of the kernel in the image"
+        };
+        c.push(Cause::invalid(format!("{p}.container.kernelPath"), why));
+    }
+    for key in ["kernelPath", "initrdPath"] {
+        if let Some(f) = path(key) {
+            if !f.starts_with('/') || f.split('/').any(|part| part == "..") || f.ends_with('/') {
+                c.push(Cause::invalid(
+                    format!("{p}.container.{key}"),
+                    format!("Invalid value: \"{f}\": must be an absolute path to a file, without \"..\""),
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +285,27 @@ mod tests {
                 "spec.template.spec.domain.devices.interfaces[0]",
                 "spec.template.spec.volumes[0]",
             ]
+        );
+    }
+
+    #[test]
+    fn kernel_boot_needs_a_kernel_at_an_absolute_path() {
+        let vmi = |kb: Value| json!({"spec": {"domain": {"firmware": {"kernelBoot": kb}}}});
+        let fields = |kb: Value| -> Vec<String> {
+            validate("VirtualMachineInstance", &vmi(kb)).into_iter().map(|c| c.field).collect()
+        };
+        let kb = "spec.domain.firmware.kernelBoot";
+        let ok = json!({"kernelArgs": "console=ttyS0", "container": {"image": "i", "kernelPath": "/boot/vmlinuz",
+            "initrdPath": "/boot/initrd.img"}});
+        assert!(fields(ok).is_empty());
+        assert_eq!(fields(json!({"kernelArgs": "quiet"})), vec![format!("{kb}.kernelArgs")]);
+        assert_eq!(
+            fields(json!({"container": {"image": "i", "initrdPath": "/boot/initrd"}})),
+            vec![format!("{kb}.container.kernelPath")]
+        );
+        assert_eq!(
+            fields(json!({"container": {"image": "i", "kernelPath": "boot/vmlinuz", "initrdPath": "/a/../b"}})),
+            vec![format!("{kb}.container.kernelPath"), format!("{kb}.container.initrdPath")]
         );
     }
 }

@@ -92,13 +92,13 @@ fn readme_example_is_valid() {
 fn unimplemented_kubevirt_fields_are_refused_by_name() {
     let s = Server::start().unwrap();
     let clock = VM.replace("        cpu: {cores: 1}\n", "        cpu: {cores: 1}\n        clock: {utc: {}}\n");
-    // kernelBoot is KubeVirt's but not implemented by kumo yet: refused by name, not ignored.
+    // kernelBoot arguments without a kernel to boot: refused, naming the field.
     let kernel = VM.replace(
         "        cpu: {cores: 1}\n",
         "        cpu: {cores: 1}\n        firmware: {kernelBoot: {kernelArgs: x}}\n",
     );
     let err = String::from_utf8_lossy(&s.kubectl_stdin(&["apply", "-f", "-"], &kernel).unwrap().stderr).into_owned();
-    assert!(err.contains("spec.template.spec.domain.firmware.kernelBoot"), "{err}");
+    assert!(err.contains("spec.template.spec.domain.firmware.kernelBoot.kernelArgs"), "{err}");
     // Even with client-side validation off (fieldValidation=Ignore) the field is refused, not dropped.
     let out = s.kubectl_stdin(&["apply", "--validate=false", "-f", "-"], &clock).unwrap();
     assert!(!out.status.success());

@@ -234,6 +234,58 @@ fn configdrive_bridge_and_empty_disk() {
     assert!(left.is_some(), "nothing left: {:?}", leftovers(&s, &uid));
 }
 
+const VMI_KERNEL_BOOT: &str = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: kboot}
+spec:
+  domain:
+    memory: {guest: 256Mi}
+    firmware:
+      kernelBoot:
+        kernelArgs: console=ttyS0 kumo.test=kernelboot
+        container:
+          image: quay.io/kumo/test-guest:latest
+          kernelPath: /boot/vmlinuz
+          initrdPath: /boot/initrd.img
+    devices:
+      disks: [{name: cloudinit, disk: {bus: virtio}}]
+      interfaces: [{name: default, masquerade: {}, ports: [{port: 8080}]}]
+  networks: [{name: default, pod: {}}]
+  volumes:
+  - name: cloudinit
+    cloudInitNoCloud:
+      userData: |
+        #!/bin/sh
+        cat /proc/cmdline > /www/cmdline.txt
+"#;
+
+#[test]
+fn kernel_boot_from_a_container_image() {
+    let s = server();
+    s.apply(VMI_KERNEL_BOOT).unwrap();
+    let out = s.kubectl(&["wait", "vmi", "kboot", "--for=condition=Ready", "--timeout=180s"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        get(&s, &["describe", "vmi", "kboot"])
+    );
+    // No boot disk at all: the guest runs the image's kernel with the VMI's kernelArgs.
+    let ip = get(&s, &["get", "vmi", "kboot", "-o", "jsonpath={.status.interfaces[0].ipAddress}"]);
+    let cmdline = eventually(Duration::from_secs(90), || http_get(&ip, "/cmdline.txt").filter(|b| !b.is_empty()));
+    let cmdline = cmdline.expect("the guest served its kernel command line");
+    assert!(cmdline.contains("kumo.test=kernelboot"), "{cmdline}");
+    // A kernel path the image lacks: Failed, naming the path.
+    s.apply(&VMI_KERNEL_BOOT.replace("name: kboot", "name: kmissing").replace("/boot/vmlinuz", "/boot/nope")).unwrap();
+    let d = wait_failed(&s, "kmissing");
+    assert!(d.contains("ErrImagePull") && d.contains("no file /boot/nope"), "{d}");
+    let uid = get(&s, &["get", "vmi", "kboot", "-o", "jsonpath={.metadata.uid}"]);
+    s.kubectl_ok(&["delete", "vmi", "kboot", "kmissing", "--timeout=60s"]).unwrap();
+    let left = eventually(Duration::from_secs(20), || leftovers(&s, &uid).is_empty().then_some(()));
+    assert!(left.is_some(), "nothing left: {:?}", leftovers(&s, &uid));
+}
+
 /// `kumo agent` as its own process, so it can be killed while guests run.
 fn spawn_agent(s: &Server) -> std::process::Child {
     let log = std::fs::File::create(s.data_dir().join("agent.log")).unwrap();

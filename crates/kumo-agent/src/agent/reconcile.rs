@@ -180,9 +180,10 @@ async fn launch(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value, uid: &st
     // The network is plumbed by `ip`/`nft` processes while disks are prepared: both are on the boot path.
     let (net_agent, net_vmi, net_spec) = (agent.clone(), value.clone(), spec.clone());
     let net = tokio::task::spawn_blocking(move || prepare::network(&prepare_ctx(&net_agent), &net_vmi, &net_spec));
-    let volumes = prepare::volumes(&ctx, value, &spec, &dir).await;
+    let (volumes, kernel) = tokio::join!(prepare::volumes(&ctx, value, &spec, &dir), prepare::kernel_boot(&ctx, &spec));
     let net = net.await.map_err(|e| PrepareError { reason: "NetworkError", message: e.to_string() })?;
     let (mut prepared, net) = (volumes?, net?);
+    prepared.kernel_boot = kernel?;
     if let Some((name, n)) = &net {
         prepared.nics.insert(name.clone(), (n.tap.clone(), n.mac.clone()));
     }

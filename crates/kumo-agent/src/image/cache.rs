@@ -5,6 +5,7 @@
 //! ```text
 //! sha256-<hex>/disk.img    the base image (mode 0444), renamed into place only once complete and verified
 //! sha256-<hex>/info.json   format, virtual size, digest; written before disk.img appears
+//! sha256-<hex>/files/...   single files asked for by path (a kernelBoot container's kernel and initrd), 0444
 //! sha256-<hex>/.*.tmp      downloads and extractions in progress (removed before the next attempt)
 //! refs/<sha256(reference)> last digest a reference resolved to, for pulls while the registry is unreachable
 //! ```
@@ -59,19 +60,44 @@ impl ImageCache {
     /// was pulled before, the cached image is used and a warning logged, so VMs still start while a registry
     /// is down.
     pub async fn disk_for(&self, reference: &str, cfg: &RegistryConfig) -> Result<CachedDisk> {
+        match self.get(reference, cfg, &Select::Disk).await? {
+            Got::Disk(d) => Ok(d),
+            Got::Files(_) => unreachable!("a disk was asked for"),
+        }
+    }
+
+    /// The files at the absolute `paths` in the image (KubeVirt's kernelBoot container: kernel and initrd),
+    /// extracted once per manifest digest and read-only, in the order asked. Resolution, mirrors and the
+    /// offline fallback are as for [`ImageCache::disk_for`].
+    pub async fn files_for(&self, reference: &str, cfg: &RegistryConfig, paths: &[&str]) -> Result<Vec<PathBuf>> {
+        let mut wanted = Vec::new();
+        for p in paths {
+            let rel = p.trim_start_matches('/');
+            if !p.starts_with('/') || rel.is_empty() || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+                bail!("{p:?} is not an absolute path to a file");
+            }
+            wanted.push(rel.to_string());
+        }
+        match self.get(reference, cfg, &Select::Files(wanted)).await? {
+            Got::Files(f) => Ok(f),
+            Got::Disk(_) => unreachable!("files were asked for"),
+        }
+    }
+
+    async fn get(&self, reference: &str, cfg: &RegistryConfig, want: &Select) -> Result<Got> {
         let r = Reference::parse(reference)?;
         if r.digest.is_some() {
-            if let Some(hit) = self.lookup(&r)? {
+            if let Some(hit) = self.lookup_selected(&r, want)? {
                 return Ok(hit);
             }
         }
         let client = RegistryClient::new(cfg.clone());
         let pulled = match client.manifest(&r).await {
             Ok(p) => p,
-            Err(e) => match self.lookup(&r)? {
+            Err(e) => match self.lookup_selected(&r, want)? {
                 Some(hit) => {
-                    tracing::warn!(reference = %r, digest = %hit.digest, error = %format!("{e:#}"),
-                        "cannot resolve the reference; using the cached image it last resolved to");
+                    tracing::warn!(reference = %r, error = %format!("{e:#}"),
+                        "cannot resolve the reference; using what it last resolved to from the cache");
                     return Ok(hit);
                 }
                 None => return Err(e),
@@ -79,24 +105,31 @@ impl ImageCache {
         };
         let lock = self.locks.lock().unwrap().entry(pulled.digest.clone()).or_default().clone();
         let _guard = lock.lock().await;
-        let disk = match self.cached(&pulled.digest)? {
+        let got = match self.cached(&pulled.digest, want)? {
             Some(hit) => hit,
-            None => self.pull(&client, &pulled).await?,
+            None => self.pull(&client, &pulled, want).await?,
         };
-        self.remember(&r, &disk.digest)?;
-        Ok(disk)
+        self.remember(&r, &pulled.digest)?;
+        Ok(got)
     }
 
     /// The cached disk for `reference` without touching the network: by its digest, or by the digest it last
     /// resolved to.
     pub fn lookup(&self, reference: &Reference) -> Result<Option<CachedDisk>> {
+        Ok(match self.lookup_selected(reference, &Select::Disk)? {
+            Some(Got::Disk(d)) => Some(d),
+            _ => None,
+        })
+    }
+
+    fn lookup_selected(&self, reference: &Reference, want: &Select) -> Result<Option<Got>> {
         if let Some(digest) = &reference.digest {
-            if let Some(hit) = self.cached(digest)? {
+            if let Some(hit) = self.cached(digest, want)? {
                 return Ok(Some(hit));
             }
         }
         match std::fs::read_to_string(self.ref_path(reference)) {
-            Ok(s) => self.cached(s.lines().next().unwrap_or("")),
+            Ok(s) => self.cached(s.lines().next().unwrap_or(""), want),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).context("reading the image reference cache"),
         }
@@ -110,18 +143,22 @@ impl ImageCache {
         self.root.join("refs").join(&sha256_digest(r.to_string().as_bytes())[7..])
     }
 
-    fn cached(&self, digest: &str) -> Result<Option<CachedDisk>> {
+    fn cached(&self, digest: &str, want: &Select) -> Result<Option<Got>> {
         if super::reference::parse_digest(digest).is_err() {
             return Ok(None);
         }
         let dir = self.dir_for(digest);
+        if let Select::Files(paths) = want {
+            let files: Vec<PathBuf> = paths.iter().map(|p| dir.join("files").join(p)).collect();
+            return Ok(files.iter().all(|f| f.is_file()).then_some(Got::Files(files)));
+        }
         if !dir.join("disk.img").is_file() {
             return Ok(None);
         }
         let info =
             std::fs::read(dir.join("info.json")).with_context(|| format!("reading {}/info.json", dir.display()))?;
         let disk: CachedDisk = serde_json::from_slice(&info).context("parsing cached image info")?;
-        Ok(Some(CachedDisk { path: dir.join("disk.img"), ..disk }))
+        Ok(Some(Got::Disk(CachedDisk { path: dir.join("disk.img"), ..disk })))
     }
 
     fn remember(&self, r: &Reference, digest: &str) -> Result<()> {
@@ -134,13 +171,13 @@ impl ImageCache {
         Ok(())
     }
 
-    /// Downloads the layers, extracts the one `disk/` file, verifies it with qemu-img, and renames it into
-    /// place. Caller holds the digest's lock.
-    async fn pull(&self, client: &RegistryClient, pulled: &Pulled) -> Result<CachedDisk> {
+    /// Downloads the layers, extracts what `want` selects (the one `disk/` file, verified with qemu-img, or
+    /// the named files), and renames it into place. Caller holds the digest's lock.
+    async fn pull(&self, client: &RegistryClient, pulled: &Pulled, want: &Select) -> Result<Got> {
         let dir = self.dir_for(&pulled.digest);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         remove_temp_files(&dir)?;
-        let result = self.download(client, pulled, &dir).await;
+        let result = self.download(client, pulled, &dir, want).await;
         if result.is_err() {
             // Leave nothing half-written: drop partial downloads and, if nothing else is there, the directory.
             let _ = remove_temp_files(&dir);
@@ -149,9 +186,9 @@ impl ImageCache {
         result
     }
 
-    async fn download(&self, client: &RegistryClient, pulled: &Pulled, dir: &Path) -> Result<CachedDisk> {
+    async fn download(&self, client: &RegistryClient, pulled: &Pulled, dir: &Path, want: &Select) -> Result<Got> {
         let r = &pulled.reference;
-        tracing::info!(reference = %r, digest = %pulled.digest, endpoint = %pulled.endpoint, "pulling containerDisk");
+        tracing::info!(reference = %r, digest = %pulled.digest, endpoint = %pulled.endpoint, "pulling image");
 
         let mut found = BTreeMap::new();
         let mut next_tmp = 0usize;
@@ -162,14 +199,18 @@ impl ImageCache {
             let blob = dir.join(format!(".layer-{i}.tmp"));
             client.blob_to_file(pulled, layer, &blob).await?;
             let (dir2, blob2, mut found2) = (dir.to_path_buf(), blob.clone(), std::mem::take(&mut found));
+            let select = want.clone();
             let scanned = tokio::task::spawn_blocking(move || {
-                let res = scan_layer(&blob2, &dir2, &mut next_tmp, &mut found2);
+                let res = scan_layer(&blob2, &dir2, &select, &mut next_tmp, &mut found2);
                 res.map(|()| (found2, next_tmp))
             })
             .await?;
             let _ = std::fs::remove_file(&blob);
             let (f, n) = scanned.with_context(|| format!("pulling {r}: layer {}", layer.digest))?;
             (found, next_tmp) = (f, n);
+        }
+        if let Select::Files(paths) = want {
+            return install_files(r, dir, paths, &mut found).await.map(Got::Files);
         }
         let (name, disk_tmp) = match found.len() {
             1 => found.pop_first().unwrap(),
@@ -182,7 +223,7 @@ impl ImageCache {
                 )
             }
         };
-        self.install(r, &pulled.digest, dir, &name, &disk_tmp).await
+        self.install(r, &pulled.digest, dir, &name, &disk_tmp).await.map(Got::Disk)
     }
 
     /// Verifies the extracted disk `name` (at `tmp`) and renames it into place with its info.
@@ -225,6 +266,61 @@ impl ImageCache {
     }
 }
 
+/// What a pull extracts from an image's layers.
+#[derive(Clone, Debug)]
+enum Select {
+    /// The one file under `disk/` (a containerDisk).
+    Disk,
+    /// These files, by path relative to the image root.
+    Files(Vec<String>),
+}
+
+impl Select {
+    fn matches(&self, parts: &[String]) -> bool {
+        match self {
+            Select::Disk => parts.first().map(String::as_str) == Some("disk"),
+            Select::Files(paths) => paths.contains(&parts.join("/")),
+        }
+    }
+}
+
+enum Got {
+    Disk(CachedDisk),
+    Files(Vec<PathBuf>),
+}
+
+/// Moves each extracted file into `dir/files/<path>`, read-only; fails naming any the image lacks.
+async fn install_files(
+    r: &Reference,
+    dir: &Path,
+    paths: &[String],
+    found: &mut BTreeMap<String, PathBuf>,
+) -> Result<Vec<PathBuf>> {
+    let missing: Vec<String> = paths.iter().filter(|p| !found.contains_key(*p)).map(|p| format!("/{p}")).collect();
+    if !missing.is_empty() {
+        bail!("pulling {r}: the image has no file {}", missing.join(", "));
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        let (tmp, dest) = (found[p].clone(), dir.join("files").join(p));
+        let dest2 = dest.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(dest2.parent().expect("files/ is a parent"))?;
+            let f = File::open(&tmp)?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o444))?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &dest2)?;
+            Ok(())
+        })
+        .await?
+        .with_context(|| format!("installing {}", dest.display()))?;
+        out.push(dest);
+    }
+    tracing::info!(reference = %r, files = ?paths, "image files cached");
+    Ok(out)
+}
+
 fn remove_temp_files(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -235,9 +331,15 @@ fn remove_temp_files(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads one (optionally gzip-compressed) tar layer, extracting regular files under `disk/` into temp files in
-/// `dir` and applying whiteouts to files found in earlier layers. `found` maps `disk/...` paths to temp files.
-fn scan_layer(blob: &Path, dir: &Path, next_tmp: &mut usize, found: &mut BTreeMap<String, PathBuf>) -> Result<()> {
+/// Reads one (optionally gzip-compressed) tar layer, extracting the regular files `select` matches into temp
+/// files in `dir` and applying whiteouts to files found in earlier layers. `found` maps paths to temp files.
+fn scan_layer(
+    blob: &Path,
+    dir: &Path,
+    select: &Select,
+    next_tmp: &mut usize,
+    found: &mut BTreeMap<String, PathBuf>,
+) -> Result<()> {
     let mut file = File::open(blob)?;
     let mut magic = [0u8; 4];
     let n = file.read(&mut magic)?;
@@ -278,11 +380,14 @@ fn scan_layer(blob: &Path, dir: &Path, next_tmp: &mut usize, found: &mut BTreeMa
                 continue;
             }
         }
-        if parts.first().map(String::as_str) != Some("disk") {
+        if !select.matches(&parts) {
             continue;
         }
         if kind.is_symlink() || kind.is_hard_link() {
-            bail!("{name} is a link; a containerDisk must hold its disk as a regular file");
+            let target = entry.link_name().ok().flatten().map(|t| t.display().to_string()).unwrap_or_default();
+            bail!(
+                "{name} is a link (to {target:?}); kumo takes only regular files from an image: name the file itself"
+            );
         }
         if parts.len() == 1 || kind.is_dir() {
             continue;
@@ -290,7 +395,7 @@ fn scan_layer(blob: &Path, dir: &Path, next_tmp: &mut usize, found: &mut BTreeMa
         if !(kind.is_file() || kind.is_gnu_sparse()) {
             bail!("{name} is not a regular file ({kind:?})");
         }
-        let tmp = dir.join(format!(".disk-{next_tmp}.tmp"));
+        let tmp = dir.join(format!(".file-{next_tmp}.tmp"));
         *next_tmp += 1;
         copy_sparse(&mut entry, &tmp).with_context(|| format!("extracting {name}"))?;
         if let Some(old) = found.insert(name, tmp) {

@@ -5,7 +5,7 @@ use super::translate::Prepared;
 use crate::cloudinit::{self, CloudInitData, SecretData};
 use crate::image::{create_empty_disk, create_overlay, ImageCache, RegistryConfig};
 use crate::net::{Binding, GuestLink, Ipam, NodeNet, Proto, VmiNetwork, VmiSpec};
-use crate::qemu::DiskFormat;
+use crate::qemu::{DiskFormat, KernelBoot};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use serde_json::Value;
@@ -159,6 +159,29 @@ pub async fn volumes(ctx: &PrepareCtx<'_>, vmi: &Value, spec: &Value, dir: &Path
         prepared.volumes.insert(name, entry);
     }
     Ok(prepared)
+}
+
+/// KubeVirt's `firmware.kernelBoot`: the kernel (and initrd) pulled from a container image into the image
+/// cache, booted directly by QEMU with `kernelArgs` as its command line.
+pub async fn kernel_boot(ctx: &PrepareCtx<'_>, spec: &Value) -> Result<Option<KernelBoot>, PrepareError> {
+    let Some(c) = spec.pointer("/domain/firmware/kernelBoot/container") else { return Ok(None) };
+    let image = s(c, "/image").unwrap_or_default();
+    let field = "spec.domain.firmware.kernelBoot.container";
+    let kernel = s(c, "/kernelPath")
+        .ok_or_else(|| PrepareError::new("InvalidSpec", format!("{field}.kernelPath is required")))?;
+    let mut paths = vec![kernel];
+    paths.extend(s(c, "/initrdPath"));
+    let mut files = ctx
+        .images
+        .files_for(image, ctx.registry, &paths)
+        .await
+        .map_err(|e| PrepareError::new("ErrImagePull", format!("{field}: {e:#}")))?
+        .into_iter();
+    Ok(Some(KernelBoot {
+        kernel: files.next().expect("the kernel was asked for"),
+        initrd: files.next(),
+        cmdline: s(spec, "/domain/firmware/kernelBoot/kernelArgs").unwrap_or_default().to_string(),
+    }))
 }
 
 fn host_disk(name: &str, hd: &Value) -> Result<PathBuf, PrepareError> {

@@ -119,3 +119,54 @@ async fn resolves_indexes_raw_disks_and_plain_tar_layers() {
     let err = format!("{:#}", cache.disk_for(&format!("{}/kubevirt/multi:arm", reg.host), &cfg).await.unwrap_err());
     assert!(err.contains("no linux/amd64 manifest") && err.contains("linux/arm64"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_boot_files_are_extracted_by_path() {
+    let mut reg = TestRegistry::start();
+    let (kernel, initrd) = (b"not really a kernel".to_vec(), b"initramfs bytes".to_vec());
+    let layers = vec![
+        (OCI_LAYER_GZIP, layer(&[Entry::Dir("boot"), Entry::File("boot/vmlinuz", b"old".to_vec())], true)),
+        (
+            OCI_LAYER_GZIP,
+            layer(
+                &[
+                    Entry::File("boot/vmlinuz", kernel.clone()),
+                    Entry::File("boot/initrd.img", initrd.clone()),
+                    Entry::Symlink("boot/vmlinuz-link", "vmlinuz"),
+                ],
+                true,
+            ),
+        ),
+    ];
+    let digest = reg.push_image("kubevirt/kernel", "latest", layers).await;
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::new(cache_dir.path());
+    let (cfg, reference) = (reg.config(), format!("{}/kubevirt/kernel:latest", reg.host));
+
+    // The upper layer's kernel wins; files land read-only under the digest's directory, in the order asked.
+    let got = cache.files_for(&reference, &cfg, &["/boot/vmlinuz", "/boot/initrd.img"]).await.unwrap();
+    let dir = cache_dir.path().join(digest.replace(':', "-")).join("files");
+    assert_eq!(got, vec![dir.join("boot/vmlinuz"), dir.join("boot/initrd.img")]);
+    assert_eq!(std::fs::read(&got[0]).unwrap(), kernel);
+    assert_eq!(std::fs::read(&got[1]).unwrap(), initrd);
+    assert_eq!(std::fs::metadata(&got[0]).unwrap().permissions().mode() & 0o777, 0o444);
+    assert!(stray_files(cache_dir.path()).is_empty(), "{:?}", stray_files(cache_dir.path()));
+
+    // What is missing, linked or not a path is named.
+    let err = |paths: &'static [&'static str]| {
+        let (cache, cfg, reference) = (&cache, &cfg, &reference);
+        async move { format!("{:#}", cache.files_for(reference, cfg, paths).await.unwrap_err()) }
+    };
+    let e = err(&["/boot/vmlinuz", "/boot/nope"]).await;
+    assert!(e.contains("the image has no file /boot/nope"), "{e}");
+    let e = err(&["/boot/vmlinuz-link"]).await;
+    assert!(e.contains("boot/vmlinuz-link is a link") && e.contains("\"vmlinuz\""), "{e}");
+    let e = err(&["boot/vmlinuz"]).await;
+    assert!(e.contains("not an absolute path"), "{e}");
+    assert!(stray_files(cache_dir.path()).is_empty(), "{:?}", stray_files(cache_dir.path()));
+
+    // With the registry gone, the files the tag last resolved to are still served.
+    reg.stop();
+    let again = cache.files_for(&reference, &cfg, &["/boot/vmlinuz", "/boot/initrd.img"]).await.unwrap();
+    assert_eq!(again, got);
+}
