@@ -39,6 +39,36 @@ pub struct CachedDisk {
     pub digest: String,
 }
 
+/// When to ask the registry (Kubernetes' `imagePullPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Resolve the reference every time (the cache still serves when the registry is unreachable).
+    Always,
+    /// Use what the reference last resolved to when that is cached.
+    IfNotPresent,
+    /// Only the cache, never the network.
+    Never,
+}
+
+impl PullPolicy {
+    /// An explicit `imagePullPolicy`, else Kubernetes' default: Always for `:latest` (or no tag), IfNotPresent
+    /// for any other tag or a digest.
+    pub fn for_image(policy: Option<&str>, reference: &str) -> Self {
+        match policy {
+            Some("Always") => PullPolicy::Always,
+            Some("IfNotPresent") => PullPolicy::IfNotPresent,
+            Some("Never") => PullPolicy::Never,
+            _ => match Reference::parse(reference) {
+                Ok(r) if r.digest.is_none() && r.tag.as_deref() == Some(super::reference::DEFAULT_TAG) => {
+                    PullPolicy::Always
+                }
+                Ok(_) => PullPolicy::IfNotPresent,
+                Err(_) => PullPolicy::Always,
+            },
+        }
+    }
+}
+
 /// The per-node base image cache. Cheap to share behind an `Arc`; concurrent pulls of one digest are
 /// serialised so each base image is downloaded once.
 pub struct ImageCache {
@@ -59,8 +89,8 @@ impl ImageCache {
     /// needs no network. A tag is resolved against the registry (mirrors first); if that fails and the tag
     /// was pulled before, the cached image is used and a warning logged, so VMs still start while a registry
     /// is down.
-    pub async fn disk_for(&self, reference: &str, cfg: &RegistryConfig) -> Result<CachedDisk> {
-        match self.get(reference, cfg, &Select::Disk).await? {
+    pub async fn disk_for(&self, reference: &str, cfg: &RegistryConfig, policy: PullPolicy) -> Result<CachedDisk> {
+        match self.get(reference, cfg, policy, &Select::Disk).await? {
             Got::Disk(d) => Ok(d),
             Got::Files(_) => unreachable!("a disk was asked for"),
         }
@@ -69,7 +99,13 @@ impl ImageCache {
     /// The files at the absolute `paths` in the image (KubeVirt's kernelBoot container: kernel and initrd),
     /// extracted once per manifest digest and read-only, in the order asked. Resolution, mirrors and the
     /// offline fallback are as for [`ImageCache::disk_for`].
-    pub async fn files_for(&self, reference: &str, cfg: &RegistryConfig, paths: &[&str]) -> Result<Vec<PathBuf>> {
+    pub async fn files_for(
+        &self,
+        reference: &str,
+        cfg: &RegistryConfig,
+        policy: PullPolicy,
+        paths: &[&str],
+    ) -> Result<Vec<PathBuf>> {
         let mut wanted = Vec::new();
         for p in paths {
             let rel = p.trim_start_matches('/');
@@ -78,18 +114,22 @@ impl ImageCache {
             }
             wanted.push(rel.to_string());
         }
-        match self.get(reference, cfg, &Select::Files(wanted)).await? {
+        match self.get(reference, cfg, policy, &Select::Files(wanted)).await? {
             Got::Files(f) => Ok(f),
             Got::Disk(_) => unreachable!("files were asked for"),
         }
     }
 
-    async fn get(&self, reference: &str, cfg: &RegistryConfig, want: &Select) -> Result<Got> {
+    async fn get(&self, reference: &str, cfg: &RegistryConfig, policy: PullPolicy, want: &Select) -> Result<Got> {
         let r = Reference::parse(reference)?;
-        if r.digest.is_some() {
+        // A digest names exactly one image, so a cached one is always current.
+        if r.digest.is_some() || policy != PullPolicy::Always {
             if let Some(hit) = self.lookup_selected(&r, want)? {
                 return Ok(hit);
             }
+        }
+        if policy == PullPolicy::Never {
+            bail!("{r} is not in the node's image cache, and imagePullPolicy is Never");
         }
         let client = RegistryClient::new(cfg.clone());
         let pulled = match client.manifest(&r).await {

@@ -20,7 +20,7 @@ mod transport;
 #[cfg(test)]
 mod tests;
 
-pub use cache::{CachedDisk, ImageCache};
+pub use cache::{CachedDisk, ImageCache, PullPolicy};
 pub use disk::{check_image, create_empty_disk, create_overlay, image_info, parse_quantity, ImageInfo};
 pub use reference::{Reference, ReferenceError};
 pub use registry::{Descriptor, Endpoint, ImageManifest, Pulled, RegistryClient, RegistryConfig};

@@ -3,7 +3,7 @@
 
 use super::translate::Prepared;
 use crate::cloudinit::{self, CloudInitData, SecretData};
-use crate::image::{create_empty_disk, create_overlay, ImageCache, RegistryConfig};
+use crate::image::{create_empty_disk, create_overlay, ImageCache, PullPolicy, RegistryConfig};
 use crate::net::{Binding, GuestLink, Ipam, NodeNet, Proto, VmiNetwork, VmiSpec};
 use crate::qemu::{DiskFormat, KernelBoot};
 use k8s_openapi::api::core::v1::Secret;
@@ -115,9 +115,10 @@ pub async fn volumes(ctx: &PrepareCtx<'_>, vmi: &Value, spec: &Value, dir: &Path
         let name = s(v, "/name").unwrap_or_default().to_string();
         let entry = if let Some(cd) = v.get("containerDisk") {
             let image = s(cd, "/image").unwrap_or_default();
+            let policy = PullPolicy::for_image(s(cd, "/imagePullPolicy"), image);
             let base = ctx
                 .images
-                .disk_for(image, ctx.registry)
+                .disk_for(image, ctx.registry, policy)
                 .await
                 .map_err(|e| PrepareError::new("ErrImagePull", format!("volume {name}: {e:#}")))?;
             let overlay = disks.join(format!("{name}.qcow2"));
@@ -173,7 +174,7 @@ pub async fn kernel_boot(ctx: &PrepareCtx<'_>, spec: &Value) -> Result<Option<Ke
     paths.extend(s(c, "/initrdPath"));
     let mut files = ctx
         .images
-        .files_for(image, ctx.registry, &paths)
+        .files_for(image, ctx.registry, PullPolicy::for_image(s(c, "/imagePullPolicy"), image), &paths)
         .await
         .map_err(|e| PrepareError::new("ErrImagePull", format!("{field}: {e:#}")))?
         .into_iter();

@@ -98,13 +98,15 @@ async fn bearer_challenge_is_answered_and_redirects_followed() {
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = ImageCache::new(cache_dir.path());
 
-    let got = cache.disk_for(&format!("{}/kubevirt/test:latest", front.host), &cfg).await.unwrap();
+    let got = cache.disk_for(&format!("{}/kubevirt/test:latest", front.host), &cfg, PullPolicy::Always).await.unwrap();
     assert_eq!(got.digest, digest);
     assert_eq!(std::fs::read(&got.path).unwrap(), disk);
     assert_eq!(front.tokens_issued.load(Ordering::SeqCst), 1, "one token, reused for every request of the pull");
     assert_eq!(front.redirects.load(Ordering::SeqCst), 1, "the layer blob was fetched through a redirect");
 
-    let err =
-        format!("{:#}", cache.disk_for(&format!("{}/kubevirt/private:latest", front.host), &cfg).await.unwrap_err());
+    let err = format!(
+        "{:#}",
+        cache.disk_for(&format!("{}/kubevirt/private:latest", front.host), &cfg, PullPolicy::Always).await.unwrap_err()
+    );
     assert!(err.contains("HTTP 401") && err.contains("basic-auth credentials"), "{err}");
 }

@@ -4,7 +4,7 @@ use super::*;
 use crate::image::ImageCache;
 
 async fn pull_err(cache: &ImageCache, reference: &str, cfg: &RegistryConfig) -> String {
-    match cache.disk_for(reference, cfg).await {
+    match cache.disk_for(reference, cfg, PullPolicy::Always).await {
         Ok(d) => panic!("pulling {reference} should fail, got {d:?}"),
         Err(e) => {
             let e = format!("{e:#}");
@@ -123,7 +123,7 @@ async fn malformed_container_disks_are_rejected() {
     // A later layer replacing the disk is fine: the last copy wins.
     let replaced = qcow2("2M");
     reg.push_image("kubevirt/bad", "replaced", vec![disk_layer(good.clone()), disk_layer(replaced.clone())]).await;
-    let got = cache.disk_for(&format!("{}/kubevirt/bad:replaced", reg.host), &cfg).await.unwrap();
+    let got = cache.disk_for(&format!("{}/kubevirt/bad:replaced", reg.host), &cfg, PullPolicy::Always).await.unwrap();
     assert_eq!(std::fs::read(&got.path).unwrap(), replaced);
 }
 

@@ -15,7 +15,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Uri};
 
 use super::registry::{sha256_digest, Descriptor, ImageManifest, OCI_MANIFEST};
 use super::transport;
-use super::RegistryConfig;
+use super::{PullPolicy, RegistryConfig};
 
 pub(super) const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub(super) const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";

@@ -18,7 +18,7 @@ async fn pulls_caches_mirrors_and_survives_registry_outage() {
     let reference = format!("{}/kubevirt/test:latest", reg.host);
 
     // First pull: downloaded, extracted, verified, read-only.
-    let got = cache.disk_for(&reference, &cfg).await.unwrap();
+    let got = cache.disk_for(&reference, &cfg, PullPolicy::Always).await.unwrap();
     assert_eq!(got.digest, digest);
     assert_eq!(got.format, "qcow2");
     assert_eq!(got.virtual_size, 64 << 20);
@@ -28,9 +28,9 @@ async fn pulls_caches_mirrors_and_survives_registry_outage() {
     assert!(stray_files(cache_dir.path()).is_empty(), "{:?}", stray_files(cache_dir.path()));
 
     // Same image again, by tag and by digest: same file.
-    assert_eq!(cache.disk_for(&reference, &cfg).await.unwrap(), got);
+    assert_eq!(cache.disk_for(&reference, &cfg, PullPolicy::Always).await.unwrap(), got);
     let by_digest = format!("{}/kubevirt/test@{digest}", reg.host);
-    assert_eq!(cache.disk_for(&by_digest, &cfg).await.unwrap(), got);
+    assert_eq!(cache.disk_for(&by_digest, &cfg, PullPolicy::Always).await.unwrap(), got);
 
     // A mirror: quay.io/kubevirt/test is served by the local registry.
     let mirrored = RegistryConfig {
@@ -39,7 +39,7 @@ async fn pulls_caches_mirrors_and_survives_registry_outage() {
     };
     let fresh_dir = tempfile::tempdir().unwrap();
     let fresh = Arc::new(ImageCache::new(fresh_dir.path()));
-    let via_mirror = fresh.disk_for("quay.io/kubevirt/test:latest", &mirrored).await.unwrap();
+    let via_mirror = fresh.disk_for("quay.io/kubevirt/test:latest", &mirrored, PullPolicy::Always).await.unwrap();
     assert_eq!(via_mirror.digest, digest);
     assert_eq!(std::fs::read(&via_mirror.path).unwrap(), disk);
 
@@ -49,7 +49,7 @@ async fn pulls_caches_mirrors_and_survives_registry_outage() {
     let tasks: Vec<_> = (0..4)
         .map(|_| {
             let (c, r, cfg) = (racing.clone(), reference.clone(), cfg.clone());
-            tokio::spawn(async move { c.disk_for(&r, &cfg).await })
+            tokio::spawn(async move { c.disk_for(&r, &cfg, PullPolicy::Always).await })
         })
         .collect();
     for t in tasks {
@@ -69,10 +69,16 @@ async fn pulls_caches_mirrors_and_survives_registry_outage() {
 
     // Registry gone: tag and digest still resolve from the cache; an image never pulled fails clearly.
     reg.stop();
-    assert_eq!(cache.disk_for(&reference, &cfg).await.unwrap(), got);
-    assert_eq!(cache.disk_for(&by_digest, &cfg).await.unwrap(), got);
-    assert_eq!(fresh.disk_for("quay.io/kubevirt/test:latest", &mirrored).await.unwrap(), via_mirror);
-    let err = format!("{:#}", cache.disk_for(&format!("{}/kubevirt/other:v1", reg.host), &cfg).await.unwrap_err());
+    assert_eq!(cache.disk_for(&reference, &cfg, PullPolicy::Always).await.unwrap(), got);
+    assert_eq!(cache.disk_for(&by_digest, &cfg, PullPolicy::Always).await.unwrap(), got);
+    assert_eq!(
+        fresh.disk_for("quay.io/kubevirt/test:latest", &mirrored, PullPolicy::Always).await.unwrap(),
+        via_mirror
+    );
+    let err = format!(
+        "{:#}",
+        cache.disk_for(&format!("{}/kubevirt/other:v1", reg.host), &cfg, PullPolicy::Always).await.unwrap_err()
+    );
     assert!(err.contains("connecting to") && err.contains(&reg.host), "{err}");
 }
 
@@ -103,7 +109,7 @@ async fn resolves_indexes_raw_disks_and_plain_tar_layers() {
     });
     reg.push_manifest("kubevirt/multi", "latest", OCI_INDEX, serde_json::to_vec(&index).unwrap()).await;
 
-    let got = cache.disk_for(&format!("{}/kubevirt/multi", reg.host), &cfg).await.unwrap();
+    let got = cache.disk_for(&format!("{}/kubevirt/multi", reg.host), &cfg, PullPolicy::Always).await.unwrap();
     assert_eq!(got.digest, amd64, "the index resolves to the linux/amd64 manifest");
     assert_eq!(got.format, "raw");
     assert_eq!(got.virtual_size, 8 << 20);
@@ -116,7 +122,10 @@ async fn resolves_indexes_raw_disks_and_plain_tar_layers() {
     let arm_only =
         serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry(&other, "arm64")]});
     reg.push_manifest("kubevirt/multi", "arm", OCI_INDEX, serde_json::to_vec(&arm_only).unwrap()).await;
-    let err = format!("{:#}", cache.disk_for(&format!("{}/kubevirt/multi:arm", reg.host), &cfg).await.unwrap_err());
+    let err = format!(
+        "{:#}",
+        cache.disk_for(&format!("{}/kubevirt/multi:arm", reg.host), &cfg, PullPolicy::Always).await.unwrap_err()
+    );
     assert!(err.contains("no linux/amd64 manifest") && err.contains("linux/arm64"), "{err}");
 }
 
@@ -144,7 +153,8 @@ async fn kernel_boot_files_are_extracted_by_path() {
     let (cfg, reference) = (reg.config(), format!("{}/kubevirt/kernel:latest", reg.host));
 
     // The upper layer's kernel wins; files land read-only under the digest's directory, in the order asked.
-    let got = cache.files_for(&reference, &cfg, &["/boot/vmlinuz", "/boot/initrd.img"]).await.unwrap();
+    let got =
+        cache.files_for(&reference, &cfg, PullPolicy::Always, &["/boot/vmlinuz", "/boot/initrd.img"]).await.unwrap();
     let dir = cache_dir.path().join(digest.replace(':', "-")).join("files");
     assert_eq!(got, vec![dir.join("boot/vmlinuz"), dir.join("boot/initrd.img")]);
     assert_eq!(std::fs::read(&got[0]).unwrap(), kernel);
@@ -155,7 +165,7 @@ async fn kernel_boot_files_are_extracted_by_path() {
     // What is missing, linked or not a path is named.
     let err = |paths: &'static [&'static str]| {
         let (cache, cfg, reference) = (&cache, &cfg, &reference);
-        async move { format!("{:#}", cache.files_for(reference, cfg, paths).await.unwrap_err()) }
+        async move { format!("{:#}", cache.files_for(reference, cfg, PullPolicy::Always, paths).await.unwrap_err()) }
     };
     let e = err(&["/boot/vmlinuz", "/boot/nope"]).await;
     assert!(e.contains("the image has no file /boot/nope"), "{e}");
@@ -167,6 +177,35 @@ async fn kernel_boot_files_are_extracted_by_path() {
 
     // With the registry gone, the files the tag last resolved to are still served.
     reg.stop();
-    let again = cache.files_for(&reference, &cfg, &["/boot/vmlinuz", "/boot/initrd.img"]).await.unwrap();
+    let again =
+        cache.files_for(&reference, &cfg, PullPolicy::Always, &["/boot/vmlinuz", "/boot/initrd.img"]).await.unwrap();
     assert_eq!(again, got);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_policies_decide_when_the_registry_is_asked() {
+    let mut reg = TestRegistry::start();
+    let v1 = reg.push_image("kubevirt/pol", "stable", vec![disk_layer(qcow2("1M"))]).await;
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = ImageCache::new(cache_dir.path());
+    let (cfg, reference) = (reg.config(), format!("{}/kubevirt/pol:stable", reg.host));
+    let never = format!("{:#}", cache.disk_for(&reference, &cfg, PullPolicy::Never).await.unwrap_err());
+    assert!(never.contains("not in the node's image cache") && never.contains("Never"), "{never}");
+    assert_eq!(cache.disk_for(&reference, &cfg, PullPolicy::IfNotPresent).await.unwrap().digest, v1);
+
+    // The tag moves: IfNotPresent and Never keep the cached image, Always follows the tag.
+    let v2 = reg.push_image("kubevirt/pol", "stable", vec![disk_layer(qcow2("2M"))]).await;
+    assert_ne!(v1, v2);
+    assert_eq!(cache.disk_for(&reference, &cfg, PullPolicy::IfNotPresent).await.unwrap().digest, v1);
+    assert_eq!(cache.disk_for(&reference, &cfg, PullPolicy::Never).await.unwrap().digest, v1);
+    assert_eq!(cache.disk_for(&reference, &cfg, PullPolicy::Always).await.unwrap().digest, v2);
+    reg.stop();
+    assert_eq!(cache.disk_for(&reference, &cfg, PullPolicy::IfNotPresent).await.unwrap().digest, v2);
+
+    // Kubernetes' defaults.
+    assert_eq!(PullPolicy::for_image(None, "quay.io/x/y:latest"), PullPolicy::Always);
+    assert_eq!(PullPolicy::for_image(None, "quay.io/x/y"), PullPolicy::Always);
+    assert_eq!(PullPolicy::for_image(None, "quay.io/x/y:v1"), PullPolicy::IfNotPresent);
+    assert_eq!(PullPolicy::for_image(Some("Always"), "quay.io/x/y:v1"), PullPolicy::Always);
+    assert_eq!(PullPolicy::for_image(Some("Never"), "quay.io/x/y:latest"), PullPolicy::Never);
 }
