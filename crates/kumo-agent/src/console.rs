@@ -16,17 +16,14 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
 
-/// Node annotations through which the API server finds and trusts this endpoint.
-pub const ENDPOINT_ANNOTATION: &str = "kumo.dev/console-endpoint";
-pub const FINGERPRINT_ANNOTATION: &str = "kumo.dev/console-cert-sha256";
-
 pub struct ConsoleEndpoint {
     pub addr: SocketAddr,
     pub fingerprint: String,
 }
 
 /// Serves consoles of the VMIs under `vmis_dir/<uid>/run/serial.sock` on `bind`.
-pub async fn serve(bind: SocketAddr, vmis_dir: PathBuf, token: Option<String>) -> Result<ConsoleEndpoint> {
+/// Only callers presenting `token` (the API server's) are served.
+pub async fn serve(bind: SocketAddr, vmis_dir: PathBuf, token: String) -> Result<ConsoleEndpoint> {
     let key = rcgen::KeyPair::generate()?;
     let params = rcgen::CertificateParams::new(vec!["kumo-agent".to_string()])?;
     let cert = params.self_signed(&key)?;
@@ -53,7 +50,7 @@ pub async fn serve(bind: SocketAddr, vmis_dir: PathBuf, token: Option<String>) -
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
                 let svc = hyper::service::service_fn(move |req| {
                     let ctx = ctx.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(req, &ctx.0, ctx.1.as_deref())) }
+                    async move { Ok::<_, std::convert::Infallible>(handle(req, &ctx.0, &ctx.1)) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), svc)
@@ -69,16 +66,10 @@ fn reply(code: StatusCode, msg: &str) -> Response<Full<Bytes>> {
     Response::builder().status(code).body(Full::new(Bytes::from(msg.to_string()))).expect("response")
 }
 
-fn handle(
-    mut req: Request<hyper::body::Incoming>,
-    vmis_dir: &std::path::Path,
-    token: Option<&str>,
-) -> Response<Full<Bytes>> {
-    if let Some(t) = token {
-        let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if auth.strip_prefix("Bearer ") != Some(t) {
-            return reply(StatusCode::UNAUTHORIZED, "unauthorized");
-        }
+fn handle(mut req: Request<hyper::body::Incoming>, vmis_dir: &std::path::Path, token: &str) -> Response<Full<Bytes>> {
+    let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !kumo_api::bearer::matches(auth, token) {
+        return reply(StatusCode::UNAUTHORIZED, "unauthorized");
     }
     let Some(uid) =
         req.uri().path().strip_prefix("/console/").filter(|u| !u.is_empty() && !u.contains('/') && !u.contains(".."))

@@ -79,10 +79,6 @@ impl HostInfo {
     }
 }
 
-fn now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
 /// The Node's metadata and spec as the agent applies them.
 pub fn node_object(h: &HostInfo) -> Value {
     let mut node = json!({
@@ -93,15 +89,16 @@ pub fn node_object(h: &HostInfo) -> Value {
             "annotations": {"kumo.dev/accel": h.accel, "kumo.dev/qemu-version": h.qemu_version}},
     });
     if let Some((endpoint, fingerprint)) = &h.console {
-        node["metadata"]["annotations"][crate::console::ENDPOINT_ANNOTATION] = json!(endpoint);
-        node["metadata"]["annotations"][crate::console::FINGERPRINT_ANNOTATION] = json!(fingerprint);
+        node["metadata"]["annotations"][kumo_api::kubevirt::CONSOLE_ENDPOINT_ANNOTATION] = json!(endpoint);
+        node["metadata"]["annotations"][kumo_api::kubevirt::CONSOLE_FINGERPRINT_ANNOTATION] = json!(fingerprint);
     }
     node
 }
 
-/// The Node's status: capacity, Ready, addresses, node info. Memory reserved for the host is not allocatable.
-pub fn node_status(h: &HostInfo, reserved_bytes: u64) -> Value {
-    let ts = now();
+/// The Node's status: capacity, Ready (since `ready_since`, when the agent started), addresses, node info.
+/// Memory reserved for the host is not allocatable.
+pub fn node_status(h: &HostInfo, reserved_bytes: u64, ready_since: &str) -> Value {
+    let ts = kumo_api::meta::now_rfc3339();
     let kvm = if h.accel == "kvm" { "1k" } else { "0" };
     json!({
         "apiVersion": "v1", "kind": "Node", "metadata": {"name": h.name},
@@ -113,7 +110,7 @@ pub fn node_status(h: &HostInfo, reserved_bytes: u64) -> Value {
                 "devices.kubevirt.io/kvm": kvm},
             "conditions": [{"type": "Ready", "status": "True", "reason": "KumoAgentReady",
                 "message": format!("kumo agent is posting ready status; guests run with {}", h.accel.to_uppercase()),
-                "lastHeartbeatTime": ts, "lastTransitionTime": ts}],
+                "lastHeartbeatTime": ts, "lastTransitionTime": ready_since}],
             "addresses": [{"type": "InternalIP", "address": h.internal_ip}, {"type": "Hostname", "address": h.name}],
             "nodeInfo": {"kubeletVersion": concat!("kumo-agent/", env!("CARGO_PKG_VERSION")), "kubeProxyVersion": "",
                 "kernelVersion": h.kernel, "osImage": h.os_image, "operatingSystem": "linux", "architecture": "amd64",
@@ -125,29 +122,40 @@ pub fn node_status(h: &HostInfo, reserved_bytes: u64) -> Value {
 
 const MANAGER: &str = "kumo-agent";
 
-/// Registers (or re-registers) the Node and reports its status.
-pub async fn register(client: &kube::Client, h: &HostInfo, reserved: u64) -> Result<()> {
+/// Registers (or re-registers) the Node and reports its status; returns when the Node became Ready.
+pub async fn register(client: &kube::Client, h: &HostInfo, reserved: u64) -> Result<String> {
     let nodes: Api<Node> = Api::all(client.clone());
     let pp = PatchParams::apply(MANAGER).force();
     nodes.patch(&h.name, &pp, &Patch::Apply(node_object(h))).await.context("registering the Node")?;
-    nodes.patch_status(&h.name, &pp, &Patch::Apply(node_status(h, reserved))).await.context("reporting Node status")?;
+    let ready_since = kumo_api::meta::now_rfc3339();
+    report_status(&nodes, h, reserved, &ready_since).await?;
+    Ok(ready_since)
+}
+
+async fn report_status(nodes: &Api<Node>, h: &HostInfo, reserved: u64, ready_since: &str) -> Result<()> {
+    let status = Patch::Apply(node_status(h, reserved, ready_since));
+    nodes
+        .patch_status(&h.name, &PatchParams::apply(MANAGER).force(), &status)
+        .await
+        .context("reporting Node status")?;
     Ok(())
 }
 
 /// Renews the node Lease every `every` and refreshes the Node status every few renewals, forever.
-pub async fn heartbeat(client: kube::Client, h: HostInfo, reserved: u64, every: Duration) {
+pub async fn heartbeat(client: kube::Client, h: HostInfo, reserved: u64, ready_since: String, every: Duration) {
+    let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let mut n: u64 = 0;
     loop {
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": h.name, "namespace": "kube-node-lease"},
             "spec": {"holderIdentity": h.name, "leaseDurationSeconds": (every.as_secs() * 4).max(40),
-                "renewTime": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}});
+                "renewTime": kumo_api::meta::now_micro()}});
         if let Err(e) = leases.patch(&h.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(lease)).await {
             tracing::warn!("renewing node lease: {e}");
         }
         if n.is_multiple_of(6) {
-            if let Err(e) = register(&client, &h, reserved).await {
+            if let Err(e) = report_status(&nodes, &h, reserved, &ready_since).await {
                 tracing::warn!("node status: {e:#}");
             }
         }
@@ -178,10 +186,11 @@ mod tests {
         let o = node_object(&h);
         assert_eq!(o["metadata"]["labels"]["kumo.dev/accel"], "tcg");
         assert_eq!(o["metadata"]["annotations"]["kumo.dev/console-endpoint"], "https://10.0.0.5:1234");
-        let s = node_status(&h, 1 << 30);
+        let s = node_status(&h, 1 << 30, "2026-01-01T00:00:00Z");
         assert_eq!(s["status"]["capacity"]["memory"], "4194304Ki");
         assert_eq!(s["status"]["allocatable"]["memory"], "3145728Ki");
         assert_eq!(s["status"]["conditions"][0]["type"], "Ready");
+        assert_eq!(s["status"]["conditions"][0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
         assert!(s["status"]["conditions"][0]["message"].as_str().unwrap().contains("TCG"));
         assert!(HostInfo::gather(None, "tcg", "x").memory_bytes > 0);
     }

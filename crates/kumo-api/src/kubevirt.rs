@@ -10,6 +10,12 @@ use std::collections::HashSet;
 /// On a CRD: unknown fields are a 422 naming them, whatever the request's fieldValidation.
 pub const REJECT_UNKNOWN_ANNOTATION: &str = "kumo.dev/reject-unknown-fields";
 pub const GROUP: &str = "kubevirt.io";
+/// On a VMI: the node agent pauses (`"true"`) or resumes the guest to match (set by the pause subresources).
+pub const PAUSE_ANNOTATION: &str = "kumo.dev/paused";
+/// On a Node: where its agent serves guest consoles, and the SHA-256 of that endpoint's certificate, which the
+/// API server pins when it proxies a console.
+pub const CONSOLE_ENDPOINT_ANNOTATION: &str = "kumo.dev/console-endpoint";
+pub const CONSOLE_FINGERPRINT_ANNOTATION: &str = "kumo.dev/console-cert-sha256";
 
 const VMI_SPEC: &str = include_str!("../crds/kubevirt-vmi-spec.yaml");
 const VMI_STATUS: &str = include_str!("../crds/kubevirt-vmi-status.yaml");
@@ -239,10 +245,13 @@ fn validate_kernel_boot(kb: &Value, p: &str, c: &mut Vec<Cause>) {
     }
     for key in ["kernelPath", "initrdPath"] {
         if let Some(f) = path(key) {
-            if !f.starts_with('/') || f.split('/').any(|part| part == "..") || f.ends_with('/') {
+            let parts: Vec<&str> = f.split('/').skip(1).collect();
+            if !f.starts_with('/') || parts.iter().any(|part| matches!(*part, "" | "." | "..")) {
                 c.push(Cause::invalid(
                     format!("{p}.container.{key}"),
-                    format!("Invalid value: \"{f}\": must be an absolute path to a file, without \"..\""),
+                    format!(
+                        "Invalid value: \"{f}\": must be an absolute path to a file, without \".\", \"..\" or \"//\""
+                    ),
                 ));
             }
         }
@@ -307,5 +316,9 @@ mod tests {
             fields(json!({"container": {"image": "i", "kernelPath": "boot/vmlinuz", "initrdPath": "/a/../b"}})),
             vec![format!("{kb}.container.kernelPath"), format!("{kb}.container.initrdPath")]
         );
+        for odd in ["/boot//vmlinuz", "/boot/./vmlinuz", "/boot/", "/"] {
+            let got = fields(json!({"container": {"image": "i", "kernelPath": odd}}));
+            assert_eq!(got, vec![format!("{kb}.container.kernelPath")], "{odd}");
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! Newcomers: start with [`resource::ResourceDef`] and [`builtin::builtin_resources`].
 
 pub mod apply;
+pub mod bearer;
 pub mod builtin;
 pub mod builtin_schema;
 pub mod conditions;

@@ -13,8 +13,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-const ENDPOINT_ANNOTATION: &str = "kumo.dev/console-endpoint";
-const FINGERPRINT_ANNOTATION: &str = "kumo.dev/console-cert-sha256";
+use kumo_api::kubevirt::{
+    CONSOLE_ENDPOINT_ANNOTATION as ENDPOINT_ANNOTATION, CONSOLE_FINGERPRINT_ANNOTATION as FINGERPRINT_ANNOTATION,
+};
 
 pub async fn proxy(api: &Arc<ApiServer>, req: Request<hyper::body::Incoming>, p: ResourcePath) -> Resp {
     match open(api, req, p).await {

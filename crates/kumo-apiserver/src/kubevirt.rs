@@ -11,8 +11,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 pub const GROUP: &str = "subresources.kubevirt.io";
-/// On a VMI: the agent pauses (`"true"`) or resumes the guest to match.
-pub const PAUSE_ANNOTATION: &str = "kumo.dev/paused";
+use kumo_api::kubevirt::PAUSE_ANNOTATION;
 
 const VERBS: &[(&str, &[&str])] =
     &[("virtualmachines", &["start", "stop", "restart"]), ("virtualmachineinstances", &["pause", "unpause"])];

@@ -28,9 +28,7 @@ pub struct Ctx {
     recorder: Recorder,
 }
 
-fn now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
+use kumo_api::meta::now_rfc3339 as now;
 
 /// Runs every controller until the process ends.
 pub async fn run(client: Client) -> anyhow::Result<()> {
@@ -130,11 +128,12 @@ async fn reconcile_vm(vm_obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Actio
     if vm_obj.meta().deletion_timestamp.is_none() {
         patch_status(&vms, &vm_obj, &plan.status).await?;
     }
-    // Act again soon after changing something, so e.g. a replaced VMI is recreated once the old one is gone.
-    Ok(if plan.actions.is_empty() {
-        Action::requeue(Duration::from_secs(300))
-    } else {
-        Action::requeue(Duration::from_secs(1))
+    // Act again soon after changing something, so e.g. a replaced VMI is recreated once the old one is gone;
+    // when a crash-loop backoff ends; otherwise now and then.
+    Ok(match plan.requeue_after {
+        _ if !plan.actions.is_empty() => Action::requeue(Duration::from_secs(1)),
+        Some(after) => Action::requeue(after),
+        None => Action::requeue(Duration::from_secs(300)),
     })
 }
 

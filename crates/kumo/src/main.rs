@@ -182,10 +182,12 @@ async fn main() -> Result<()> {
             vm_verb(&target, "virtualmachineinstances", &name, "unpause").await
         }
         Command::Agent { kubeconfig, state_dir, agent } => {
-            let client = client_from(kubeconfig.as_deref()).await?;
+            let config = kube_config(kubeconfig.as_deref()).await?;
             let mut cfg = agent.config(state_dir)?;
-            cfg.console_token = kubeconfig_token(kubeconfig.as_deref()).await;
-            kumo_agent::agent::run(client, cfg).await
+            // The API server presents the same token when it proxies a console to this agent.
+            cfg.console_token =
+                config.auth_info.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_string());
+            kumo_agent::agent::run(kube::Client::try_from(config)?, cfg).await
         }
         Command::Console { name, target } => {
             let config = kube_config(target.kubeconfig.as_deref()).await?;
@@ -206,20 +208,6 @@ async fn vm_verb(target: &Target, plural: &str, name: &str, verb: &str) -> Resul
     let what = if plural == "virtualmachines" { "VM" } else { "VMI" };
     println!("{what} {name} was scheduled to {verb}");
     Ok(())
-}
-
-/// The bearer token in a kubeconfig: the agent's console endpoint accepts the API server presenting it.
-async fn kubeconfig_token(kubeconfig: Option<&std::path::Path>) -> Option<String> {
-    use secrecy::ExposeSecret;
-    let config = match kubeconfig {
-        Some(p) => {
-            kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(p).ok()?, &Default::default())
-                .await
-                .ok()?
-        }
-        None => kube::Config::infer().await.ok()?,
-    };
-    config.auth_info.token.map(|t| t.expose_secret().to_string())
 }
 
 /// A kube-rs client from a kubeconfig file, or the default configuration.
@@ -262,7 +250,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     if !args.no_agent {
         let client = client_from(Some(&running.kubeconfig)).await?;
         let mut cfg = args.agent.config(args.data_dir.join("agent"))?;
-        cfg.console_token = kubeconfig_token(Some(&running.kubeconfig)).await;
+        cfg.console_token = Some(running.api.token.clone());
         tokio::spawn(async move {
             if let Err(e) = kumo_agent::agent::run(client, cfg).await {
                 tracing::error!("node agent stopped: {e:#} (the API keeps serving; fix the cause or pass --no-agent)");

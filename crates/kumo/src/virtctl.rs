@@ -70,13 +70,15 @@ pub async fn console(config: kube::Config, ns: &str, name: &str) -> Result<()> {
     let mut stdin = tokio::io::stdin();
     let mut stdout = tokio::io::stdout();
     let mut buf = [0u8; 1024];
+    let mut stdin_open = true;
     loop {
         tokio::select! {
-            n = stdin.read(&mut buf) => {
+            n = stdin.read(&mut buf), if stdin_open => {
                 let n = n?;
                 if n == 0 {
-                    // Input closed (not a terminal): keep printing until the other side ends or Ctrl-].
-                    std::future::pending::<()>().await;
+                    // Input closed (not a terminal): keep printing until the other side ends.
+                    stdin_open = false;
+                    continue;
                 }
                 if let Some(pos) = buf[..n].iter().position(|b| *b == 0x1d) {
                     if pos > 0 { tx.send(Message::Binary(bytes::Bytes::copy_from_slice(&buf[..pos]))).await?; }

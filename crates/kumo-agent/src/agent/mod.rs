@@ -40,7 +40,8 @@ pub struct AgentConfig {
     /// Memory kept back for the host when reporting allocatable.
     pub reserved_memory: u64,
     pub heartbeat: Duration,
-    /// Bearer token the console endpoint requires (the API server's); None accepts any caller.
+    /// Bearer token the console endpoint requires of its callers (the API server's). Required: the endpoint
+    /// listens on the node's address.
     pub console_token: Option<String>,
 }
 
@@ -68,6 +69,8 @@ pub(crate) struct LocalVm {
     pub dhcp_stop: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     /// Set while the agent itself stops the guest, so the exit is not reported as a guest shutdown.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// The pod-network interface status reports: name, pod IP, MAC.
+    pub iface: Option<(String, String, String)>,
 }
 
 pub(crate) struct Agent {
@@ -100,16 +103,23 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     let version = qemu::qemu_version(&qemu).await?;
     let probe = cfg.probe_kernel.clone().or_else(default_probe_kernel);
     let accel = qemu::detect_accel(&qemu, probe.as_deref()).await;
-    let accel_name = if accel == Accel::Kvm { "kvm" } else { "tcg" };
+    let accel_name = accel.as_str();
     let mut host = HostInfo::gather(cfg.node_name.clone(), accel_name, &version.to_string());
     let bind: std::net::SocketAddr = format!("{}:0", host.internal_ip).parse().context("node address")?;
-    let console = crate::console::serve(bind, cfg.state_dir.join("vmis"), cfg.console_token.clone()).await?;
+    let token = cfg.console_token.clone().context(
+        "the console endpoint needs a bearer token to check the API server by: use a kubeconfig with a token",
+    )?;
+    let console = crate::console::serve(bind, cfg.state_dir.join("vmis"), token).await?;
     host.console = Some((format!("https://{}", console.addr), console.fingerprint));
     tracing::info!(node = %host.name, accel = accel_name, qemu = %version, "kumo agent starting");
-    node::register(&client, &host, cfg.reserved_memory).await?;
-    tokio::spawn(node::heartbeat(client.clone(), host.clone(), cfg.reserved_memory, cfg.heartbeat));
+    let ready_since = node::register(&client, &host, cfg.reserved_memory).await?;
+    tokio::spawn(node::heartbeat(client.clone(), host.clone(), cfg.reserved_memory, ready_since, cfg.heartbeat));
     std::fs::create_dir_all(cfg.state_dir.join("vmis"))
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    // The node network (bridge, forwarding, NAT) once per start; each VMI's setup then only adds its own part.
+    let node_net = NodeNet::default();
+    let nn = node_net.clone();
+    tokio::task::spawn_blocking(move || nn.ensure()).await?.context("setting up the node network")?;
     let reporter = Reporter { controller: "kumo-agent".into(), instance: Some(host.name.clone()) };
     let agent = Arc::new(Agent {
         client: client.clone(),
@@ -117,7 +127,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
         accel,
         qemu,
         images: ImageCache::new(cfg.image_cache.clone()),
-        node_net: NodeNet::default(),
+        node_net,
         ipam: Ipam::new(cfg.state_dir.join("ipam")),
         vms: Mutex::new(HashMap::new()),
         recorder: Recorder::new(client.clone(), reporter),

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 /// Held on every VMI the agent has started, so deletion waits for the guest to stop and the host to be clean.
 pub const FINALIZER: &str = "kumo.dev/agent";
-const PAUSE_ANNOTATION: &str = "kumo.dev/paused";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -93,9 +92,19 @@ pub async fn reconcile(vmi: Arc<DynamicObject>, agent: Arc<Agent>) -> Result<Act
     }
     if vmi.meta().deletion_timestamp.is_some() {
         let grace = value.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30);
-        if let Some(l) = &local {
-            l.stopping.store(true, Ordering::SeqCst);
-            let outcome = l.vm.shutdown(Duration::from_secs(grace)).await.map_err(Error::Other)?;
+        let grace = Duration::from_secs(grace);
+        let outcome = match &local {
+            Some(l) => {
+                l.stopping.store(true, Ordering::SeqCst);
+                Some(l.vm.shutdown(grace).await.map_err(Error::Other)?)
+            }
+            // Deleted while this agent was down: the guest it left running is stopped all the same.
+            None => match qemu::attach(&dir(&agent, &uid).join("run")).await {
+                Ok(vm) => Some(vm.shutdown(grace).await.map_err(Error::Other)?),
+                Err(_) => None,
+            },
+        };
+        if let Some(outcome) = outcome {
             event(&agent, &vmi, false, "Deleted", format!("Signaled deletion; the guest {outcome:?}")).await;
         }
         cleanup(&agent, &uid).await;
@@ -104,16 +113,17 @@ pub async fn reconcile(vmi: Arc<DynamicObject>, agent: Arc<Agent>) -> Result<Act
     }
     match (phase.as_str(), local) {
         ("Scheduled", None) => start(&agent, &vmi, &value).await,
+        // The guest runs but writing Running failed: write it again.
+        ("Scheduled", Some(l)) => report_running(&agent, &vmi, &value, &l).await,
         ("Running", None) => {
             // After an agent restart: reattach to the guest if it is still running.
-            match reattach(&agent, &value, &uid).await {
+            match reattach(&agent, &vmi, &value, &uid).await {
                 Ok(()) => Ok(Action::requeue(Duration::from_secs(60))),
                 Err(e) => {
+                    // The Failed arm below then cleans up, on the object this write produces.
                     let msg = format!("the guest's QEMU process is gone: {e:#}");
                     patch_status(&agent, &vmi, status::failed(&value, "QemuExited", &msg, &status::now())).await?;
                     event(&agent, &vmi, true, "Failed", msg).await;
-                    cleanup(&agent, &uid).await;
-                    set_finalizer(&agent, &vmi, false).await?;
                     Ok(Action::await_change())
                 }
             }
@@ -122,7 +132,8 @@ pub async fn reconcile(vmi: Arc<DynamicObject>, agent: Arc<Agent>) -> Result<Act
             sync_pause(&agent, &vmi, &value, &l).await?;
             Ok(Action::requeue(Duration::from_secs(60)))
         }
-        ("Succeeded" | "Failed", _) => {
+        // A finished guest: clean the host once, then let deletion go ahead.
+        ("Succeeded" | "Failed", _) if vmi.finalizers().iter().any(|f| f == FINALIZER) => {
             cleanup(&agent, &uid).await;
             set_finalizer(&agent, &vmi, false).await?;
             Ok(Action::await_change())
@@ -135,32 +146,25 @@ async fn start(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value) -> Result
     set_finalizer(agent, vmi, true).await?;
     let uid = vmi.uid().unwrap_or_default();
     match launch(agent, vmi, value, &uid).await {
-        Ok((net_iface, vm_pid)) => {
-            let iface = net_iface.as_ref().map(|(n, net)| (n.as_str(), net.pod_ip.to_string(), net.mac.clone()));
-            let accel = if agent.accel == qemu::Accel::Kvm { "kvm" } else { "tcg" };
-            let st = status::running(
-                value,
-                iface.as_ref().map(|(n, ip, mac)| (*n, ip.as_str(), mac.as_str())),
-                accel,
-                &status::now(),
-            );
-            patch_status(agent, vmi, st).await?;
-            event(agent, vmi, false, "Started", format!("VirtualMachineInstance started (QEMU pid {vm_pid}, {accel})"))
-                .await;
-            Ok(Action::requeue(Duration::from_secs(60)))
-        }
+        Ok(local) => report_running(agent, vmi, value, &local).await,
         Err(e) => {
+            // The Failed arm of `reconcile` cleans up what was prepared, on the object this write produces.
             tracing::warn!(vmi = %vmi.name_any(), "start failed: {}: {}", e.reason, e.message);
-            cleanup(agent, &uid).await;
             patch_status(agent, vmi, status::failed(value, e.reason, &e.message, &status::now())).await?;
             event(agent, vmi, true, e.reason, e.message).await;
-            set_finalizer(agent, vmi, false).await?;
             Ok(Action::await_change())
         }
     }
 }
 
-type Launched = (Option<(String, VmiNetwork)>, u32);
+async fn report_running(agent: &Agent, vmi: &DynamicObject, value: &Value, l: &LocalVm) -> Result<Action, Error> {
+    let accel = agent.accel.as_str();
+    let iface = l.iface.as_ref().map(|(n, ip, mac)| (n.as_str(), ip.as_str(), mac.as_str()));
+    patch_status(agent, vmi, status::running(value, iface, accel, &status::now())).await?;
+    let note = format!("VirtualMachineInstance started (QEMU pid {}, {accel})", l.vm.pid());
+    event(agent, vmi, false, "Started", note).await;
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
 
 fn prepare_ctx(agent: &Agent) -> PrepareCtx<'_> {
     PrepareCtx {
@@ -173,7 +177,12 @@ fn prepare_ctx(agent: &Agent) -> PrepareCtx<'_> {
     }
 }
 
-async fn launch(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value, uid: &str) -> Result<Launched, PrepareError> {
+async fn launch(
+    agent: &Arc<Agent>,
+    vmi: &DynamicObject,
+    value: &Value,
+    uid: &str,
+) -> Result<Arc<LocalVm>, PrepareError> {
     let spec = value.get("spec").cloned().unwrap_or_default();
     let dir = dir(agent, uid);
     let ctx = prepare_ctx(agent);
@@ -181,31 +190,27 @@ async fn launch(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value, uid: &st
     let (net_agent, net_vmi, net_spec) = (agent.clone(), value.clone(), spec.clone());
     let net = tokio::task::spawn_blocking(move || prepare::network(&prepare_ctx(&net_agent), &net_vmi, &net_spec));
     let (volumes, kernel) = tokio::join!(prepare::volumes(&ctx, value, &spec, &dir), prepare::kernel_boot(&ctx, &spec));
-    let net = net.await.map_err(|e| PrepareError { reason: "NetworkError", message: e.to_string() })?;
+    let net = net.await.map_err(|e| PrepareError::new("NetworkError", e.to_string()))?;
     let (mut prepared, net) = (volumes?, net?);
     prepared.kernel_boot = kernel?;
     if let Some((name, n)) = &net {
         prepared.nics.insert(name.clone(), (n.tap.clone(), n.mac.clone()));
     }
-    // KubeVirt's default interface, when the VMI declares none, must appear in the translated spec too.
-    let mut spec_for_qemu = value.clone();
-    if spec.pointer("/domain/devices/interfaces").and_then(Value::as_array).is_none_or(|a| a.is_empty()) {
-        spec_for_qemu["spec"]["domain"]["devices"]["interfaces"] = json!(prepare::interfaces(&spec));
-    }
     let host = HostSettings { accel: agent.accel, sandbox: agent.cfg.sandbox, run_as: agent.cfg.run_as };
-    let mut cfg = translate::launch_config(&spec_for_qemu, &prepared, &dir.join("run"), &host)
-        .map_err(|m| PrepareError { reason: "InvalidSpec", message: m })?;
+    let mut cfg = translate::launch_config(value, &prepared, &dir.join("run"), &host)
+        .map_err(|m| PrepareError::new("InvalidSpec", m))?;
     cfg.netns = net.as_ref().map(|(_, n)| n.netns.clone());
     let dhcp_stop = match &net {
-        Some((_, n)) => Some(start_dhcp(n).map_err(|m| PrepareError { reason: "NetworkError", message: m })?),
+        Some((_, n)) => Some(start_dhcp(n).map_err(|m| PrepareError::new("NetworkError", m))?),
         None => None,
     };
-    let vm = qemu::launch(&cfg, &agent.qemu)
-        .await
-        .map_err(|e| PrepareError { reason: "QemuFailed", message: format!("{e:#}") })?;
-    let pid = vm.pid();
-    register(agent, vmi, uid, vm, dhcp_stop).await;
-    Ok((net, pid))
+    let vm = qemu::launch(&cfg, &agent.qemu).await.map_err(|e| PrepareError::new("QemuFailed", format!("{e:#}")))?;
+    Ok(register(agent, vmi, uid, vm, dhcp_stop, guest_iface(&net)).await)
+}
+
+/// What the VMI's status reports of its interface: name, pod IP, MAC.
+fn guest_iface(net: &Option<(String, VmiNetwork)>) -> Option<(String, String, String)> {
+    net.as_ref().map(|(name, n)| (name.clone(), n.pod_ip.to_string(), n.mac.clone()))
 }
 
 /// The DHCP server must listen before QEMU starts, or the guest's first DISCOVERs are lost.
@@ -232,11 +237,14 @@ async fn register(
     uid: &str,
     vm: RunningVm,
     dhcp_stop: Option<tokio::sync::oneshot::Sender<()>>,
-) {
-    let local = Arc::new(LocalVm { vm, dhcp_stop: std::sync::Mutex::new(dhcp_stop), stopping: Default::default() });
+    iface: Option<(String, String, String)>,
+) -> Arc<LocalVm> {
+    let local =
+        Arc::new(LocalVm { vm, dhcp_stop: std::sync::Mutex::new(dhcp_stop), stopping: Default::default(), iface });
     agent.vms.lock().await.insert(uid.to_string(), local.clone());
-    let (agent, vmi, uid) = (agent.clone(), vmi.clone(), uid.to_string());
+    let (agent, vmi, uid, watched) = (agent.clone(), vmi.clone(), uid.to_string(), local.clone());
     tokio::spawn(async move {
+        let local = watched;
         let exit = local.vm.wait_exit().await;
         if local.stopping.load(Ordering::SeqCst) {
             return;
@@ -258,30 +266,31 @@ async fn register(
         }
         event(&agent, &current, !ok, if ok { "Stopped" } else { "Failed" }, msg).await;
     });
+    local
 }
 
-async fn reattach(agent: &Arc<Agent>, value: &Value, uid: &str) -> anyhow::Result<()> {
+async fn reattach(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value, uid: &str) -> anyhow::Result<()> {
     let vm = qemu::attach(&dir(agent, uid).join("run")).await?;
-    let spec = value.get("spec").cloned().unwrap_or_default();
-    let ctx = prepare_ctx(agent);
     // Network setup converges on what exists, giving back the DHCP answer to serve again.
-    let net = prepare::network(&ctx, value, &spec).map_err(|e| anyhow::anyhow!("{}: {}", e.reason, e.message))?;
+    let (a, v) = (agent.clone(), value.clone());
+    let net = tokio::task::spawn_blocking(move || {
+        let spec = v.get("spec").cloned().unwrap_or_default();
+        prepare::network(&prepare_ctx(&a), &v, &spec)
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("{}: {}", e.reason, e.message))?;
     let dhcp_stop = match &net {
         Some((_, n)) => Some(start_dhcp(n).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let obj: DynamicObject = serde_json::from_value(value.clone())?;
-    tracing::info!(vmi = %obj.name_any(), pid = vm.pid(), "reattached to running guest");
-    register(agent, &obj, uid, vm, dhcp_stop).await;
+    tracing::info!(vmi = %vmi.name_any(), pid = vm.pid(), "reattached to running guest");
+    register(agent, vmi, uid, vm, dhcp_stop, guest_iface(&net)).await;
     Ok(())
 }
 
 async fn sync_pause(agent: &Agent, vmi: &DynamicObject, value: &Value, l: &LocalVm) -> Result<(), Error> {
-    let want = vmi.annotations().get(PAUSE_ANNOTATION).map(String::as_str) == Some("true");
-    let is = value
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Paused" && c["status"] == "True"));
+    let want = vmi.annotations().get(kumo_api::kubevirt::PAUSE_ANNOTATION).map(String::as_str) == Some("true");
+    let is = kumo_api::conditions::is_true(value, "Paused");
     if want == is {
         return Ok(());
     }
@@ -310,8 +319,12 @@ async fn cleanup(agent: &Agent, uid: &str) {
             let _ = tx.send(());
         }
     }
-    if let Err(e) = agent.node_net.teardown_vmi(uid) {
-        tracing::warn!("tearing down the network of {uid}: {e:#}");
+    // `ip` processes: off the async workers, like the setup.
+    let (node_net, id) = (agent.node_net.clone(), uid.to_string());
+    match tokio::task::spawn_blocking(move || node_net.teardown_vmi(&id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("tearing down the network of {uid}: {e:#}"),
+        Err(e) => tracing::warn!("tearing down the network of {uid}: {e}"),
     }
     if let Err(e) = agent.ipam.release(uid) {
         tracing::warn!("releasing the pod IP of {uid}: {e:#}");

@@ -3,9 +3,7 @@
 use kumo_api::conditions::set as set_condition;
 use serde_json::{json, Value};
 
-pub fn now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
+pub use kumo_api::meta::now_rfc3339 as now;
 
 fn conditions(vmi: &Value) -> Vec<Value> {
     vmi.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default()

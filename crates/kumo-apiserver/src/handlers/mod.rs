@@ -101,14 +101,6 @@ impl Call {
 const MAX_BODY: usize = 3 * 1024 * 1024;
 
 pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>) -> Resp {
-    if let Some(Target::Resource(p)) = parse_path(req.uri().path()) {
-        if p.group == crate::kubevirt::GROUP && p.subresource.as_deref() == Some("console") {
-            if !authorized(&api, req.headers()) {
-                return response::error(&ApiError::unauthorized());
-            }
-            return crate::console::proxy(&api, req, p).await;
-        }
-    }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let query = Query::parse(parts.uri.query());
@@ -132,6 +124,10 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>) 
         Target::Resource(p) => p,
         other => return crate::discovery::serve(&api, &other),
     };
+    if rpath.group == crate::kubevirt::GROUP && rpath.subresource.as_deref() == Some("console") {
+        // A WebSocket upgrade, proxied to the node: the body stays unread.
+        return crate::console::proxy(&api, Request::from_parts(parts, body), rpath).await;
+    }
     if accept.protobuf_only {
         return response::error(&ApiError::not_acceptable("only application/json and application/yaml are served"));
     }
@@ -158,12 +154,8 @@ fn plain(s: &'static str) -> Resp {
 }
 
 fn authorized(api: &ApiServer, headers: &http::HeaderMap) -> bool {
-    let Some(h) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let token = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")).unwrap_or("");
-    // Compare in constant time: the token is the only secret guarding the API.
-    token.len() == api.token.len() && token.bytes().zip(api.token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    let auth = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    kumo_api::bearer::matches(auth, &api.token)
 }
 
 async fn route(api: &Arc<ApiServer>, call: Call) -> Result<Resp, ApiError> {
