@@ -5,7 +5,7 @@ memory per running VM (QEMU excluded: it is a separate process).
 
 Usage: scripts/bench-vm.sh [--runs N] [--vms N]   (needs root, and scripts/setup.sh done)
 """
-import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time, urllib.request
+import argparse, json, os, shutil, signal, socket, statistics, subprocess, tempfile, threading, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("KUMO_CACHE", os.path.expanduser("~/.cache/kumo"))
@@ -106,22 +106,6 @@ def kubectl(kubeconfig, *args, stdin=None):
                           text=True, check=True).stdout
 
 
-VMI = """apiVersion: kubevirt.io/v1
-kind: VirtualMachineInstance
-metadata: {{name: {name}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  domain:
-    memory: {{guest: 256Mi}}
-    devices:
-      disks: [{{name: root, disk: {{bus: virtio}}}}]
-      interfaces: [{{name: default, masquerade: {{}}, ports: [{{port: 8080}}]}}]
-      rng: {{}}
-  networks: [{{name: default, pod: {{}}}}]
-  volumes: [{{name: root, containerDisk: {{image: quay.io/kumo/test-guest:latest}}}}]
-"""
-
-
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -156,16 +140,16 @@ def main():
         procs.append(agent)
         time.sleep(2)
         # Warm the image cache once (a pull is not part of boot time on a node that has the image).
-        kubectl(kc, "apply", "-f", "-", stdin=VMI.format(name="warm"))
+        kubectl(kc, "apply", "-f", "-", stdin=json.dumps(vmi_object("warm")))
         kubectl(kc, "wait", "vmi", "warm", "--for=condition=Ready", "--timeout=300s")
         kubectl(kc, "delete", "vmi", "warm", "--timeout=120s")
 
         bare, kumo = [], []
+        api = Api(kc)
+        vmis = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances"
         for i in range(a.runs):
             b = bare_qemu(work)
             bare.append(b)
-            api = Api(kc)
-            vmis = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances"
             t0 = time.monotonic()
             api.call("POST", vmis, vmi_object(f"b{i}"))
             ip = ""
@@ -174,6 +158,8 @@ def main():
                 ip = ((got.get("status") or {}).get("interfaces") or [{}])[0].get("ipAddress", "")
                 if not ip:
                     time.sleep(0.02)
+            if not ip:
+                raise RuntimeError(f"VMI b{i} reported no IP address within 120 s")
             k = wait_http(f"http://{ip}:8080/", t0 + 180) - t0
             kumo.append(k)
             print(f"run {i + 1}: bare qemu {b:.2f} s, kumo {k:.2f} s, ratio {k / b:.3f}", flush=True)
@@ -183,7 +169,7 @@ def main():
         time.sleep(2)
         idle = rss_kib(agent.pid)
         for i in range(a.vms):
-            kubectl(kc, "apply", "-f", "-", stdin=VMI.format(name=f"m{i}"))
+            kubectl(kc, "apply", "-f", "-", stdin=json.dumps(vmi_object(f"m{i}")))
         for i in range(a.vms):
             kubectl(kc, "wait", "vmi", f"m{i}", "--for=condition=Ready", "--timeout=300s")
         time.sleep(3)

@@ -12,13 +12,12 @@
 //! ```
 //! Linux (`isofs`), libblkid, `isoinfo` and `xorriso` read the Joliet tree, so names keep their case, `-` and `_`.
 
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Logical sector (and block) size of every image written here.
 /// Zero sectors at the end of every image.
 pub const PAD_SECTORS: u32 = 150;
-
+/// Logical sector (and block) size of every image written here.
 pub const SECTOR: usize = 2048;
 /// First sector after the volume descriptors (16 system-area sectors + PVD + SVD + terminator).
 const FIRST_FREE_SECTOR: u32 = 19;
@@ -49,7 +48,7 @@ impl IsoBuilder {
     /// A builder for a volume labelled `volume_id` in both descriptors (the Joliet label holds 16 characters,
     /// the primary one 32; non-ASCII characters become `_` in the primary label). Dates default to now.
     pub fn new(volume_id: &str) -> Self {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let now = chrono::Utc::now().timestamp();
         IsoBuilder { volume_id: volume_id.to_string(), files: Vec::new(), timestamp: now }
     }
 
@@ -454,32 +453,22 @@ fn terminator() -> Vec<u8> {
     s
 }
 
-/// (year, month, day, hour, minute, second) in UTC, years clamped to what ISO 9660 dates can hold.
-fn civil(unix_secs: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let secs = unix_secs.clamp(-2_208_988_800, 253_402_300_799); // 1900-01-01 ..= 9999-12-31
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, (rem / 3600) as u32, (rem % 3600 / 60) as u32, (rem % 60) as u32)
+/// The UTC time of `unix_secs`, clamped to the years ISO 9660 dates can hold (1900 ..= 9999).
+fn civil(unix_secs: i64) -> DateTime<Utc> {
+    let secs = unix_secs.clamp(-2_208_988_800, 253_402_300_799);
+    DateTime::from_timestamp(secs, 0).expect("clamped into chrono's range")
 }
 
 /// 7-byte directory record date: years since 1900, month, day, hour, minute, second, UTC offset 0.
 fn dir_date(unix_secs: i64) -> [u8; 7] {
-    let (y, mo, d, h, mi, s) = civil(unix_secs);
-    [(y - 1900).clamp(0, 255) as u8, mo as u8, d as u8, h as u8, mi as u8, s as u8, 0]
+    let t = civil(unix_secs);
+    let year = (t.year() - 1900).clamp(0, 255) as u8;
+    [year, t.month() as u8, t.day() as u8, t.hour() as u8, t.minute() as u8, t.second() as u8, 0]
 }
 
 /// 17-byte volume descriptor date: `YYYYMMDDHHMMSScc` in ASCII and a UTC offset byte of 0.
 fn volume_date(unix_secs: i64) -> [u8; 17] {
-    let (y, mo, d, h, mi, s) = civil(unix_secs);
-    let text = format!("{:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}00", y.clamp(1900, 9999));
+    let text = civil(unix_secs).format("%Y%m%d%H%M%S00").to_string();
     let mut out = [0u8; 17];
     out[..16].copy_from_slice(text.as_bytes());
     out

@@ -277,11 +277,11 @@ fn add_file_rejects_bad_paths() {
 
 #[test]
 fn dates() {
-    assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
-    assert_eq!(civil(951_782_400), (2000, 2, 29, 0, 0, 0));
-    assert_eq!(civil(T), (2023, 11, 14, 22, 13, 20));
-    assert_eq!(civil(-1), (1969, 12, 31, 23, 59, 59));
+    assert_eq!(dir_date(0), [70, 1, 1, 0, 0, 0, 0]);
+    assert_eq!(dir_date(951_782_400), [100, 2, 29, 0, 0, 0, 0]);
+    assert_eq!(dir_date(-1), [69, 12, 31, 23, 59, 59, 0]);
     assert_eq!(dir_date(T), [123, 11, 14, 22, 13, 20, 0]);
     assert_eq!(&volume_date(T), b"2023111422132000\0");
     assert_eq!(dir_date(i64::MIN)[..3], [0, 1, 1]);
+    assert_eq!(&volume_date(i64::MAX), b"9999123123595900\0");
 }

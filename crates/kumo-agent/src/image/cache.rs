@@ -81,10 +81,6 @@ impl ImageCache {
         ImageCache { root: root.into(), locks: Mutex::new(HashMap::new()) }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Returns the base image for `reference`, pulling it if needed. A digest reference already in the cache
     /// needs no network. A tag is resolved against the registry (mirrors first); if that fails and the tag
     /// was pulled before, the cached image is used and a warning logged, so VMs still start while a registry
@@ -124,7 +120,7 @@ impl ImageCache {
         let r = Reference::parse(reference)?;
         // A digest names exactly one image, so a cached one is always current.
         if r.digest.is_some() || policy != PullPolicy::Always {
-            if let Some(hit) = self.lookup_selected(&r, want)? {
+            if let Some(hit) = self.lookup(&r, want)? {
                 return Ok(hit);
             }
         }
@@ -134,7 +130,7 @@ impl ImageCache {
         let client = RegistryClient::new(cfg.clone());
         let pulled = match client.manifest(&r).await {
             Ok(p) => p,
-            Err(e) => match self.lookup_selected(&r, want)? {
+            Err(e) => match self.lookup(&r, want)? {
                 Some(hit) => {
                     tracing::warn!(reference = %r, error = %format!("{e:#}"),
                         "cannot resolve the reference; using what it last resolved to from the cache");
@@ -153,16 +149,9 @@ impl ImageCache {
         Ok(got)
     }
 
-    /// The cached disk for `reference` without touching the network: by its digest, or by the digest it last
-    /// resolved to.
-    pub fn lookup(&self, reference: &Reference) -> Result<Option<CachedDisk>> {
-        Ok(match self.lookup_selected(reference, &Select::Disk)? {
-            Some(Got::Disk(d)) => Some(d),
-            _ => None,
-        })
-    }
-
-    fn lookup_selected(&self, reference: &Reference, want: &Select) -> Result<Option<Got>> {
+    /// What `want` selects of `reference` in the cache, without touching the network: by its digest, or by the
+    /// digest it last resolved to.
+    fn lookup(&self, reference: &Reference, want: &Select) -> Result<Option<Got>> {
         if let Some(digest) = &reference.digest {
             if let Some(hit) = self.cached(digest, want)? {
                 return Ok(Some(hit));
@@ -318,7 +307,7 @@ enum Select {
 impl Select {
     fn matches(&self, parts: &[String]) -> bool {
         match self {
-            Select::Disk => parts.first().map(String::as_str) == Some("disk"),
+            Select::Disk => parts.len() > 1 && parts[0] == "disk",
             Select::Files(paths) => paths.contains(&parts.join("/")),
         }
     }
@@ -429,7 +418,7 @@ fn scan_layer(
                 "{name} is a link (to {target:?}); kumo takes only regular files from an image: name the file itself"
             );
         }
-        if parts.len() == 1 || kind.is_dir() {
+        if kind.is_dir() {
             continue;
         }
         if !(kind.is_file() || kind.is_gnu_sparse()) {

@@ -21,6 +21,6 @@ mod transport;
 mod tests;
 
 pub use cache::{CachedDisk, ImageCache, PullPolicy};
-pub use disk::{check_image, create_empty_disk, create_overlay, image_info, parse_quantity, ImageInfo};
+pub use disk::{create_empty_disk, create_overlay, image_info, ImageInfo};
 pub use reference::{Reference, ReferenceError};
 pub use registry::{Descriptor, Endpoint, ImageManifest, Pulled, RegistryClient, RegistryConfig};

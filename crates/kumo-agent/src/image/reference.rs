@@ -81,11 +81,6 @@ impl Reference {
     pub fn object(&self) -> &str {
         self.digest.as_deref().or(self.tag.as_deref()).unwrap_or(DEFAULT_TAG)
     }
-
-    /// `registry/repository`, without tag or digest.
-    pub fn name(&self) -> String {
-        format!("{}/{}", self.registry, self.repository)
-    }
 }
 
 impl fmt::Display for Reference {
@@ -268,7 +263,7 @@ mod tests {
             assert_eq!(Reference::parse(s).unwrap().to_string(), s);
             assert_eq!(s.parse::<Reference>().unwrap().to_string(), s);
         }
-        assert_eq!(Reference::parse("img").unwrap().name(), "docker.io/library/img");
+        assert_eq!(Reference::parse("img").unwrap().to_string(), "docker.io/library/img:latest");
         assert_eq!(Reference::parse("quay.io/a/b:v2").unwrap().object(), "v2");
     }
 

@@ -162,13 +162,15 @@ pub(crate) async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>> {
     }
 }
 
-/// The client TLS configuration: ring provider, system roots, HTTP/1.1 ALPN. Built once.
+/// The client TLS configuration: ring provider, system roots, HTTP/1.1 ALPN. Built once it can be (a failure,
+/// such as a missing CA bundle, is retried on the next pull, so installing ca-certificates needs no restart).
 fn tls_config() -> Result<Arc<rustls::ClientConfig>> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| build_tls_config().map(Arc::new).map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    if let Some(c) = CONFIG.get() {
+        return Ok(c.clone());
+    }
+    let built = Arc::new(build_tls_config()?);
+    Ok(CONFIG.get_or_init(|| built).clone())
 }
 
 fn build_tls_config() -> Result<rustls::ClientConfig> {

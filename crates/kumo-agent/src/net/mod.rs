@@ -1,9 +1,10 @@
 //! Networking for VMIs: each VMI's QEMU runs in its own network namespace, wired to the node like a pod.
 //!
-//! Where to start: [`setup()`] plumbs one VMI (namespace `kumo-<id>`, veth to the node bridge `kumo0`, the inner
-//! bridge `k6t-br` with the guest's tap, NAT for the masquerade binding) and returns a [`VmiNetwork`];
-//! [`VmiNetwork::bind_dhcp`] then creates the DHCP socket inside that namespace and [`dhcp::serve`] answers the
-//! guest — start it before QEMU. [`teardown()`] removes it all. [`Ipam`] hands out the pod addresses.
+//! Where to start: [`NodeNet::ensure`] sets up the node once; [`NodeNet::setup_vmi`] plumbs one VMI (namespace
+//! `kumo-<id>`, veth to the node bridge `kumo0`, the inner bridge `k6t-br` with the guest's tap, NAT for the
+//! masquerade binding) and returns a [`VmiNetwork`]; [`VmiNetwork::bind_dhcp`] then creates the DHCP socket
+//! inside that namespace and [`dhcp::serve`] answers the guest — start it before QEMU.
+//! [`NodeNet::teardown_vmi`] removes it all. [`Ipam`] hands out the pod addresses.
 //!
 //! Topology (verified on these machines, see DESIGN.md):
 //!
@@ -30,6 +31,4 @@ mod tests;
 pub use dhcp::{bind_in_netns, serve, DhcpConfig};
 pub use ipam::Ipam;
 pub use nft::Proto;
-pub use setup::{
-    host_veth_name, mac_for, netns_name, setup, teardown, Binding, GuestLink, NodeNet, VmiNetwork, VmiSpec,
-};
+pub use setup::{host_veth_name, mac_for, netns_name, Binding, GuestLink, NodeNet, VmiNetwork, VmiSpec};

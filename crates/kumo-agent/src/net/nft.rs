@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 
-use super::netns::{run, run_stdin, succeeds};
+use super::netns::run_stdin;
 
 /// The table name kumo uses in every namespace (families `ip` and `bridge`).
 pub const TABLE: &str = "kumo";
@@ -120,24 +120,15 @@ pub fn apply(netns: Option<&str>, family: &str, ruleset: &str) -> Result<()> {
     nft(netns, &["-f", "-"], Some(&script)).map(drop)
 }
 
-/// Deletes table `family kumo`; succeeds if it does not exist.
+/// Deletes table `family kumo`; succeeds if it does not exist (adding it first makes the delete always valid).
 pub fn delete(netns: Option<&str>, family: &str) -> Result<()> {
-    let exists = match netns {
-        Some(ns) => succeeds("ip", &["netns", "exec", ns, "nft", "list", "table", family, TABLE]),
-        None => succeeds("nft", &["list", "table", family, TABLE]),
-    };
-    if exists {
-        nft(netns, &["delete", "table", family, TABLE], None)?;
-    }
-    Ok(())
+    let script = format!("add table {family} {TABLE}\ndelete table {family} {TABLE}\n");
+    nft(netns, &["-f", "-"], Some(&script)).map(drop)
 }
 
 /// The whole ruleset of a namespace (for diagnostics and tests).
 pub fn list_ruleset(netns: Option<&str>) -> Result<String> {
-    match netns {
-        Some(ns) => run("ip", &["netns", "exec", ns, "nft", "list", "ruleset"]),
-        None => run("nft", &["list", "ruleset"]),
-    }
+    nft(netns, &["list", "ruleset"], None)
 }
 
 #[cfg(test)]

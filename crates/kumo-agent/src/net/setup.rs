@@ -145,29 +145,41 @@ pub fn host_veth_name(uid: &str) -> String {
 
 /// A stable, locally administered unicast MAC for a uid: `02:4b:56` ("KV") and three hashed bytes.
 pub fn mac_for(uid: &str) -> String {
-    let h = Sha256::digest(uid.as_bytes());
-    format!("02:4b:56:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
+    hashed_mac("02:4b:56", uid)
 }
 
-fn ip_in(ns: &str, args: &[&str]) -> Result<String> {
-    let mut v = vec!["-n", ns];
+/// `prefix` (three locally administered unicast bytes) and three bytes hashed from `seed`.
+fn hashed_mac(prefix: &str, seed: &str) -> String {
+    let h = Sha256::digest(seed.as_bytes());
+    format!("{prefix}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
+}
+
+/// `ip ARGS`, inside namespace `ns` when given.
+fn ip(ns: Option<&str>, args: &[&str]) -> Result<String> {
+    let mut v = Vec::with_capacity(args.len() + 2);
+    if let Some(ns) = ns {
+        v.extend_from_slice(&["-n", ns]);
+    }
     v.extend_from_slice(args);
     run("ip", &v)
 }
 
+fn ip_in(ns: &str, args: &[&str]) -> Result<String> {
+    ip(Some(ns), args)
+}
+
 fn link_exists(ns: Option<&str>, dev: &str) -> bool {
-    match ns {
-        Some(ns) => succeeds("ip", &["-n", ns, "link", "show", "dev", dev]),
-        None => succeeds("ip", &["link", "show", "dev", dev]),
+    let mut v = Vec::with_capacity(6);
+    if let Some(ns) = ns {
+        v.extend_from_slice(&["-n", ns]);
     }
+    v.extend_from_slice(&["link", "show", "dev", dev]);
+    succeeds("ip", &v)
 }
 
 fn del_link(ns: Option<&str>, dev: &str) -> Result<()> {
     if link_exists(ns, dev) {
-        match ns {
-            Some(ns) => ip_in(ns, &["link", "del", "dev", dev])?,
-            None => run("ip", &["link", "del", "dev", dev])?,
-        };
+        ip(ns, &["link", "del", "dev", dev])?;
     }
     Ok(())
 }
@@ -176,29 +188,21 @@ fn del_link(ns: Option<&str>, dev: &str) -> Result<()> {
 /// Linux bridge takes the lowest MAC of its ports, so the gateway's MAC would change under running guests
 /// whenever a VMI's veth came or went.
 fn ensure_bridge(ns: Option<&str>, name: &str, mac: &str) -> Result<()> {
-    let ip = |args: &[&str]| match ns {
-        Some(ns) => ip_in(ns, args),
-        None => run("ip", args),
-    };
     if !link_exists(ns, name) {
-        ip(&["link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
+        ip(ns, &["link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
     }
-    ip(&["link", "set", "dev", name, "address", mac])?;
+    ip(ns, &["link", "set", "dev", name, "address", mac])?;
     Ok(())
 }
 
 /// A stable locally administered MAC for kumo's own bridges: `02:4b:4e` ("KN") and three hashed bytes of `seed`.
 fn infra_mac(seed: &str) -> String {
-    let h = Sha256::digest(seed.as_bytes());
-    format!("02:4b:4e:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
+    hashed_mac("02:4b:4e", seed)
 }
 
 impl NodeNet {
     fn ip(&self, args: &[&str]) -> Result<String> {
-        match &self.netns {
-            Some(ns) => ip_in(ns, args),
-            None => run("ip", args),
-        }
+        ip(self.netns.as_deref(), args)
     }
 
     fn network(&self) -> Ipv4Addr {
@@ -252,7 +256,8 @@ impl NodeNet {
             Some(m) => {
                 let b = dhcp::parse_mac(m).with_context(|| format!("bad MAC {m:?}"))?;
                 ensure!(b[0] & 1 == 0, "MAC {m} is multicast");
-                m.to_ascii_lowercase()
+                // One spelling from here on (QEMU, ip, DHCP): `aa:bb:cc:dd:ee:ff`, whatever was written.
+                b.map(|x| format!("{x:02x}")).join(":")
             }
             None => mac_for(&spec.uid),
         };
@@ -386,11 +391,10 @@ impl NodeNet {
             del_link(node_ns, &host_veth_name(uid))?;
         }
         if netns::exists(&ns) {
+            // Links go explicitly (an open fd can keep the namespace alive); its nft tables go with it.
             for dev in [TAP, POD_IFACE, INNER_BRIDGE] {
                 del_link(Some(&ns), dev)?;
             }
-            nft::delete(Some(&ns), "ip")?;
-            nft::delete(Some(&ns), "bridge")?;
             netns::delete(&ns)?;
         }
         if netns::exists(&ns) {
@@ -398,31 +402,6 @@ impl NodeNet {
         }
         Ok(())
     }
-}
-
-/// Sets up a VMI on the default node network (`kumo0`, 10.244.0.1/24, the agent's namespace), ensuring the
-/// node level first. `tap_owner` is the (uid, gid) QEMU runs as.
-pub fn setup(
-    vmi_uid: &str,
-    binding: Binding,
-    pod_ip: Ipv4Addr,
-    mac: Option<&str>,
-    tap_owner: Option<(u32, u32)>,
-) -> Result<VmiNetwork> {
-    let node = NodeNet::default();
-    node.ensure()?;
-    node.setup_vmi(&VmiSpec {
-        uid: vmi_uid.into(),
-        binding,
-        pod_ip,
-        mac: mac.map(str::to_string),
-        link: GuestLink::Tap { owner: tap_owner },
-    })
-}
-
-/// Tears down a VMI set up by [`setup`].
-pub fn teardown(vmi_uid: &str) -> Result<()> {
-    NodeNet::default().teardown_vmi(vmi_uid)
 }
 
 #[cfg(test)]

@@ -82,16 +82,13 @@ fn machine(a: &mut Args, cfg: &LaunchConfig) {
     match cfg.accel {
         Accel::Kvm => {
             a.push("-accel", "kvm");
-            a.push("-cpu", "host");
             // The PIT injects missed ticks late instead of dropping them (libvirt's tickpolicy=delay, which
             // KubeVirt asks for); the device exists only with KVM's in-kernel irqchip.
             a.push("-global", "kvm-pit.lost_tick_policy=delay");
         }
-        Accel::Tcg => {
-            a.push("-accel", "tcg,thread=multi");
-            a.push("-cpu", "max");
-        }
+        Accel::Tcg => a.push("-accel", "tcg,thread=multi"),
     }
+    a.push("-cpu", cfg.accel.cpu_model());
     let c = cfg.cpu;
     a.push("-smp", format!("{},sockets={},cores={},threads={}", c.vcpus(), c.sockets, c.cores, c.threads));
     a.push("-m", format!("{}M", cfg.memory_mib));

@@ -209,6 +209,14 @@ pub enum Accel {
 }
 
 impl Accel {
+    /// The CPU model used with this accelerator: the host's CPU under KVM, QEMU's most capable one under TCG.
+    pub fn cpu_model(self) -> &'static str {
+        match self {
+            Accel::Kvm => "host",
+            Accel::Tcg => "max",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Accel::Kvm => "kvm",

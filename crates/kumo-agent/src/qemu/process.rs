@@ -5,6 +5,7 @@
 //! a handle from [`attach`] after an agent restart behaves exactly like one from [`launch`]. The run
 //! directory is the only shared state: pid file, QMP socket, serial socket, logs ([`RunPaths`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -231,6 +232,12 @@ impl RunningVm {
 
 /// The version of `qemu_binary`, from `--version`.
 pub async fn qemu_version(qemu_binary: &Path) -> Result<QemuVersion> {
+    // Asked once per binary: every launch needs it, and a QEMU process per launch is boot time.
+    static KNOWN: OnceLock<Mutex<HashMap<PathBuf, QemuVersion>>> = OnceLock::new();
+    let known = KNOWN.get_or_init(Default::default);
+    if let Some(v) = known.lock().unwrap().get(qemu_binary) {
+        return Ok(*v);
+    }
     let out = Command::new(qemu_binary)
         .arg("--version")
         .stdin(Stdio::null())
@@ -238,7 +245,9 @@ pub async fn qemu_version(qemu_binary: &Path) -> Result<QemuVersion> {
         .await
         .with_context(|| format!("running {} --version", qemu_binary.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    QemuVersion::parse(&text).ok_or_else(|| anyhow!("cannot parse QEMU version from {text:?}"))
+    let v = QemuVersion::parse(&text).ok_or_else(|| anyhow!("cannot parse QEMU version from {text:?}"))?;
+    known.lock().unwrap().insert(qemu_binary.to_path_buf(), v);
+    Ok(v)
 }
 
 /// `qemu-system-x86_64` from `PATH`, if installed.
@@ -282,7 +291,7 @@ pub async fn detect_accel(qemu: &Path, probe_kernel: Option<&Path>) -> Accel {
 /// Boot `kernel` with no disks under `accel`; true if it printed its banner and reached init or a panic
 /// within `timeout`.
 pub(crate) async fn probe_kernel_boot(qemu: &Path, kernel: &Path, accel: Accel, timeout: Duration) -> Result<bool> {
-    let cpu = if accel == Accel::Kvm { "host" } else { "max" };
+    let cpu = accel.cpu_model();
     let mut cmd = Command::new(qemu);
     cmd.args(["-machine", "q35", "-accel", accel.as_str(), "-cpu", cpu, "-m", "256M"])
         .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"])

@@ -144,11 +144,6 @@ impl QmpClient {
         &self.greeting
     }
 
-    /// Change how long commands wait for their response.
-    pub fn set_timeout(&mut self, timeout: Duration) {
-        self.timeout = timeout;
-    }
-
     /// Run `cmd` with optional `arguments` and return its `return` value.
     pub async fn execute(&self, cmd: &str, args: Option<Value>) -> Result<Value, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -1,7 +1,7 @@
 //! Making a VMI's resources ready on the host before QEMU starts: disk files (containerDisk overlays,
 //! emptyDisk, hostDisk), cloud-init ISOs, and the network namespace with its DHCP answer.
 
-use super::translate::Prepared;
+use super::translate::{interfaces, Prepared};
 use crate::cloudinit::{self, CloudInitData, SecretData};
 use crate::image::{create_empty_disk, create_overlay, ImageCache, PullPolicy, RegistryConfig};
 use crate::net::{Binding, GuestLink, Ipam, NodeNet, Proto, VmiNetwork, VmiSpec};
@@ -20,7 +20,7 @@ pub struct PrepareError {
 }
 
 impl PrepareError {
-    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: &'static str, message: impl Into<String>) -> Self {
         PrepareError { reason, message: message.into() }
     }
 }
@@ -38,19 +38,14 @@ fn s<'a>(v: &'a Value, p: &str) -> Option<&'a str> {
     v.pointer(p).and_then(Value::as_str)
 }
 
-/// The interfaces a VMI gets: its own, or (KubeVirt's default) one masquerade NIC on the pod network.
-pub fn interfaces(spec: &Value) -> Vec<Value> {
-    let ifaces = spec.pointer("/domain/devices/interfaces").and_then(Value::as_array).cloned().unwrap_or_default();
-    let networks = spec.get("networks").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
-    if ifaces.is_empty() && networks == 0 {
-        return vec![serde_json::json!({"name": "default", "masquerade": {}})];
-    }
-    ifaces
+/// The guest's host name, as KubeVirt gives it: `spec.hostname`, else the VMI's name.
+fn hostname<'a>(vmi: &'a Value, spec: &'a Value) -> &'a str {
+    s(spec, "/hostname").or(s(vmi, "/metadata/name")).unwrap_or("vmi")
 }
 
-fn binding(iface: &Value) -> Result<Binding, PrepareError> {
+fn binding(iface: &Value) -> Binding {
     if iface.get("bridge").is_some() {
-        return Ok(Binding::Bridge);
+        return Binding::Bridge;
     }
     let mut ports = Vec::new();
     for p in iface.get("ports").and_then(Value::as_array).into_iter().flatten() {
@@ -61,7 +56,7 @@ fn binding(iface: &Value) -> Result<Binding, PrepareError> {
         };
         ports.push((port, proto));
     }
-    Ok(Binding::Masquerade { ports })
+    Binding::Masquerade { ports }
 }
 
 /// Sets up the VMI's network (one pod-network interface, as in KubeVirt's default).
@@ -79,17 +74,16 @@ pub fn network(ctx: &PrepareCtx, vmi: &Value, spec: &Value) -> Result<Option<(St
         ctx.ipam.allocate(uid).map_err(|e| PrepareError::new("NetworkError", format!("allocating a pod IP: {e:#}")))?;
     let spec_net = VmiSpec {
         uid: uid.to_string(),
-        binding: binding(iface)?,
+        binding: binding(iface),
         pod_ip,
-        mac: s(iface, "/macAddress").map(|m| m.to_lowercase().replace('-', ":")),
+        mac: s(iface, "/macAddress").map(String::from),
         link: GuestLink::Tap { owner: ctx.tap_owner },
     };
-    ctx.node_net.ensure().map_err(|e| PrepareError::new("NetworkError", format!("node network: {e:#}")))?;
     let mut net = ctx
         .node_net
         .setup_vmi(&spec_net)
         .map_err(|e| PrepareError::new("NetworkError", format!("setting up the VMI network: {e:#}")))?;
-    net.dhcp.hostname = Some(s(spec, "/hostname").or(s(vmi, "/metadata/name")).unwrap_or("vmi").to_string());
+    net.dhcp.hostname = Some(hostname(vmi, spec).to_string());
     net.dhcp.dns = host_nameservers();
     Ok(Some((s(iface, "/name").unwrap_or("default").to_string(), net)))
 }
@@ -225,7 +219,8 @@ async fn cloud_init_iso(
     let ns = s(vmi, "/metadata/namespace").unwrap_or("default");
     let mut secrets: BTreeMap<String, SecretData> = BTreeMap::new();
     for key in ["/secretRef/name", "/networkDataSecretRef/name"] {
-        if let Some(secret) = s(src, key) {
+        // KubeVirt's examples often name one Secret for both: read it once.
+        if let Some(secret) = s(src, key).filter(|n| !secrets.contains_key(*n)) {
             let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
             let got = api
                 .get(secret)
@@ -244,7 +239,7 @@ async fn cloud_init_iso(
         user_data,
         network_data,
         instance_id: s(vmi, "/metadata/uid").unwrap_or_default().to_string(),
-        hostname: s(spec, "/hostname").or(s(vmi, "/metadata/name")).unwrap_or("vmi").to_string(),
+        hostname: hostname(vmi, spec).to_string(),
     };
     Ok(if config_drive { cloudinit::configdrive_iso(&data) } else { cloudinit::nocloud_iso(&data) })
 }

@@ -3,7 +3,7 @@
 
 use crate::qemu::{Accel, Bus, CpuTopology, DeviceKind, DiskConfig, DiskFormat, KernelBoot, LaunchConfig, NicConfig};
 use kumo_api::quantity;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -35,11 +35,11 @@ fn u32_at(v: &Value, p: &str) -> u32 {
 
 /// Guest memory in MiB: `memory.guest`, else `resources.requests.memory`, else `resources.limits.memory`.
 pub fn memory_mib(spec: &Value) -> Result<u64, String> {
-    let q = ["/domain/memory/guest", "/domain/resources/requests/memory", "/domain/resources/limits/memory"]
+    let (path, q) = ["/domain/memory/guest", "/domain/resources/requests/memory", "/domain/resources/limits/memory"]
         .iter()
-        .find_map(|p| spec.pointer(p))
+        .find_map(|p| Some((p, spec.pointer(p)?)))
         .ok_or("spec.domain.memory.guest or spec.domain.resources.requests.memory is required")?;
-    let bytes = quantity::from_value(q).map_err(|e| format!("spec.domain.memory.guest: {e}"))?;
+    let bytes = quantity::from_value(q).map_err(|e| format!("spec{}: {e}", path.replace('/', ".")))?;
     Ok(bytes.div_ceil(1 << 20).max(16))
 }
 
@@ -51,6 +51,16 @@ fn bus(name: Option<&str>, default: Bus, field: &str) -> Result<Bus, String> {
         "scsi" => Ok(Bus::Scsi),
         other => Err(format!("{field}: unsupported bus {other:?} (virtio, sata or scsi)")),
     }
+}
+
+/// The interfaces a VMI gets: its own, or (KubeVirt's default) one masquerade NIC on the pod network.
+pub fn interfaces(spec: &Value) -> Vec<Value> {
+    let ifaces = spec.pointer("/domain/devices/interfaces").and_then(Value::as_array).cloned().unwrap_or_default();
+    let networks = spec.get("networks").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+    if ifaces.is_empty() && networks == 0 {
+        return vec![json!({"name": "default", "masquerade": {}})];
+    }
+    ifaces
 }
 
 pub fn launch_config(
@@ -112,8 +122,7 @@ pub fn launch_config(
             serial: s(d, "/serial").map(String::from),
         });
     }
-    let ifaces = spec.pointer("/domain/devices/interfaces").and_then(Value::as_array).cloned().unwrap_or_default();
-    for iface in &ifaces {
+    for iface in &interfaces(spec) {
         let iname = s(iface, "/name").unwrap_or_default();
         let (tap, mac) =
             prepared.nics.get(iname).cloned().ok_or_else(|| format!("interface {iname:?} has no prepared tap"))?;
@@ -136,7 +145,6 @@ pub fn launch_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn vmi() -> Value {
         json!({"metadata": {"name": "vm1", "namespace": "ns", "uid": "6f1c2b1e-0000-4000-8000-000000000001"},
@@ -172,6 +180,11 @@ mod tests {
         assert_eq!(c.disks[2].bus, Bus::Scsi);
         assert_eq!(c.nics[0].model, "virtio-net-pci");
         assert_eq!(c.nics[0].tap, "tap0");
+        // No interfaces and no networks: KubeVirt's default masquerade NIC is still there.
+        let mut bare = vmi();
+        bare["spec"]["domain"]["devices"].as_object_mut().unwrap().remove("interfaces");
+        let c = launch_config(&bare, &prepared(), Path::new("/run/kumo/x"), &host).unwrap();
+        assert_eq!((c.nics.len(), c.nics[0].name.as_str()), (1, "default"));
     }
 
     #[test]
@@ -184,5 +197,7 @@ mod tests {
         v["spec"]["domain"]["devices"]["disks"][0]["disk"]["bus"] = json!("ide");
         assert!(launch_config(&v, &prepared(), Path::new("/r"), &host).unwrap_err().contains("disks[0]"));
         assert_eq!(memory_mib(&json!({"domain": {"resources": {"requests": {"memory": "1Gi"}}}})).unwrap(), 1024);
+        let bad = memory_mib(&json!({"domain": {"resources": {"limits": {"memory": "lots"}}}})).unwrap_err();
+        assert!(bad.starts_with("spec.domain.resources.limits.memory:"), "{bad}");
     }
 }

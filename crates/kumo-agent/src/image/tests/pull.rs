@@ -141,6 +141,7 @@ async fn kernel_boot_files_are_extracted_by_path() {
                 &[
                     Entry::File("boot/vmlinuz", kernel.clone()),
                     Entry::File("boot/initrd.img", initrd.clone()),
+                    Entry::File("vmlinuz", kernel.clone()),
                     Entry::Symlink("boot/vmlinuz-link", "vmlinuz"),
                 ],
                 true,
@@ -161,6 +162,8 @@ async fn kernel_boot_files_are_extracted_by_path() {
     assert_eq!(std::fs::read(&got[1]).unwrap(), initrd);
     assert_eq!(std::fs::metadata(&got[0]).unwrap().permissions().mode() & 0o777, 0o444);
     assert!(stray_files(cache_dir.path()).is_empty(), "{:?}", stray_files(cache_dir.path()));
+    let at_root = cache.files_for(&reference, &cfg, PullPolicy::Always, &["/vmlinuz"]).await.unwrap();
+    assert_eq!(std::fs::read(&at_root[0]).unwrap(), kernel, "a file at the image root");
 
     // What is missing, linked or not a path is named.
     let err = |paths: &'static [&'static str]| {
