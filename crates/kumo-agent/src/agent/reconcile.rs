@@ -118,7 +118,11 @@ pub async fn reconcile(vmi: Arc<DynamicObject>, agent: Arc<Agent>) -> Result<Act
         ("Running", None) => {
             // After an agent restart: reattach to the guest if it is still running.
             match reattach(&agent, &vmi, &value, &uid).await {
-                Ok(()) => Ok(Action::requeue(Duration::from_secs(60))),
+                Ok(l) => {
+                    // A pause asked for while the agent was away applies now.
+                    sync_pause(&agent, &vmi, &value, &l).await?;
+                    Ok(Action::requeue(Duration::from_secs(60)))
+                }
                 Err(e) => {
                     // The Failed arm below then cleans up, on the object this write produces.
                     let msg = format!("the guest's QEMU process is gone: {e:#}");
@@ -269,7 +273,7 @@ async fn register(
     local
 }
 
-async fn reattach(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value, uid: &str) -> anyhow::Result<()> {
+async fn reattach(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value, uid: &str) -> anyhow::Result<Arc<LocalVm>> {
     let vm = qemu::attach(&dir(agent, uid).join("run")).await?;
     // Network setup converges on what exists, giving back the DHCP answer to serve again.
     let (a, v) = (agent.clone(), value.clone());
@@ -284,8 +288,7 @@ async fn reattach(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value, uid: &
         None => None,
     };
     tracing::info!(vmi = %vmi.name_any(), pid = vm.pid(), "reattached to running guest");
-    register(agent, vmi, uid, vm, dhcp_stop, guest_iface(&net)).await;
-    Ok(())
+    Ok(register(agent, vmi, uid, vm, dhcp_stop, guest_iface(&net)).await)
 }
 
 async fn sync_pause(agent: &Agent, vmi: &DynamicObject, value: &Value, l: &LocalVm) -> Result<(), Error> {
