@@ -46,16 +46,20 @@ def wait_http(url, deadline):
     raise RuntimeError(f"no HTTP answer from {url}")
 
 
-def bare_qemu(workdir):
-    """Same guest, same memory, TCG, user-mode networking: process start -> first HTTP answer. The NIC has no
-    option ROM, as kumo's has none: the baseline must not pay for an iPXE that kumo skips."""
+# The accelerator arguments kumo's agent uses (qemu/builder.rs), so the baseline runs under the same one.
+ACCEL_ARGS = {"kvm": ["-accel", "kvm", "-cpu", "host"], "tcg": ["-accel", "tcg,thread=multi", "-cpu", "max"]}
+
+
+def bare_qemu(workdir, accel):
+    """Same guest, same memory, same accelerator, user-mode networking: process start -> first HTTP answer. The
+    NIC has no option ROM, as kumo's has none: the baseline must not pay for an iPXE that kumo skips."""
     overlay = os.path.join(workdir, "bare.qcow2")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
                     os.path.join(CACHE, "images", "guest.qcow2"), overlay], check=True)
     port = free_port()
     t0 = time.monotonic()
-    p = subprocess.Popen(["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max",
-                          "-m", "256M", "-nodefaults", "-nographic", "-display", "none", "-serial", "null",
+    p = subprocess.Popen(["qemu-system-x86_64", "-machine", "q35", *ACCEL_ARGS[accel], "-m", "256M",
+                          "-nodefaults", "-nographic", "-display", "none", "-serial", "null",
                           "-drive", f"file={overlay},if=virtio,format=qcow2",
                           "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:8080",
                           "-device", "virtio-net-pci,netdev=n0,romfile=", "-device", "virtio-rng-pci"],
@@ -143,12 +147,15 @@ def main():
         kubectl(kc, "apply", "-f", "-", stdin=json.dumps(vmi_object("warm")))
         kubectl(kc, "wait", "vmi", "warm", "--for=condition=Ready", "--timeout=300s")
         kubectl(kc, "delete", "vmi", "warm", "--timeout=120s")
+        accel = kubectl(kc, "get", "nodes", "-o", r"jsonpath={.items[0].metadata.labels.kumo\.dev/accel}").strip()
+        if accel not in ACCEL_ARGS:
+            raise RuntimeError(f"the node reports accelerator {accel!r}; expected kvm or tcg")
 
         bare, kumo = [], []
         api = Api(kc)
         vmis = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances"
         for i in range(a.runs):
-            b = bare_qemu(work)
+            b = bare_qemu(work, accel)
             bare.append(b)
             t0 = time.monotonic()
             api.call("POST", vmis, vmi_object(f"b{i}"))
@@ -178,6 +185,7 @@ def main():
         # Delete and wait, so the agent stops every guest before it is stopped itself.
         kubectl(kc, "delete", "vmi", *[f"m{i}" for i in range(a.vms)], "--timeout=300s")
         res = {
+            "accelerator": accel,
             "boot_to_http_seconds": {"bare_qemu_median": statistics.median(bare), "kumo_median": statistics.median(kumo),
                                      "bare_qemu": bare, "kumo": kumo},
             "ratio_kumo_over_bare": statistics.median(kumo) / statistics.median(bare),
@@ -189,6 +197,7 @@ def main():
         print()
         print("| figure | value |")
         print("|---|---|")
+        print(f"| accelerator (both) | {accel} |")
         print(f"| bare qemu start -> HTTP answer (median of {a.runs}) | {statistics.median(bare):.2f} s |")
         print(f"| kumo VMI create -> HTTP answer (median of {a.runs}) | {statistics.median(kumo):.2f} s |")
         print(f"| ratio kumo / bare | {res['ratio_kumo_over_bare']:.3f} |")

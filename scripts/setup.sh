@@ -18,12 +18,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # Keep packages (docker-registry) from starting system-wide services: kumo's scripts start what tests need.
-  policy=/usr/sbin/policy-rc.d created_policy=0
+  policy=/usr/sbin/policy-rc.d
   if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
+    trap 'rm -f "$policy"' EXIT # also when the install fails: later service starts must not stay blocked
   fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  if [ "$created_policy" = 1 ]; then rm -f "$policy"; fi
+  # Nor start it at the next boot: images/start-registry.sh runs the registry the tests use on :5000.
+  if command -v systemctl >/dev/null; then systemctl disable docker-registry >/dev/null 2>&1 || true; fi
 fi
 command -v kubectl >/dev/null || echo "setup: warning: kubectl not found; the end-to-end tests use it" >&2
 
@@ -38,10 +40,16 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 # Kernel pieces the per-VMI network uses (already built in on most kernels; failures are harmless).
-for m in tun bridge veth nf_tables nft_chain_nat nft_masq; do modprobe -q "$m" 2>/dev/null || true; done
+for m in tun bridge veth nf_tables nft_chain_nat nft_masq isofs; do modprobe -q "$m" 2>/dev/null || true; done
 
 echo "setup: test guest (cached under ${KUMO_CACHE:-$HOME/.cache/kumo})"
 images/build-guest.sh >/dev/null
 images/start-registry.sh >/dev/null
-images/package-containerdisk.sh >/dev/null
+# Repackaged only when the registry's copy is not of this guest build.
+hash=$(cat "${KUMO_CACHE:-$HOME/.cache/kumo}/images/guest.hash")
+manifest=$(curl --noproxy '*' -sf -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+  "http://${KUMO_REGISTRY_ADDR:-127.0.0.1:5000}/v2/kumo/test-guest/manifests/latest" || true)
+if [[ "$manifest" != *"\"io.kumo.guest.build\":\"$hash\""* ]]; then
+  images/package-containerdisk.sh >/dev/null
+fi
 echo "setup: done"

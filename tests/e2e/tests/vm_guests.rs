@@ -79,6 +79,7 @@ fn get(s: &Server, args: &[&str]) -> String {
 
 /// Host resources of one VMI: QEMU processes, network namespace, node-side veth, state directory.
 fn leftovers(s: &Server, uid: &str) -> Vec<String> {
+    assert!(!uid.is_empty(), "no uid to look for");
     let mut found = Vec::new();
     let short: String = uid.chars().filter(|c| *c != '-').take(10).collect();
     if std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
@@ -98,18 +99,35 @@ fn leftovers(s: &Server, uid: &str) -> Vec<String> {
     found
 }
 
+/// Waits until the VMI is Ready (showing `kubectl describe` if it is not) and returns its IP.
+fn wait_ready(s: &Server, name: &str) -> String {
+    let out = s.kubectl(&["wait", "vmi", name, "--for=condition=Ready", "--timeout=180s"]).unwrap();
+    let why = || format!("{}\n{}", String::from_utf8_lossy(&out.stderr), get(s, &["describe", "vmi", name]));
+    assert!(out.status.success(), "{name} not Ready: {}", why());
+    get(s, &["get", "vmi", name, "-o", "jsonpath={.status.interfaces[0].ipAddress}"])
+}
+
+fn uid_of(s: &Server, name: &str) -> String {
+    get(s, &["get", "vmi", name, "-o", "jsonpath={.metadata.uid}"])
+}
+
+/// Every host resource of the VMI with `uid` is gone within `secs`.
+fn assert_cleaned(s: &Server, uid: &str, secs: u64) {
+    let left = eventually(Duration::from_secs(secs), || leftovers(s, uid).is_empty().then_some(()));
+    assert!(left.is_some(), "left behind by {uid}: {:?}", leftovers(s, uid));
+}
+
+/// Waits until no VMI is left.
+fn assert_no_vmis(s: &Server) {
+    let gone = eventually(Duration::from_secs(60), || get(s, &["get", "vmi", "-o", "name"]).is_empty().then_some(()));
+    assert!(gone.is_some(), "VMIs left: {}", get(s, &["get", "vmi", "-o", "name"]));
+}
+
 #[test]
 fn guest_boots_answers_and_leaves_nothing_behind() {
     let s = server();
     s.apply(&vm("testvm", "quay.io/kumo/test-guest:latest")).unwrap();
-    let out = s.kubectl(&["wait", "vmi", "testvm", "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    assert!(
-        out.status.success(),
-        "wait: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        get(&s, &["describe", "vmi", "testvm"])
-    );
-    let ip = get(&s, &["get", "vmi", "testvm", "-o", "jsonpath={.status.interfaces[0].ipAddress}"]);
+    let ip = wait_ready(&s, "testvm");
     assert!(ip.starts_with("10.244.0."), "pod IP in status: {ip:?}");
     let body =
         eventually(Duration::from_secs(90), || http_get(&ip, "/userdata.txt").filter(|b| b.contains("user-data ran")));
@@ -120,7 +138,7 @@ fn guest_boots_answers_and_leaves_nothing_behind() {
     );
     let table = get(&s, &["get", "vm", "testvm"]);
     assert!(table.contains("Running") && table.contains("True"), "{table}");
-    let uid = get(&s, &["get", "vmi", "testvm", "-o", "jsonpath={.metadata.uid}"]);
+    let uid = uid_of(&s, "testvm");
     assert!(leftovers(&s, &uid).contains(&"qemu process".to_string()));
 
     // `kumo console` reaches the guest's serial console through the API server; Ctrl-] leaves.
@@ -133,28 +151,37 @@ fn guest_boots_answers_and_leaves_nothing_behind() {
         .spawn()
         .unwrap();
     let mut stdin = console.stdin.take().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    let mut stdout = console.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                seen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    // Typed before the session is up, the line waits in the pipe; Ctrl-] only once the answer is seen.
     stdin.write_all(b"\necho CONSOLE-$((6*7))\n").unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    let answered = eventually(Duration::from_secs(60), || seen.lock().unwrap().contains("CONSOLE-42").then_some(()));
     stdin.write_all(&[0x1d]).unwrap();
-    let out = console.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("CONSOLE-42"), "the guest's shell answered on the console: {text}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("escape sequence is ^]"));
+    let status = console.wait().unwrap();
+    reader.join().unwrap();
+    let mut stderr = String::new();
+    console.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(answered.is_some(), "the guest's shell answered on the console: {}", seen.lock().unwrap());
+    assert!(stderr.contains("escape sequence is ^]"), "{stderr}");
 
     // Stop: the guest goes away with everything it had; start brings it back.
     assert!(s.kumo(&["stop", "testvm"]).status.success());
-    let gone = eventually(Duration::from_secs(60), || get(&s, &["get", "vmi", "-o", "name"]).is_empty().then_some(()));
-    assert!(gone.is_some(), "VMI deleted after stop");
-    let left = eventually(Duration::from_secs(20), || leftovers(&s, &uid).is_empty().then_some(()));
-    assert!(left.is_some(), "nothing left after stop: {:?}", leftovers(&s, &uid));
+    assert_no_vmis(&s);
+    assert_cleaned(&s, &uid, 20);
     assert!(s.kumo(&["start", "testvm"]).status.success());
-    let out = s.kubectl(&["wait", "vmi", "testvm", "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ip = get(&s, &["get", "vmi", "testvm", "-o", "jsonpath={.status.interfaces[0].ipAddress}"]);
+    let ip = wait_ready(&s, "testvm");
     assert!(eventually(Duration::from_secs(90), || http_get(&ip, "/")).is_some(), "restarted guest answers");
-    let uid2 = get(&s, &["get", "vmi", "testvm", "-o", "jsonpath={.metadata.uid}"]);
+    let uid2 = uid_of(&s, "testvm");
 
     // A VMI whose image cannot be pulled fails with the reason visible; the running guest is unaffected.
     s.apply(&vm("badimage", "quay.io/kumo/does-not-exist:latest")).unwrap();
@@ -170,10 +197,8 @@ fn guest_boots_answers_and_leaves_nothing_behind() {
 
     // Deleting the VM deletes its VMI; the agent stops the guest and removes every host resource.
     s.kubectl_ok(&["delete", "vm", "testvm", "--timeout=120s"]).unwrap();
-    let gone = eventually(Duration::from_secs(60), || get(&s, &["get", "vmi", "-o", "name"]).is_empty().then_some(()));
-    assert!(gone.is_some(), "VMIs deleted");
-    let left = eventually(Duration::from_secs(20), || leftovers(&s, &uid2).is_empty().then_some(()));
-    assert!(left.is_some(), "nothing left after delete: {:?}", leftovers(&s, &uid2));
+    assert_no_vmis(&s);
+    assert_cleaned(&s, &uid2, 20);
 }
 
 const VMI_CONFIGDRIVE_BRIDGE: &str = r#"
@@ -211,15 +236,8 @@ spec:
 fn configdrive_bridge_and_empty_disk() {
     let s = server();
     s.apply(VMI_CONFIGDRIVE_BRIDGE).unwrap();
-    let out = s.kubectl(&["wait", "vmi", "cdbridge", "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        get(&s, &["describe", "vmi", "cdbridge"])
-    );
     // Bridge binding: the guest itself holds the pod IP reported in status.
-    let ip = get(&s, &["get", "vmi", "cdbridge", "-o", "jsonpath={.status.interfaces[0].ipAddress}"]);
+    let ip = wait_ready(&s, "cdbridge");
     let disks = eventually(Duration::from_secs(90), || http_get(&ip, "/disks.txt").filter(|b| b.contains("vd")));
     let disks = disks.expect("the guest at the pod IP served the ConfigDrive user-data's output");
     assert!(disks.contains("vdc"), "the emptyDisk is attached: {disks}");
@@ -228,10 +246,9 @@ fn configdrive_bridge_and_empty_disk() {
         Some("cdbridge".into()),
         "hostname from ConfigDrive"
     );
-    let uid = get(&s, &["get", "vmi", "cdbridge", "-o", "jsonpath={.metadata.uid}"]);
+    let uid = uid_of(&s, "cdbridge");
     s.kubectl_ok(&["delete", "vmi", "cdbridge", "--timeout=60s"]).unwrap();
-    let left = eventually(Duration::from_secs(20), || leftovers(&s, &uid).is_empty().then_some(()));
-    assert!(left.is_some(), "nothing left: {:?}", leftovers(&s, &uid));
+    assert_cleaned(&s, &uid, 20);
 }
 
 const VMI_KERNEL_BOOT: &str = r#"
@@ -264,15 +281,8 @@ spec:
 fn kernel_boot_from_a_container_image() {
     let s = server();
     s.apply(VMI_KERNEL_BOOT).unwrap();
-    let out = s.kubectl(&["wait", "vmi", "kboot", "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        get(&s, &["describe", "vmi", "kboot"])
-    );
     // No boot disk at all: the guest runs the image's kernel with the VMI's kernelArgs.
-    let ip = get(&s, &["get", "vmi", "kboot", "-o", "jsonpath={.status.interfaces[0].ipAddress}"]);
+    let ip = wait_ready(&s, "kboot");
     let cmdline = eventually(Duration::from_secs(90), || http_get(&ip, "/cmdline.txt").filter(|b| !b.is_empty()));
     let cmdline = cmdline.expect("the guest served its kernel command line");
     assert!(cmdline.contains("kumo.test=kernelboot"), "{cmdline}");
@@ -280,16 +290,25 @@ fn kernel_boot_from_a_container_image() {
     s.apply(&VMI_KERNEL_BOOT.replace("name: kboot", "name: kmissing").replace("/boot/vmlinuz", "/boot/nope")).unwrap();
     let d = wait_failed(&s, "kmissing");
     assert!(d.contains("ErrImagePull") && d.contains("no file /boot/nope"), "{d}");
-    let uid = get(&s, &["get", "vmi", "kboot", "-o", "jsonpath={.metadata.uid}"]);
+    let uid = uid_of(&s, "kboot");
     s.kubectl_ok(&["delete", "vmi", "kboot", "kmissing", "--timeout=60s"]).unwrap();
-    let left = eventually(Duration::from_secs(20), || leftovers(&s, &uid).is_empty().then_some(()));
-    assert!(left.is_some(), "nothing left: {:?}", leftovers(&s, &uid));
+    assert_cleaned(&s, &uid, 20);
+}
+
+/// A `kumo agent` process of the test's own, killed when dropped (also when an assertion fails).
+struct AgentProcess(std::process::Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `kumo agent` as its own process, so it can be killed while guests run.
-fn spawn_agent(s: &Server) -> std::process::Child {
+fn spawn_agent(s: &Server) -> AgentProcess {
     let log = std::fs::File::create(s.data_dir().join("agent.log")).unwrap();
-    std::process::Command::new(kumo_e2e::kumo_bin())
+    let child = std::process::Command::new(kumo_e2e::kumo_bin())
         .args(["agent", "--kubeconfig"])
         .arg(s.kubeconfig())
         .arg("--state-dir")
@@ -298,38 +317,34 @@ fn spawn_agent(s: &Server) -> std::process::Child {
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
-        .unwrap()
+        .unwrap();
+    AgentProcess(child)
 }
 
 #[test]
 fn guests_survive_an_agent_kill_and_are_managed_afterwards() {
     assert!(std::net::TcpStream::connect(REGISTRY).is_ok(), "no registry at {REGISTRY}: run scripts/setup.sh");
     let s = Server::start().unwrap();
-    let mut agent = spawn_agent(&s);
+    let agent = spawn_agent(&s);
     for name in ["one", "two"] {
         s.apply(&vm(name, "quay.io/kumo/test-guest:latest")).unwrap();
     }
     let mut ips = Vec::new();
     for name in ["one", "two"] {
-        let out = s.kubectl(&["wait", "vmi", name, "--for=condition=Ready", "--timeout=180s"]).unwrap();
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
-        let ip = get(&s, &["get", "vmi", name, "-o", "jsonpath={.status.interfaces[0].ipAddress}"]);
+        let ip = wait_ready(&s, name);
         assert!(eventually(Duration::from_secs(90), || http_get(&ip, "/")).is_some(), "{name} answers");
         ips.push(ip);
     }
-    let uids: Vec<String> =
-        ["one", "two"].iter().map(|n| get(&s, &["get", "vmi", n, "-o", "jsonpath={.metadata.uid}"])).collect();
-    agent.kill().unwrap();
-    agent.wait().unwrap();
-    // With the agent dead the guests keep running.
+    let uids: Vec<String> = ["one", "two"].iter().map(|n| uid_of(&s, n)).collect();
+    drop(agent); // SIGKILL
+                 // With the agent dead the guests keep running.
     std::thread::sleep(Duration::from_secs(2));
     for (ip, uid) in ips.iter().zip(&uids) {
         assert!(http_get(ip, "/").is_some(), "guest {ip} still answers");
         assert!(leftovers(&s, uid).contains(&"qemu process".to_string()));
     }
-    let mut agent = spawn_agent(&s);
+    let _agent = spawn_agent(&s);
     // The restarted agent reattaches: pausing and stopping work on the guests it did not start.
-    std::thread::sleep(Duration::from_secs(3));
     assert!(s.kumo(&["pause", "vmi", "one"]).status.success());
     let paused = eventually(Duration::from_secs(30), || {
         (get(&s, &["get", "vmi", "one", "-o", "jsonpath={.status.conditions[?(@.type==\"Paused\")].status}"]) == "True")
@@ -340,14 +355,10 @@ fn guests_survive_an_agent_kill_and_are_managed_afterwards() {
     assert!(s.kumo(&["unpause", "vmi", "one"]).status.success());
     assert!(eventually(Duration::from_secs(30), || http_get(&ips[0], "/")).is_some(), "resumed guest answers");
     assert!(s.kumo(&["stop", "two"]).status.success());
-    let left = eventually(Duration::from_secs(60), || leftovers(&s, &uids[1]).is_empty().then_some(()));
-    assert!(left.is_some(), "stopped guest cleaned up: {:?}", leftovers(&s, &uids[1]));
+    assert_cleaned(&s, &uids[1], 60);
     assert!(http_get(&ips[0], "/").is_some(), "the other guest still runs");
     s.kubectl_ok(&["delete", "vm", "one", "two", "--timeout=120s"]).unwrap();
-    let left = eventually(Duration::from_secs(60), || leftovers(&s, &uids[0]).is_empty().then_some(()));
-    assert!(left.is_some(), "{:?}", leftovers(&s, &uids[0]));
-    let _ = agent.kill();
-    let _ = agent.wait();
+    assert_cleaned(&s, &uids[0], 60);
 }
 
 fn bare_vmi(name: &str, volume: &str) -> String {
@@ -374,16 +385,18 @@ fn corrupt_disks_and_qemu_failures_fail_the_vmi_with_the_reason() {
     bytes.extend(std::iter::repeat_n(0xA5u8, 4096));
     std::fs::write(&corrupt, bytes).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../images/package-containerdisk.sh");
+    // Its own cache dir: the script also writes an OCI layout there, which must not replace the test guest's.
     let out = std::process::Command::new(script)
         .arg("--image")
         .arg(&corrupt)
         .args(["--repo", "kumo/corrupt", "--no-kernel"])
+        .env("KUMO_CACHE", s.data_dir())
         .output()
         .unwrap();
     assert!(out.status.success(), "pushing the corrupt image: {}", String::from_utf8_lossy(&out.stderr));
     s.apply(&bare_vmi("corrupt", "    containerDisk: {image: quay.io/kumo/corrupt:latest}")).unwrap();
     let d = wait_failed(&s, "corrupt");
-    assert!(d.contains("qcow2") || d.contains("qemu-img"), "the reason names the bad disk: {d}");
+    assert!(d.contains("disk/guest.qcow2 is corrupt"), "the reason names the bad disk: {d}");
     assert!(d.contains("Warning"), "an event says so: {d}");
 
     // QEMU that exits at once (its disk is a directory): Failed, with QEMU's own words.
@@ -394,13 +407,10 @@ fn corrupt_disks_and_qemu_failures_fail_the_vmi_with_the_reason() {
     assert!(d.contains("QemuFailed") && d.contains("QEMU exited"), "{d}");
     // The agent keeps serving: a good guest still starts.
     s.apply(&vm("stillfine", "quay.io/kumo/test-guest:latest")).unwrap();
-    let out = s.kubectl(&["wait", "vmi", "stillfine", "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let uid = get(&s, &["get", "vmi", "stillfine", "-o", "jsonpath={.metadata.uid}"]);
+    wait_ready(&s, "stillfine");
+    let uid = uid_of(&s, "stillfine");
     s.kubectl_ok(&["delete", "vm", "stillfine", "--timeout=120s"]).unwrap();
     s.kubectl_ok(&["delete", "vmi", "corrupt", "qemufails", "--timeout=60s"]).unwrap();
-    let gone = eventually(Duration::from_secs(60), || get(&s, &["get", "vmi", "-o", "name"]).is_empty().then_some(()));
-    assert!(gone.is_some(), "VMIs deleted");
-    let left = eventually(Duration::from_secs(20), || leftovers(&s, &uid).is_empty().then_some(()));
-    assert!(left.is_some(), "nothing left: {:?}", leftovers(&s, &uid));
+    assert_no_vmis(&s);
+    assert_cleaned(&s, &uid, 20);
 }

@@ -3,30 +3,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use super::*;
 
-/// Installs `xorriso` and `genisoimage` (for `isoinfo`) through apt when they are missing; once per test run.
+/// The image checkers these tests use (scripts/setup.sh installs them).
 fn ensure_tools() {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    let ready = READY.get_or_init(|| {
-        let present = |tool: &str| Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
-        let all = || ["isoinfo", "xorriso", "blkid"].iter().all(|t| present(t).is_ok_and(|o| o.status.success()));
-        if all() {
-            return Ok(());
-        }
-        let install = "apt-get install -y -qq -o DPkg::Lock::Timeout=600 xorriso genisoimage";
-        for script in [install.to_string(), format!("apt-get update -qq && {install}")] {
-            let out = Command::new("sh").args(["-c", &script]).output().map_err(|e| e.to_string())?;
-            if out.status.success() && all() {
-                return Ok(());
-            }
-        }
-        Err("isoinfo/xorriso/blkid are missing and `apt-get install xorriso genisoimage` failed".to_string())
-    });
-    if let Err(e) = ready {
-        panic!("{e}");
+    for (tool, package) in [("isoinfo", "genisoimage"), ("xorriso", "xorriso"), ("blkid", "util-linux")] {
+        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "{tool} is required by these tests: apt-get install {package}"
+        );
     }
 }
 

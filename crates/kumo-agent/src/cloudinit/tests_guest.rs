@@ -2,7 +2,7 @@
 //! initramfs, mounts both images (virtio disks, as KubeVirt attaches them) with its iso9660 driver, and prints a
 //! SHA-256 of every file it finds. Useful where the host kernel has no iso9660 driver, so the loop mount in
 //! `tests.rs` cannot run. Needs the kernel and busybox-static packages already cached by the guest image build
-//! (`$KUMO_DEB_CACHE`, default `~/.cache/kumo/debs`); skipped with a message when they, or QEMU, are missing.
+//! (`$KUMO_CACHE/debs`, default `~/.cache/kumo/debs`); fails, saying what to run, when they or QEMU are missing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -62,20 +62,18 @@ fn sh(script: &str) {
 
 #[test]
 fn guest_kernel_mounts_seed_images() {
-    let cache = std::env::var_os("KUMO_DEB_CACHE")
+    // Where images/build-guest.sh keeps the .debs it downloaded.
+    let cache = std::env::var_os("KUMO_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kumo/debs"));
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kumo"))
+        .join("debs");
     let (Some(kernel_deb), Some(busybox_deb)) = (find_deb(&cache, "linux-image-"), find_deb(&cache, "busybox-static_"))
     else {
-        eprintln!("SKIPPED guest mount check: no linux-image/busybox-static .deb in {}", cache.display());
-        return;
+        panic!("no linux-image/busybox-static .deb in {}: run images/build-guest.sh", cache.display());
     };
-    let tools = ["qemu-system-x86_64", "dpkg-deb", "cpio", "gzip"];
-    if let Some(missing) = tools.iter().find(|t| {
-        !Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
-    }) {
-        eprintln!("SKIPPED guest mount check: {missing} is not installed");
-        return;
+    for tool in ["qemu-system-x86_64", "dpkg-deb", "cpio", "gzip"] {
+        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
+        assert!(found.is_ok_and(|o| o.status.success()), "{tool} is required by this test: run scripts/setup.sh");
     }
 
     let mut user_data = b"#cloud-config\n".to_vec();

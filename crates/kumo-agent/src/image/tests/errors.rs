@@ -149,10 +149,15 @@ async fn tampered_blobs_fail_digest_verification() {
     assert!(!cache_dir.path().join(digest.replace(':', "-")).join("disk.img").exists());
     assert!(stray_files(cache_dir.path()).is_empty(), "{:?}", stray_files(cache_dir.path()));
 
-    // A digest reference whose content does not match is refused too.
-    let wrong = format!("sha256:{}", "0".repeat(64));
-    let err = pull_err(&cache, &format!("{}/kubevirt/tamper@{wrong}", reg.host), &cfg).await;
-    assert_contains(&err, &["manifest unknown"]);
+    // A digest reference whose manifest does not hash to it is refused. The registry's copy is altered, still
+    // valid JSON of the same length (the registry parses what it serves): one digit of a size changes.
+    let manifest = reg.blob_path(&digest);
+    let mut stored = std::fs::read(&manifest).unwrap();
+    let at = stored.windows(7).position(|w| w == b"\"size\":").unwrap() + 7;
+    stored[at] = if stored[at] == b'9' { b'8' } else { stored[at] + 1 };
+    std::fs::write(&manifest, stored).unwrap();
+    let err = pull_err(&cache, &format!("{}/kubevirt/tamper@{digest}", reg.host), &cfg).await;
+    assert_contains(&err, &["manifest digest mismatch", &digest]);
 }
 
 /// An image made by `qemu-img create -q <args> x 1M`.

@@ -43,7 +43,9 @@ async fn pulls_caches_mirrors_and_survives_registry_outage() {
     assert_eq!(via_mirror.digest, digest);
     assert_eq!(std::fs::read(&via_mirror.path).unwrap(), disk);
 
-    // Concurrent pulls of one digest into an empty cache: one download, both callers get the same file.
+    // Concurrent pulls of one digest into an empty cache: one download, every caller gets the same file.
+    let blob_gets = || reg.log().lines().filter(|l| l.contains("response completed") && l.contains("/blobs/")).count();
+    let before = blob_gets();
     let racing_dir = tempfile::tempdir().unwrap();
     let racing = Arc::new(ImageCache::new(racing_dir.path()));
     let tasks: Vec<_> = (0..4)
@@ -58,6 +60,7 @@ async fn pulls_caches_mirrors_and_survives_registry_outage() {
         assert_eq!(std::fs::read(&d.path).unwrap(), disk);
     }
     assert!(stray_files(racing_dir.path()).is_empty());
+    assert_eq!(blob_gets() - before, 1, "one layer download for four callers:\n{}", reg.log());
 
     // An overlay on the shared base: nothing written, backing file recorded.
     let overlay = cache_dir.path().join("vm-overlay.qcow2");

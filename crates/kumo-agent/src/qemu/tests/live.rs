@@ -3,7 +3,6 @@
 //! cannot be installed.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::json;
@@ -12,33 +11,9 @@ use tokio::sync::broadcast;
 use crate::qemu::process::probe_kernel_boot;
 use crate::qemu::*;
 
-/// The QEMU binary, installing Debian's `qemu-system-x86` + `qemu-utils` once if it is missing.
-fn qemu() -> Option<PathBuf> {
-    static QEMU: OnceLock<Option<PathBuf>> = OnceLock::new();
-    QEMU.get_or_init(|| {
-        if let Some(q) = find_qemu_binary() {
-            return Some(q);
-        }
-        if nix::unistd::geteuid().is_root() {
-            eprintln!("qemu-system-x86_64 not found; installing qemu-system-x86 and qemu-utils");
-            let sh = "apt-get update -qq && apt-get install -y -qq qemu-system-x86 qemu-utils";
-            let _ = std::process::Command::new("sh").args(["-c", sh]).status();
-        }
-        find_qemu_binary()
-    })
-    .clone()
-}
-
-macro_rules! qemu_or_skip {
-    () => {
-        match qemu() {
-            Some(q) => q,
-            None => {
-                eprintln!("SKIPPED: qemu-system-x86_64 is not installed and could not be installed");
-                return;
-            }
-        }
-    };
+/// The QEMU binary; these tests need it (scripts/setup.sh installs it).
+fn qemu() -> PathBuf {
+    find_qemu_binary().expect("qemu-system-x86_64 is required by these tests: run scripts/setup.sh")
 }
 
 fn paused_config(dir: &Path) -> LaunchConfig {
@@ -77,7 +52,7 @@ fn handles_are_send_and_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_pause_resume_reset_reattach_and_shutdown() {
-    let qemu = qemu_or_skip!();
+    let qemu = qemu();
     let dir = tempfile::tempdir().unwrap();
     let cfg = paused_config(dir.path());
     let paths = cfg.paths();
@@ -171,7 +146,7 @@ async fn lifecycle_pause_resume_reset_reattach_and_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quit_ends_qemu_and_the_session() {
-    let qemu = qemu_or_skip!();
+    let qemu = qemu();
     let dir = tempfile::tempdir().unwrap();
     let vm = launch(&paused_config(dir.path()), &qemu).await.unwrap();
     let mut events = vm.qmp().events();
@@ -190,7 +165,7 @@ async fn quit_ends_qemu_and_the_session() {
 /// cannot act on the power button, so QEMU is made to exit over QMP meanwhile.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_returns_when_qemu_exits_within_grace() {
-    let qemu = qemu_or_skip!();
+    let qemu = qemu();
     let dir = tempfile::tempdir().unwrap();
     let vm = launch(&paused_config(dir.path()), &qemu).await.unwrap();
     let mut events = vm.qmp().events();
@@ -212,7 +187,7 @@ async fn shutdown_returns_when_qemu_exits_within_grace() {
 /// they vanish with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typical_vmi_argv_runs_in_real_qemu() {
-    let qemu = qemu_or_skip!();
+    let qemu = qemu();
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIPPED: creating tap devices needs root");
         return;
@@ -294,7 +269,7 @@ async fn typical_vmi_argv_runs_in_real_qemu() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_failure_reports_qemu_log() {
-    let qemu = qemu_or_skip!();
+    let qemu = qemu();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = paused_config(dir.path());
     cfg.disks.push(DiskConfig {
@@ -327,7 +302,7 @@ async fn attach_refuses_what_is_not_our_qemu() {
 /// `-runas` with the sandbox: QEMU drops to the given ids (and is not killed by its own seccomp filter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_as_drops_privileges_under_the_sandbox() {
-    let qemu = qemu_or_skip!();
+    let qemu = qemu();
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIPPED: run_as needs root");
         return;
@@ -349,7 +324,7 @@ async fn run_as_drops_privileges_under_the_sandbox() {
 /// on the host and is only printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accel_detection_boots_a_kernel() {
-    let qemu = qemu_or_skip!();
+    let qemu = qemu();
     assert_eq!(detect_accel(&qemu, None).await, Accel::Tcg);
     let kernel = std::env::var_os("KUMO_TEST_KERNEL").map(PathBuf::from).or_else(|| {
         let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
