@@ -113,6 +113,19 @@ pub fn vm_crd() -> Value {
     )
 }
 
+/// A VMI's status moved to `phase`, with the transition recorded in `phaseTransitionTimestamps` (only when
+/// the phase changes), as KubeVirt reports it.
+pub fn status_with_phase(vmi: &Value, phase: &str, now: &str) -> Value {
+    let mut st = vmi.get("status").cloned().unwrap_or(json!({}));
+    if st["phase"] != phase {
+        let mut ts = st.get("phaseTransitionTimestamps").and_then(Value::as_array).cloned().unwrap_or_default();
+        ts.push(json!({"phase": phase, "phaseTransitionTimestamp": now}));
+        st["phaseTransitionTimestamps"] = json!(ts);
+    }
+    st["phase"] = json!(phase);
+    st
+}
+
 pub fn crds() -> Vec<Value> {
     vec![vm_crd(), vmi_crd()]
 }

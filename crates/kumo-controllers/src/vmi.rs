@@ -4,6 +4,7 @@
 
 use crate::vm::Event;
 use kumo_api::conditions;
+use kumo_api::kubevirt::status_with_phase;
 use kumo_api::quantity;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -30,15 +31,6 @@ pub fn memory_request(vmi: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-fn with_phase(vmi: &Value, phase: &str, now: &str) -> Value {
-    let mut st = vmi.get("status").cloned().unwrap_or(json!({}));
-    st["phase"] = json!(phase);
-    let mut ts = st.get("phaseTransitionTimestamps").and_then(Value::as_array).cloned().unwrap_or_default();
-    ts.push(json!({"phase": phase, "phaseTransitionTimestamp": now}));
-    st["phaseTransitionTimestamps"] = json!(ts);
-    st
-}
-
 /// `used`: memory already requested by VMIs on each node.
 pub fn plan(vmi: &Value, nodes: &[Value], used: &HashMap<String, u64>, now: &str) -> Plan {
     let mut p = Plan { status: None, events: vec![], retry: false };
@@ -58,7 +50,7 @@ pub fn plan(vmi: &Value, nodes: &[Value], used: &HashMap<String, u64>, now: &str
         let until = ORDER.iter().position(|p| *p == to).expect("a scheduling phase");
         let mut v = vmi.clone();
         for step in ORDER.iter().take(until + 1).skip(from) {
-            v["status"] = with_phase(&v, step, now);
+            v["status"] = status_with_phase(&v, step, now);
             let note = match *step {
                 "Pending" => "The VirtualMachineInstance was accepted",
                 "Scheduling" => "Looking for a node to run the VirtualMachineInstance",

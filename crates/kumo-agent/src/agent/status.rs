@@ -1,6 +1,7 @@
 //! The VMI status the agent reports, as pure functions of the VMI and what happened on the node.
 
 use kumo_api::conditions::set as set_condition;
+use kumo_api::kubevirt::status_with_phase;
 use serde_json::{json, Value};
 
 pub use kumo_api::meta::now_rfc3339 as now;
@@ -9,20 +10,9 @@ fn conditions(vmi: &Value) -> Vec<Value> {
     vmi.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
-fn with_phase(vmi: &Value, phase: &str, now: &str) -> Value {
-    let mut st = vmi.get("status").cloned().unwrap_or(json!({}));
-    if st["phase"] != phase {
-        let mut ts = st.get("phaseTransitionTimestamps").and_then(Value::as_array).cloned().unwrap_or_default();
-        ts.push(json!({"phase": phase, "phaseTransitionTimestamp": now}));
-        st["phaseTransitionTimestamps"] = json!(ts);
-    }
-    st["phase"] = json!(phase);
-    st
-}
-
 /// The guest is up: Running, Ready, with the interface's address.
 pub fn running(vmi: &Value, iface: Option<(&str, &str, &str)>, accel: &str, now: &str) -> Value {
-    let mut st = with_phase(vmi, "Running", now);
+    let mut st = status_with_phase(vmi, "Running", now);
     if let Some((name, ip, mac)) = iface {
         st["interfaces"] = json!([{"name": name, "interfaceName": "eth0", "ipAddress": ip, "ipAddresses": [ip],
             "mac": mac, "infoSource": "domain"}]);
@@ -45,7 +35,7 @@ pub fn running(vmi: &Value, iface: Option<(&str, &str, &str)>, accel: &str, now:
 
 /// Something on the node failed: Failed, not Ready, with the reason.
 pub fn failed(vmi: &Value, reason: &str, message: &str, now: &str) -> Value {
-    let mut st = with_phase(vmi, "Failed", now);
+    let mut st = status_with_phase(vmi, "Failed", now);
     st["reason"] = json!(reason);
     let mut c = conditions(vmi);
     set_condition(&mut c, "Ready", "False", reason, message, now);
@@ -59,7 +49,7 @@ pub fn finished(vmi: &Value, succeeded: bool, message: &str, now: &str) -> Value
     if !succeeded {
         return failed(vmi, "QemuExited", message, now);
     }
-    let mut st = with_phase(vmi, "Succeeded", now);
+    let mut st = status_with_phase(vmi, "Succeeded", now);
     let mut c = conditions(vmi);
     set_condition(&mut c, "Ready", "False", "GuestShutdown", message, now);
     st["conditions"] = json!(c);
