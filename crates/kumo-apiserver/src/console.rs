@@ -3,9 +3,9 @@
 //! fingerprint the agent published on its Node), forwards the client's WebSocket upgrade, and then splices the
 //! two upgraded connections — as kube-apiserver proxies exec/attach to the kubelet.
 
-use crate::handlers::ApiServer;
 use crate::request::ResourcePath;
 use crate::response::{self, Resp};
+use crate::state::ApiServer;
 use http::{header, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use kumo_api::{ApiError, ResourceDef};

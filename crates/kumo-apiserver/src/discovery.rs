@@ -1,9 +1,9 @@
 //! Discovery documents (`/version`, `/api`, `/apis`, `/api/v1`, `/apis/{group}[/{version}]`) in the legacy
 //! (unaggregated) format, built from the registry.
 
-use crate::handlers::ApiServer;
 use crate::request::Target;
 use crate::response::{self, Resp};
+use crate::state::ApiServer;
 use http::StatusCode;
 use kumo_api::ApiError;
 use serde_json::{json, Value};

@@ -6,10 +6,9 @@
 //! cache, so it only looks at objects a change concerns: cost follows the rate of change, not store size.
 //! It acts through the API server's own delete/update paths, so it obeys the same rules as clients.
 
-use crate::handlers::body::DeleteOptions;
-use crate::handlers::delete::{delete_object, remove_finalizer};
-use crate::handlers::ApiServer;
 use crate::objects::decode;
+use crate::rest::{self, remove_finalizer, DeleteOptions};
+use crate::state::ApiServer;
 use futures::StreamExt;
 use kumo_api::meta;
 use kumo_store::RangeRequest;
@@ -257,7 +256,7 @@ async fn delete_key(api: &ApiServer, key: &str, policy: &str) -> anyhow::Result<
         return Ok(());
     }
     let opts = DeleteOptions { propagation: Some(policy.into()), ..Default::default() };
-    match delete_object(api, &def, meta::namespace(&obj), meta::name(&obj), &opts).await {
+    match rest::delete(api, &def, meta::namespace(&obj), meta::name(&obj), &opts).await {
         Ok(_) => Ok(()),
         Err(err) if err.code == 404 || err.code == 409 => Ok(()),
         Err(err) => Err(err.into()),

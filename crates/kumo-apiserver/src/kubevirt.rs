@@ -2,9 +2,10 @@
 //! VM start/stop/restart and VMI pause/unpause. They translate into ordinary writes the controllers and the
 //! node agent act on — a runStrategy change or a stateChangeRequest on the VM, a pause annotation on the VMI.
 
-use crate::handlers::{ApiServer, Call};
+use crate::handlers::Call;
 use crate::objects::parse_rv;
 use crate::response::{self, Resp};
+use crate::state::ApiServer;
 use http::{Method, StatusCode};
 use kumo_api::{meta, ApiError, ResourceDef};
 use serde_json::{json, Value};

@@ -1,11 +1,13 @@
 //! kumo's Kubernetes-compatible API server.
 //!
 //! A request flows: [`server`] (TLS, HTTP/1.1 and HTTP/2, bearer-token auth) → [`handlers::dispatch`] (path →
-//! [`request::Target`]) → discovery/OpenAPI documents, or a verb handler working on [`objects::Objects`] (the
-//! store) and [`watch_cache::WatchCache`] (watches). Kinds come from [`registry::Registry`]; nothing in the
-//! handlers is specific to one kind except the small admission hooks in `handlers/admission.rs`.
-//! Background loops that act like Kubernetes' controller-manager for built-in semantics (garbage collection by
-//! ownerReferences, namespace deletion, CRD establishment, compaction) live in [`gc`].
+//! [`request::Target`]) → discovery/OpenAPI documents, or a verb handler. Handlers parse and respond; what a
+//! write does to an object (admission, system fields, finalizers, deletion) is the REST layer, [`rest`], which
+//! the background loops in [`gc`] (garbage collection by ownerReferences, namespace deletion, CRD cleanup,
+//! compaction) use too. Both work on [`state::ApiServer`]: the store ([`objects::Objects`]), the served kinds
+//! ([`registry::Registry`]) and the watch cache ([`watch_cache::WatchCache`]). Nothing is specific to one kind
+//! except the small admission hooks in `rest/admission.rs` and the KubeVirt subresources ([`kubevirt`],
+//! [`console`]).
 
 pub mod console;
 pub mod discovery;
@@ -17,7 +19,9 @@ pub mod openapi;
 pub mod registry;
 pub mod request;
 pub mod response;
+pub mod rest;
 pub mod server;
+pub mod state;
 pub mod tls;
 pub mod watch_cache;
 

@@ -2,8 +2,8 @@
 //! kubectl reads them to find that PATCH accepts `fieldValidation` (so it validates server-side) and for
 //! `kubectl explain`.
 
-use crate::handlers::ApiServer;
 use crate::response::{self, Resp};
+use crate::state::ApiServer;
 use http::StatusCode;
 use kumo_api::resource::Builtin;
 use kumo_api::{ApiError, ResourceDef};

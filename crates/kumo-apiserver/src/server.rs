@@ -1,8 +1,9 @@
 //! Startup and the connection loop: open the store, load the PKI, seed system namespaces, load CRDs, start
 //! the watch cache and background loops, then serve HTTPS.
 
-use crate::handlers::{self, ApiServer};
+use crate::handlers;
 use crate::registry::Registry;
+use crate::state::{self, ApiServer};
 use crate::tls;
 use crate::watch_cache::WatchCache;
 use anyhow::{Context, Result};
@@ -61,7 +62,7 @@ pub async fn run(config: Config, store: Arc<dyn Store>) -> Result<Running> {
 
     let cache = WatchCache::start(store.clone(), config.watch_cache_size).await?;
     let api = Arc::new(ApiServer::new(store, Arc::new(Registry::with_builtins()), cache, pki.token.clone(), &config));
-    handlers::bootstrap(&api).await?;
+    state::bootstrap(&api).await?;
     crate::gc::spawn_all(api.clone(), config.compaction_interval);
 
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);

@@ -1,6 +1,7 @@
 //! Decoding request bodies (JSON or YAML) into objects, with errors that say what was wrong.
 
 use super::Call;
+use crate::rest::DeleteOptions;
 use kumo_api::ApiError;
 use serde_json::Value;
 
@@ -51,54 +52,39 @@ pub fn decode_object(call: &Call) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-/// Options of a deletion, from the body (DeleteOptions) and the query.
-#[derive(Debug, Default)]
-pub struct DeleteOptions {
-    pub propagation: Option<String>,
-    pub precondition_uid: Option<String>,
-    pub precondition_rv: Option<String>,
-    pub grace_period: Option<i64>,
-    pub dry_run: bool,
-}
-
-impl DeleteOptions {
-    pub fn from_call(call: &Call) -> Result<Self, ApiError> {
-        let body: Value = if call.body.iter().all(u8::is_ascii_whitespace) { Value::Null } else { decode(call)? };
-        let s = |p: &str| body.pointer(p).and_then(Value::as_str).map(String::from);
-        let mut o = DeleteOptions {
-            propagation: s("/propagationPolicy").or_else(|| call.query.get("propagationPolicy").map(String::from)),
-            precondition_uid: s("/preconditions/uid"),
-            precondition_rv: s("/preconditions/resourceVersion"),
-            grace_period: body.get("gracePeriodSeconds").and_then(Value::as_i64),
-            dry_run: call.dry_run()?
-                || body.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == "All")),
-        };
-        if o.grace_period.is_none() {
-            o.grace_period = call.query.int("gracePeriodSeconds").map_err(ApiError::bad_request)?;
-        }
-        if o.propagation.is_none() {
-            let orphan = body
-                .get("orphanDependents")
-                .and_then(Value::as_bool)
-                .or_else(|| call.query.get("orphanDependents").map(|v| v == "true"));
-            if orphan == Some(true) {
-                o.propagation = Some("Orphan".into());
-            }
-        }
-        if let Some(p) = &o.propagation {
-            if !matches!(p.as_str(), "Background" | "Foreground" | "Orphan") {
-                return Err(ApiError::invalid(
-                    "",
-                    "DeleteOptions",
-                    "",
-                    vec![kumo_api::Cause::not_supported(
-                        "propagationPolicy",
-                        p,
-                        &["Background", "Foreground", "Orphan"],
-                    )],
-                ));
-            }
-        }
-        Ok(o)
+/// The options of a deletion, from the body (DeleteOptions) and the query.
+pub fn delete_options(call: &Call) -> Result<DeleteOptions, ApiError> {
+    let body: Value = if call.body.iter().all(u8::is_ascii_whitespace) { Value::Null } else { decode(call)? };
+    let s = |p: &str| body.pointer(p).and_then(Value::as_str).map(String::from);
+    let mut o = DeleteOptions {
+        propagation: s("/propagationPolicy").or_else(|| call.query.get("propagationPolicy").map(String::from)),
+        precondition_uid: s("/preconditions/uid"),
+        precondition_rv: s("/preconditions/resourceVersion"),
+        grace_period: body.get("gracePeriodSeconds").and_then(Value::as_i64),
+        dry_run: call.dry_run()?
+            || body.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == "All")),
+    };
+    if o.grace_period.is_none() {
+        o.grace_period = call.query.int("gracePeriodSeconds").map_err(ApiError::bad_request)?;
     }
+    if o.propagation.is_none() {
+        let orphan = body
+            .get("orphanDependents")
+            .and_then(Value::as_bool)
+            .or_else(|| call.query.get("orphanDependents").map(|v| v == "true"));
+        if orphan == Some(true) {
+            o.propagation = Some("Orphan".into());
+        }
+    }
+    if let Some(p) = &o.propagation {
+        if !matches!(p.as_str(), "Background" | "Foreground" | "Orphan") {
+            return Err(ApiError::invalid(
+                "",
+                "DeleteOptions",
+                "",
+                vec![kumo_api::Cause::not_supported("propagationPolicy", p, &["Background", "Foreground", "Orphan"])],
+            ));
+        }
+    }
+    Ok(o)
 }

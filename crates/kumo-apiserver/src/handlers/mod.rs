@@ -1,10 +1,9 @@
 //! Request dispatch and the verbs, generic over kinds.
 //!
 //! `dispatch` authenticates, resolves the path to discovery, OpenAPI or a [`ResourceDef`], and calls the
-//! verb: [`read`] (get, list), [`watch`], [`write`] (create, update, patch, apply), [`delete`]. Kind-specific
-//! behaviour is confined to [`admission`].
+//! verb: [`read`] (get, list), [`watch`], [`write`] (create, update, patch, apply), [`delete`]. Handlers parse
+//! and respond; what a write does to an object is the REST layer's ([`crate::rest`]).
 
-pub mod admission;
 pub mod body;
 pub mod delete;
 pub mod read;
@@ -12,52 +11,15 @@ pub mod scale;
 pub mod watch;
 pub mod write;
 
-use crate::objects::Objects;
-use crate::registry::Registry;
 use crate::request::{parse_path, Query, ResourcePath, Target};
 use crate::response::{self, Accept, Resp};
-use crate::watch_cache::WatchCache;
+use crate::state::ApiServer;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use kumo_api::{ApiError, ResourceDef};
-use kumo_store::Store;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Everything a handler needs; one per server.
-pub struct ApiServer {
-    pub objects: Objects,
-    pub registry: Arc<Registry>,
-    pub cache: Arc<WatchCache>,
-    pub token: String,
-    pub bookmark_interval: Duration,
-}
-
-impl ApiServer {
-    pub fn new(
-        store: Arc<dyn Store>,
-        registry: Arc<Registry>,
-        cache: Arc<WatchCache>,
-        token: String,
-        config: &crate::Config,
-    ) -> Self {
-        ApiServer { objects: Objects { store }, registry, cache, token, bookmark_interval: config.bookmark_interval }
-    }
-
-    /// The kind stored under `key` (`/registry/{group}/{plural}/...`), at its storage version.
-    pub fn def_for_key(&self, key: &str) -> Option<Arc<ResourceDef>> {
-        let mut parts = key.strip_prefix("/registry/")?.splitn(3, '/');
-        let group = match parts.next()? {
-            "core" => "",
-            g => g,
-        };
-        let plural = parts.next()?;
-        let versions = self.registry.versions_of(group, plural);
-        versions.iter().find(|d| d.version == d.storage_version).or(versions.first()).cloned()
-    }
-}
 
 /// One API request, parsed.
 pub struct Call {
@@ -193,60 +155,6 @@ async fn route(api: &Arc<ApiServer>, call: Call) -> Result<Resp, ApiError> {
         (Method::DELETE, false) => delete::delete_collection(api, &def, &call).await,
         (m, _) => Err(ApiError::method_not_allowed(m.as_str(), &def.plural)),
     }
-}
-
-/// Creates the system namespaces and serves every stored CRD.
-pub async fn bootstrap(api: &Arc<ApiServer>) -> anyhow::Result<()> {
-    let ns_def = api.registry.get("", "v1", "namespaces").expect("built-in");
-    for ns in kumo_api::builtin::SYSTEM_NAMESPACES {
-        if api.objects.try_get(&ns_def, None, ns).await?.is_none() {
-            let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            admission::stamp_new(&mut obj);
-            admission::on_create(api, &ns_def, &mut obj)?;
-            match api.objects.create(&ns_def, &obj).await {
-                Ok(_) => {}
-                Err(e) if e.code == 409 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    let crd_def = api.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions").expect("built-in");
-    install_crds(api, &crd_def).await?;
-    let (crds, _) = api.objects.list_all(&crd_def, None).await?;
-    for crd in crds {
-        api.registry.put_crd(&crd);
-    }
-    Ok(())
-}
-
-/// Installs (or upgrades) the CRDs kumo itself serves: KubeVirt's kinds.
-async fn install_crds(api: &Arc<ApiServer>, crd_def: &ResourceDef) -> anyhow::Result<()> {
-    for mut crd in kumo_api::kubevirt::crds() {
-        let name = kumo_api::meta::name(&crd).to_string();
-        match api.objects.try_get(crd_def, None, &name).await? {
-            None => {
-                admission::stamp_new(&mut crd);
-                admission::on_create(api, crd_def, &mut crd)?;
-                api.objects.create(crd_def, &crd).await?;
-            }
-            Some(mut current)
-                if current.get("spec") != crd.get("spec")
-                    || current.pointer("/metadata/annotations") != crd.pointer("/metadata/annotations") =>
-            {
-                let rv = crate::objects::parse_rv(kumo_api::meta::resource_version(&current))?;
-                current["spec"] = crd["spec"].clone();
-                kumo_api::meta::set_meta(
-                    &mut current,
-                    "annotations",
-                    crd.pointer("/metadata/annotations").cloned().unwrap_or_default(),
-                );
-                current["status"] = kumo_api::crd::established_status(&current, &kumo_api::meta::now_rfc3339());
-                api.objects.update(crd_def, &current, rv).await?;
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
 }
 
 /// `{"kind": "...List", ...}` around items.

@@ -1,8 +1,9 @@
 //! get and list: selectors, paging with continue tokens, resourceVersion semantics, Table output.
 
-use super::{list_object, ApiServer, Call};
+use super::{list_object, Call};
 use crate::objects::{decode, parse_rv, present, store_error};
 use crate::response::{self, Resp};
+use crate::state::ApiServer;
 use base64::Engine;
 use http::StatusCode;
 use kumo_api::selector::{FieldSelector, LabelSelector};

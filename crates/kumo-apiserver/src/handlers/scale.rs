@@ -1,8 +1,9 @@
 //! The `/scale` subresource: an `autoscaling/v1` Scale view of a kind's replica fields.
 
-use super::{body, ApiServer, Call};
+use super::{body, Call};
 use crate::objects::parse_rv;
 use crate::response::{self, Resp};
+use crate::state::ApiServer;
 use http::StatusCode;
 use kumo_api::{jsonpath, meta, ApiError, ResourceDef, ScaleSpec};
 use serde_json::{json, Value};

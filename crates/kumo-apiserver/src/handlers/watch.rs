@@ -2,9 +2,10 @@
 //! `410 Gone` as an ERROR event once history is compacted.
 
 use super::read::Selectors;
-use super::{ApiServer, Call};
+use super::Call;
 use crate::objects::{parse_rv, present};
 use crate::response::Resp;
+use crate::state::ApiServer;
 use crate::watch_cache::CachedEvent;
 use bytes::Bytes;
 use futures::StreamExt;

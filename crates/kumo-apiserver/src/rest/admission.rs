@@ -1,7 +1,7 @@
 //! What happens to an object on its way into the store: schema/type validation with `fieldValidation`,
 //! metadata checks, system-managed fields, and the few kind-specific rules (Namespace, Secret, CRD).
 
-use super::ApiServer;
+use crate::state::ApiServer;
 use kumo_api::patch::lists::{BuiltinLists, ListTypes, SchemaLists};
 use kumo_api::{meta, schema, typed, validation, ApiError, Cause, ResourceDef};
 use serde_json::{json, Value};
