@@ -53,7 +53,9 @@ struct Ring {
 pub struct WatchCache {
     store: Arc<dyn Store>,
     ring: RwLock<Ring>,
-    tx: broadcast::Sender<Arc<CachedEvent>>,
+    /// Replaced on a reset, which closes every live watcher's receiver: they end with 410 and relist rather
+    /// than silently missing what the cache could not follow.
+    tx: RwLock<broadcast::Sender<Arc<CachedEvent>>>,
     capacity: usize,
 }
 
@@ -78,7 +80,7 @@ impl WatchCache {
         let cache = Arc::new(WatchCache {
             store,
             ring: RwLock::new(Ring { events: VecDeque::new(), start: rev, last: rev }),
-            tx,
+            tx: RwLock::new(tx),
             capacity: capacity.max(1),
         });
         let c = cache.clone();
@@ -91,9 +93,15 @@ impl WatchCache {
             let from = self.ring.read().expect("lock").last;
             let mut stream = match self.store.watch("/registry/", from).await {
                 Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("watch cache: store watch from {from} failed: {e}; resetting");
+                Err(kumo_store::Error::Compacted { .. }) => {
+                    tracing::warn!("watch cache: history after {from} is compacted; resetting (watchers relist)");
                     self.reset().await;
+                    continue;
+                }
+                Err(e) => {
+                    // The store is unreachable: resume from the same revision once it answers again.
+                    tracing::warn!("watch cache: store watch from {from} failed: {e}; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     continue;
                 }
             };
@@ -114,13 +122,19 @@ impl WatchCache {
         }
     }
 
-    /// After losing events the cache can no longer vouch for history: start over at the store's revision.
+    /// After losing events the cache can no longer vouch for history: start over at the store's revision, and
+    /// end every live watch with 410 so its client relists.
     async fn reset(&self) {
-        if let Ok(rev) = self.store.current_revision().await {
-            let mut r = self.ring.write().expect("lock");
-            r.events.clear();
-            r.start = rev;
-            r.last = rev;
+        match self.store.current_revision().await {
+            Ok(rev) => {
+                let mut r = self.ring.write().expect("lock");
+                r.events.clear();
+                r.start = rev;
+                r.last = rev;
+                let (tx, _) = broadcast::channel(self.capacity.max(1024));
+                *self.tx.write().expect("lock") = tx;
+            }
+            Err(e) => tracing::warn!("watch cache: reading the store's revision: {e}"),
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -138,7 +152,7 @@ impl WatchCache {
             }
         }
         // Sent under the lock so a subscriber sees either the ring entry or the broadcast, never neither.
-        let _ = self.tx.send(ev);
+        let _ = self.tx.read().expect("lock").send(ev);
     }
 
     /// History at or below `rev` was compacted in the store; the cache forgets it too, so that resuming from a
@@ -182,7 +196,7 @@ impl WatchCache {
             if after >= r.start {
                 let replay: Vec<_> =
                     r.events.iter().filter(|e| e.revision > after && e.key.starts_with(&prefix)).cloned().collect();
-                (Some(replay), Some(self.tx.subscribe()))
+                (Some(replay), Some(self.tx.read().expect("lock").subscribe()))
             } else {
                 (None, None)
             }
@@ -202,13 +216,13 @@ impl WatchCache {
                                     return Some((Ok(e), (rx, rev, prefix, false)));
                                 }
                                 Ok(_) => continue,
-                                Err(broadcast::error::RecvError::Lagged(_)) => {
+                                // Lagged: this watcher fell behind; Closed: the cache was reset.
+                                Err(_) => {
                                     return Some((
                                         Err(Gone { requested: last, oldest: last + 1 }),
                                         (rx, last, prefix, true),
                                     ))
                                 }
-                                Err(broadcast::error::RecvError::Closed) => return None,
                             }
                         }
                     });
@@ -229,5 +243,31 @@ impl WatchCache {
                 .boxed())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn next(s: &mut BoxStream<'static, Result<Arc<CachedEvent>, Gone>>) -> Result<Arc<CachedEvent>, Gone> {
+        tokio::time::timeout(Duration::from_secs(10), s.next()).await.expect("watch stalled").expect("watch ended")
+    }
+
+    #[tokio::test]
+    async fn a_reset_ends_live_watches_with_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(kumo_store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let cache = WatchCache::start(store.clone(), 100).await.unwrap();
+        let mut w = cache.watch("/registry/", cache.revision()).await.unwrap();
+        let kv = store.create("/registry/core/configmaps/default/a", b"{}".to_vec()).await.unwrap();
+        assert_eq!(next(&mut w).await.unwrap().revision, kv.mod_revision);
+        cache.reset().await;
+        assert!(next(&mut w).await.is_err(), "a watcher must learn the cache lost its place");
+        // New watchers follow the store again.
+        let mut w2 = cache.watch("/registry/", cache.revision()).await.unwrap();
+        let kv = store.create("/registry/core/configmaps/default/b", b"{}".to_vec()).await.unwrap();
+        assert_eq!(next(&mut w2).await.unwrap().revision, kv.mod_revision);
     }
 }
