@@ -10,6 +10,7 @@
 //! [`console`]).
 
 pub mod console;
+pub mod crypt;
 pub mod discovery;
 pub mod gc;
 pub mod handlers;

@@ -1,6 +1,7 @@
 //! Startup and the connection loop: open the store, load the PKI, seed system namespaces, load CRDs, start
 //! the watch cache and background loops, then serve HTTPS.
 
+use crate::crypt::{ClusterSecret, EncryptedStore, EncryptionConfig};
 use crate::handlers;
 use crate::registry::Registry;
 use crate::state::{self, ApiServer};
@@ -25,6 +26,10 @@ pub struct Config {
     /// Events kept in the watch cache.
     pub watch_cache_size: usize,
     pub bookmark_interval: Duration,
+    /// The secret every replica of this cluster shares (None: the one in the data directory, or a new one).
+    pub cluster_secret: Option<String>,
+    /// Kubernetes' EncryptionConfiguration for data at rest (None: Secrets sealed with the cluster secret).
+    pub encryption_config: Option<PathBuf>,
 }
 
 impl Config {
@@ -36,6 +41,8 @@ impl Config {
             compaction_interval: Duration::from_secs(300),
             watch_cache_size: 5_000,
             bookmark_interval: Duration::from_secs(30),
+            cluster_secret: None,
+            encryption_config: None,
         }
     }
 }
@@ -49,9 +56,15 @@ pub struct Running {
 
 /// Starts serving with `store`; returns once the listener is bound (serving continues in the background).
 pub async fn run(config: Config, store: Arc<dyn Store>) -> Result<Running> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let pki = tls::load_or_create(&config.data_dir, &config.hosts)?;
+    private_dir(&config.data_dir)?;
+    let mut secret = ClusterSecret::resolve(&config.data_dir, config.cluster_secret.as_deref())?;
+    let encryption = match &config.encryption_config {
+        Some(path) => EncryptionConfig::load(path)?,
+        None => EncryptionConfig::from_cluster_secret(&secret),
+    };
+    let store: Arc<dyn Store> = Arc::new(EncryptedStore::new(store, encryption));
+    let pki = tls::load_or_create(&*store, &secret, &config.data_dir, &config.hosts).await?;
+    secret.persist()?;
     let tls_config = tls::server_config(&pki)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -101,4 +114,12 @@ pub async fn run(config: Config, store: Arc<dyn Store>) -> Result<Running> {
     });
     tracing::info!("kumo API server listening on {server_url}; kubeconfig at {}", kubeconfig.display());
     Ok(Running { addr, kubeconfig, api })
+}
+
+/// Creates the data directory private to this user: it holds the store, the cluster secret and credentials.
+fn private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private (mode 0700)", dir.display()))
 }

@@ -1,19 +1,35 @@
-//! The control plane's PKI and the admin kubeconfig: a CA generated on first start, a serving certificate
-//! signed by it, and a bearer token — all kept in the data directory so restarts keep them.
+//! The control plane's PKI and the admin kubeconfig: a CA and admin token created by the first replica and
+//! shared with the others through the store (sealed with the cluster secret), and a serving certificate per
+//! replica signed by that CA — so one kubeconfig works against every replica.
 
+use crate::crypt::ClusterSecret;
 use anyhow::{Context, Result};
+use kumo_store::Store;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub struct Pki {
     pub ca_pem: String,
+    /// The CA's private key: it signs serving certificates and, for joined nodes, client certificates.
+    pub ca_key_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
     pub token: String,
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<()> {
+/// Where the cluster's shared credentials live in the store (outside `/registry/`: never served or watched).
+pub const BOOTSTRAP_KEY: &str = "/bootstrap/pki";
+
+/// What every replica shares: sealed in the store with a key derived from the cluster secret.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Shared {
+    ca_cert: String,
+    ca_key: String,
+    admin_token: String,
+}
+
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -27,30 +43,42 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
     Ok(())
 }
 
-/// Loads the PKI from `dir/pki`, generating it on first start. `hosts` are the serving certificate's names.
-pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Pki> {
-    let pki = dir.join("pki");
-    let files = ["ca.crt", "ca.key", "server.crt", "server.key", "token"].map(|f| pki.join(f));
-    if files.iter().all(|f| f.exists()) {
-        let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
-        return Ok(Pki {
-            ca_pem: read(&files[0])?,
-            cert_pem: read(&files[2])?,
-            key_pem: read(&files[3])?,
-            token: read(&files[4])?.trim().to_string(),
-        });
-    }
-    std::fs::create_dir_all(&pki).with_context(|| format!("creating {}", pki.display()))?;
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(DnType::CommonName, "kumo-ca");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages =
-        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    ca_params.not_after = rcgen::date_time_ymd(2046, 1, 1);
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, &ca_key);
-
+/// The cluster's CA and admin token, from the store (created by the first replica to start), and a serving
+/// certificate for this replica signed by that CA with `hosts` as extra names. A server upgraded from a
+/// version that kept its PKI in `data_dir/pki` brings that CA and token into the store, so its existing
+/// kubeconfigs keep working.
+pub async fn load_or_create(
+    store: &dyn Store,
+    secret: &ClusterSecret,
+    data_dir: &Path,
+    hosts: &[String],
+) -> Result<Pki> {
+    let key = secret.derive("bootstrap");
+    let shared = loop {
+        if let Some(kv) = store.get(BOOTSTRAP_KEY).await.context("reading the cluster's credentials from the store")? {
+            let plain = key.open(&kv.value, BOOTSTRAP_KEY.as_bytes()).map_err(|_| {
+                anyhow::anyhow!(
+                    "the cluster in this store was created with another cluster secret: start this server with \
+                     that secret (--cluster-secret-file FILE, e.g. the cluster-secret file in the first server's \
+                     data directory)"
+                )
+            })?;
+            break serde_json::from_slice::<Shared>(&plain).context("decoding the cluster's credentials")?;
+        }
+        let fresh = match legacy_pki(data_dir)? {
+            Some(s) => s,
+            None => new_ca()?,
+        };
+        let sealed = key.seal(&serde_json::to_vec(&fresh)?, BOOTSTRAP_KEY.as_bytes());
+        match store.create(BOOTSTRAP_KEY, sealed).await {
+            Ok(_) => break fresh,
+            // Another replica created the cluster first: use its credentials.
+            Err(kumo_store::Error::AlreadyExists(_)) => continue,
+            Err(e) => return Err(e).context("storing the cluster's credentials"),
+        }
+    };
+    let ca_key = KeyPair::from_pem(&shared.ca_key).context("the cluster CA key")?;
+    let issuer = Issuer::from_ca_cert_pem(&shared.ca_cert, &ca_key).context("the cluster CA certificate")?;
     let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), "kumo".into()];
     names.extend(hosts.iter().cloned());
     names.sort();
@@ -60,16 +88,40 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Pki> {
     params.distinguished_name.push(DnType::CommonName, "kumo-apiserver");
     params.not_after = rcgen::date_time_ymd(2046, 1, 1);
     let server_cert = params.signed_by(&server_key, &issuer)?;
-    let token = random_token();
+    Ok(Pki {
+        ca_pem: shared.ca_cert,
+        ca_key_pem: shared.ca_key,
+        cert_pem: server_cert.pem(),
+        key_pem: server_key.serialize_pem(),
+        token: shared.admin_token,
+    })
+}
 
-    let out = Pki { ca_pem: ca_cert.pem(), cert_pem: server_cert.pem(), key_pem: server_key.serialize_pem(), token };
-    write_private(&files[1], &ca_key.serialize_pem())?;
-    write_private(&files[3], &out.key_pem)?;
-    write_private(&files[4], &out.token)?;
-    write_private(&files[2], &out.cert_pem)?;
-    // The CA certificate is written last: its presence marks the PKI complete.
-    write_private(&files[0], &out.ca_pem)?;
-    Ok(out)
+fn new_ca() -> Result<Shared> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name.push(DnType::CommonName, "kumo-ca");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.not_after = rcgen::date_time_ymd(2046, 1, 1);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    Ok(Shared { ca_cert: ca_cert.pem(), ca_key: ca_key.serialize_pem(), admin_token: random_token() })
+}
+
+/// The CA and token an earlier kumo kept in `data_dir/pki`, if any.
+fn legacy_pki(data_dir: &Path) -> Result<Option<Shared>> {
+    let pki = data_dir.join("pki");
+    let files = ["ca.crt", "ca.key", "token"].map(|f| pki.join(f));
+    if !files.iter().all(|f| f.exists()) {
+        return Ok(None);
+    }
+    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    Ok(Some(Shared {
+        ca_cert: read(&files[0])?,
+        ca_key: read(&files[1])?,
+        admin_token: read(&files[2])?.trim().into(),
+    }))
 }
 
 fn random_token() -> String {

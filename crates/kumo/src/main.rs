@@ -107,6 +107,17 @@ struct ServerArgs {
     /// How often watchers that asked for bookmarks get one.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     bookmark_interval: Duration,
+    /// The secret shared by every API server replica of this cluster (default: DATA_DIR/cluster-secret,
+    /// created on first start). Another replica joins with the same secret and store.
+    #[arg(long, env = "KUMO_CLUSTER_SECRET", hide_env_values = true, conflicts_with = "cluster_secret_file")]
+    cluster_secret: Option<String>,
+    /// A file holding the cluster secret (e.g. the first server's DATA_DIR/cluster-secret).
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
+    /// Kubernetes' EncryptionConfiguration (aesgcm or identity providers) for data at rest (default: Secrets
+    /// sealed with AES-GCM under a key derived from the cluster secret).
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
     /// Do not run the controllers in this process (run `kumo controllers` elsewhere instead).
     #[arg(long)]
     no_controllers: bool,
@@ -232,11 +243,22 @@ async fn server(args: ServerArgs) -> Result<()> {
     let db = args.data_dir.join("kumo.redb");
     let store = kumo_store::RedbStore::open(&db)
         .with_context(|| format!("opening the store at {} (is another kumo server using it?)", db.display()))?;
+    // The store holds every object, Secrets included (sealed, but still): only this user may read it.
+    std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("making {} private", db.display()))?;
     let mut config = kumo_apiserver::Config::new(args.data_dir.clone(), args.listen);
     config.hosts = args.tls_san;
     config.compaction_interval = args.compaction_interval;
     config.watch_cache_size = args.watch_cache_size;
     config.bookmark_interval = args.bookmark_interval;
+    config.encryption_config = args.encryption_provider_config;
+    config.cluster_secret = match (&args.cluster_secret, &args.cluster_secret_file) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(f)) => {
+            Some(std::fs::read_to_string(f).with_context(|| format!("reading --cluster-secret-file {}", f.display()))?)
+        }
+        (None, None) => None,
+    };
     let running = kumo_apiserver::run(config, Arc::new(store)).await?;
     if !args.no_controllers {
         // The controllers talk to this server through the API like any other client.
