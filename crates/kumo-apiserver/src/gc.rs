@@ -1,6 +1,7 @@
 //! Built-in background work that Kubernetes' controller-manager would do for the kinds kumo serves:
-//! garbage collection through ownerReferences (Background, Foreground, Orphan), namespace deletion, and
-//! periodic compaction of store history.
+//! garbage collection through ownerReferences (Background, Foreground, Orphan), namespace deletion, CRD
+//! cleanup, and periodic compaction of store history — on the elected leader only. Serving CRDs is not here:
+//! every replica follows them itself ([`crate::state::follow_crds`]).
 //!
 //! The collector keeps a small index (key → uid, owner → dependents, objects being deleted) fed by the watch
 //! cache, so it only looks at objects a change concerns: cost follows the rate of change, not store size.
@@ -16,13 +17,23 @@ use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
-pub fn spawn_all(api: Arc<ApiServer>, compaction_interval: Duration) {
+/// Starts the loops. They act only while `leader` is true (one replica of a cluster runs them; see
+/// `kumo_controllers::leader`), and stop acting as soon as it turns false.
+pub fn spawn_all(api: Arc<ApiServer>, compaction_interval: Duration, leader: watch::Receiver<bool>) {
     let gc_api = api.clone();
+    let mut gc_leader = leader.clone();
     tokio::spawn(async move {
         loop {
-            if let Err(e) = run_collector(&gc_api).await {
-                tracing::warn!("garbage collector restarting: {e}");
+            if gc_leader.wait_for(|l| *l).await.map(|_| ()).is_err() {
+                return;
+            }
+            tokio::select! {
+                r = run_collector(&gc_api) => if let Err(e) = r {
+                    tracing::warn!("garbage collector restarting: {e}");
+                },
+                _ = async { gc_leader.wait_for(|l| !*l).await.map(|_| ()) } => tracing::info!("garbage collector paused: not the leader"),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -32,6 +43,10 @@ pub fn spawn_all(api: Arc<ApiServer>, compaction_interval: Duration) {
         let mut previous = None;
         loop {
             tokio::time::sleep(compaction_interval).await;
+            if !*leader.borrow() {
+                previous = None;
+                continue;
+            }
             let store = &api.objects.store;
             if let Some(rev) = previous {
                 match store.compact(rev).await {
@@ -159,17 +174,11 @@ async fn run_collector(api: &ApiServer) -> anyhow::Result<()> {
             if let Some(ns) = key_namespace(&ev.key).filter(|ns| index.terminating.contains(*ns)) {
                 dirty.insert(format!("/registry/core/namespaces/{ns}"));
             }
-            if ev.key.starts_with(CRD_PREFIX) {
-                api.registry.remove_crd(meta::name(&ev.object));
-            }
             // The last custom resource of a CRD being deleted releases the CRD.
             if let Some(crd_key) = crd_key_for(&ev.key).filter(|k| index.deleting.contains(k)) {
                 dirty.insert(crd_key);
             }
         } else {
-            if ev.key.starts_with(CRD_PREFIX) {
-                api.registry.put_crd(&ev.object);
-            }
             index.put(&ev.key, &ev.object);
             if meta::deletion_timestamp(&ev.object).is_some() || index.orphaned(&ev.key) {
                 dirty.insert(ev.key.clone());
@@ -229,7 +238,7 @@ async fn collect_key(api: &ApiServer, index: &Index, key: &str) -> anyhow::Resul
     Ok(())
 }
 
-const CRD_PREFIX: &str = "/registry/apiextensions.k8s.io/customresourcedefinitions/";
+pub(crate) const CRD_PREFIX: &str = "/registry/apiextensions.k8s.io/customresourcedefinitions/";
 /// The finalizer Kubernetes puts on CRDs so their custom resources are deleted first.
 pub const CRD_CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";
 

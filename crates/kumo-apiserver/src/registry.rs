@@ -87,6 +87,11 @@ impl Registry {
         self.by_crd.write().expect("lock").insert(name, keys);
     }
 
+    /// The names of the CRDs whose kinds are served.
+    pub fn crd_names(&self) -> Vec<String> {
+        self.by_crd.read().expect("lock").keys().cloned().collect()
+    }
+
     pub fn remove_crd(&self, name: &str) {
         if let Some(keys) = self.by_crd.write().expect("lock").remove(name) {
             let mut k = self.kinds.write().expect("lock");

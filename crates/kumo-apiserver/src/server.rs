@@ -76,7 +76,7 @@ pub async fn run(config: Config, store: Arc<dyn Store>) -> Result<Running> {
     let cache = WatchCache::start(store.clone(), config.watch_cache_size).await?;
     let api = Arc::new(ApiServer::new(store, Arc::new(Registry::with_builtins()), cache, pki.token.clone(), &config));
     state::bootstrap(&api).await?;
-    crate::gc::spawn_all(api.clone(), config.compaction_interval);
+    state::follow_crds(api.clone());
 
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let serve_api = api.clone();

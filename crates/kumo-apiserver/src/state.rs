@@ -5,9 +5,9 @@ use crate::objects::Objects;
 use crate::registry::Registry;
 use crate::rest::admission;
 use crate::watch_cache::WatchCache;
-use kumo_api::ResourceDef;
+use kumo_api::{ApiError, ResourceDef};
 use kumo_store::Store;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,32 +68,80 @@ pub async fn bootstrap(api: &Arc<ApiServer>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs (or upgrades) the CRDs kumo itself serves: KubeVirt's kinds.
+/// Installs (or upgrades) the CRDs kumo itself serves: KubeVirt's kinds. Replicas starting together race here
+/// harmlessly: a write that loses (409) is retried against what the other replica wrote.
 async fn install_crds(api: &Arc<ApiServer>, crd_def: &ResourceDef) -> anyhow::Result<()> {
-    for mut crd in kumo_api::kubevirt::crds() {
-        let name = kumo_api::meta::name(&crd).to_string();
-        match api.objects.try_get(crd_def, None, &name).await? {
-            None => {
-                admission::stamp_new(&mut crd);
-                admission::on_create(api, crd_def, &mut crd)?;
-                api.objects.create(crd_def, &crd).await?;
+    for want in kumo_api::kubevirt::crds() {
+        let mut attempts = 0;
+        while let Err(e) = install_crd(api, crd_def, want.clone()).await {
+            attempts += 1;
+            if e.code != 409 || attempts >= 5 {
+                return Err(e.into());
             }
-            Some(mut current)
-                if current.get("spec") != crd.get("spec")
-                    || current.pointer("/metadata/annotations") != crd.pointer("/metadata/annotations") =>
-            {
-                let rv = crate::objects::parse_rv(kumo_api::meta::resource_version(&current))?;
-                current["spec"] = crd["spec"].clone();
-                kumo_api::meta::set_meta(
-                    &mut current,
-                    "annotations",
-                    crd.pointer("/metadata/annotations").cloned().unwrap_or_default(),
-                );
-                current["status"] = kumo_api::crd::established_status(&current, &kumo_api::meta::now_rfc3339());
-                api.objects.update(crd_def, &current, rv).await?;
-            }
-            Some(_) => {}
         }
     }
     Ok(())
+}
+
+async fn install_crd(api: &Arc<ApiServer>, crd_def: &ResourceDef, mut crd: Value) -> Result<(), ApiError> {
+    let name = kumo_api::meta::name(&crd).to_string();
+    match api.objects.try_get(crd_def, None, &name).await? {
+        None => {
+            admission::stamp_new(&mut crd);
+            admission::on_create(api, crd_def, &mut crd)?;
+            api.objects.create(crd_def, &crd).await?;
+        }
+        Some(mut current)
+            if current.get("spec") != crd.get("spec")
+                || current.pointer("/metadata/annotations") != crd.pointer("/metadata/annotations") =>
+        {
+            let rv = crate::objects::parse_rv(kumo_api::meta::resource_version(&current))?;
+            current["spec"] = crd["spec"].clone();
+            kumo_api::meta::set_meta(
+                &mut current,
+                "annotations",
+                crd.pointer("/metadata/annotations").cloned().unwrap_or_default(),
+            );
+            current["status"] = kumo_api::crd::established_status(&current, &kumo_api::meta::now_rfc3339());
+            api.objects.update(crd_def, &current, rv).await?;
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// Keeps this replica's registry in step with the stored CRDs (created or deleted through any replica), for as
+/// long as the process runs. Serving a kind never waits for the leader.
+pub fn follow_crds(api: Arc<ApiServer>) {
+    tokio::spawn(async move {
+        let def = api.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions").expect("built-in");
+        loop {
+            if let Err(e) = follow_once(&api, &def).await {
+                tracing::warn!("following CRDs (relisting): {e}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+async fn follow_once(api: &ApiServer, def: &ResourceDef) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let (crds, rev) = api.objects.list_all(def, None).await?;
+    let names: std::collections::HashSet<String> = crds.iter().map(|c| kumo_api::meta::name(c).to_string()).collect();
+    for crd in &crds {
+        api.registry.put_crd(crd);
+    }
+    for gone in api.registry.crd_names().into_iter().filter(|n| !names.contains(n)) {
+        api.registry.remove_crd(&gone);
+    }
+    let mut events = api.cache.watch(crate::gc::CRD_PREFIX, rev).await.map_err(|g| anyhow::anyhow!("watch: {g:?}"))?;
+    while let Some(ev) = events.next().await {
+        let ev = ev.map_err(|g| anyhow::anyhow!("watch fell behind: {g:?}"))?;
+        if ev.deleted {
+            api.registry.remove_crd(kumo_api::meta::name(&ev.object));
+        } else {
+            api.registry.put_crd(&ev.object);
+        }
+    }
+    anyhow::bail!("watch ended")
 }

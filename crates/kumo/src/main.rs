@@ -16,6 +16,12 @@ struct Cli {
 
 mod virtctl;
 
+use kumo_controllers::leader;
+
+/// The Leases (in kube-system) electing the replica that runs the API server's loops, and the controllers.
+const GC_LEASE: &str = "kumo-gc";
+const CONTROLLERS_LEASE: &str = "kumo-controllers";
+
 #[derive(clap::Args)]
 struct Target {
     /// Namespace (default: the kubeconfig context's).
@@ -207,7 +213,10 @@ async fn main() -> Result<()> {
         }
         Command::Controllers { kubeconfig } => {
             let client = client_from(kubeconfig.as_deref()).await?;
-            kumo_controllers::run(client).await
+            // Several `kumo controllers` may run for availability; one acts at a time.
+            let leading = leader::elect(client.clone(), leader::Config::new(CONTROLLERS_LEASE));
+            leader::while_leading(leading, || kumo_controllers::run(client.clone())).await;
+            Ok(())
         }
     }
 }
@@ -259,15 +268,17 @@ async fn server(args: ServerArgs) -> Result<()> {
         }
         (None, None) => None,
     };
+    let compaction_interval = config.compaction_interval;
     let running = kumo_apiserver::run(config, Arc::new(store)).await?;
+    // Loops that must run once per cluster (GC, compaction; the controllers) run on the elected replica only.
+    let self_client = client_from(Some(&running.kubeconfig)).await?;
+    let id = server_identity(&args.data_dir)?;
+    let gc_leader = leader::elect(self_client.clone(), leader::Config::new(GC_LEASE).identity(&id));
+    kumo_apiserver::gc::spawn_all(running.api.clone(), compaction_interval, gc_leader);
     if !args.no_controllers {
         // The controllers talk to this server through the API like any other client.
-        let client = client_from(Some(&running.kubeconfig)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = kumo_controllers::run(client).await {
-                tracing::error!("controllers stopped: {e:#}");
-            }
-        });
+        let leading = leader::elect(self_client.clone(), leader::Config::new(CONTROLLERS_LEASE).identity(&id));
+        tokio::spawn(leader::while_leading(leading, move || kumo_controllers::run(self_client.clone())));
     }
     if !args.no_agent {
         let client = client_from(Some(&running.kubeconfig)).await?;
@@ -288,4 +299,21 @@ async fn server(args: ServerArgs) -> Result<()> {
     }
     eprintln!("kumo server: shutting down");
     Ok(())
+}
+
+/// This replica's name in leader elections: the host name and an id kept in the data directory, so a replica
+/// restarted after a crash takes its Leases back at once instead of waiting for them to expire. (Two live
+/// processes never share a data directory: the embedded store locks it, and each replica has its own.)
+fn server_identity(data_dir: &std::path::Path) -> Result<String> {
+    let path = data_dir.join("server-id");
+    let id = match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+        _ => {
+            let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+            std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+            id
+        }
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    Ok(format!("{}_{id}", host.trim()))
 }
