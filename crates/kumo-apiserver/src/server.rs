@@ -63,7 +63,12 @@ pub async fn run(config: Config, store: Arc<dyn Store>) -> Result<Running> {
         None => EncryptionConfig::from_cluster_secret(&secret),
     };
     let store: Arc<dyn Store> = Arc::new(EncryptedStore::new(store, encryption));
-    let pki = tls::load_or_create(&*store, &secret, &config.data_dir, &config.hosts).await?;
+    // Clients reach a replica at the address it listens on: that is always one of its certificate's names.
+    let mut hosts = config.hosts.clone();
+    if !config.listen.ip().is_unspecified() {
+        hosts.push(config.listen.ip().to_string());
+    }
+    let pki = tls::load_or_create(&*store, &secret, &config.data_dir, &hosts).await?;
     secret.persist()?;
     let tls_config = tls::server_config(&pki)?;
     let listener = tokio::net::TcpListener::bind(config.listen)

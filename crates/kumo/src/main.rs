@@ -14,6 +14,7 @@ struct Cli {
     command: Command,
 }
 
+mod client;
 mod virtctl;
 
 use kumo_controllers::leader;
@@ -79,6 +80,9 @@ enum Command {
         /// Kubeconfig to use (default: $KUBECONFIG or ~/.kube/config).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
+        /// API server replicas to use, failing over between them (default: the kubeconfig's server).
+        #[arg(long = "server", value_name = "URL[,URL...]")]
+        servers: Vec<String>,
         /// Where VMI disks, sockets and the image cache live.
         #[arg(long, default_value = "/var/lib/kumo/agent")]
         state_dir: PathBuf,
@@ -90,6 +94,9 @@ enum Command {
         /// Kubeconfig to use (default: $KUBECONFIG or ~/.kube/config).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
+        /// API server replicas to use, failing over between them (default: the kubeconfig's server).
+        #[arg(long = "server", value_name = "URL[,URL...]")]
+        servers: Vec<String>,
     },
 }
 
@@ -198,21 +205,21 @@ async fn main() -> Result<()> {
             virtctl::kind_plural(&kind)?;
             vm_verb(&target, "virtualmachineinstances", &name, "unpause").await
         }
-        Command::Agent { kubeconfig, state_dir, agent } => {
+        Command::Agent { kubeconfig, servers, state_dir, agent } => {
             let config = kube_config(kubeconfig.as_deref()).await?;
             let mut cfg = agent.config(state_dir)?;
             // The API server presents the same token when it proxies a console to this agent.
             cfg.console_token =
                 config.auth_info.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_string());
-            kumo_agent::agent::run(kube::Client::try_from(config)?, cfg).await
+            kumo_agent::agent::run(client::client(config, &servers)?, cfg).await
         }
         Command::Console { name, target } => {
             let config = kube_config(target.kubeconfig.as_deref()).await?;
             let ns = target.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
             virtctl::console(config, &ns, &name).await
         }
-        Command::Controllers { kubeconfig } => {
-            let client = client_from(kubeconfig.as_deref()).await?;
+        Command::Controllers { kubeconfig, servers } => {
+            let client = client::client(kube_config(kubeconfig.as_deref()).await?, &servers)?;
             // Several `kumo controllers` may run for availability; one acts at a time.
             let leading = leader::elect(client.clone(), leader::Config::new(CONTROLLERS_LEASE));
             leader::while_leading(leading, || kumo_controllers::run(client.clone())).await;
