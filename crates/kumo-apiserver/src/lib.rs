@@ -9,6 +9,7 @@
 //! except the small admission hooks in `rest/admission.rs` and the KubeVirt subresources ([`kubevirt`],
 //! [`console`]).
 
+pub mod auth;
 pub mod console;
 pub mod crypt;
 pub mod discovery;
