@@ -1,34 +1,36 @@
-//! `status.conditions` on untyped objects, shared by the controllers and the node agent.
+//! `status.conditions` of VirtualMachines and VirtualMachineInstances, shared by the controllers and the node
+//! agent.
 
-use serde_json::{json, Value};
+use crate::kubevirt::Condition;
 
 /// The status ("True"/"False"/"Unknown") of condition `type_`, if present.
-pub fn status<'a>(obj: &'a Value, type_: &str) -> Option<&'a str> {
-    obj.pointer("/status/conditions")
-        .and_then(Value::as_array)?
-        .iter()
-        .find(|c| c.get("type").and_then(Value::as_str) == Some(type_))
-        .and_then(|c| c.get("status").and_then(Value::as_str))
+pub fn status<'a>(list: &'a [Condition], type_: &str) -> Option<&'a str> {
+    list.iter().find(|c| c.type_ == type_).map(|c| c.status.as_str())
 }
 
-pub fn is_true(obj: &Value, type_: &str) -> bool {
-    status(obj, type_) == Some("True")
+pub fn is_true(list: &[Condition], type_: &str) -> bool {
+    status(list, type_) == Some("True")
 }
 
 /// Sets a condition in a conditions list, keeping lastTransitionTime when the status does not change.
-pub fn set(list: &mut Vec<Value>, type_: &str, status: &str, reason: &str, message: &str, now: &str) {
-    let existing = list.iter_mut().find(|c| c.get("type").and_then(Value::as_str) == Some(type_));
-    match existing {
+pub fn set(list: &mut Vec<Condition>, type_: &str, status: &str, reason: &str, message: &str, now: &str) {
+    match list.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
-            if c.get("status").and_then(Value::as_str) != Some(status) {
-                c["lastTransitionTime"] = json!(now);
+            if c.status != status {
+                c.last_transition_time = Some(now.into());
             }
-            c["status"] = json!(status);
-            c["reason"] = json!(reason);
-            c["message"] = json!(message);
+            c.status = status.into();
+            c.reason = Some(reason.into());
+            c.message = Some(message.into());
         }
-        None => list.push(json!({"type": type_, "status": status, "reason": reason, "message": message,
-            "lastProbeTime": null, "lastTransitionTime": now})),
+        None => list.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            last_probe_time: None,
+            last_transition_time: Some(now.into()),
+        }),
     }
 }
 
@@ -41,9 +43,13 @@ mod tests {
         let mut l = vec![];
         set(&mut l, "Ready", "False", "Booting", "", "t1");
         set(&mut l, "Ready", "False", "StillBooting", "", "t2");
-        assert_eq!(l[0]["lastTransitionTime"], "t1");
+        assert_eq!(l[0].last_transition_time.as_deref(), Some("t1"));
         set(&mut l, "Ready", "True", "Up", "", "t3");
-        assert_eq!(l[0]["lastTransitionTime"], "t3");
-        assert!(is_true(&json!({"status": {"conditions": l}}), "Ready"));
+        assert_eq!(l[0].last_transition_time.as_deref(), Some("t3"));
+        assert!(is_true(&l, "Ready"));
+        // Written as KubeVirt writes a new condition: lastProbeTime null, never left out.
+        let v = serde_json::to_value(&l[0]).unwrap();
+        assert_eq!(v["lastProbeTime"], serde_json::Value::Null);
+        assert!(v.as_object().unwrap().contains_key("lastProbeTime"));
     }
 }

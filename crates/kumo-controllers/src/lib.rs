@@ -5,7 +5,6 @@
 //! ([`vm::plan`], [`vmi::plan`]), plus a thin runtime that fetches, applies the plan through the API and records
 //! events ([`runtime`]). Start reading at [`vm`].
 
-pub mod kinds;
 pub mod leader;
 pub mod runtime;
 pub mod vm;

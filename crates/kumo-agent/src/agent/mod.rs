@@ -10,11 +10,11 @@ use crate::node::{self, HostInfo};
 use crate::qemu::{self, Accel, RunningVm};
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::Api;
+use kumo_api::kubevirt::VirtualMachineInstance;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -86,13 +86,6 @@ pub(crate) struct Agent {
     pub recorder: Recorder,
 }
 
-pub fn vmi_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachineInstance"),
-        "virtualmachineinstances",
-    )
-}
-
 /// Runs the agent until the process ends.
 pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     let qemu = match &cfg.qemu_binary {
@@ -133,9 +126,8 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         cfg,
     });
-    let ar = vmi_resource();
-    let api = Api::<DynamicObject>::all_with(client, &ar);
-    Controller::new_with(api, watcher::Config::default(), ar)
+    let api = Api::<VirtualMachineInstance>::all(client);
+    Controller::new(api, watcher::Config::default())
         .run(reconcile::reconcile, reconcile::error_policy, agent)
         .for_each(|r| async move {
             if let Err(e) = r {

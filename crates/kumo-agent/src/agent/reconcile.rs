@@ -7,11 +7,11 @@ use crate::qemu::{self, RunningVm};
 use crate::vmi::prepare::{self, PrepareCtx, PrepareError};
 use crate::vmi::translate::{self, HostSettings};
 use kube::api::{Patch, PatchParams};
-use kube::core::DynamicObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
-use serde_json::{json, Value};
+use kumo_api::kubevirt::{VirtualMachineInstance, VirtualMachineInstanceStatus};
+use serde_json::json;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,20 +28,20 @@ pub enum Error {
     Other(#[from] anyhow::Error),
 }
 
-pub fn error_policy(_obj: Arc<DynamicObject>, err: &Error, _agent: Arc<Agent>) -> Action {
+pub fn error_policy(_obj: Arc<VirtualMachineInstance>, err: &Error, _agent: Arc<Agent>) -> Action {
     tracing::warn!("agent: {err}");
     Action::requeue(Duration::from_secs(3))
 }
 
-fn api(agent: &Agent, vmi: &DynamicObject) -> Api<DynamicObject> {
-    Api::namespaced_with(agent.client.clone(), &vmi.namespace().unwrap_or_default(), &super::vmi_resource())
+fn api(agent: &Agent, vmi: &VirtualMachineInstance) -> Api<VirtualMachineInstance> {
+    Api::namespaced(agent.client.clone(), &vmi.namespace().unwrap_or_default())
 }
 
 fn dir(agent: &Agent, uid: &str) -> PathBuf {
     agent.cfg.state_dir.join("vmis").join(uid)
 }
 
-async fn event(agent: &Agent, vmi: &DynamicObject, warning: bool, reason: &str, note: String) {
+async fn event(agent: &Agent, vmi: &VirtualMachineInstance, warning: bool, reason: &str, note: String) {
     let ev = Event {
         type_: if warning { EventType::Warning } else { EventType::Normal },
         reason: reason.into(),
@@ -49,19 +49,23 @@ async fn event(agent: &Agent, vmi: &DynamicObject, warning: bool, reason: &str, 
         action: reason.into(),
         secondary: None,
     };
-    if let Err(e) = agent.recorder.publish(&ev, &vmi.object_ref(&super::vmi_resource())).await {
+    if let Err(e) = agent.recorder.publish(&ev, &vmi.object_ref(&())).await {
         tracing::warn!("recording event {reason}: {e}");
     }
 }
 
-async fn patch_status(agent: &Agent, vmi: &DynamicObject, st: Value) -> Result<(), Error> {
+async fn patch_status(
+    agent: &Agent,
+    vmi: &VirtualMachineInstance,
+    st: VirtualMachineInstanceStatus,
+) -> Result<(), Error> {
     api(agent, vmi)
         .patch_status(&vmi.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": st})))
         .await?;
     Ok(())
 }
 
-async fn set_finalizer(agent: &Agent, vmi: &DynamicObject, present: bool) -> Result<(), Error> {
+async fn set_finalizer(agent: &Agent, vmi: &VirtualMachineInstance, present: bool) -> Result<(), Error> {
     let mut fins = vmi.finalizers().to_vec();
     let has = fins.iter().any(|f| f == FINALIZER);
     if has == present {
@@ -81,17 +85,16 @@ async fn set_finalizer(agent: &Agent, vmi: &DynamicObject, present: bool) -> Res
     }
 }
 
-pub async fn reconcile(vmi: Arc<DynamicObject>, agent: Arc<Agent>) -> Result<Action, Error> {
-    let value = serde_json::to_value(&*vmi).map_err(anyhow::Error::from)?;
+pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, agent: Arc<Agent>) -> Result<Action, Error> {
     let uid = vmi.uid().unwrap_or_default();
-    let mine = value.pointer("/status/nodeName").and_then(Value::as_str) == Some(agent.node.as_str());
-    let phase = value.pointer("/status/phase").and_then(Value::as_str).unwrap_or("").to_string();
+    let mine = vmi.node_name() == Some(agent.node.as_str());
+    let phase = vmi.phase();
     let local = agent.vms.lock().await.get(&uid).cloned();
     if !mine {
         return Ok(Action::await_change());
     }
     if vmi.meta().deletion_timestamp.is_some() {
-        let grace = value.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30);
+        let grace = vmi.spec.termination_grace_period_seconds.unwrap_or(30);
         let grace = Duration::from_secs(grace);
         let outcome = match &local {
             Some(l) => {
@@ -111,29 +114,29 @@ pub async fn reconcile(vmi: Arc<DynamicObject>, agent: Arc<Agent>) -> Result<Act
         set_finalizer(&agent, &vmi, false).await?;
         return Ok(Action::await_change());
     }
-    match (phase.as_str(), local) {
-        ("Scheduled", None) => start(&agent, &vmi, &value).await,
+    match (phase, local) {
+        ("Scheduled", None) => start(&agent, &vmi).await,
         // The guest runs but writing Running failed: write it again.
-        ("Scheduled", Some(l)) => report_running(&agent, &vmi, &value, &l).await,
+        ("Scheduled", Some(l)) => report_running(&agent, &vmi, &l).await,
         ("Running", None) => {
             // After an agent restart: reattach to the guest if it is still running.
-            match reattach(&agent, &vmi, &value, &uid).await {
+            match reattach(&agent, &vmi, &uid).await {
                 Ok(l) => {
                     // A pause asked for while the agent was away applies now.
-                    sync_pause(&agent, &vmi, &value, &l).await?;
+                    sync_pause(&agent, &vmi, &l).await?;
                     Ok(Action::requeue(Duration::from_secs(60)))
                 }
                 Err(e) => {
                     // The Failed arm below then cleans up, on the object this write produces.
                     let msg = format!("the guest's QEMU process is gone: {e:#}");
-                    patch_status(&agent, &vmi, status::failed(&value, "QemuExited", &msg, &status::now())).await?;
+                    patch_status(&agent, &vmi, status::failed(&vmi, "QemuExited", &msg, &status::now())).await?;
                     event(&agent, &vmi, true, "Failed", msg).await;
                     Ok(Action::await_change())
                 }
             }
         }
         ("Running", Some(l)) => {
-            sync_pause(&agent, &vmi, &value, &l).await?;
+            sync_pause(&agent, &vmi, &l).await?;
             Ok(Action::requeue(Duration::from_secs(60)))
         }
         // A finished guest: clean the host once, then let deletion go ahead.
@@ -146,25 +149,25 @@ pub async fn reconcile(vmi: Arc<DynamicObject>, agent: Arc<Agent>) -> Result<Act
     }
 }
 
-async fn start(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value) -> Result<Action, Error> {
+async fn start(agent: &Arc<Agent>, vmi: &VirtualMachineInstance) -> Result<Action, Error> {
     set_finalizer(agent, vmi, true).await?;
     let uid = vmi.uid().unwrap_or_default();
-    match launch(agent, vmi, value, &uid).await {
-        Ok(local) => report_running(agent, vmi, value, &local).await,
+    match launch(agent, vmi, &uid).await {
+        Ok(local) => report_running(agent, vmi, &local).await,
         Err(e) => {
             // The Failed arm of `reconcile` cleans up what was prepared, on the object this write produces.
             tracing::warn!(vmi = %vmi.name_any(), "start failed: {}: {}", e.reason, e.message);
-            patch_status(agent, vmi, status::failed(value, e.reason, &e.message, &status::now())).await?;
+            patch_status(agent, vmi, status::failed(vmi, e.reason, &e.message, &status::now())).await?;
             event(agent, vmi, true, e.reason, e.message).await;
             Ok(Action::await_change())
         }
     }
 }
 
-async fn report_running(agent: &Agent, vmi: &DynamicObject, value: &Value, l: &LocalVm) -> Result<Action, Error> {
+async fn report_running(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) -> Result<Action, Error> {
     let accel = agent.accel.as_str();
     let iface = l.iface.as_ref().map(|(n, ip, mac)| (n.as_str(), ip.as_str(), mac.as_str()));
-    patch_status(agent, vmi, status::running(value, iface, accel, &status::now())).await?;
+    patch_status(agent, vmi, status::running(vmi, iface, accel, &status::now())).await?;
     let note = format!("VirtualMachineInstance started (QEMU pid {}, {accel})", l.vm.pid());
     event(agent, vmi, false, "Started", note).await;
     Ok(Action::requeue(Duration::from_secs(60)))
@@ -181,19 +184,13 @@ fn prepare_ctx(agent: &Agent) -> PrepareCtx<'_> {
     }
 }
 
-async fn launch(
-    agent: &Arc<Agent>,
-    vmi: &DynamicObject,
-    value: &Value,
-    uid: &str,
-) -> Result<Arc<LocalVm>, PrepareError> {
-    let spec = value.get("spec").cloned().unwrap_or_default();
+async fn launch(agent: &Arc<Agent>, vmi: &VirtualMachineInstance, uid: &str) -> Result<Arc<LocalVm>, PrepareError> {
     let dir = dir(agent, uid);
     let ctx = prepare_ctx(agent);
     // The network is plumbed by `ip`/`nft` processes while disks are prepared: both are on the boot path.
-    let (net_agent, net_vmi, net_spec) = (agent.clone(), value.clone(), spec.clone());
-    let net = tokio::task::spawn_blocking(move || prepare::network(&prepare_ctx(&net_agent), &net_vmi, &net_spec));
-    let (volumes, kernel) = tokio::join!(prepare::volumes(&ctx, value, &spec, &dir), prepare::kernel_boot(&ctx, &spec));
+    let (net_agent, net_vmi) = (agent.clone(), vmi.clone());
+    let net = tokio::task::spawn_blocking(move || prepare::network(&prepare_ctx(&net_agent), &net_vmi));
+    let (volumes, kernel) = tokio::join!(prepare::volumes(&ctx, vmi, &dir), prepare::kernel_boot(&ctx, vmi));
     let net = net.await.map_err(|e| PrepareError::new("NetworkError", e.to_string()))?;
     let (mut prepared, net) = (volumes?, net?);
     prepared.kernel_boot = kernel?;
@@ -201,7 +198,7 @@ async fn launch(
         prepared.nics.insert(name.clone(), (n.tap.clone(), n.mac.clone()));
     }
     let host = HostSettings { accel: agent.accel, sandbox: agent.cfg.sandbox, run_as: agent.cfg.run_as };
-    let mut cfg = translate::launch_config(value, &prepared, &dir.join("run"), &host)
+    let mut cfg = translate::launch_config(vmi, &prepared, &dir.join("run"), &host)
         .map_err(|m| PrepareError::new("InvalidSpec", m))?;
     cfg.netns = net.as_ref().map(|(_, n)| n.netns.clone());
     let dhcp_stop = match &net {
@@ -237,7 +234,7 @@ fn start_dhcp(net: &VmiNetwork) -> Result<tokio::sync::oneshot::Sender<()>, Stri
 /// Remembers a running guest and reports its exit when the guest (not the agent) ends it.
 async fn register(
     agent: &Arc<Agent>,
-    vmi: &DynamicObject,
+    vmi: &VirtualMachineInstance,
     uid: &str,
     vm: RunningVm,
     dhcp_stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -264,8 +261,7 @@ async fn register(
         if current.uid().as_deref() != Some(uid.as_str()) {
             return;
         }
-        let value = serde_json::to_value(&current).unwrap_or_default();
-        if let Err(e) = patch_status(&agent, &current, status::finished(&value, ok, &msg, &status::now())).await {
+        if let Err(e) = patch_status(&agent, &current, status::finished(&current, ok, &msg, &status::now())).await {
             tracing::warn!("reporting guest exit: {e}");
         }
         event(&agent, &current, !ok, if ok { "Stopped" } else { "Failed" }, msg).await;
@@ -273,16 +269,13 @@ async fn register(
     local
 }
 
-async fn reattach(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value, uid: &str) -> anyhow::Result<Arc<LocalVm>> {
+async fn reattach(agent: &Arc<Agent>, vmi: &VirtualMachineInstance, uid: &str) -> anyhow::Result<Arc<LocalVm>> {
     let vm = qemu::attach(&dir(agent, uid).join("run")).await?;
     // Network setup converges on what exists, giving back the DHCP answer to serve again.
-    let (a, v) = (agent.clone(), value.clone());
-    let net = tokio::task::spawn_blocking(move || {
-        let spec = v.get("spec").cloned().unwrap_or_default();
-        prepare::network(&prepare_ctx(&a), &v, &spec)
-    })
-    .await?
-    .map_err(|e| anyhow::anyhow!("{}: {}", e.reason, e.message))?;
+    let (a, v) = (agent.clone(), vmi.clone());
+    let net = tokio::task::spawn_blocking(move || prepare::network(&prepare_ctx(&a), &v))
+        .await?
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.reason, e.message))?;
     let dhcp_stop = match &net {
         Some((_, n)) => Some(start_dhcp(n).map_err(anyhow::Error::msg)?),
         None => None,
@@ -291,15 +284,15 @@ async fn reattach(agent: &Arc<Agent>, vmi: &DynamicObject, value: &Value, uid: &
     Ok(register(agent, vmi, uid, vm, dhcp_stop, guest_iface(&net)).await)
 }
 
-async fn sync_pause(agent: &Agent, vmi: &DynamicObject, value: &Value, l: &LocalVm) -> Result<(), Error> {
+async fn sync_pause(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) -> Result<(), Error> {
     let want = vmi.annotations().get(kumo_api::kubevirt::PAUSE_ANNOTATION).map(String::as_str) == Some("true");
-    let is = kumo_api::conditions::is_true(value, "Paused");
+    let is = kumo_api::conditions::is_true(vmi.conditions(), "Paused");
     if want == is {
         return Ok(());
     }
     let r = if want { l.vm.qmp().stop().await } else { l.vm.qmp().cont().await };
     r.map_err(|e| Error::Other(anyhow::anyhow!("{}: {e}", if want { "pausing" } else { "resuming" })))?;
-    patch_status(agent, vmi, status::paused(value, want, &status::now())).await?;
+    patch_status(agent, vmi, status::paused(vmi, want, &status::now())).await?;
     event(
         agent,
         vmi,

@@ -7,9 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use base64::Engine;
-use serde_json::{Map, Value};
+use k8s_openapi::api::core::v1::LocalObjectReference;
+use kumo_api::kubevirt::CloudInitSource;
 
 /// A Secret's data: key → bytes.
 pub type SecretData = BTreeMap<String, Vec<u8>>;
@@ -18,22 +19,14 @@ pub type SecretLookup<'a> = dyn Fn(&str) -> Result<SecretData> + 'a;
 /// `(user_data, network_data)`.
 pub type UserAndNetworkData = (Option<Vec<u8>>, Option<Vec<u8>>);
 
-/// The JSON field names and Secret keys of one part (user data or network data).
-struct Part {
-    raw: &'static str,
-    base64: &'static str,
-    secret_ref: &'static str,
+/// One part (user data or network data): its three possible sources, with their field names, and the keys
+/// its Secret may hold it under.
+struct Part<'a> {
+    raw: (&'static str, Option<&'a str>),
+    base64: (&'static str, Option<&'a str>),
+    secret_ref: (&'static str, Option<&'a LocalObjectReference>),
     keys: [&'static str; 2],
 }
-
-const USER: Part =
-    Part { raw: "userData", base64: "userDataBase64", secret_ref: "secretRef", keys: ["userdata", "userData"] };
-const NETWORK: Part = Part {
-    raw: "networkData",
-    base64: "networkDataBase64",
-    secret_ref: "networkDataSecretRef",
-    keys: ["networkdata", "networkData"],
-};
 
 enum Resolved {
     Data(Vec<u8>),
@@ -45,12 +38,23 @@ enum Resolved {
 /// Resolves a `cloudInitNoCloud` or `cloudInitConfigDrive` volume source into `(user_data, network_data)`.
 ///
 /// `secret` maps a Secret name (from `secretRef.name` / `networkDataSecretRef.name`) to its data.
-/// Errors name the offending field: two sources for one part, a non-string value, invalid base64, a failed Secret
-/// lookup, or no data at all.
-pub fn resolve_source(source: &Value, secret: &SecretLookup) -> Result<UserAndNetworkData> {
-    let fields = source.as_object().ok_or_else(|| anyhow!("cloud-init volume source must be a JSON object"))?;
-    let user = resolve_part(fields, &USER, secret)?;
-    let network = resolve_part(fields, &NETWORK, secret)?;
+/// Errors name the offending field: two sources for one part, invalid base64, a reference without a name, a
+/// failed Secret lookup, or no data at all.
+pub fn resolve_source(source: &CloudInitSource, secret: &SecretLookup) -> Result<UserAndNetworkData> {
+    let user = Part {
+        raw: ("userData", source.user_data.as_deref()),
+        base64: ("userDataBase64", source.user_data_base64.as_deref()),
+        secret_ref: ("secretRef", source.secret_ref.as_ref()),
+        keys: ["userdata", "userData"],
+    };
+    let network = Part {
+        raw: ("networkData", source.network_data.as_deref()),
+        base64: ("networkDataBase64", source.network_data_base64.as_deref()),
+        secret_ref: ("networkDataSecretRef", source.network_data_secret_ref.as_ref()),
+        keys: ["networkdata", "networkData"],
+    };
+    let user = resolve_part(&user, secret)?;
+    let network = resolve_part(&network, secret)?;
     match (user, network) {
         (Resolved::Data(u), n) => Ok((Some(u), data(n))),
         (u, Resolved::Data(n)) => Ok((data(u), Some(n))),
@@ -69,18 +73,17 @@ fn data(r: Resolved) -> Option<Vec<u8>> {
     }
 }
 
-fn resolve_part(fields: &Map<String, Value>, part: &Part, secret: &SecretLookup) -> Result<Resolved> {
-    let raw = string_field(fields, part.raw)?;
-    let b64 = string_field(fields, part.base64)?;
-    let secret_name = match fields.get(part.secret_ref) {
-        None | Some(Value::Null) => None,
-        Some(reference) => match reference.get("name").and_then(Value::as_str) {
-            Some(name) if !name.is_empty() => Some(name),
-            _ => bail!("{}.name must be a non-empty string", part.secret_ref),
-        },
+fn resolve_part(part: &Part, secret: &SecretLookup) -> Result<Resolved> {
+    // Empty strings count as unset, as in KubeVirt.
+    let raw = part.raw.1.filter(|s| !s.is_empty());
+    let b64 = part.base64.1.filter(|s| !s.is_empty());
+    let secret_name = match part.secret_ref.1 {
+        None => None,
+        Some(reference) if !reference.name.is_empty() => Some(reference.name.as_str()),
+        Some(_) => bail!("{}.name must be a non-empty string", part.secret_ref.0),
     };
     let set: Vec<&str> =
-        [(raw.is_some(), part.raw), (b64.is_some(), part.base64), (secret_name.is_some(), part.secret_ref)]
+        [(raw.is_some(), part.raw.0), (b64.is_some(), part.base64.0), (secret_name.is_some(), part.secret_ref.0)]
             .into_iter()
             .filter_map(|(present, name)| present.then_some(name))
             .collect();
@@ -94,37 +97,28 @@ fn resolve_part(fields: &Map<String, Value>, part: &Part, secret: &SecretLookup)
         let compact: Vec<u8> = b64.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(compact)
-            .with_context(|| format!("{} is not valid base64", part.base64))?;
+            .with_context(|| format!("{} is not valid base64", part.base64.0))?;
         return Ok(if decoded.is_empty() { Resolved::Unset } else { Resolved::Data(decoded) });
     }
     if let Some(name) = secret_name {
-        let values = secret(name).with_context(|| format!("reading Secret {name:?} named by {}", part.secret_ref))?;
+        let field = part.secret_ref.0;
+        let values = secret(name).with_context(|| format!("reading Secret {name:?} named by {field}"))?;
         return Ok(match part.keys.iter().find_map(|k| values.get(*k)) {
             Some(value) if !value.is_empty() => Resolved::Data(value.clone()),
             Some(_) => Resolved::Unset,
             None => Resolved::MissingKey(format!(
-                "Secret {name:?} named by {} has neither a {:?} nor a {:?} key",
-                part.secret_ref, part.keys[0], part.keys[1]
+                "Secret {name:?} named by {field} has neither a {:?} nor a {:?} key",
+                part.keys[0], part.keys[1]
             )),
         });
     }
     Ok(Resolved::Unset)
 }
 
-/// A string field; absent, `null` and `""` all count as unset.
-fn string_field<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>> {
-    match fields.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => bail!("{name} must be a string, not {other}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn secrets(name: &str) -> Result<SecretData> {
         match name {
@@ -139,7 +133,7 @@ mod tests {
     }
 
     fn resolve(v: Value) -> Result<UserAndNetworkData> {
-        resolve_source(&v, &secrets)
+        resolve_source(&serde_json::from_value(v)?, &secrets)
     }
 
     fn text(v: Option<Vec<u8>>) -> Option<String> {
@@ -190,8 +184,9 @@ mod tests {
         assert!(err.contains("\"absent\"") && err.contains("secretRef") && err.contains("not found"), "{err}");
         let err = resolve(json!({"secretRef": {}})).unwrap_err().to_string();
         assert!(err.contains("secretRef.name"), "{err}");
+        // A value of the wrong type does not read as a volume source at all.
         let err = resolve(json!({"userData": 5})).unwrap_err().to_string();
-        assert!(err.contains("userData must be a string"), "{err}");
+        assert!(err.contains("invalid type: integer `5`, expected a string"), "{err}");
         let err = resolve(json!({"userData": ""})).unwrap_err().to_string();
         assert!(err.contains("no data"), "{err}");
         assert!(resolve(json!("userData")).is_err());

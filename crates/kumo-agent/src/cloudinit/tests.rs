@@ -238,7 +238,7 @@ fn resolved_source_feeds_an_image() {
         Ok([("userdata".to_string(), b"#cloud-config\nfrom: secret\n".to_vec())].into_iter().collect())
     };
     let source = serde_json::json!({"secretRef": {"name": "vm-secret"}, "networkDataBase64": "dmVyc2lvbjogMgo="});
-    let (user_data, network_data) = resolve_source(&source, &secret).unwrap();
+    let (user_data, network_data) = resolve_source(&serde_json::from_value(source).unwrap(), &secret).unwrap();
     let d = CloudInitData { user_data, network_data, instance_id: "i".into(), hostname: "h".into() };
     let expected = files(&[
         ("user-data", b"#cloud-config\nfrom: secret\n"),

@@ -8,7 +8,7 @@ use crate::net::{Binding, GuestLink, Ipam, NodeNet, Proto, VmiNetwork, VmiSpec};
 use crate::qemu::{DiskFormat, KernelBoot};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use serde_json::Value;
+use kumo_api::kubevirt::{CloudInitSource, HostDisk, Interface, VirtualMachineInstance};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -34,34 +34,33 @@ pub struct PrepareCtx<'a> {
     pub tap_owner: Option<(u32, u32)>,
 }
 
-fn s<'a>(v: &'a Value, p: &str) -> Option<&'a str> {
-    v.pointer(p).and_then(Value::as_str)
-}
-
 /// The guest's host name, as KubeVirt gives it: `spec.hostname`, else the VMI's name.
-fn hostname<'a>(vmi: &'a Value, spec: &'a Value) -> &'a str {
-    s(spec, "/hostname").or(s(vmi, "/metadata/name")).unwrap_or("vmi")
+fn hostname(vmi: &VirtualMachineInstance) -> &str {
+    vmi.spec.hostname.as_deref().or(vmi.metadata.name.as_deref()).unwrap_or("vmi")
 }
 
-fn binding(iface: &Value) -> Binding {
-    if iface.get("bridge").is_some() {
+fn binding(iface: &Interface) -> Binding {
+    if iface.bridge.is_some() {
         return Binding::Bridge;
     }
     let mut ports = Vec::new();
-    for p in iface.get("ports").and_then(Value::as_array).into_iter().flatten() {
-        let port = p.get("port").and_then(Value::as_u64).unwrap_or(0) as u16;
-        let proto = match s(p, "/protocol").unwrap_or("TCP") {
+    for p in iface.ports.iter().flatten() {
+        let proto = match p.protocol.as_deref().unwrap_or("TCP") {
             "UDP" => Proto::Udp,
             _ => Proto::Tcp,
         };
-        ports.push((port, proto));
+        ports.push((p.port, proto));
     }
     Binding::Masquerade { ports }
 }
 
+fn uid(vmi: &VirtualMachineInstance) -> &str {
+    vmi.metadata.uid.as_deref().unwrap_or_default()
+}
+
 /// Sets up the VMI's network (one pod-network interface, as in KubeVirt's default).
-pub fn network(ctx: &PrepareCtx, vmi: &Value, spec: &Value) -> Result<Option<(String, VmiNetwork)>, PrepareError> {
-    let ifaces = interfaces(spec);
+pub fn network(ctx: &PrepareCtx, vmi: &VirtualMachineInstance) -> Result<Option<(String, VmiNetwork)>, PrepareError> {
+    let ifaces = interfaces(&vmi.spec);
     let Some(iface) = ifaces.first() else { return Ok(None) };
     if ifaces.len() > 1 {
         return Err(PrepareError::new(
@@ -69,23 +68,23 @@ pub fn network(ctx: &PrepareCtx, vmi: &Value, spec: &Value) -> Result<Option<(St
             "kumo supports one interface (on the pod network) per VMI",
         ));
     }
-    let uid = s(vmi, "/metadata/uid").unwrap_or_default();
+    let uid = uid(vmi);
     let pod_ip =
         ctx.ipam.allocate(uid).map_err(|e| PrepareError::new("NetworkError", format!("allocating a pod IP: {e:#}")))?;
     let spec_net = VmiSpec {
         uid: uid.to_string(),
         binding: binding(iface),
         pod_ip,
-        mac: s(iface, "/macAddress").map(String::from),
+        mac: iface.mac_address.clone(),
         link: GuestLink::Tap { owner: ctx.tap_owner },
     };
     let mut net = ctx
         .node_net
         .setup_vmi(&spec_net)
         .map_err(|e| PrepareError::new("NetworkError", format!("setting up the VMI network: {e:#}")))?;
-    net.dhcp.hostname = Some(hostname(vmi, spec).to_string());
+    net.dhcp.hostname = Some(hostname(vmi).to_string());
     net.dhcp.dns = host_nameservers();
-    Ok(Some((s(iface, "/name").unwrap_or("default").to_string(), net)))
+    Ok(Some((iface.name.clone(), net)))
 }
 
 /// IPv4 nameservers from the host's resolv.conf, handed to guests as KubeVirt hands them the pod's.
@@ -100,16 +99,16 @@ fn host_nameservers() -> Vec<std::net::Ipv4Addr> {
 }
 
 /// Prepares every volume into `dir/disks`, returning what QEMU needs.
-pub async fn volumes(ctx: &PrepareCtx<'_>, vmi: &Value, spec: &Value, dir: &Path) -> Result<Prepared, PrepareError> {
+pub async fn volumes(ctx: &PrepareCtx<'_>, vmi: &VirtualMachineInstance, dir: &Path) -> Result<Prepared, PrepareError> {
     let disks = dir.join("disks");
     std::fs::create_dir_all(&disks)
         .map_err(|e| PrepareError::new("DiskError", format!("creating {}: {e}", disks.display())))?;
     let mut prepared = Prepared::default();
-    for v in spec.get("volumes").and_then(Value::as_array).into_iter().flatten() {
-        let name = s(v, "/name").unwrap_or_default().to_string();
-        let entry = if let Some(cd) = v.get("containerDisk") {
-            let image = s(cd, "/image").unwrap_or_default();
-            let policy = PullPolicy::for_image(s(cd, "/imagePullPolicy"), image);
+    for v in vmi.spec.volumes.iter().flatten() {
+        let name = v.name.clone();
+        let entry = if let Some(cd) = &v.container_disk {
+            let image = cd.image.as_str();
+            let policy = PullPolicy::for_image(cd.image_pull_policy.as_deref(), image);
             let base = ctx
                 .images
                 .disk_for(image, ctx.registry, policy)
@@ -122,10 +121,11 @@ pub async fn volumes(ctx: &PrepareCtx<'_>, vmi: &Value, spec: &Value, dir: &Path
                     .map_err(|e| PrepareError::new("DiskError", format!("volume {name}: {e:#}")))?;
             }
             (overlay, DiskFormat::Qcow2)
-        } else if let Some(ed) = v.get("emptyDisk") {
+        } else if let Some(ed) = &v.empty_disk {
             let bytes = ed
-                .get("capacity")
-                .map(kumo_api::quantity::from_value)
+                .capacity
+                .as_ref()
+                .map(|q| kumo_api::quantity::parse(&q.0))
                 .transpose()
                 .map_err(|e| PrepareError::new("DiskError", format!("volume {name}: emptyDisk.capacity: {e}")))?;
             let path = disks.join(format!("{name}.qcow2"));
@@ -135,15 +135,15 @@ pub async fn volumes(ctx: &PrepareCtx<'_>, vmi: &Value, spec: &Value, dir: &Path
                     .map_err(|e| PrepareError::new("DiskError", format!("volume {name}: {e:#}")))?;
             }
             (path, DiskFormat::Qcow2)
-        } else if let Some(hd) = v.get("hostDisk") {
+        } else if let Some(hd) = &v.host_disk {
             (host_disk(&name, hd)?, DiskFormat::Raw)
-        } else if let Some(src) = v.get("cloudInitNoCloud").or(v.get("cloudInitConfigDrive")) {
-            let iso = cloud_init_iso(ctx, vmi, spec, src, v.get("cloudInitConfigDrive").is_some()).await?;
+        } else if let Some(src) = v.cloud_init_no_cloud.as_ref().or(v.cloud_init_config_drive.as_ref()) {
+            let iso = cloud_init_iso(ctx, vmi, src, v.cloud_init_config_drive.is_some()).await?;
             let path = disks.join(format!("{name}.iso"));
             std::fs::write(&path, iso)
                 .map_err(|e| PrepareError::new("DiskError", format!("writing {}: {e}", path.display())))?;
             (path, DiskFormat::Raw)
-        } else if v.get("ephemeral").is_some() {
+        } else if v.ephemeral.is_some() {
             return Err(PrepareError::new(
                 "UnsupportedVolume",
                 format!("volume {name}: ephemeral volumes need PersistentVolumeClaims, which kumo does not serve yet"),
@@ -158,29 +158,35 @@ pub async fn volumes(ctx: &PrepareCtx<'_>, vmi: &Value, spec: &Value, dir: &Path
 
 /// KubeVirt's `firmware.kernelBoot`: the kernel (and initrd) pulled from a container image into the image
 /// cache, booted directly by QEMU with `kernelArgs` as its command line.
-pub async fn kernel_boot(ctx: &PrepareCtx<'_>, spec: &Value) -> Result<Option<KernelBoot>, PrepareError> {
-    let Some(c) = spec.pointer("/domain/firmware/kernelBoot/container") else { return Ok(None) };
-    let image = s(c, "/image").unwrap_or_default();
+pub async fn kernel_boot(
+    ctx: &PrepareCtx<'_>,
+    vmi: &VirtualMachineInstance,
+) -> Result<Option<KernelBoot>, PrepareError> {
+    let Some(kb) = vmi.spec.domain.firmware.as_ref().and_then(|f| f.kernel_boot.as_ref()) else { return Ok(None) };
+    let Some(c) = &kb.container else { return Ok(None) };
+    let image = c.image.as_str();
     let field = "spec.domain.firmware.kernelBoot.container";
-    let kernel = s(c, "/kernelPath")
+    let kernel = c
+        .kernel_path
+        .as_deref()
         .ok_or_else(|| PrepareError::new("InvalidSpec", format!("{field}.kernelPath is required")))?;
     let mut paths = vec![kernel];
-    paths.extend(s(c, "/initrdPath"));
+    paths.extend(c.initrd_path.as_deref());
     let mut files = ctx
         .images
-        .files_for(image, ctx.registry, PullPolicy::for_image(s(c, "/imagePullPolicy"), image), &paths)
+        .files_for(image, ctx.registry, PullPolicy::for_image(c.image_pull_policy.as_deref(), image), &paths)
         .await
         .map_err(|e| PrepareError::new("ErrImagePull", format!("{field}: {e:#}")))?
         .into_iter();
     Ok(Some(KernelBoot {
         kernel: files.next().expect("the kernel was asked for"),
         initrd: files.next(),
-        cmdline: s(spec, "/domain/firmware/kernelBoot/kernelArgs").unwrap_or_default().to_string(),
+        cmdline: kb.kernel_args.clone().unwrap_or_default(),
     }))
 }
 
-fn host_disk(name: &str, hd: &Value) -> Result<PathBuf, PrepareError> {
-    let path = PathBuf::from(s(hd, "/path").unwrap_or_default());
+fn host_disk(name: &str, hd: &HostDisk) -> Result<PathBuf, PrepareError> {
+    let path = PathBuf::from(&hd.path);
     let err = |m: String| PrepareError::new("DiskError", format!("volume {name}: hostDisk: {m}"));
     if !path.is_absolute() {
         return Err(err(format!("path {} must be absolute", path.display())));
@@ -188,15 +194,16 @@ fn host_disk(name: &str, hd: &Value) -> Result<PathBuf, PrepareError> {
     if path.exists() {
         return Ok(path);
     }
-    if s(hd, "/type") != Some("DiskOrCreate") {
+    if hd.type_ != "DiskOrCreate" {
         return Err(err(format!(
             "{} does not exist (type Disk needs an existing file; use DiskOrCreate)",
             path.display()
         )));
     }
     let bytes = hd
-        .get("capacity")
-        .map(kumo_api::quantity::from_value)
+        .capacity
+        .as_ref()
+        .map(|q| kumo_api::quantity::parse(&q.0))
         .transpose()
         .map_err(err)?
         .ok_or_else(|| err("capacity is required to create the disk".into()))?;
@@ -211,16 +218,17 @@ fn host_disk(name: &str, hd: &Value) -> Result<PathBuf, PrepareError> {
 
 async fn cloud_init_iso(
     ctx: &PrepareCtx<'_>,
-    vmi: &Value,
-    spec: &Value,
-    src: &Value,
+    vmi: &VirtualMachineInstance,
+    src: &CloudInitSource,
     config_drive: bool,
 ) -> Result<Vec<u8>, PrepareError> {
-    let ns = s(vmi, "/metadata/namespace").unwrap_or("default");
+    let ns = vmi.metadata.namespace.as_deref().unwrap_or("default");
     let mut secrets: BTreeMap<String, SecretData> = BTreeMap::new();
-    for key in ["/secretRef/name", "/networkDataSecretRef/name"] {
-        // KubeVirt's examples often name one Secret for both: read it once.
-        if let Some(secret) = s(src, key).filter(|n| !secrets.contains_key(*n)) {
+    for reference in [&src.secret_ref, &src.network_data_secret_ref] {
+        // KubeVirt's examples often name one Secret for both: read it once. A reference without a name is
+        // not looked up: resolving the source says what is wrong with it.
+        let name = reference.as_ref().map(|r| r.name.as_str()).filter(|n| !n.is_empty());
+        if let Some(secret) = name.filter(|n| !secrets.contains_key(*n)) {
             let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
             let got = api
                 .get(secret)
@@ -238,8 +246,8 @@ async fn cloud_init_iso(
     let data = CloudInitData {
         user_data,
         network_data,
-        instance_id: s(vmi, "/metadata/uid").unwrap_or_default().to_string(),
-        hostname: hostname(vmi, spec).to_string(),
+        instance_id: uid(vmi).to_string(),
+        hostname: hostname(vmi).to_string(),
     };
     Ok(if config_drive { cloudinit::configdrive_iso(&data) } else { cloudinit::nocloud_iso(&data) })
 }

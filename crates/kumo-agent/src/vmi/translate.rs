@@ -1,9 +1,9 @@
-//! A VirtualMachineInstance spec (KubeVirt JSON) plus what the agent prepared for it (disk files, taps) →
-//! the QEMU [`LaunchConfig`]. Pure, so every KubeVirt field mapping is a unit test.
+//! A VirtualMachineInstance plus what the agent prepared for it (disk files, taps) → the QEMU
+//! [`LaunchConfig`]. Pure, so every KubeVirt field mapping is a unit test.
 
 use crate::qemu::{Accel, Bus, CpuTopology, DeviceKind, DiskConfig, DiskFormat, KernelBoot, LaunchConfig, NicConfig};
+use kumo_api::kubevirt::{Empty, Interface, VirtualMachineInstance, VirtualMachineInstanceSpec};
 use kumo_api::quantity;
-use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -25,21 +25,24 @@ pub struct HostSettings {
     pub run_as: Option<(u32, u32)>,
 }
 
-fn s<'a>(v: &'a Value, p: &str) -> Option<&'a str> {
-    v.pointer(p).and_then(Value::as_str)
-}
-
-fn u32_at(v: &Value, p: &str) -> u32 {
-    v.pointer(p).and_then(Value::as_u64).map(|n| n as u32).unwrap_or(1).max(1)
+/// A CPU topology count: 1 when unset (the schema's minimum is 1 too).
+fn count(n: Option<u64>) -> u32 {
+    n.map(|n| n as u32).unwrap_or(1).max(1)
 }
 
 /// Guest memory in MiB: `memory.guest`, else `resources.requests.memory`, else `resources.limits.memory`.
-pub fn memory_mib(spec: &Value) -> Result<u64, String> {
-    let (path, q) = ["/domain/memory/guest", "/domain/resources/requests/memory", "/domain/resources/limits/memory"]
-        .iter()
-        .find_map(|p| Some((p, spec.pointer(p)?)))
-        .ok_or("spec.domain.memory.guest or spec.domain.resources.requests.memory is required")?;
-    let bytes = quantity::from_value(q).map_err(|e| format!("spec{}: {e}", path.replace('/', ".")))?;
+pub fn memory_mib(spec: &VirtualMachineInstanceSpec) -> Result<u64, String> {
+    let d = &spec.domain;
+    let resources = d.resources.as_ref();
+    let (path, q) = [
+        ("domain.memory.guest", d.memory.as_ref().and_then(|m| m.guest.as_ref())),
+        ("domain.resources.requests.memory", resources.and_then(|r| r.requests.as_ref()?.get("memory"))),
+        ("domain.resources.limits.memory", resources.and_then(|r| r.limits.as_ref()?.get("memory"))),
+    ]
+    .into_iter()
+    .find_map(|(path, q)| Some((path, q?)))
+    .ok_or("spec.domain.memory.guest or spec.domain.resources.requests.memory is required")?;
+    let bytes = quantity::parse(&q.0).map_err(|e| format!("spec.{path}: {e}"))?;
     Ok(bytes.div_ceil(1 << 20).max(16))
 }
 
@@ -54,62 +57,50 @@ fn bus(name: Option<&str>, default: Bus, field: &str) -> Result<Bus, String> {
 }
 
 /// The interfaces a VMI gets: its own, or (KubeVirt's default) one masquerade NIC on the pod network.
-pub fn interfaces(spec: &Value) -> Vec<Value> {
-    let ifaces = spec.pointer("/domain/devices/interfaces").and_then(Value::as_array).cloned().unwrap_or_default();
-    let networks = spec.get("networks").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+pub fn interfaces(spec: &VirtualMachineInstanceSpec) -> Vec<Interface> {
+    let ifaces = spec.domain.devices.interfaces.clone().unwrap_or_default();
+    let networks = spec.networks.as_ref().map_or(0, Vec::len);
     if ifaces.is_empty() && networks == 0 {
-        return vec![json!({"name": "default", "masquerade": {}})];
+        return vec![Interface { name: "default".into(), masquerade: Some(Empty {}), ..Default::default() }];
     }
     ifaces
 }
 
 pub fn launch_config(
-    vmi: &Value,
+    vmi: &VirtualMachineInstance,
     prepared: &Prepared,
     run_dir: &Path,
     host: &HostSettings,
 ) -> Result<LaunchConfig, String> {
-    let spec = vmi.get("spec").ok_or("the VMI has no spec")?;
-    let name =
-        format!("{}_{}", s(vmi, "/metadata/namespace").unwrap_or("default"), s(vmi, "/metadata/name").unwrap_or("vmi"));
-    let uuid = s(spec, "/domain/firmware/uuid").or(s(vmi, "/metadata/uid")).unwrap_or_default().to_string();
+    let (meta, spec) = (&vmi.metadata, &vmi.spec);
+    let name = format!("{}_{}", meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or("vmi"));
+    let firmware = spec.domain.firmware.as_ref();
+    let uuid = firmware.and_then(|f| f.uuid.clone()).or(meta.uid.clone()).unwrap_or_default();
     let mut cfg = LaunchConfig::new(name, uuid, run_dir);
-    cfg.smbios_serial = s(spec, "/domain/firmware/serial").map(String::from);
-    cfg.cpu = CpuTopology {
-        sockets: u32_at(spec, "/domain/cpu/sockets"),
-        cores: u32_at(spec, "/domain/cpu/cores"),
-        threads: u32_at(spec, "/domain/cpu/threads"),
-    };
+    cfg.smbios_serial = firmware.and_then(|f| f.serial.clone());
+    let cpu = spec.domain.cpu.clone().unwrap_or_default();
+    cfg.cpu = CpuTopology { sockets: count(cpu.sockets), cores: count(cpu.cores), threads: count(cpu.threads) };
     cfg.memory_mib = memory_mib(spec)?;
-    cfg.rng = spec.pointer("/domain/devices/rng").is_some();
+    cfg.rng = spec.domain.devices.rng.is_some();
     cfg.accel = host.accel;
     cfg.sandbox = host.sandbox;
     cfg.run_as = host.run_as;
     cfg.kernel_boot = prepared.kernel_boot.clone();
-    let disks = spec.pointer("/domain/devices/disks").and_then(Value::as_array).cloned().unwrap_or_default();
-    for (i, d) in disks.iter().enumerate() {
+    for (i, d) in spec.domain.devices.disks.iter().flatten().enumerate() {
         let field = format!("spec.domain.devices.disks[{i}]");
-        let dname = s(d, "/name").unwrap_or_default();
+        let dname = d.name.as_str();
         let (path, format) = prepared
             .volumes
             .get(dname)
             .cloned()
             .ok_or_else(|| format!("{field}.name: no prepared volume {dname:?}"))?;
-        let (device, bus, readonly) = if let Some(c) = d.get("cdrom") {
-            (DeviceKind::Cdrom, bus(s(c, "/bus"), Bus::Sata, &field)?, true)
-        } else if let Some(l) = d.get("lun") {
-            (
-                DeviceKind::Lun,
-                bus(s(l, "/bus"), Bus::Scsi, &field)?,
-                l.get("readonly").and_then(Value::as_bool).unwrap_or(false),
-            )
+        let (device, bus, readonly) = if let Some(c) = &d.cdrom {
+            (DeviceKind::Cdrom, bus(c.bus.as_deref(), Bus::Sata, &field)?, true)
+        } else if let Some(l) = &d.lun {
+            (DeviceKind::Lun, bus(l.bus.as_deref(), Bus::Scsi, &field)?, l.readonly.unwrap_or(false))
         } else {
-            let dd = d.get("disk").cloned().unwrap_or_default();
-            (
-                DeviceKind::Disk,
-                bus(s(&dd, "/bus"), Bus::Virtio, &field)?,
-                dd.get("readonly").and_then(Value::as_bool).unwrap_or(false),
-            )
+            let dd = d.disk.clone().unwrap_or_default();
+            (DeviceKind::Disk, bus(dd.bus.as_deref(), Bus::Virtio, &field)?, dd.readonly.unwrap_or(false))
         };
         cfg.disks.push(DiskConfig {
             name: dname.to_string(),
@@ -117,26 +108,21 @@ pub fn launch_config(
             format,
             bus,
             device,
-            boot_order: d.get("bootOrder").and_then(Value::as_u64).map(|b| b as u32),
+            boot_order: d.boot_order.map(|b| b as u32),
             readonly,
-            serial: s(d, "/serial").map(String::from),
+            serial: d.serial.clone(),
         });
     }
     for iface in &interfaces(spec) {
-        let iname = s(iface, "/name").unwrap_or_default();
+        let iname = iface.name.as_str();
         let (tap, mac) =
             prepared.nics.get(iname).cloned().ok_or_else(|| format!("interface {iname:?} has no prepared tap"))?;
-        let model = match s(iface, "/model") {
+        let model = match iface.model.as_deref() {
             None | Some("virtio") => "virtio-net-pci".to_string(),
             Some(m) => m.to_string(),
         };
-        cfg.nics.push(NicConfig {
-            name: iname.to_string(),
-            tap,
-            mac,
-            model,
-            boot_order: iface.get("bootOrder").and_then(Value::as_u64).map(|b| b as u32),
-        });
+        // kumo does not serve an interface's bootOrder (the schema refuses it), so NICs never boot first.
+        cfg.nics.push(NicConfig { name: iname.to_string(), tap, mac, model, boot_order: None });
     }
     cfg.validate().map_err(|e| e.0)?;
     Ok(cfg)
@@ -145,6 +131,11 @@ pub fn launch_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
+
+    fn typed(v: Value) -> VirtualMachineInstance {
+        serde_json::from_value(v).expect("a valid VMI")
+    }
 
     fn vmi() -> Value {
         json!({"metadata": {"name": "vm1", "namespace": "ns", "uid": "6f1c2b1e-0000-4000-8000-000000000001"},
@@ -169,7 +160,7 @@ mod tests {
     #[test]
     fn maps_kubevirt_fields() {
         let host = HostSettings { accel: Accel::Tcg, sandbox: true, run_as: None };
-        let c = launch_config(&vmi(), &prepared(), Path::new("/run/kumo/x"), &host).unwrap();
+        let c = launch_config(&typed(vmi()), &prepared(), Path::new("/run/kumo/x"), &host).unwrap();
         assert_eq!(c.memory_mib, 128);
         assert_eq!((c.cpu.sockets, c.cpu.cores, c.cpu.threads), (1, 2, 1));
         assert_eq!(c.uuid, "6f1c2b1e-0000-4000-8000-000000000001");
@@ -183,7 +174,7 @@ mod tests {
         // No interfaces and no networks: KubeVirt's default masquerade NIC is still there.
         let mut bare = vmi();
         bare["spec"]["domain"]["devices"].as_object_mut().unwrap().remove("interfaces");
-        let c = launch_config(&bare, &prepared(), Path::new("/run/kumo/x"), &host).unwrap();
+        let c = launch_config(&typed(bare), &prepared(), Path::new("/run/kumo/x"), &host).unwrap();
         assert_eq!((c.nics.len(), c.nics[0].name.as_str()), (1, "default"));
     }
 
@@ -192,12 +183,15 @@ mod tests {
         let host = HostSettings { accel: Accel::Tcg, sandbox: false, run_as: None };
         let mut v = vmi();
         v["spec"]["domain"]["memory"] = json!({});
-        assert!(launch_config(&v, &prepared(), Path::new("/r"), &host).unwrap_err().contains("memory"));
+        assert!(launch_config(&typed(v), &prepared(), Path::new("/r"), &host).unwrap_err().contains("memory"));
         let mut v = vmi();
         v["spec"]["domain"]["devices"]["disks"][0]["disk"]["bus"] = json!("ide");
-        assert!(launch_config(&v, &prepared(), Path::new("/r"), &host).unwrap_err().contains("disks[0]"));
-        assert_eq!(memory_mib(&json!({"domain": {"resources": {"requests": {"memory": "1Gi"}}}})).unwrap(), 1024);
-        let bad = memory_mib(&json!({"domain": {"resources": {"limits": {"memory": "lots"}}}})).unwrap_err();
+        assert!(launch_config(&typed(v), &prepared(), Path::new("/r"), &host).unwrap_err().contains("disks[0]"));
+        let spec = |v: Value| typed(json!({"spec": v})).spec;
+        assert_eq!(memory_mib(&spec(json!({"domain": {"resources": {"requests": {"memory": "1Gi"}}}}))).unwrap(), 1024);
+        // A quantity written as a number reads as it did.
+        assert_eq!(memory_mib(&spec(json!({"domain": {"memory": {"guest": 268435456}}}))).unwrap(), 256);
+        let bad = memory_mib(&spec(json!({"domain": {"resources": {"limits": {"memory": "lots"}}}}))).unwrap_err();
         assert!(bad.starts_with("spec.domain.resources.limits.memory:"), "{bad}");
     }
 }

@@ -1,0 +1,132 @@
+//! KubeVirt's `kubevirt.io/v1` API as kumo serves it: the VirtualMachine and VirtualMachineInstance CRDs
+//! (installed by the server at start-up, and usable as-is on a real Kubernetes cluster), the two kinds as Rust
+//! types ([`VirtualMachine`], [`VirtualMachineInstance`]: what validation, the controllers and the node agent
+//! all read), and the semantic checks KubeVirt's admission webhooks make ([`validate`]). Fields kumo does not
+//! implement are neither in the schemas nor in the types, and the CRDs carry [`REJECT_UNKNOWN_ANNOTATION`], so
+//! such a field is refused by name instead of being pruned.
+
+mod object;
+mod status;
+#[cfg(test)]
+mod tests;
+mod validate;
+mod vm;
+mod vmi;
+
+pub use status::*;
+pub use validate::validate;
+pub use vm::*;
+pub use vmi::*;
+
+use serde_json::{json, Value};
+
+/// On a CRD: unknown fields are a 422 naming them, whatever the request's fieldValidation.
+pub const REJECT_UNKNOWN_ANNOTATION: &str = "kumo.dev/reject-unknown-fields";
+pub const GROUP: &str = "kubevirt.io";
+pub const VERSION: &str = "v1";
+/// On a VMI: the node agent pauses (`"true"`) or resumes the guest to match (set by the pause subresources).
+pub const PAUSE_ANNOTATION: &str = "kumo.dev/paused";
+/// On a Node: where its agent serves guest consoles, and the SHA-256 of that endpoint's certificate, which the
+/// API server pins when it proxies a console.
+pub const CONSOLE_ENDPOINT_ANNOTATION: &str = "kumo.dev/console-endpoint";
+pub const CONSOLE_FINGERPRINT_ANNOTATION: &str = "kumo.dev/console-cert-sha256";
+
+const VMI_SPEC: &str = include_str!("../../crds/kubevirt-vmi-spec.yaml");
+const VMI_STATUS: &str = include_str!("../../crds/kubevirt-vmi-status.yaml");
+
+fn yaml(text: &str) -> Value {
+    serde_saphyr::from_str(text).expect("embedded CRD schema is valid YAML")
+}
+
+fn condition_list() -> Value {
+    json!({"type": "array", "items": {"type": "object", "required": ["type", "status"], "properties": {
+        "type": {"type": "string"}, "status": {"type": "string"}, "reason": {"type": "string"},
+        "message": {"type": "string"}, "lastProbeTime": {"type": "string", "nullable": true},
+        "lastTransitionTime": {"type": "string", "nullable": true}}}})
+}
+
+fn col(name: &str, type_: &str, path: &str, priority: i64) -> Value {
+    json!({"name": name, "type": type_, "jsonPath": path, "priority": priority})
+}
+
+fn crd(kind: &str, plural: &str, short: &[&str], schema: Value, columns: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{plural}.{GROUP}"), "labels": {"app.kubernetes.io/managed-by": "kumo"},
+            "annotations": {REJECT_UNKNOWN_ANNOTATION: "true"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "listKind": format!("{kind}List"), "plural": plural,
+                "singular": kind.to_lowercase(), "shortNames": short, "categories": ["all"]},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": schema},
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": columns}],
+        },
+    })
+}
+
+/// The VirtualMachineInstance CRD.
+pub fn vmi_crd() -> Value {
+    let schema = json!({"type": "object", "description": "VirtualMachineInstance is a running virtual machine.",
+        "required": ["spec"],
+        "properties": {"spec": yaml(VMI_SPEC), "status": yaml(VMI_STATUS)}});
+    crd(
+        "VirtualMachineInstance",
+        "virtualmachineinstances",
+        &["vmi", "vmis"],
+        schema,
+        vec![
+            col("Age", "date", ".metadata.creationTimestamp", 0),
+            col("Phase", "string", ".status.phase", 0),
+            col("IP", "string", ".status.interfaces[0].ipAddress", 0),
+            col("NodeName", "string", ".status.nodeName", 0),
+            col("Ready", "string", ".status.conditions[?(@.type=='Ready')].status", 0),
+            col("Live-Migratable", "string", ".status.conditions[?(@.type=='LiveMigratable')].status", 1),
+            col("Paused", "string", ".status.conditions[?(@.type=='Paused')].status", 1),
+        ],
+    )
+}
+
+/// The VirtualMachine CRD.
+pub fn vm_crd() -> Value {
+    let spec = json!({"type": "object", "description": "Desired state of the VirtualMachine.", "required": ["template"],
+    "properties": {
+        "running": {"type": "boolean", "description": "Deprecated: use runStrategy."},
+        "runStrategy": {"type": "string", "enum": ["Always", "RerunOnFailure", "Manual", "Halted", "Once"],
+            "description": "When the VirtualMachineInstance should run."},
+        "template": {"type": "object", "required": ["spec"], "properties": {
+            "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+            "spec": yaml(VMI_SPEC)}},
+    }});
+    let status = json!({"type": "object", "properties": {
+        "printableStatus": {"type": "string"}, "ready": {"type": "boolean"}, "created": {"type": "boolean"},
+        "runStrategy": {"type": "string"}, "desiredGeneration": {"type": "integer"},
+        "observedGeneration": {"type": "integer"}, "conditions": condition_list(),
+        "stateChangeRequests": {"type": "array", "items": {"type": "object", "required": ["action"], "properties": {
+            "action": {"type": "string", "enum": ["Start", "Stop"]}, "uid": {"type": "string"},
+            "data": {"type": "object", "additionalProperties": {"type": "string"}}}}},
+        "printableStatusReason": {"type": "string"},
+        "startFailure": {"type": "object", "properties": {"consecutiveFailCount": {"type": "integer"},
+            "lastFailedVMIUID": {"type": "string"}, "retryAfterTimestamp": {"type": "string"}}},
+    }});
+    let schema = json!({"type": "object", "description": "VirtualMachine handles the lifecycle of a VirtualMachineInstance.",
+        "required": ["spec"], "properties": {"spec": spec, "status": status}});
+    crd(
+        "VirtualMachine",
+        "virtualmachines",
+        &["vm", "vms"],
+        schema,
+        vec![
+            col("Age", "date", ".metadata.creationTimestamp", 0),
+            col("Status", "string", ".status.printableStatus", 0),
+            col("Ready", "string", ".status.conditions[?(@.type=='Ready')].status", 0),
+        ],
+    )
+}
+
+pub fn crds() -> Vec<Value> {
+    vec![vm_crd(), vmi_crd()]
+}

@@ -1,0 +1,238 @@
+//! KubeVirt's semantic checks (what its validating webhooks refuse), on the typed spec.
+
+use super::vm::VirtualMachineSpec;
+use super::vmi::{KernelBoot, VirtualMachineInstanceSpec};
+use crate::status::Cause;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::HashSet;
+
+/// Checks a VM or VMI object (as the API server holds it, after schema validation).
+pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
+    match kind {
+        "VirtualMachine" => match spec::<VirtualMachineSpec>(obj) {
+            Ok(spec) => {
+                let mut c = Vec::new();
+                if spec.running.is_some() && spec.run_strategy.is_some() {
+                    c.push(Cause::invalid("spec.running", "running and runStrategy are mutually exclusive"));
+                }
+                c.extend(validate_vmi_spec(&spec.template.spec, "spec.template.spec"));
+                c
+            }
+            Err(c) => vec![c],
+        },
+        "VirtualMachineInstance" => match spec::<VirtualMachineInstanceSpec>(obj) {
+            Ok(spec) => validate_vmi_spec(&spec, "spec"),
+            Err(c) => vec![c],
+        },
+        _ => vec![],
+    }
+}
+
+/// The object's spec as `T`. One that does not read as `T` is refused here: the controllers and the node agent
+/// read these objects as `T`, so one they cannot read must not be stored. (The schema already catches most
+/// such objects; this catches the free-form parts, such as `affinity`, that do not hold what they should.)
+fn spec<T: DeserializeOwned + Default>(obj: &Value) -> Result<T, Cause> {
+    match obj.get("spec") {
+        None | Some(Value::Null) => Ok(T::default()),
+        Some(s) => T::deserialize(s).map_err(|e| Cause::invalid("spec", format!("Invalid value: {e}"))),
+    }
+}
+
+/// Exactly one of `set` (field name, whether it is set) must be set.
+fn one_of(set: &[(&str, bool)], path: &str, what: &str, c: &mut Vec<Cause>) {
+    let found = set.iter().filter(|(_, is)| *is).count();
+    if found != 1 {
+        let list = set.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ");
+        c.push(Cause::invalid(path, format!("exactly one {what} must be set (one of {list}); found {found}")));
+    }
+}
+
+fn validate_vmi_spec(spec: &VirtualMachineInstanceSpec, p: &str) -> Vec<Cause> {
+    let mut c = Vec::new();
+    let volumes: Vec<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    let networks: Vec<&str> = spec.networks.iter().flatten().map(|n| n.name.as_str()).collect();
+    let mut seen = HashSet::new();
+    for v in &volumes {
+        if !seen.insert(v) {
+            c.push(Cause::invalid(format!("{p}.volumes"), format!("Duplicate value: \"{v}\"")));
+        }
+    }
+    let devices = &spec.domain.devices;
+    for (i, d) in devices.disks.iter().flatten().enumerate() {
+        let name = &d.name;
+        if !volumes.contains(&name.as_str()) {
+            c.push(Cause::invalid(
+                format!("{p}.domain.devices.disks[{i}].name"),
+                format!("Invalid value: \"{name}\": no volume of that name (each disk must match a volume)"),
+            ));
+        }
+        if [d.disk.is_some(), d.cdrom.is_some(), d.lun.is_some()].iter().filter(|set| **set).count() > 1 {
+            c.push(Cause::invalid(format!("{p}.domain.devices.disks[{i}]"), "only one of disk, cdrom, lun may be set"));
+        }
+    }
+    for (i, iface) in devices.interfaces.iter().flatten().enumerate() {
+        let path = format!("{p}.domain.devices.interfaces[{i}]");
+        let name = &iface.name;
+        if !networks.contains(&name.as_str()) {
+            c.push(Cause::invalid(
+                format!("{path}.name"),
+                format!("Invalid value: \"{name}\": no network of that name (each interface must match a network)"),
+            ));
+        }
+        let bindings = [("masquerade", iface.masquerade.is_some()), ("bridge", iface.bridge.is_some())];
+        one_of(&bindings, &path, "binding method", &mut c);
+        if iface.ports.is_some() && iface.masquerade.is_none() {
+            c.push(Cause::invalid(format!("{path}.ports"), "ports are only supported with masquerade"));
+        }
+    }
+    for (i, n) in spec.networks.iter().flatten().enumerate() {
+        one_of(&[("pod", n.pod.is_some())], &format!("{p}.networks[{i}]"), "network source", &mut c);
+    }
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        let path = format!("{p}.volumes[{i}]");
+        let sources = [
+            ("containerDisk", v.container_disk.is_some()),
+            ("cloudInitNoCloud", v.cloud_init_no_cloud.is_some()),
+            ("cloudInitConfigDrive", v.cloud_init_config_drive.is_some()),
+            ("emptyDisk", v.empty_disk.is_some()),
+            ("ephemeral", v.ephemeral.is_some()),
+            ("hostDisk", v.host_disk.is_some()),
+        ];
+        one_of(&sources, &path, "volume source", &mut c);
+        for (key, cfg) in
+            [("cloudInitNoCloud", &v.cloud_init_no_cloud), ("cloudInitConfigDrive", &v.cloud_init_config_drive)]
+        {
+            let Some(cfg) = cfg else { continue };
+            let data = [cfg.user_data.is_some(), cfg.user_data_base64.is_some(), cfg.secret_ref.is_some()];
+            if data.iter().filter(|set| **set).count() > 1 {
+                c.push(Cause::invalid(
+                    format!("{path}.{key}"),
+                    "only one of userData, userDataBase64, secretRef may be set",
+                ));
+            }
+        }
+    }
+    if let Some(kb) = spec.domain.firmware.as_ref().and_then(|f| f.kernel_boot.as_ref()) {
+        validate_kernel_boot(kb, &format!("{p}.domain.firmware.kernelBoot"), &mut c);
+    }
+    let cloud_init = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.cloud_init_no_cloud.is_some() || v.cloud_init_config_drive.is_some())
+        .count();
+    if cloud_init > 1 {
+        c.push(Cause::invalid(format!("{p}.volumes"), "at most one cloud-init volume is supported"));
+    }
+    c
+}
+
+/// KubeVirt's rules for kernelBoot, plus kumo's: QEMU boots the kernel directly, so an initrd alone (which
+/// KubeVirt lets through to libvirt) cannot boot and is refused here.
+fn validate_kernel_boot(kb: &KernelBoot, p: &str, c: &mut Vec<Cause>) {
+    let Some(container) = &kb.container else {
+        if kb.kernel_args.is_some() {
+            c.push(Cause::invalid(format!("{p}.kernelArgs"), "kernel arguments need a kernel: set container too"));
+        }
+        return;
+    };
+    if container.kernel_path.is_none() {
+        let why = if container.initrd_path.is_some() {
+            "required: kumo boots the kernel directly, and an initrd alone cannot boot"
+        } else {
+            "required: the path of the kernel in the image"
+        };
+        c.push(Cause::invalid(format!("{p}.container.kernelPath"), why));
+    }
+    for (key, file) in [("kernelPath", &container.kernel_path), ("initrdPath", &container.initrd_path)] {
+        let Some(f) = file else { continue };
+        let parts: Vec<&str> = f.split('/').skip(1).collect();
+        if !f.starts_with('/') || parts.iter().any(|part| matches!(*part, "" | "." | "..")) {
+            c.push(Cause::invalid(
+                format!("{p}.container.{key}"),
+                format!("Invalid value: \"{f}\": must be an absolute path to a file, without \".\", \"..\" or \"//\""),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn semantic_checks_name_fields() {
+        let vm = json!({"spec": {"running": true, "runStrategy": "Always", "template": {"spec": {
+            "domain": {"devices": {"disks": [{"name": "nope", "disk": {}}],
+                "interfaces": [{"name": "default", "masquerade": {}, "bridge": {}}]}},
+            "networks": [{"name": "default", "pod": {}}],
+            "volumes": [{"name": "root", "containerDisk": {"image": "x"}, "emptyDisk": {"capacity": "1Gi"}}]}}}});
+        let fields: Vec<String> = validate("VirtualMachine", &vm).into_iter().map(|c| c.field).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "spec.running",
+                "spec.template.spec.domain.devices.disks[0].name",
+                "spec.template.spec.domain.devices.interfaces[0]",
+                "spec.template.spec.volumes[0]",
+            ]
+        );
+    }
+
+    #[test]
+    fn kernel_boot_needs_a_kernel_at_an_absolute_path() {
+        let vmi = |kb: Value| json!({"spec": {"domain": {"firmware": {"kernelBoot": kb}}}});
+        let fields = |kb: Value| -> Vec<String> {
+            validate("VirtualMachineInstance", &vmi(kb)).into_iter().map(|c| c.field).collect()
+        };
+        let kb = "spec.domain.firmware.kernelBoot";
+        let ok = json!({"kernelArgs": "console=ttyS0", "container": {"image": "i", "kernelPath": "/boot/vmlinuz",
+            "initrdPath": "/boot/initrd.img"}});
+        assert!(fields(ok).is_empty());
+        assert_eq!(fields(json!({"kernelArgs": "quiet"})), vec![format!("{kb}.kernelArgs")]);
+        assert_eq!(
+            fields(json!({"container": {"image": "i", "initrdPath": "/boot/initrd"}})),
+            vec![format!("{kb}.container.kernelPath")]
+        );
+        assert_eq!(
+            fields(json!({"container": {"image": "i", "kernelPath": "boot/vmlinuz", "initrdPath": "/a/../b"}})),
+            vec![format!("{kb}.container.kernelPath"), format!("{kb}.container.initrdPath")]
+        );
+        for odd in ["/boot//vmlinuz", "/boot/./vmlinuz", "/boot/", "/"] {
+            let got = fields(json!({"container": {"image": "i", "kernelPath": odd}}));
+            assert_eq!(got, vec![format!("{kb}.container.kernelPath")], "{odd}");
+        }
+    }
+
+    #[test]
+    fn messages_and_cloud_init_rules() {
+        let vmi = json!({"spec": {"domain": {"devices": {
+                "interfaces": [{"name": "default", "bridge": {}, "ports": [{"port": 80}]}]}},
+            "networks": [{"name": "default"}],
+            "volumes": [{"name": "a", "cloudInitNoCloud": {"userData": "x", "secretRef": {"name": "s"}}},
+                {"name": "a", "cloudInitConfigDrive": {"userData": "y"}}]}});
+        let got: Vec<(String, String)> =
+            validate("VirtualMachineInstance", &vmi).into_iter().map(|c| (c.field, c.message)).collect();
+        let want = [
+            ("spec.volumes", "Duplicate value: \"a\""),
+            ("spec.domain.devices.interfaces[0].ports", "ports are only supported with masquerade"),
+            ("spec.networks[0]", "exactly one network source must be set (one of pod); found 0"),
+            ("spec.volumes[0].cloudInitNoCloud", "only one of userData, userDataBase64, secretRef may be set"),
+            ("spec.volumes", "at most one cloud-init volume is supported"),
+        ];
+        assert_eq!(got, want.map(|(f, m)| (f.to_string(), m.to_string())));
+    }
+
+    #[test]
+    fn a_spec_the_typed_api_cannot_read_is_refused() {
+        // `affinity` is free-form in the schema; one that is not an Affinity would stall every reader.
+        let vmi = json!({"spec": {"domain": {"devices": {}}, "affinity": {"nodeAffinity": "anywhere"}}});
+        let causes = validate("VirtualMachineInstance", &vmi);
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].field, "spec");
+        assert!(causes[0].message.starts_with("Invalid value: invalid type"), "{}", causes[0].message);
+        assert!(validate("VirtualMachineInstance", &json!({"metadata": {"name": "x"}})).is_empty());
+    }
+}
