@@ -1,6 +1,7 @@
 //! Startup and the connection loop: open the store, load the PKI, seed system namespaces, load CRDs, start
 //! the watch cache and background loops, then serve HTTPS.
 
+use crate::auth;
 use crate::crypt::{ClusterSecret, EncryptedStore, EncryptionConfig};
 use crate::handlers;
 use crate::registry::Registry;
@@ -106,9 +107,16 @@ pub async fn run(config: Config, store: Arc<dyn Store>) -> Result<Running> {
                         return;
                     }
                 };
+                // The verified client certificate, if any, names the caller for the whole connection.
+                let cert_user = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| auth::user_from_cert(c));
                 let svc = hyper::service::service_fn(move |req| {
-                    let api = api.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handlers::dispatch(api, req).await) }
+                    let (api, user) = (api.clone(), cert_user.clone());
+                    async move { Ok::<_, std::convert::Infallible>(handlers::dispatch(api, req, user).await) }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {

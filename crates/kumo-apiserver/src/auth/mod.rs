@@ -9,7 +9,8 @@ pub use authorize::{decide, Attributes, Decision};
 
 use crate::state::ApiServer;
 use base64::Engine;
-use kumo_api::meta;
+use kumo_api::kubevirt::VirtualMachineInstance;
+use kumo_api::{meta, ApiError};
 use serde_json::Value;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +31,72 @@ impl User {
             User::Bootstrap(id) => format!("system:bootstrap:{id}"),
         }
     }
+}
+
+/// Authorizes `a` for `user`, looking up what the node rules depend on. `body` is the request's (for events).
+pub async fn check(api: &ApiServer, user: &User, a: &Attributes<'_>, body: &[u8]) -> Result<(), ApiError> {
+    let allowed = match decide(user, a) {
+        Decision::Allow => true,
+        Decision::Deny(why) => return Err(ApiError::forbidden(why)),
+        Decision::IfVmiOnNode { node } => vmi_on_node(api, a.namespace, a.name.unwrap_or(""), &node).await?,
+        Decision::IfUsedOnNode { node } => used_on_node(api, a, &node).await?,
+        Decision::IfEventAboutNode { node } => event_about_node(api, a, body, &node).await?,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(authorize::denial(
+            &user.name(),
+            a,
+            "no relationship found between this node and this object",
+        )))
+    }
+}
+
+fn vmis(api: &ApiServer) -> Result<std::sync::Arc<kumo_api::ResourceDef>, ApiError> {
+    api.registry
+        .get("kubevirt.io", "v1", "virtualmachineinstances")
+        .ok_or_else(|| ApiError::internal("kubevirt.io CRDs missing"))
+}
+
+async fn vmi_on_node(api: &ApiServer, ns: Option<&str>, name: &str, node: &str) -> Result<bool, ApiError> {
+    let Some(vmi) = api.objects.try_get(&*vmis(api)?, ns, name).await? else { return Ok(false) };
+    let vmi: VirtualMachineInstance = serde_json::from_value(vmi).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(vmi.node_name() == Some(node))
+}
+
+/// A Secret or ConfigMap that a VMI bound to `node` (in the same namespace) uses for cloud-init.
+async fn used_on_node(api: &ApiServer, a: &Attributes<'_>, node: &str) -> Result<bool, ApiError> {
+    let name = a.name.unwrap_or("");
+    let (all, _) = api.objects.list_all(&*vmis(api)?, a.namespace).await?;
+    Ok(all.into_iter().filter_map(|v| serde_json::from_value::<VirtualMachineInstance>(v).ok()).any(|vmi| {
+        vmi.node_name() == Some(node)
+            && vmi.spec.volumes.iter().flatten().any(|vol| {
+                [&vol.cloud_init_no_cloud, &vol.cloud_init_config_drive].into_iter().flatten().any(|src| {
+                    [&src.secret_ref, &src.network_data_secret_ref].into_iter().flatten().any(|r| r.name == name)
+                })
+            })
+    }))
+}
+
+/// An event (new, or the stored one being patched) about `node` or a VMI bound to it.
+async fn event_about_node(api: &ApiServer, a: &Attributes<'_>, body: &[u8], node: &str) -> Result<bool, ApiError> {
+    let mut event: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if a.verb != "create" {
+        let def = api.registry.get(a.group, "v1", "events").ok_or_else(|| ApiError::internal("events missing"))?;
+        event = api.objects.try_get(&def, a.namespace, a.name.unwrap_or("")).await?.unwrap_or(Value::Null);
+    }
+    // core/v1 names it involvedObject, events.k8s.io/v1 regarding; stored events are core/v1.
+    let about = event.get("involvedObject").or_else(|| event.get("regarding")).cloned().unwrap_or(Value::Null);
+    let field = |k: &str| about.get(k).and_then(Value::as_str).unwrap_or("");
+    Ok(match field("kind") {
+        "Node" => field("name") == node,
+        "VirtualMachineInstance" => {
+            let ns = Some(field("namespace")).filter(|n| !n.is_empty()).or(a.namespace);
+            vmi_on_node(api, ns, field("name"), node).await?
+        }
+        _ => false,
+    })
 }
 
 /// The identity in a verified client certificate's subject: a node when it says `system:node:NAME` in the

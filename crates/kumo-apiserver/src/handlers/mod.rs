@@ -11,6 +11,7 @@ pub mod scale;
 pub mod watch;
 pub mod write;
 
+use crate::auth::{self, Attributes, User};
 use crate::request::{parse_path, Query, ResourcePath, Target};
 use crate::response::{self, Accept, Resp};
 use crate::state::ApiServer;
@@ -62,7 +63,8 @@ impl Call {
 
 const MAX_BODY: usize = 3 * 1024 * 1024;
 
-pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>) -> Resp {
+/// Serves one request; `cert_user` is who the connection's verified client certificate names, if any.
+pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>, cert_user: Option<User>) -> Resp {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let query = Query::parse(parts.uri.query());
@@ -72,9 +74,9 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>) 
         "/version" => return response::json_response(StatusCode::OK, &crate::discovery::version()),
         _ => {}
     }
-    if !authorized(&api, &parts.headers) {
+    let Some(user) = authenticate(&api, &parts.headers, cert_user).await else {
         return response::error(&ApiError::unauthorized());
-    }
+    };
     if path == "/openapi/v3" || path.starts_with("/openapi/v3/") {
         return crate::openapi::serve(&api, &path);
     }
@@ -86,6 +88,11 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>) 
         Target::Resource(p) => p,
         other => return crate::discovery::serve(&api, &other),
     };
+    if rpath.group == crate::kubevirt::GROUP && user != User::Admin {
+        // VM verbs and consoles are for people (and their tools), not for node credentials.
+        let why = format!("User \"{}\" cannot use {}", user.name(), crate::kubevirt::GROUP);
+        return response::error(&ApiError::forbidden(why));
+    }
     if rpath.group == crate::kubevirt::GROUP && rpath.subresource.as_deref() == Some("console") {
         // A WebSocket upgrade, proxied to the node: the body stays unread.
         return crate::console::proxy(&api, Request::from_parts(parts, body), rpath).await;
@@ -102,6 +109,9 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>) 
         Bytes::new()
     };
     let call = Call { method: parts.method, path: rpath, query, headers: parts.headers, body, accept };
+    if let Err(e) = auth::check(&api, &user, &attributes(&call), &call.body).await {
+        return response::error(&e);
+    }
     match route(&api, call).await {
         Ok(r) => r,
         Err(e) => response::error(&e),
@@ -115,9 +125,40 @@ fn plain(s: &'static str) -> Resp {
         .expect("response")
 }
 
-fn authorized(api: &ApiServer, headers: &http::HeaderMap) -> bool {
-    let auth = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    kumo_api::bearer::matches(auth, &api.token)
+/// Who is calling: the client certificate's identity, else the bearer token's.
+async fn authenticate(api: &ApiServer, headers: &http::HeaderMap, cert_user: Option<User>) -> Option<User> {
+    if cert_user.is_some() {
+        return cert_user;
+    }
+    let auth = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())?;
+    let token = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer "))?;
+    auth::user_from_token(api, token.trim()).await
+}
+
+/// The request as the authorizer sees it.
+fn attributes(call: &Call) -> Attributes<'_> {
+    let p = &call.path;
+    let named = p.name.is_some();
+    let verb = match call.method {
+        Method::GET if named => "get",
+        Method::GET if call.query.flag("watch") || p.legacy_watch => "watch",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if named => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "unknown",
+    };
+    Attributes {
+        verb,
+        group: &p.group,
+        resource: &p.resource,
+        subresource: p.subresource.as_deref(),
+        namespace: p.namespace.as_deref(),
+        name: p.name.as_deref(),
+        label_selector: call.query.get("labelSelector"),
+    }
 }
 
 async fn route(api: &Arc<ApiServer>, call: Call) -> Result<Resp, ApiError> {
