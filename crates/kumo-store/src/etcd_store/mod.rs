@@ -23,6 +23,7 @@ mod watch;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, KvClient, TlsOptions, WatchClient};
@@ -70,15 +71,23 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A [`Store`] on etcd. Cheap to share as `Arc<EtcdStore>` (or `Arc<dyn Store>`).
 ///
-/// The connection is managed by the client: when etcd goes away calls fail with [`Error::Unavailable`] or
-/// [`Error::Timeout`], and when it comes back new calls reconnect by themselves.
+/// Calls go to one endpoint while it answers; one that cannot be connected to is skipped for the next. When
+/// no endpoint can be reached calls fail with [`Error::Unavailable`] (or [`Error::Timeout`] when etcd accepts
+/// connections but does not answer), and once etcd is back the next call reconnects by itself: each failed
+/// connection is dialed anew on the next call, nothing stays pinned to a dead one.
 pub struct EtcdStore {
-    kv: KvClient,
-    watch: WatchClient,
+    /// One client per endpoint. etcd-client can balance over several endpoints itself, but its balancer keeps
+    /// handing calls to an endpoint that refuses connections, so failover is done here, in order.
+    endpoints: Vec<Endpoint>,
+    /// The endpoint that answered last, tried first.
+    preferred: AtomicUsize,
     keys: Keys,
     timeout: Duration,
-    /// How often a call that failed to connect is tried again (on another endpoint, when there are several).
-    connect_attempts: usize,
+}
+
+struct Endpoint {
+    kv: KvClient,
+    watch: WatchClient,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -93,39 +102,61 @@ impl EtcdStore {
     /// [`Error::Timeout`] when etcd does not answer.
     pub async fn connect(config: EtcdConfig) -> Result<EtcdStore> {
         let options = connect_options(&config)?;
-        let client = Client::connect(&config.endpoints, Some(options)).await.map_err(errors::map)?;
+        let mut endpoints = Vec::new();
+        for url in &config.endpoints {
+            // Connecting only builds the channel; nothing is dialed until the first call.
+            let client = Client::connect([url], Some(options.clone())).await.map_err(errors::map)?;
+            endpoints.push(Endpoint {
+                kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES),
+                watch: client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES),
+            });
+        }
         let store = EtcdStore {
-            kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES),
-            watch: client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES),
+            endpoints,
+            preferred: AtomicUsize::new(0),
             keys: Keys::new(&config.prefix),
             timeout: config.timeout,
-            connect_attempts: 2 * config.endpoints.len() + 1,
         };
         store.current_revision().await?;
         Ok(store)
     }
 
-    /// Runs one etcd call under the request deadline. A call that failed to connect never reached etcd, so
-    /// it is repeated (the client's balancer may pick a live endpoint next) until the deadline.
+    /// Runs one etcd call under the request deadline, on the preferred endpoint or, when it cannot be
+    /// connected to (so the call never reached etcd, and even a write is safe to repeat), on the next ones.
     async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
         F: Fn(KvClient) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut attempt = 1;
-        loop {
-            match tokio::time::timeout_at(deadline, f(self.kv.clone())).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) if attempt < self.connect_attempts && errors::is_connect_failure(&e) => {
-                    tracing::debug!(error = %e, what, attempt, "etcd connect failed, trying again");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+        self.failover(|endpoint| tokio::time::timeout_at(deadline, f(endpoint.kv.clone())), what).await
+    }
+
+    /// Tries `f` on each endpoint in turn, starting with the preferred one, until one can be connected to;
+    /// `f`'s own deadline elapsing ends the call as [`Error::Timeout`].
+    async fn failover<'a, T, F, Fut>(&'a self, f: F, what: &str) -> Result<T>
+    where
+        F: Fn(&'a Endpoint) -> Fut,
+        Fut: Future<Output = Result<Result<T, etcd_client::Error>, tokio::time::error::Elapsed>>,
+    {
+        let n = self.endpoints.len();
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in (first..first + n).map(|i| i % n) {
+            match f(&self.endpoints[i]).await {
+                Ok(Ok(v)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Ok(Err(e)) if errors::is_connect_failure(&e) => {
+                    tracing::debug!(error = %e, what, endpoint = i, "etcd endpoint unreachable");
+                    last = Some(e);
                 }
                 Ok(Err(e)) => return Err(errors::map(e)),
                 Err(_) => return Err(self.timed_out(what)),
             }
         }
+        Err(last.map(errors::map).unwrap_or_else(|| Error::Unavailable("no etcd endpoint".into())))
     }
 
     fn timed_out(&self, what: &str) -> Error {

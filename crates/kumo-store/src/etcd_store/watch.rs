@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use futures::stream::{self, BoxStream, StreamExt};
 
-use super::{errors, prefix_end, EtcdStore, Keys};
+use super::{errors, prefix_end, Endpoint, EtcdStore, Keys};
 use crate::{Error, Event, EventKind, KeyValue, Result};
 
 struct Live {
@@ -39,14 +39,17 @@ impl EtcdStore {
             .with_range(prefix_end(&key))
             .with_start_revision(after_revision.max(0) + 1)
             .with_prev_key();
-        let mut client = self.watch.clone();
         // Wait for etcd to confirm the watch, so a watch that could not be set up fails here.
-        let started = tokio::time::timeout(self.timeout, async move {
-            let mut stream = client.watch(key, Some(options)).await?;
-            let first = stream.message().await?;
-            Ok::<_, etcd_client::Error>((stream, first))
-        });
-        let (stream, first) = started.await.map_err(|_| self.timed_out("watch"))?.map_err(errors::map)?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let start = |endpoint: &Endpoint| {
+            let (mut client, key, options) = (endpoint.watch.clone(), key.clone(), options.clone());
+            tokio::time::timeout_at(deadline, async move {
+                let mut stream = client.watch(key, Some(options)).await?;
+                let first = stream.message().await?;
+                Ok::<_, etcd_client::Error>((stream, first))
+            })
+        };
+        let (stream, first) = self.failover(start, "watch").await?;
         let mut live = Live {
             stream,
             keys: self.keys.clone(),
