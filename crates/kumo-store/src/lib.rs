@@ -12,6 +12,9 @@
 //! Newcomers: start with [`Store`] and [`Error`], then `redb_store/schema.rs` for how revisions are
 //! kept on disk, or `etcd_store/mod.rs` for how they map onto etcd.
 
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod conformance;
 mod etcd_store;
 mod redb_store;
 mod types;

@@ -20,6 +20,8 @@ mod errors;
 mod kv;
 mod watch;
 
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::path::PathBuf;
