@@ -33,7 +33,7 @@ use futures::stream::BoxStream;
 /// be reached.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// The latest revision written (0 for an empty store).
+    /// The latest revision written (0 for an empty [`RedbStore`]; etcd starts at 1).
     async fn current_revision(&self) -> Result<i64>;
 
     /// The oldest revision that can still be read or watched from (everything at or below
@@ -65,6 +65,8 @@ pub trait Store: Send + Sync + 'static {
     /// watcher falls too far behind.
     async fn watch(&self, prefix: &str, after_revision: i64) -> Result<BoxStream<'static, Result<Event>>>;
 
-    /// Discards history at and below `revision` (the latest value of each live key is always kept).
+    /// Discards history at and below `revision` (the latest value of each live key is always kept). Compacting
+    /// to a revision at or below the compacted one does nothing; past the current one fails with
+    /// [`Error::FutureRevision`].
     async fn compact(&self, revision: i64) -> Result<()>;
 }

@@ -46,10 +46,7 @@ impl EtcdStore {
             _ => prefix,
         };
         let limit = i64::try_from(req.limit).unwrap_or(i64::MAX);
-        let options = GetOptions::new().with_range(end.clone()).with_limit(limit);
-        // Past the prefix already (paging ran off its end): etcd would read `[start, end)` backwards as empty
-        // anyway, but say so without asking.
-        let past_end = end != [0] && start >= end;
+        let options = GetOptions::new().with_range(end).with_limit(limit);
         let at = req.revision.filter(|r| *r > 0);
         let Some(at) = at else {
             let resp = self
@@ -58,7 +55,7 @@ impl EtcdStore {
                     async move { kv.get(start, Some(options)).await }
                 })
                 .await?;
-            return self.page(&resp, revision(&resp), past_end);
+            return self.page(&resp, revision(&resp));
         };
         // A past revision: read our compaction record in the same transaction, because etcd still serves the
         // compacted revision itself while the trait calls it gone.
@@ -84,13 +81,11 @@ impl EtcdStore {
         if compacted > 0 && at <= compacted {
             return Err(Error::Compacted { requested: at, compacted });
         }
-        self.page(&range, at, past_end)
+        self.page(&range, at)
     }
 
-    fn page(&self, resp: &GetResponse, revision: i64, past_end: bool) -> Result<RangeResponse> {
-        if past_end {
-            return Ok(RangeResponse { kvs: Vec::new(), revision, more: false, remaining: 0 });
-        }
+    /// A start past the end (a `start_after` beyond the prefix) is fine: etcd finds nothing in that range.
+    fn page(&self, resp: &GetResponse, revision: i64) -> Result<RangeResponse> {
         let kvs = resp.kvs().iter().map(|kv| self.keys.kv(kv)).collect::<Result<Vec<_>>>()?;
         // etcd counts every key in the range, returned or not.
         let remaining = (resp.count() - kvs.len() as i64).max(0);
