@@ -6,9 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: QEMU and qemu-img (guests), iproute2 + nftables (per-VMI networking), docker-registry
-# (containerDisks), busybox/xorriso/genisoimage (network and ISO tests), etcd-server (benchmark).
-pkgs=(qemu-system-x86 qemu-utils iproute2 nftables docker-registry busybox xorriso genisoimage curl ca-certificates)
-[ "${KUMO_SETUP_BENCH:-0}" = 1 ] && pkgs+=(etcd-server)
+# (containerDisks), busybox/xorriso/genisoimage (network and ISO tests), etcd-server (the etcd store backend's
+# tests start a real etcd; benchmark), protobuf-compiler + libprotobuf-dev (the etcd-client crate generates its
+# gRPC code with protoc at build time and imports protobuf's well-known types, so both before any cargo build).
+pkgs=(qemu-system-x86 qemu-utils iproute2 nftables docker-registry busybox xorriso genisoimage curl ca-certificates
+  etcd-server protobuf-compiler libprotobuf-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,7 +27,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Nor start it at the next boot: images/start-registry.sh runs the registry the tests use on :5000.
-  if command -v systemctl >/dev/null; then systemctl disable docker-registry >/dev/null 2>&1 || true; fi
+  # Likewise etcd: its tests and the benchmark start their own on free ports.
+  if command -v systemctl >/dev/null; then systemctl disable docker-registry etcd >/dev/null 2>&1 || true; fi
 fi
 command -v kubectl >/dev/null || echo "setup: warning: kubectl not found; the end-to-end tests use it" >&2
 

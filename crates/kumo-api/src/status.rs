@@ -134,6 +134,9 @@ impl ApiError {
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(504, "Timeout", message)
     }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "ServiceUnavailable", message)
+    }
 
     /// 422 Invalid, with one cause per offending field: `Kind.group "name" is invalid: field: message, ...`.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {

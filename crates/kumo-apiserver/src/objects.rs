@@ -40,6 +40,17 @@ pub fn store_error(def: &ResourceDef, name: &str, e: StoreError) -> ApiError {
             e.retry_after_seconds = Some(1);
             e
         }
+        // The store is down or slow: a retryable 503/504 (with Retry-After), never a 500.
+        StoreError::Unavailable(m) => {
+            let mut e = ApiError::unavailable(format!("storage is unavailable: {m}; retry shortly"));
+            e.retry_after_seconds = Some(1);
+            e
+        }
+        StoreError::Timeout(m) => {
+            let mut e = ApiError::timeout(format!("storage did not answer in time: {m}; retry shortly"));
+            e.retry_after_seconds = Some(1);
+            e
+        }
         StoreError::Backend(m) => ApiError::internal(format!("storage error: {m}")),
     }
 }

@@ -1,15 +1,25 @@
-//! Revisioned key-value storage with etcd semantics.
+//! Revisioned key-value storage with etcd semantics: everything kumo persists.
 //!
-//! Everything kumo persists goes through the [`Store`] trait: one monotonically increasing revision across all
-//! keys, compare-and-swap on a key's `mod_revision`, range reads (optionally at a past revision), watch from a
-//! revision, and compaction. The API server only ever talks to this trait, so the embedded backend
-//! ([`RedbStore`], the default) and a future etcd backend are interchangeable.
+//! The [`Store`] trait is the whole interface: one monotonically increasing revision across all keys,
+//! compare-and-swap on a key's `mod_revision`, range reads (optionally at a past revision), watch from a
+//! revision, and compaction. The API server only ever talks to this trait. Two backends implement it:
+//! - [`RedbStore`] (the default): embedded, a single crash-safe file, group commit (`redb_store/`);
+//! - [`EtcdStore`]: an etcd v3 cluster, for high availability and several API servers (`etcd_store/`).
 //!
-//! Newcomers: start with [`Store`], then `redb_store/schema.rs` for how revisions are kept on disk.
+//! Both pass the same conformance suite (`conformance/`, behind the `testing` feature for other crates'
+//! tests), which is the executable form of the trait's documentation.
+//!
+//! Newcomers: start with [`Store`] and [`Error`], then `redb_store/schema.rs` for how revisions are
+//! kept on disk, or `etcd_store/mod.rs` for how they map onto etcd.
 
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod conformance;
+mod etcd_store;
 mod redb_store;
 mod types;
 
+pub use etcd_store::{EtcdConfig, EtcdStore};
 pub use redb_store::RedbStore;
 pub use types::*;
 
@@ -18,10 +28,12 @@ use futures::stream::BoxStream;
 /// A revisioned key-value store with etcd-like semantics.
 ///
 /// Keys are UTF-8 strings (the API server uses `/registry/{group}/{resource}/{namespace}/{name}`); values are
-/// opaque bytes. Every successful write gets a fresh revision, strictly greater than all before it.
+/// opaque bytes. Every successful write gets a fresh revision, strictly greater than all before it; a failed one
+/// changes nothing. Any call may fail with [`Error::Unavailable`] or [`Error::Timeout`] when the backend cannot
+/// be reached.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// The latest revision written (0 for an empty store).
+    /// The latest revision written (0 for an empty [`RedbStore`]; etcd starts at 1).
     async fn current_revision(&self) -> Result<i64>;
 
     /// The oldest revision that can still be read or watched from (everything at or below
@@ -53,6 +65,8 @@ pub trait Store: Send + Sync + 'static {
     /// watcher falls too far behind.
     async fn watch(&self, prefix: &str, after_revision: i64) -> Result<BoxStream<'static, Result<Event>>>;
 
-    /// Discards history at and below `revision` (the latest value of each live key is always kept).
+    /// Discards history at and below `revision` (the latest value of each live key is always kept). Compacting
+    /// to a revision at or below the compacted one does nothing; past the current one fails with
+    /// [`Error::FutureRevision`].
     async fn compact(&self, revision: i64) -> Result<()>;
 }

@@ -66,6 +66,14 @@ pub enum Error {
     Compacted { requested: i64, compacted: i64 },
     #[error("revision {requested} is in the future (current is {current})")]
     FutureRevision { requested: i64, current: i64 },
+    /// The backend cannot be reached or cannot serve right now (etcd down, no leader, quorum lost); retrying
+    /// later may succeed. A write refused this way was not applied, but one whose connection broke mid-flight
+    /// may have been: a retry can then meet its own write (AlreadyExists, Conflict), as after a timeout.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// No answer within the deadline. A write may or may not have been applied.
+    #[error("storage timed out: {0}")]
+    Timeout(String),
     #[error("storage backend: {0}")]
     Backend(String),
 }

@@ -120,6 +120,21 @@ struct ServerArgs {
     /// How often watchers that asked for bookmarks get one.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     bookmark_interval: Duration,
+    /// Keep everything in etcd v3 at these endpoints (comma-separated or repeated) instead of the embedded
+    /// store; several replicas on one etcd form an HA control plane.
+    #[arg(long = "etcd-servers", value_name = "URL[,URL...]", value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// CA certificate to verify etcd's serving certificates.
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate (and --etcd-keyfile) to authenticate to etcd.
+    #[arg(long)]
+    etcd_certfile: Option<PathBuf>,
+    #[arg(long)]
+    etcd_keyfile: Option<PathBuf>,
+    /// Key prefix in etcd, so several clusters can share one etcd.
+    #[arg(long, default_value = "/kumo")]
+    etcd_prefix: String,
     /// The secret shared by every API server replica of this cluster (default: DATA_DIR/cluster-secret,
     /// created on first start). Another replica joins with the same secret and store.
     #[arg(long, env = "KUMO_CLUSTER_SECRET", hide_env_values = true, conflicts_with = "cluster_secret_file")]
@@ -256,12 +271,29 @@ async fn kube_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Confi
 async fn server(args: ServerArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {} (choose a writable directory)", args.data_dir.display()))?;
-    let db = args.data_dir.join("kumo.redb");
-    let store = kumo_store::RedbStore::open(&db)
-        .with_context(|| format!("opening the store at {} (is another kumo server using it?)", db.display()))?;
-    // The store holds every object, Secrets included (sealed, but still): only this user may read it.
-    std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .with_context(|| format!("making {} private", db.display()))?;
+    let store: Arc<dyn kumo_store::Store> =
+        if args.etcd_servers.is_empty() {
+            let db = args.data_dir.join("kumo.redb");
+            let store = kumo_store::RedbStore::open(&db)
+                .with_context(|| format!("opening the store at {} (is another kumo server using it?)", db.display()))?;
+            // The store holds every object, Secrets included (sealed, but still): only this user may read it.
+            std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .with_context(|| format!("making {} private", db.display()))?;
+            Arc::new(store)
+        } else {
+            let cfg = kumo_store::EtcdConfig {
+                endpoints: args.etcd_servers.clone(),
+                ca_file: args.etcd_cafile.clone(),
+                cert_file: args.etcd_certfile.clone(),
+                key_file: args.etcd_keyfile.clone(),
+                prefix: args.etcd_prefix.clone(),
+                ..Default::default()
+            };
+            let endpoints = args.etcd_servers.join(",");
+            Arc::new(kumo_store::EtcdStore::connect(cfg).await.with_context(|| {
+                format!("connecting to etcd at {endpoints} (is it running? are the TLS files right?)")
+            })?)
+        };
     let mut config = kumo_apiserver::Config::new(args.data_dir.clone(), args.listen);
     config.hosts = args.tls_san;
     config.compaction_interval = args.compaction_interval;
@@ -276,7 +308,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         (None, None) => None,
     };
     let compaction_interval = config.compaction_interval;
-    let running = kumo_apiserver::run(config, Arc::new(store)).await?;
+    let running = kumo_apiserver::run(config, store).await?;
     // Loops that must run once per cluster (GC, compaction; the controllers) run on the elected replica only.
     let self_client = client_from(Some(&running.kubeconfig)).await?;
     let id = server_identity(&args.data_dir)?;
