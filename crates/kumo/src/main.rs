@@ -74,7 +74,7 @@ enum Command {
         target: Target,
     },
     /// Run the control plane (API server on an embedded store, and the controllers) on this machine.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a node agent: this machine runs the guests scheduled to it.
     Agent {
         /// Kubeconfig to use (default: $KUBECONFIG or ~/.kube/config).
@@ -208,7 +208,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Server(args) => server(args).await,
+        Command::Server(args) => server(*args).await,
         Command::Start { name, target } => vm_verb(&target, "virtualmachines", &name, "start").await,
         Command::Stop { name, target } => vm_verb(&target, "virtualmachines", &name, "stop").await,
         Command::Restart { name, target } => vm_verb(&target, "virtualmachines", &name, "restart").await,
