@@ -67,40 +67,36 @@ pub(super) fn is_connect_failure(err: &etcd_client::Error) -> bool {
     }
 }
 
-fn refused(err: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `err` or any error it was caused by satisfies `pred`.
+fn any_cause(
+    err: &(dyn std::error::Error + 'static),
+    pred: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
     let mut source = Some(err);
     while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
+        if pred(e) {
+            return true;
         }
         source = e.source();
     }
     false
 }
 
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    e.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
+}
+
+fn refused(err: &(dyn std::error::Error + 'static)) -> bool {
+    any_cause(err, |e| io_kind(e) == Some(std::io::ErrorKind::ConnectionRefused))
+}
+
 fn is_connection_error(status: &Status) -> bool {
-    let mut source = status.source();
-    while let Some(e) = source {
-        if e.downcast_ref::<std::io::Error>().is_some() || e.to_string().contains("connection") {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    status.source().is_some_and(|s| any_cause(s, |e| io_kind(e).is_some() || e.to_string().contains("connection")))
 }
 
 /// A TLS handshake that failed on a certificate (rustls reports those as invalid data).
 fn is_certificate_error(status: &Status) -> bool {
-    let mut source = status.source();
-    while let Some(e) = source {
-        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData) {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    status.source().is_some_and(|s| any_cause(s, |e| io_kind(e) == Some(std::io::ErrorKind::InvalidData)))
 }
 
 /// The status message and its sources on one line (tonic's own Display adds Debug noise).
