@@ -1,7 +1,8 @@
 //! The agent's console endpoint: a WebSocket per VMI serial console, which the API server proxies
 //! `subresources.kubevirt.io/.../virtualmachineinstances/{name}/console` to (as kube-apiserver proxies exec to
 //! the kubelet). HTTPS with a certificate the agent generates; its SHA-256 fingerprint is published on the
-//! Node, so the API server can pin it. Requests must carry the bearer token the agent was given.
+//! Node, so the API server can pin it. Callers must present a client certificate issued by the cluster CA to
+//! the API server (`CN=kumo-apiserver`): a node's own certificate, from the same CA, is refused.
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -21,17 +22,25 @@ pub struct ConsoleEndpoint {
     pub fingerprint: String,
 }
 
-/// Serves consoles of the VMIs under `vmis_dir/<uid>/run/serial.sock` on `bind`.
-/// Only callers presenting `token` (the API server's) are served.
-pub async fn serve(bind: SocketAddr, vmis_dir: PathBuf, token: String) -> Result<ConsoleEndpoint> {
+/// The common name of the API server's client certificate towards nodes.
+pub const APISERVER_CLIENT_CN: &str = "kumo-apiserver";
+
+/// Serves consoles of the VMIs under `vmis_dir/<uid>/run/serial.sock` on `bind`, to the API server only.
+pub async fn serve(bind: SocketAddr, vmis_dir: PathBuf, cluster_ca: &str) -> Result<ConsoleEndpoint> {
     let key = rcgen::KeyPair::generate()?;
     let params = rcgen::CertificateParams::new(vec!["kumo-agent".to_string()])?;
     let cert = params.self_signed(&key)?;
     let fingerprint = hex::encode(Sha256::digest(cert.der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pemfile::certs(&mut cluster_ca.as_bytes()) {
+        roots.add(ca.context("the cluster CA")?)?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(
             vec![cert.der().clone()],
             rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
@@ -41,16 +50,19 @@ pub async fn serve(bind: SocketAddr, vmis_dir: PathBuf, token: String) -> Result
     let listener =
         tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding the console endpoint {bind}"))?;
     let addr = listener.local_addr()?;
-    let ctx = Arc::new((vmis_dir, token));
+    let ctx = Arc::new(vmis_dir);
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else { continue };
             let (acceptor, ctx) = (acceptor.clone(), ctx.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
+                // The CA also issues node certificates: only the API server's may open consoles.
+                let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+                let is_apiserver = peer.as_deref().is_some_and(is_apiserver_cert);
                 let svc = hyper::service::service_fn(move |req| {
                     let ctx = ctx.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(req, &ctx.0, &ctx.1)) }
+                    async move { Ok::<_, std::convert::Infallible>(handle(req, &ctx, is_apiserver)) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), svc)
@@ -66,10 +78,19 @@ fn reply(code: StatusCode, msg: &str) -> Response<Full<Bytes>> {
     Response::builder().status(code).body(Full::new(Bytes::from(msg.to_string()))).expect("response")
 }
 
-fn handle(mut req: Request<hyper::body::Incoming>, vmis_dir: &std::path::Path, token: &str) -> Response<Full<Bytes>> {
-    let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if !kumo_api::bearer::matches(auth, token) {
-        return reply(StatusCode::UNAUTHORIZED, "unauthorized");
+fn is_apiserver_cert(der: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(der).is_ok_and(|(_, c)| {
+        c.subject().iter_common_name().next().and_then(|n| n.as_str().ok()) == Some(APISERVER_CLIENT_CN)
+    })
+}
+
+fn handle(
+    mut req: Request<hyper::body::Incoming>,
+    vmis_dir: &std::path::Path,
+    is_apiserver: bool,
+) -> Response<Full<Bytes>> {
+    if !is_apiserver {
+        return reply(StatusCode::FORBIDDEN, "only the API server may open consoles");
     }
     let Some(uid) =
         req.uri().path().strip_prefix("/console/").filter(|u| !u.is_empty() && !u.contains('/') && !u.contains(".."))

@@ -161,7 +161,24 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
     );
     crd.status_subresource = true;
     crd.categories = vec!["api-extensions".into()];
-    vec![namespace, node, core_event, event, lease, configmap, secret, sa, crd]
+    let mut csr = def(
+        "certificates.k8s.io",
+        "v1",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        false,
+        &["csr"],
+        Builtin::CertificateSigningRequest,
+        vec![
+            age(),
+            PrinterColumn::new("SignerName", "string", ".spec.signerName", ""),
+            PrinterColumn::new("Requestor", "string", ".spec.username", ""),
+            PrinterColumn::new("RequestedDuration", "string", ".spec.expirationSeconds", ""),
+            PrinterColumn::new("Condition", "string", ".status.conditions[*].type", ""),
+        ],
+    );
+    csr.status_subresource = true;
+    vec![namespace, node, core_event, event, lease, configmap, secret, sa, crd, csr]
 }
 
 /// Namespaces that always exist.

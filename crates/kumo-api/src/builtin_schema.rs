@@ -2,7 +2,7 @@
 //! as Kubernetes names them (`io.k8s.api.core.v1.ConfigMap`), for the OpenAPI documents kubectl reads.
 
 use crate::resource::Builtin;
-use k8s_openapi::api::{coordination, core, events};
+use k8s_openapi::api::{certificates, coordination, core, events};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use schemars::JsonSchema;
 use serde_json::{Map, Value};
@@ -19,6 +19,7 @@ pub fn schemas(builtin: Builtin) -> (String, Map<String, Value>) {
         Builtin::Secret => collect::<core::v1::Secret>(),
         Builtin::ServiceAccount => collect::<core::v1::ServiceAccount>(),
         Builtin::CustomResourceDefinition => collect::<CustomResourceDefinition>(),
+        Builtin::CertificateSigningRequest => collect::<certificates::v1::CertificateSigningRequest>(),
     }
 }
 

@@ -64,6 +64,7 @@ pub enum Builtin {
     Secret,
     ServiceAccount,
     CustomResourceDefinition,
+    CertificateSigningRequest,
 }
 
 /// A kind as served at one group/version.

@@ -3,7 +3,7 @@
 //! `fieldValidation`.
 
 use crate::resource::Builtin;
-use k8s_openapi::api::{coordination, core, events};
+use k8s_openapi::api::{certificates, coordination, core, events};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -20,6 +20,7 @@ pub fn check(builtin: Builtin, obj: &Value) -> Result<Vec<String>, String> {
         Builtin::Secret => unknown::<core::v1::Secret>(obj),
         Builtin::ServiceAccount => unknown::<core::v1::ServiceAccount>(obj),
         Builtin::CustomResourceDefinition => unknown::<CustomResourceDefinition>(obj),
+        Builtin::CertificateSigningRequest => unknown::<certificates::v1::CertificateSigningRequest>(obj),
     }
 }
 

@@ -78,7 +78,8 @@ async fn open(
         .map_err(|e| ApiError::internal(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Pinned { fingerprint, provider }))
-        .with_no_client_auth();
+        .with_client_auth_cert(client_certs(api)?, client_key(api)?)
+        .map_err(|e| ApiError::internal(format!("the API server's client certificate: {e}")))?;
     let server_name = rustls::pki_types::ServerName::try_from("kumo-agent").expect("valid name");
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(server_name, tcp)
@@ -96,8 +97,7 @@ async fn open(
         .header(header::CONNECTION, "Upgrade")
         .header(header::UPGRADE, "websocket")
         .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", key)
-        .header(header::AUTHORIZATION, format!("Bearer {}", api.token));
+        .header("sec-websocket-key", key);
     if let Some(proto) = req.headers().get("sec-websocket-protocol") {
         upstream = upstream.header("sec-websocket-protocol", proto.clone());
     }
@@ -173,4 +173,17 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
+}
+
+fn client_certs(api: &ApiServer) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ApiError> {
+    rustls_pemfile::certs(&mut api.node_client.0.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::internal(format!("the API server's client certificate: {e}")))
+}
+
+fn client_key(api: &ApiServer) -> Result<rustls::pki_types::PrivateKeyDer<'static>, ApiError> {
+    rustls_pemfile::private_key(&mut api.node_client.1.as_bytes())
+        .ok()
+        .flatten()
+        .ok_or_else(|| ApiError::internal("the API server's client key is unreadable"))
 }

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod console;
 pub mod crypt;
+pub mod csr;
 pub mod discovery;
 pub mod gc;
 pub mod handlers;

@@ -80,7 +80,9 @@ pub async fn run(config: Config, store: Arc<dyn Store>) -> Result<Running> {
     let kubeconfig = tls::write_kubeconfig(&config.data_dir, &pki, &server_url)?;
 
     let cache = WatchCache::start(store.clone(), config.watch_cache_size).await?;
-    let api = Arc::new(ApiServer::new(store, Arc::new(Registry::with_builtins()), cache, pki.token.clone(), &config));
+    let ca = tls::ClusterCa::new(&pki);
+    let api =
+        Arc::new(ApiServer::new(store, Arc::new(Registry::with_builtins()), cache, pki.token.clone(), ca, &config));
     state::bootstrap(&api).await?;
     state::follow_crds(api.clone());
 

@@ -4,6 +4,10 @@
 use crate::objects::Objects;
 use crate::registry::Registry;
 use crate::rest::admission;
+use crate::tls::ClusterCa;
+
+/// The common name node agents expect of the API server's client certificate (their console endpoint).
+pub const NODE_CLIENT_CN: &str = "kumo-apiserver";
 use crate::watch_cache::WatchCache;
 use kumo_api::{ApiError, ResourceDef};
 use kumo_store::Store;
@@ -17,6 +21,10 @@ pub struct ApiServer {
     pub registry: Arc<Registry>,
     pub cache: Arc<WatchCache>,
     pub token: String,
+    /// Signs node client certificates (joining hosts) and the API server's own client certificate.
+    pub ca: ClusterCa,
+    /// This replica's client certificate towards node agents (PEM cert, PEM key): `CN=kumo-apiserver`.
+    pub node_client: (String, String),
     pub bookmark_interval: Duration,
 }
 
@@ -26,9 +34,14 @@ impl ApiServer {
         registry: Arc<Registry>,
         cache: Arc<WatchCache>,
         token: String,
+        ca: ClusterCa,
         config: &crate::Config,
     ) -> Self {
-        ApiServer { objects: Objects { store }, registry, cache, token, bookmark_interval: config.bookmark_interval }
+        let bookmark_interval = config.bookmark_interval;
+        let node_client = ca
+            .issue_client(NODE_CLIENT_CN, &["system:masters"], 365)
+            .expect("the cluster CA signs a client certificate");
+        ApiServer { objects: Objects { store }, registry, cache, token, ca, node_client, bookmark_interval }
     }
 
     /// The kind stored under `key` (`/registry/{group}/{plural}/...`), at its storage version.
@@ -59,6 +72,7 @@ pub async fn bootstrap(api: &Arc<ApiServer>) -> anyhow::Result<()> {
             }
         }
     }
+    publish_cluster_info(api).await?;
     let crd_def = api.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions").expect("built-in");
     install_crds(api, &crd_def).await?;
     let (crds, _) = api.objects.list_all(&crd_def, None).await?;
@@ -66,6 +80,23 @@ pub async fn bootstrap(api: &Arc<ApiServer>) -> anyhow::Result<()> {
         api.registry.put_crd(&crd);
     }
     Ok(())
+}
+
+/// `kube-public/cluster-info`, readable without credentials (as kubeadm publishes it): the cluster CA, which a
+/// joining host checks against the `--ca-cert-hash` it was given before trusting anything else.
+async fn publish_cluster_info(api: &Arc<ApiServer>) -> anyhow::Result<()> {
+    let def = api.registry.get("", "v1", "configmaps").expect("built-in");
+    if api.objects.try_get(&def, Some("kube-public"), "cluster-info").await?.is_some() {
+        return Ok(());
+    }
+    let mut cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "cluster-info", "namespace": "kube-public"},
+        "data": {"ca.crt": api.ca.cert_pem}});
+    admission::stamp_new(&mut cm);
+    match api.objects.create(&def, &cm).await {
+        Err(e) if e.code != 409 => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// Installs (or upgrades) the CRDs kumo itself serves: KubeVirt's kinds. Replicas starting together race here

@@ -97,6 +97,57 @@ pub async fn load_or_create(
     })
 }
 
+/// The cluster CA as a signer of client certificates (joined nodes; the API server itself towards nodes).
+#[derive(Clone)]
+pub struct ClusterCa {
+    pub cert_pem: String,
+    key_pem: String,
+}
+
+impl ClusterCa {
+    pub fn new(pki: &Pki) -> Self {
+        ClusterCa { cert_pem: pki.ca_pem.clone(), key_pem: pki.ca_key_pem.clone() }
+    }
+
+    /// Signs a PEM certificate request as a client certificate with exactly `cn` and `orgs` as its subject
+    /// (whatever else the request asked for), valid for `days`.
+    pub fn sign_client_request(&self, csr_pem: &str, cn: &str, orgs: &[&str], days: i64) -> Result<String> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).context("parsing the request")?;
+        csr.params = client_params(cn, orgs, days)?;
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &ca_key)?;
+        Ok(csr.signed_by(&issuer)?.pem())
+    }
+
+    /// A new key and client certificate (PEM cert, PEM key).
+    pub fn issue_client(&self, cn: &str, orgs: &[&str], days: i64) -> Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &ca_key)?;
+        let cert = client_params(cn, orgs, days)?.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+fn client_params(cn: &str, orgs: &[&str], days: i64) -> Result<CertificateParams> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    for o in orgs {
+        p.distinguished_name.push(DnType::OrganizationName, *o);
+    }
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time_now();
+    p.not_before = now - std::time::Duration::from_secs(300);
+    p.not_after = now + std::time::Duration::from_secs(days.max(1) as u64 * 86_400);
+    Ok(p)
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
 fn new_ca() -> Result<Shared> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;

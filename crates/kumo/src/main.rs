@@ -15,6 +15,7 @@ struct Cli {
 }
 
 mod client;
+mod join;
 mod virtctl;
 
 use kumo_controllers::leader;
@@ -83,11 +84,23 @@ enum Command {
         /// API server replicas to use, failing over between them (default: the kubeconfig's server).
         #[arg(long = "server", value_name = "URL[,URL...]")]
         servers: Vec<String>,
+        /// Join the cluster with this bootstrap token (from `kumo token create`) unless this host already has
+        /// its credential in --state-dir; needs --server and --ca-cert-hash.
+        #[arg(long, requires_all = ["ca_cert_hash", "servers"], conflicts_with = "kubeconfig")]
+        token: Option<String>,
+        /// The cluster CA's hash (`sha256:…`, printed by `kumo token create --print-join-command`).
+        #[arg(long)]
+        ca_cert_hash: Option<String>,
         /// Where VMI disks, sockets and the image cache live.
         #[arg(long, default_value = "/var/lib/kumo/agent")]
         state_dir: PathBuf,
         #[command(flatten)]
         agent: AgentArgs,
+    },
+    /// Bootstrap tokens for joining hosts: `kumo token create` (as `kubeadm token create`).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Run only the controllers, against any Kubernetes-compatible API server (kumo's or a real cluster's).
     Controllers {
@@ -97,6 +110,24 @@ enum Command {
         /// API server replicas to use, failing over between them (default: the kubeconfig's server).
         #[arg(long = "server", value_name = "URL[,URL...]")]
         servers: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a bootstrap token; prints it (or, with --print-join-command, the `kumo agent` line to run).
+    Create {
+        /// How long the token may be used to join, e.g. 24h, 30m.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        #[arg(long, default_value = "kumo token create")]
+        description: String,
+        /// Print the whole join command (server URL, token, CA hash) instead of the token alone.
+        #[arg(long)]
+        print_join_command: bool,
+        /// Admin kubeconfig (default: $KUBECONFIG or ~/.kube/config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
 }
 
@@ -220,13 +251,35 @@ async fn main() -> Result<()> {
             virtctl::kind_plural(&kind)?;
             vm_verb(&target, "virtualmachineinstances", &name, "unpause").await
         }
-        Command::Agent { kubeconfig, servers, state_dir, agent } => {
+        Command::Agent { kubeconfig, servers, token, ca_cert_hash, state_dir, mut agent } => {
+            let kubeconfig = match token {
+                Some(token) => {
+                    let node = agent.node_name.clone().unwrap_or_else(host_name);
+                    let hash = ca_cert_hash.as_deref().unwrap_or_default();
+                    agent.node_name = Some(node.clone());
+                    Some(join::ensure_joined(&servers, &token, hash, &node, &state_dir).await?)
+                }
+                None => kubeconfig,
+            };
             let config = kube_config(kubeconfig.as_deref()).await?;
             let mut cfg = agent.config(state_dir)?;
-            // The API server presents the same token when it proxies a console to this agent.
-            cfg.console_token =
-                config.auth_info.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_string());
+            // The console endpoint serves the API server, whose client certificate the cluster CA issued.
+            cfg.cluster_ca = Some(cluster_ca_pem(&config)?);
             kumo_agent::agent::run(client::client(config, &servers)?, cfg).await
+        }
+        Command::Token { action: TokenAction::Create { ttl, description, print_join_command, kubeconfig } } => {
+            let config = kube_config(kubeconfig.as_deref()).await?;
+            let server = config.cluster_url.to_string();
+            let ca = cluster_ca_pem(&config)?;
+            let (token, expires) = join::create_token(&kube::Client::try_from(config)?, ttl, &description).await?;
+            if print_join_command {
+                let hash = join::ca_cert_hash(&ca)?;
+                println!("kumo agent --server {} --token {token} --ca-cert-hash {hash}", server.trim_end_matches('/'));
+            } else {
+                println!("{token}");
+            }
+            eprintln!("token expires at {expires}");
+            Ok(())
         }
         Command::Console { name, target } => {
             let config = kube_config(target.kubeconfig.as_deref()).await?;
@@ -322,7 +375,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     if !args.no_agent {
         let client = client_from(Some(&running.kubeconfig)).await?;
         let mut cfg = args.agent.config(args.data_dir.join("agent"))?;
-        cfg.console_token = Some(running.api.token.clone());
+        cfg.cluster_ca = Some(running.api.ca.cert_pem.clone());
         tokio::spawn(async move {
             if let Err(e) = kumo_agent::agent::run(client, cfg).await {
                 tracing::error!("node agent stopped: {e:#} (the API keeps serving; fix the cause or pass --no-agent)");
@@ -355,4 +408,19 @@ fn server_identity(data_dir: &std::path::Path) -> Result<String> {
     };
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     Ok(format!("{}_{id}", host.trim()))
+}
+
+/// The CA a kubeconfig trusts for its server, as PEM.
+fn cluster_ca_pem(config: &kube::Config) -> Result<String> {
+    use base64::Engine;
+    let der = config.root_cert.as_ref().and_then(|c| c.first()).context("the kubeconfig names no CA certificate")?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> =
+        b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
+    Ok(format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n")))
+}
+
+/// The node name a host joins under by default, as the agent registers it.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_lowercase()
 }

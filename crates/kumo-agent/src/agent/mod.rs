@@ -40,9 +40,8 @@ pub struct AgentConfig {
     /// Memory kept back for the host when reporting allocatable.
     pub reserved_memory: u64,
     pub heartbeat: Duration,
-    /// Bearer token the console endpoint requires of its callers (the API server's). Required: the endpoint
-    /// listens on the node's address.
-    pub console_token: Option<String>,
+    /// The cluster CA (PEM): the console endpoint serves only the API server's client certificate, issued by it.
+    pub cluster_ca: Option<String>,
 }
 
 impl AgentConfig {
@@ -58,7 +57,7 @@ impl AgentConfig {
             sandbox: true,
             reserved_memory: 512 << 20,
             heartbeat: Duration::from_secs(10),
-            console_token: None,
+            cluster_ca: None,
         }
     }
 }
@@ -99,10 +98,10 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     let accel_name = accel.as_str();
     let mut host = HostInfo::gather(cfg.node_name.clone(), accel_name, &version.to_string());
     let bind: std::net::SocketAddr = format!("{}:0", host.internal_ip).parse().context("node address")?;
-    let token = cfg.console_token.clone().context(
-        "the console endpoint needs a bearer token to check the API server by: use a kubeconfig with a token",
+    let ca = cfg.cluster_ca.clone().context(
+        "the console endpoint needs the cluster CA to check the API server by: use a kubeconfig that names it",
     )?;
-    let console = crate::console::serve(bind, cfg.state_dir.join("vmis"), token).await?;
+    let console = crate::console::serve(bind, cfg.state_dir.join("vmis"), &ca).await?;
     host.console = Some((format!("https://{}", console.addr), console.fingerprint));
     tracing::info!(node = %host.name, accel = accel_name, qemu = %version, "kumo agent starting");
     let ready_since = node::register(&client, &host, cfg.reserved_memory).await?;

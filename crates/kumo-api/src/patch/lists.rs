@@ -64,6 +64,7 @@ impl ListTypes for BuiltinLists {
             (Builtin::ServiceAccount, ["imagePullSecrets"]) => ListType::map(&["name"]),
             (Builtin::CustomResourceDefinition, ["spec", "versions"]) => ListType::map(&["name"]),
             (Builtin::CustomResourceDefinition, ["status", "conditions"]) => ListType::map(&["type"]),
+            (Builtin::CertificateSigningRequest, ["status", "conditions"]) => ListType::map(&["type"]),
             _ => ListType::Atomic,
         }
     }

@@ -45,7 +45,19 @@ pub fn decide(user: &User, a: &Attributes) -> Decision {
         User::Admin => Decision::Allow,
         User::Node(node) => node_rules(node, a),
         User::Bootstrap(_) => bootstrap_rules(a),
+        User::Anonymous if is_cluster_info(a) => Decision::Allow,
+        User::Anonymous => Decision::Deny(denial("system:anonymous", a, "authenticate first")),
     }
+}
+
+/// `kube-public/cluster-info`: public, as kubeadm publishes it, so a joining host can fetch the CA to check
+/// against the hash it was given.
+pub fn is_cluster_info(a: &Attributes) -> bool {
+    a.verb == "get"
+        && a.group.is_empty()
+        && a.resource == "configmaps"
+        && a.namespace == Some("kube-public")
+        && a.name == Some("cluster-info")
 }
 
 fn read(verb: &str) -> bool {
@@ -85,7 +97,7 @@ fn node_rules(node: &str, a: &Attributes) -> Decision {
 fn bootstrap_rules(a: &Attributes) -> Decision {
     let allowed = match (a.group, a.resource) {
         ("certificates.k8s.io", "certificatesigningrequests") => a.verb == "create" || read(a.verb),
-        ("", "configmaps") => a.verb == "get" && a.namespace == Some("kube-public") && a.name == Some("cluster-info"),
+        ("", "configmaps") => is_cluster_info(a),
         _ => false,
     };
     if allowed {

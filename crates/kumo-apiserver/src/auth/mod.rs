@@ -20,6 +20,8 @@ pub enum User {
     Node(String),
     /// A bootstrap token, by its id.
     Bootstrap(String),
+    /// No credentials: may only read the public cluster-info (the CA a joining host pins by its hash).
+    Anonymous,
 }
 
 impl User {
@@ -29,6 +31,17 @@ impl User {
             User::Admin => "kumo-admin".into(),
             User::Node(n) => format!("system:node:{n}"),
             User::Bootstrap(id) => format!("system:bootstrap:{id}"),
+            User::Anonymous => "system:anonymous".into(),
+        }
+    }
+
+    /// The groups Kubernetes would report.
+    pub fn groups(&self) -> Vec<&'static str> {
+        match self {
+            User::Admin => vec!["system:masters", "system:authenticated"],
+            User::Node(_) => vec!["system:nodes", "system:authenticated"],
+            User::Bootstrap(_) => vec!["system:bootstrappers", "system:authenticated"],
+            User::Anonymous => vec!["system:unauthenticated"],
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct Call {
     pub headers: http::HeaderMap,
     pub body: Bytes,
     pub accept: Accept,
+    /// Who is asking (authenticated).
+    pub user: User,
 }
 
 impl Call {
@@ -74,9 +76,11 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>, 
         "/version" => return response::json_response(StatusCode::OK, &crate::discovery::version()),
         _ => {}
     }
-    let Some(user) = authenticate(&api, &parts.headers, cert_user).await else {
+    let user = authenticate(&api, &parts.headers, cert_user).await.unwrap_or(User::Anonymous);
+    let anonymous = user == User::Anonymous;
+    if anonymous && !path.starts_with("/api/v1/namespaces/kube-public/configmaps/cluster-info") {
         return response::error(&ApiError::unauthorized());
-    };
+    }
     if path == "/openapi/v3" || path.starts_with("/openapi/v3/") {
         return crate::openapi::serve(&api, &path);
     }
@@ -108,8 +112,8 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>, 
     } else {
         Bytes::new()
     };
-    let call = Call { method: parts.method, path: rpath, query, headers: parts.headers, body, accept };
-    if let Err(e) = auth::check(&api, &user, &attributes(&call), &call.body).await {
+    let call = Call { method: parts.method, path: rpath, query, headers: parts.headers, body, accept, user };
+    if let Err(e) = auth::check(&api, &call.user, &attributes(&call), &call.body).await {
         return response::error(&e);
     }
     match route(&api, call).await {

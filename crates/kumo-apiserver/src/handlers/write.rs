@@ -30,7 +30,10 @@ pub async fn create(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<R
         return Err(ApiError::method_not_allowed("create", &def.plural));
     }
     let mut opts = write_options(call)?;
-    let obj = body::decode_object(call)?;
+    let mut obj = body::decode_object(call)?;
+    if def.builtin == Some(kumo_api::resource::Builtin::CertificateSigningRequest) {
+        crate::csr::admit(api, &call.user, &mut obj).await?;
+    }
     let out = rest::create(api, def, call.namespace(), obj, &mut opts, None).await?;
     Ok(respond(StatusCode::CREATED, def, out, call, &opts.warnings))
 }
