@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod cloudinit;
 pub mod console;
+pub mod fence;
 pub mod image;
 pub mod net;
 pub mod node;

@@ -142,7 +142,15 @@ async fn report_status(nodes: &Api<Node>, h: &HostInfo, reserved: u64, ready_sin
 }
 
 /// Renews the node Lease every `every` and refreshes the Node status every few renewals, forever.
-pub async fn heartbeat(client: kube::Client, h: HostInfo, reserved: u64, ready_since: String, every: Duration) {
+/// Each accepted renewal is recorded with `fence` (the dead-man switch), stamped with when it was sent.
+pub async fn heartbeat(
+    client: kube::Client,
+    h: HostInfo,
+    reserved: u64,
+    ready_since: String,
+    every: Duration,
+    fence: Option<crate::fence::Fence>,
+) {
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let mut n: u64 = 0;
@@ -151,8 +159,14 @@ pub async fn heartbeat(client: kube::Client, h: HostInfo, reserved: u64, ready_s
             "metadata": {"name": h.name, "namespace": "kube-node-lease"},
             "spec": {"holderIdentity": h.name, "leaseDurationSeconds": (every.as_secs() * 4).max(40),
                 "renewTime": kumo_api::meta::now_micro()}});
-        if let Err(e) = leases.patch(&h.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(lease)).await {
-            tracing::warn!("renewing node lease: {e}");
+        let sent = crate::fence::boottime_ms();
+        match leases.patch(&h.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(lease)).await {
+            Ok(_) => {
+                if let Some(f) = &fence {
+                    f.renewed(sent);
+                }
+            }
+            Err(e) => tracing::warn!("renewing node lease: {e}"),
         }
         if n.is_multiple_of(6) {
             if let Err(e) = report_status(&nodes, &h, reserved, &ready_since).await {

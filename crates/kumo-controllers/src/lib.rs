@@ -6,6 +6,7 @@
 //! events ([`runtime`]). Start reading at [`vm`].
 
 pub mod leader;
+pub mod nodelifecycle;
 pub mod runtime;
 pub mod vm;
 pub mod vmi;

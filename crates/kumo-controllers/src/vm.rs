@@ -132,7 +132,11 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: &str
     // Consecutive failures drive the crash-loop backoff (KubeVirt's status.startFailure).
     let mut start_failure = vm_status.start_failure;
     let mut requeue_after = None;
-    if let Some(i) = vmi.filter(|i| i.phase() == "Failed") {
+    // A VMI lost with its node (NodeUnresponsive) did not crash: it restarts elsewhere at once, uncounted.
+    let node_lost = |i: &VirtualMachineInstance| {
+        i.status.as_ref().and_then(|s| s.reason.as_deref()) == Some(crate::nodelifecycle::NODE_UNRESPONSIVE)
+    };
+    if let Some(i) = vmi.filter(|i| i.phase() == "Failed" && !node_lost(i)) {
         let failed_uid = uid(&i.metadata);
         let seen = start_failure.as_ref().and_then(|f| f.last_failed_vmi_uid.as_deref()) == Some(failed_uid.as_str());
         if !seen {
@@ -179,7 +183,8 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: &str
             let phase = i.phase();
             let rerun =
                 strategy == "Always" || (strategy == "RerunOnFailure" && phase == "Failed") || !requests.is_empty();
-            let wait = if phase == "Failed" { backoff_remaining(start_failure.as_ref(), now) } else { None };
+            let wait =
+                if phase == "Failed" && !node_lost(i) { backoff_remaining(start_failure.as_ref(), now) } else { None };
             if let Some(w) = wait {
                 requeue_after = Some(w);
             } else if rerun {

@@ -102,6 +102,12 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// The fencing watchdog a node agent starts (internal): kills the agent's guests when it stops renewing.
+    #[command(hide = true)]
+    FenceWatchdog {
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
     /// Run only the controllers, against any Kubernetes-compatible API server (kumo's or a real cluster's).
     Controllers {
         /// Kubeconfig to use (default: $KUBECONFIG or ~/.kube/config).
@@ -198,15 +204,22 @@ struct AgentArgs {
     /// A registry reached over plain HTTP, e.g. 127.0.0.1:5000 (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure_registries: Vec<String>,
+    /// Kill this host's guests when the agent has not renewed its node Lease for this long — also when the
+    /// agent itself is dead — so the cluster can restart them elsewhere without two copies running. 0 turns
+    /// fencing off (default: 20s for `kumo agent`; off for the all-in-one `kumo server`).
+    #[arg(long, value_parser = parse_duration)]
+    fencing_period: Option<Duration>,
     /// Kernel booted once under KVM to find out whether KVM really works here.
     #[arg(long)]
     probe_kernel: Option<PathBuf>,
 }
 
 impl AgentArgs {
-    fn config(&self, state_dir: PathBuf) -> Result<kumo_agent::agent::AgentConfig> {
+    /// `default_fencing`: the fencing period when --fencing-period is not given.
+    fn config(&self, state_dir: PathBuf, default_fencing: Duration) -> Result<kumo_agent::agent::AgentConfig> {
         let mut cfg = kumo_agent::agent::AgentConfig::new(state_dir);
         cfg.node_name = self.node_name.clone();
+        cfg.fencing_period = Some(self.fencing_period.unwrap_or(default_fencing)).filter(|p| !p.is_zero());
         cfg.probe_kernel = self.probe_kernel.clone();
         for m in &self.registry_mirrors {
             let (registry, mirror) = m.split_once('=').with_context(|| {
@@ -262,7 +275,7 @@ async fn main() -> Result<()> {
                 None => kubeconfig,
             };
             let config = kube_config(kubeconfig.as_deref()).await?;
-            let mut cfg = agent.config(state_dir)?;
+            let mut cfg = agent.config(state_dir, Duration::from_secs(20))?;
             // The console endpoint serves the API server, whose client certificate the cluster CA issued.
             cfg.cluster_ca = Some(cluster_ca_pem(&config)?);
             kumo_agent::agent::run(client::client(config, &servers)?, cfg).await
@@ -281,6 +294,7 @@ async fn main() -> Result<()> {
             eprintln!("token expires at {expires}");
             Ok(())
         }
+        Command::FenceWatchdog { state_dir } => kumo_agent::fence::run_watchdog(&state_dir),
         Command::Console { name, target } => {
             let config = kube_config(target.kubeconfig.as_deref()).await?;
             let ns = target.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
@@ -374,7 +388,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     }
     if !args.no_agent {
         let client = client_from(Some(&running.kubeconfig)).await?;
-        let mut cfg = args.agent.config(args.data_dir.join("agent"))?;
+        let mut cfg = args.agent.config(args.data_dir.join("agent"), Duration::ZERO)?;
         cfg.cluster_ca = Some(running.api.ca.cert_pem.clone());
         tokio::spawn(async move {
             if let Err(e) = kumo_agent::agent::run(client, cfg).await {

@@ -40,6 +40,9 @@ pub struct AgentConfig {
     /// Memory kept back for the host when reporting allocatable.
     pub reserved_memory: u64,
     pub heartbeat: Duration,
+    /// Kill this host's guests when the node Lease has not been renewed for this long, even if the agent is
+    /// dead (see [`crate::fence`]). None: no fencing (a single machine, where nothing can fail over).
+    pub fencing_period: Option<Duration>,
     /// The cluster CA (PEM): the console endpoint serves only the API server's client certificate, issued by it.
     pub cluster_ca: Option<String>,
 }
@@ -57,6 +60,7 @@ impl AgentConfig {
             sandbox: true,
             reserved_memory: 512 << 20,
             heartbeat: Duration::from_secs(10),
+            fencing_period: None,
             cluster_ca: None,
         }
     }
@@ -105,7 +109,15 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     host.console = Some((format!("https://{}", console.addr), console.fingerprint));
     tracing::info!(node = %host.name, accel = accel_name, qemu = %version, "kumo agent starting");
     let ready_since = node::register(&client, &host, cfg.reserved_memory).await?;
-    tokio::spawn(node::heartbeat(client.clone(), host.clone(), cfg.reserved_memory, ready_since, cfg.heartbeat));
+    let (fence, every) = match cfg.fencing_period {
+        Some(period) => {
+            let exe = std::env::current_exe().context("locating the kumo binary for the fencing watchdog")?;
+            // Renew often enough that a few lost renewals never reach the fencing period.
+            (Some(crate::fence::Fence::arm(&cfg.state_dir, period, &exe)?), cfg.heartbeat.min(period / 4))
+        }
+        None => (None, cfg.heartbeat),
+    };
+    tokio::spawn(node::heartbeat(client.clone(), host.clone(), cfg.reserved_memory, ready_since, every, fence));
     std::fs::create_dir_all(cfg.state_dir.join("vmis"))
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     // The node network (bridge, forwarding, NAT) once per start; each VMI's setup then only adds its own part.

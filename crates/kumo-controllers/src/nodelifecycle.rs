@@ -1,0 +1,294 @@
+//! Node lifecycle, as Kubernetes' node lifecycle controller does it, plus failover with fencing: a node whose
+//! Lease stops being renewed for the grace period becomes `Ready=Unknown` with the
+//! `node.kubernetes.io/unreachable` taint; once the fencing period has passed too — by then the host's own
+//! watchdog has killed its guests (see `kumo_agent::fence`) — its VMIs are marked Failed with KubeVirt's reason
+//! `NodeUnresponsive` and their agent finalizer is released, so their VMs start elsewhere per runStrategy.
+//!
+//! Silence is measured from when *this* controller last saw the Lease change (its own monotonic clock), never
+//! from the holder's `renewTime`, so clock skew cannot shorten it; a new leader starts counting afresh, which
+//! only delays a failover.
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Taint};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::Client;
+use kumo_api::kubevirt::VirtualMachineInstance;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+pub const NODE_UNRESPONSIVE: &str = "NodeUnresponsive";
+/// The node agent's finalizer on VMIs it runs.
+pub const AGENT_FINALIZER: &str = "kumo.dev/agent";
+
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Lease silence after which a node is unreachable (Kubernetes' node-monitor-grace-period).
+    pub grace_period: Duration,
+    /// How long a host without renewals takes to fence itself; VMIs fail over after grace + fencing.
+    pub fencing_period: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { grace_period: Duration::from_secs(20), fencing_period: Duration::from_secs(20) }
+    }
+}
+
+/// What the controller knows of one node's Lease.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    record: Option<(String, String)>,
+    since: Instant,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum NodeAction {
+    /// Lease silent past the grace period: Ready=Unknown and the unreachable taint.
+    MarkUnreachable,
+    /// Renewing again: drop the unreachable taint (the agent reports Ready itself).
+    MarkReachable,
+    /// Fenced: fail these VMIs over (by name, namespace, uid).
+    FailOver(Vec<(String, String, String)>),
+}
+
+/// The Lease's identity for change detection: (resourceVersion, renewTime).
+fn record(lease: Option<&Lease>) -> Option<(String, String)> {
+    let l = lease?;
+    let renew = l.spec.as_ref().and_then(|s| s.renew_time.as_ref()).map(|t| t.0.to_string()).unwrap_or_default();
+    Some((l.metadata.resource_version.clone().unwrap_or_default(), renew))
+}
+
+/// Pure decision for one node.
+pub fn plan(
+    node: &Node,
+    lease: Option<&Lease>,
+    seen: &mut Seen,
+    vmis: &[&VirtualMachineInstance],
+    now: Instant,
+    cfg: &Config,
+) -> Vec<NodeAction> {
+    let rec = record(lease);
+    if rec != seen.record {
+        seen.record = rec;
+        seen.since = now;
+    }
+    let silent = now.duration_since(seen.since);
+    let tainted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == UNREACHABLE_TAINT));
+    let mut actions = vec![];
+    if silent >= cfg.grace_period {
+        let ready_unknown = ready_status(node) == Some("Unknown");
+        if !tainted || !ready_unknown {
+            actions.push(NodeAction::MarkUnreachable);
+        }
+        if silent >= cfg.grace_period + cfg.fencing_period {
+            let victims: Vec<_> = vmis
+                .iter()
+                .filter(|v| !matches!(v.phase(), "Succeeded" | "Failed"))
+                .map(|v| {
+                    let m = &v.metadata;
+                    (
+                        m.name.clone().unwrap_or_default(),
+                        m.namespace.clone().unwrap_or_default(),
+                        m.uid.clone().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            if !victims.is_empty() {
+                actions.push(NodeAction::FailOver(victims));
+            }
+        }
+    } else if tainted {
+        actions.push(NodeAction::MarkReachable);
+    }
+    actions
+}
+
+fn ready_status(node: &Node) -> Option<&str> {
+    let conds = node.status.as_ref()?.conditions.as_ref()?;
+    conds.iter().find(|c| c.type_ == "Ready").map(|c| c.status.as_str())
+}
+
+/// Runs the controller until the process ends (call it under leader election).
+pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
+    let mut seen: HashMap<String, Seen> = HashMap::new();
+    loop {
+        if let Err(e) = pass(&client, &nodes, &leases, &vmis, &mut seen, &cfg).await {
+            tracing::warn!("node lifecycle: {e}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn pass(
+    client: &Client,
+    nodes: &Api<Node>,
+    leases: &Api<Lease>,
+    vmis: &Api<VirtualMachineInstance>,
+    seen: &mut HashMap<String, Seen>,
+    cfg: &Config,
+) -> Result<(), kube::Error> {
+    let now = Instant::now();
+    let all_nodes = nodes.list(&ListParams::default()).await?.items;
+    let by_name: HashMap<String, Lease> = leases
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|l| (l.metadata.name.clone().unwrap_or_default(), l))
+        .collect();
+    let all_vmis = vmis.list(&ListParams::default()).await?.items;
+    seen.retain(|n, _| all_nodes.iter().any(|node| node.metadata.name.as_deref() == Some(n)));
+    for node in &all_nodes {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let s = seen.entry(name.clone()).or_insert(Seen { record: None, since: now });
+        let on_node: Vec<&VirtualMachineInstance> =
+            all_vmis.iter().filter(|v| v.node_name() == Some(name.as_str())).collect();
+        for action in plan(node, by_name.get(&name), s, &on_node, now, cfg) {
+            apply(client, nodes, node, &name, action).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn apply(
+    client: &Client,
+    nodes: &Api<Node>,
+    node: &Node,
+    name: &str,
+    action: NodeAction,
+) -> Result<(), kube::Error> {
+    let now = kumo_api::meta::now_rfc3339();
+    match action {
+        NodeAction::MarkUnreachable => {
+            tracing::warn!(node = name, "node stopped renewing its Lease: marking it unreachable");
+            let mut taints: Vec<Taint> = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+            taints.retain(|t| t.key != UNREACHABLE_TAINT);
+            for effect in ["NoSchedule", "NoExecute"] {
+                taints.push(Taint { key: UNREACHABLE_TAINT.into(), effect: effect.into(), ..Default::default() });
+            }
+            nodes.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"taints": taints}}))).await?;
+            let mut conds: Vec<NodeCondition> =
+                node.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+            conds.retain(|c| c.type_ != "Ready");
+            let cond = json!({"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                "message": "The node agent stopped renewing its Lease.", "lastTransitionTime": now,
+                "lastHeartbeatTime": now});
+            let mut list = serde_json::to_value(&conds).unwrap_or(json!([]));
+            if let Some(a) = list.as_array_mut() {
+                a.push(cond);
+            }
+            nodes
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": list}})))
+                .await?;
+        }
+        NodeAction::MarkReachable => {
+            tracing::info!(node = name, "node renews its Lease again");
+            let mut taints: Vec<Taint> = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+            taints.retain(|t| t.key != UNREACHABLE_TAINT);
+            nodes.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"taints": taints}}))).await?;
+        }
+        NodeAction::FailOver(victims) => {
+            for (vmi, ns, uid) in victims {
+                fail_vmi(client, &ns, &vmi, &uid, name).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Marks a VMI of a fenced node Failed (NodeUnresponsive) and releases the agent's finalizer.
+async fn fail_vmi(client: &Client, ns: &str, name: &str, uid: &str, node: &str) -> Result<(), kube::Error> {
+    let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
+    let Some(current) = api.get_opt(name).await? else { return Ok(()) };
+    if current.metadata.uid.as_deref() != Some(uid) {
+        return Ok(());
+    }
+    tracing::warn!(vmi = name, namespace = ns, node, "failing over: its node is fenced");
+    let now = kumo_api::meta::now_rfc3339();
+    let mut status = kumo_api::kubevirt::status_with_phase(&current, "Failed", &now);
+    status.reason = Some(NODE_UNRESPONSIVE.into());
+    let rv = current.metadata.resource_version.clone();
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"resourceVersion": rv}, "status": status})),
+    )
+    .await?;
+    let fins: Vec<String> =
+        current.metadata.finalizers.clone().unwrap_or_default().into_iter().filter(|f| f != AGENT_FINALIZER).collect();
+    api.patch(name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": fins}}))).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::NodeSpec;
+
+    fn node(tainted: bool) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some("n".into());
+        if tainted {
+            n.spec = Some(NodeSpec {
+                taints: Some(vec![Taint {
+                    key: UNREACHABLE_TAINT.into(),
+                    effect: "NoExecute".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            });
+        }
+        n
+    }
+
+    fn lease(rv: &str) -> Lease {
+        let mut l = Lease::default();
+        l.metadata.resource_version = Some(rv.into());
+        l
+    }
+
+    fn vmi(phase: &str) -> VirtualMachineInstance {
+        serde_json::from_value(json!({"metadata": {"name": "v", "namespace": "d", "uid": "u"},
+            "status": {"phase": phase, "nodeName": "n"}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn silence_leads_to_unreachable_then_failover() {
+        let cfg = Config { grace_period: Duration::from_secs(10), fencing_period: Duration::from_secs(5) };
+        let t0 = Instant::now();
+        let mut seen = Seen { record: None, since: t0 };
+        let running = vmi("Running");
+        let done = vmi("Succeeded");
+        let vmis = [&running, &done];
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(plan(&node(false), Some(&lease("1")), &mut seen, &vmis, at(0), &cfg).is_empty());
+        assert!(plan(&node(false), Some(&lease("1")), &mut seen, &vmis, at(9), &cfg).is_empty());
+        assert_eq!(
+            plan(&node(false), Some(&lease("1")), &mut seen, &vmis, at(10), &cfg),
+            vec![NodeAction::MarkUnreachable]
+        );
+        // Still within the fencing period: no failover, however the node looks.
+        assert_eq!(
+            plan(&node(true), Some(&lease("1")), &mut seen, &vmis, at(14), &cfg),
+            vec![NodeAction::MarkUnreachable]
+        );
+        let acts = plan(&node(true), Some(&lease("1")), &mut seen, &vmis, at(15), &cfg);
+        assert_eq!(acts[1], NodeAction::FailOver(vec![("v".into(), "d".into(), "u".into())]), "only unfinished VMIs");
+        // A renewal (the Lease changed) makes it reachable again, and restarts the count.
+        assert_eq!(
+            plan(&node(true), Some(&lease("2")), &mut seen, &vmis, at(16), &cfg),
+            vec![NodeAction::MarkReachable]
+        );
+        assert!(plan(&node(false), Some(&lease("2")), &mut seen, &vmis, at(25), &cfg).is_empty());
+    }
+}
