@@ -27,19 +27,37 @@ pub fn boottime_ms() -> u64 {
 #[derive(Clone, Debug)]
 pub struct Fence {
     dir: PathBuf,
+    /// The API server replicas and the cluster CA, to recognise a whole-control-plane outage.
+    servers: Vec<String>,
+    cluster_ca: String,
 }
 
 impl Fence {
     /// Arms the switch for `state_dir`: starts the watchdog (`exe fence-watchdog`) unless one already runs for
     /// it (an agent restarted within the period finds its predecessor's and keeps it).
-    pub fn arm(state_dir: &Path, period: Duration, exe: &Path) -> Result<Fence> {
+    pub fn arm(
+        state_dir: &Path,
+        period: Duration,
+        exe: &Path,
+        servers: Vec<String>,
+        cluster_ca: String,
+    ) -> Result<Fence> {
         let d = dir(state_dir);
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         write_atomic(&d.join("period-ms"), &period.as_millis().to_string())?;
         if watchdog_pid(state_dir).is_none() {
             spawn_watchdog(state_dir, exe)?;
         }
-        Ok(Fence { dir: d })
+        Ok(Fence { dir: d, servers, cluster_ca })
+    }
+
+    /// A renewal sent at `sent_ms` failed. If that is because the whole control plane lost its store (see
+    /// [`crate::outage`]), it holds the fence off all the same: nobody can fail this host's guests over.
+    pub async fn renewal_failed(&self, sent_ms: u64) {
+        if crate::outage::control_plane_without_store(&self.servers, &self.cluster_ca).await {
+            tracing::warn!("every API server has lost its store: keeping guests running (no failover is possible)");
+            self.renewed(sent_ms);
+        }
     }
 
     /// Records a renewal the control plane accepted, sent at `sent_ms` (boot time).

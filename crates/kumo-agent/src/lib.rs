@@ -12,5 +12,6 @@ pub mod fence;
 pub mod image;
 pub mod net;
 pub mod node;
+pub mod outage;
 pub mod qemu;
 pub mod vmi;

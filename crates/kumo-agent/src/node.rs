@@ -166,7 +166,12 @@ pub async fn heartbeat(
                     f.renewed(sent);
                 }
             }
-            Err(e) => tracing::warn!("renewing node lease: {e}"),
+            Err(e) => {
+                tracing::warn!("renewing node lease: {e}");
+                if let Some(f) = &fence {
+                    f.renewal_failed(sent).await;
+                }
+            }
         }
         if n.is_multiple_of(6) {
             if let Err(e) = report_status(&nodes, &h, reserved, &ready_since).await {

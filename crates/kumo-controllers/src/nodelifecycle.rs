@@ -122,7 +122,10 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
     let mut seen: HashMap<String, Seen> = HashMap::new();
     loop {
         if let Err(e) = pass(&client, &nodes, &leases, &vmis, &mut seen, &cfg).await {
-            tracing::warn!("node lifecycle: {e}");
+            // What was seen before a gap in observation (e.g. the store was down, and agents could not renew
+            // either) says nothing about silence: count afresh once the API answers again.
+            tracing::warn!("node lifecycle: {e}; restarting observation");
+            seen.clear();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

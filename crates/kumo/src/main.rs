@@ -278,6 +278,10 @@ async fn main() -> Result<()> {
             let mut cfg = agent.config(state_dir, Duration::from_secs(20))?;
             // The console endpoint serves the API server, whose client certificate the cluster CA issued.
             cfg.cluster_ca = Some(cluster_ca_pem(&config)?);
+            cfg.api_servers = servers.iter().flat_map(|s| s.split(',')).map(|s| s.trim().to_string()).collect();
+            if cfg.api_servers.is_empty() {
+                cfg.api_servers.push(config.cluster_url.to_string());
+            }
             kumo_agent::agent::run(client::client(config, &servers)?, cfg).await
         }
         Command::Token { action: TokenAction::Create { ttl, description, print_join_command, kubeconfig } } => {

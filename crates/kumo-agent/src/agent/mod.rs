@@ -43,6 +43,8 @@ pub struct AgentConfig {
     /// Kill this host's guests when the node Lease has not been renewed for this long, even if the agent is
     /// dead (see [`crate::fence`]). None: no fencing (a single machine, where nothing can fail over).
     pub fencing_period: Option<Duration>,
+    /// Every API server replica's URL (to recognise a control-plane outage; see [`crate::outage`]).
+    pub api_servers: Vec<String>,
     /// The cluster CA (PEM): the console endpoint serves only the API server's client certificate, issued by it.
     pub cluster_ca: Option<String>,
 }
@@ -61,6 +63,7 @@ impl AgentConfig {
             reserved_memory: 512 << 20,
             heartbeat: Duration::from_secs(10),
             fencing_period: None,
+            api_servers: vec![],
             cluster_ca: None,
         }
     }
@@ -113,7 +116,9 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
         Some(period) => {
             let exe = std::env::current_exe().context("locating the kumo binary for the fencing watchdog")?;
             // Renew often enough that a few lost renewals never reach the fencing period.
-            (Some(crate::fence::Fence::arm(&cfg.state_dir, period, &exe)?), cfg.heartbeat.min(period / 4))
+            let ca = cfg.cluster_ca.clone().unwrap_or_default();
+            let fence = crate::fence::Fence::arm(&cfg.state_dir, period, &exe, cfg.api_servers.clone(), ca)?;
+            (Some(fence), cfg.heartbeat.min(period / 4))
         }
         None => (None, cfg.heartbeat),
     };

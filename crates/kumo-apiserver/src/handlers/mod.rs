@@ -21,6 +21,7 @@ use http_body_util::BodyExt;
 use kumo_api::{ApiError, ResourceDef};
 use serde_json::{json, Value};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One API request, parsed.
 pub struct Call {
@@ -72,7 +73,10 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>, 
     let query = Query::parse(parts.uri.query());
     let accept = Accept::parse(parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()));
     match path.as_str() {
-        "/healthz" | "/livez" | "/readyz" => return plain("ok"),
+        "/healthz" | "/livez" => return plain("ok"),
+        // Ready means able to serve: the store answers. Node agents use this to tell a control-plane outage
+        // (every replica without its store) from their own isolation (see kumo_agent::fence).
+        "/readyz" => return readyz(&api).await,
         "/version" => return response::json_response(StatusCode::OK, &crate::discovery::version()),
         _ => {}
     }
@@ -121,6 +125,17 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>, 
         Err(e) => response::error(&e),
     }
 }
+
+async fn readyz(api: &ApiServer) -> Resp {
+    match tokio::time::timeout(Duration::from_secs(3), api.objects.store.current_revision()).await {
+        Ok(Ok(_)) => plain("ok"),
+        Ok(Err(e)) => response::error(&ApiError::unavailable(format!("{STORE_DOWN}: {e}"))),
+        Err(_) => response::error(&ApiError::unavailable(format!("{STORE_DOWN}: no answer in 3s"))),
+    }
+}
+
+/// How `/readyz` says the store is out of reach (node agents look for it).
+pub const STORE_DOWN: &str = "storage is unavailable";
 
 fn plain(s: &'static str) -> Resp {
     http::Response::builder()
