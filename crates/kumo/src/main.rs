@@ -15,6 +15,7 @@ struct Cli {
 }
 
 mod client;
+mod drain;
 mod join;
 mod virtctl;
 
@@ -96,6 +97,18 @@ enum Command {
         state_dir: PathBuf,
         #[command(flatten)]
         agent: AgentArgs,
+    },
+    /// Cordon a node and move every VMI off it (stopped here, started elsewhere by its VM), with progress.
+    Drain {
+        node: String,
+        /// Also delete VMIs that no VirtualMachine owns (they are not started again anywhere).
+        #[arg(long)]
+        force: bool,
+        /// Give up after this long, e.g. 5m.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        target: Target,
     },
     /// Bootstrap tokens for joining hosts: `kumo token create` (as `kubeadm token create`).
     Token {
@@ -297,6 +310,10 @@ async fn main() -> Result<()> {
             }
             eprintln!("token expires at {expires}");
             Ok(())
+        }
+        Command::Drain { node, force, timeout, target } => {
+            let client = client_from(target.kubeconfig.as_deref()).await?;
+            drain::drain(client, &node, drain::Options { force, timeout }).await
         }
         Command::FenceWatchdog { state_dir } => kumo_agent::fence::run_watchdog(&state_dir),
         Command::Console { name, target } => {

@@ -22,8 +22,12 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+pub mod cluster;
+
 pub struct Server {
     pub dir: tempfile::TempDir,
+    /// The address it listens on (loopback, or an underlay address in cluster tests).
+    pub ip: String,
     pub port: u16,
     pub extra_args: Vec<String>,
     child: Option<Child>,
@@ -47,8 +51,14 @@ impl Server {
     }
 
     fn start_raw(args: &[&str]) -> Result<Server> {
+        Self::start_at("127.0.0.1", args)
+    }
+
+    /// A server listening on `ip` (an address of this machine), with exactly `args`.
+    pub fn start_at(ip: &str, args: &[&str]) -> Result<Server> {
         let mut s = Server {
             dir: tempfile::Builder::new().prefix("kumo-e2e-").tempdir()?,
+            ip: ip.to_string(),
             port: free_port(),
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -66,7 +76,7 @@ impl Server {
     }
 
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.ip, self.port)
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -76,7 +86,7 @@ impl Server {
             .arg("--data-dir")
             .arg(self.dir.path())
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.ip, self.port))
             .args(&self.extra_args)
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -94,7 +104,7 @@ impl Server {
                     bail!("kumo server exited with {status}: {}", self.log());
                 }
             }
-            if self.kubeconfig().exists() && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if self.kubeconfig().exists() && std::net::TcpStream::connect((self.ip.as_str(), self.port)).is_ok() {
                 let out = self.kubectl(&["get", "--raw", "/readyz"])?;
                 if out.status.success() {
                     return Ok(());

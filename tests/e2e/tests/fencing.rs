@@ -40,8 +40,7 @@ fn the_watchdog_kills_guests_only_when_renewals_stop() -> Result<()> {
     let fence = a.path().join("fence");
     std::fs::create_dir_all(&fence)?;
     std::fs::write(fence.join("period-ms"), "1500")?;
-    let _watchdog =
-        Proc(Command::new(kumo_bin()).arg("fence-watchdog").arg("--state-dir").arg(a.path()).spawn()?);
+    let _watchdog = Proc(Command::new(kumo_bin()).arg("fence-watchdog").arg("--state-dir").arg(a.path()).spawn()?);
     // Unarmed (no renewal yet): nothing happens.
     std::thread::sleep(Duration::from_secs(2));
     assert!(alive(&mut guest_a), "an agent that never renewed has nothing to fence");

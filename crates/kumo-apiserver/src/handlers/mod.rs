@@ -185,6 +185,15 @@ async fn route(api: &Arc<ApiServer>, call: Call) -> Result<Resp, ApiError> {
     if p.group == crate::kubevirt::GROUP {
         return crate::kubevirt::serve(api, &call).await;
     }
+    if p.group.is_empty() && p.resource == "pods" {
+        // `kubectl drain` lists and evicts pods; kumo has none, and must not let it report a node drained
+        // while VMs still run there.
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            "kumo runs virtual machines, not pods: to move the VMs off a node run `kumo drain NODE` (the node is cordoned)",
+        ));
+    }
     let def = api
         .registry
         .get(&p.group, &p.version, &p.resource)
