@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks kumo: API writes next to raw etcd puts (1 KiB, 1 and 16 connections), store growth to 100,000
+# Benchmarks kumo: API writes next to raw etcd puts (1 KiB, 1 and 16 connections; kumo on its embedded store
+# and kumo on that etcd), store growth to 100,000
 # objects, watch delivery to 1,000 watchers, resident memory. Prints a Markdown report; JSON goes to
 # target/bench/results.json. Arguments pass through to kumo-bench, e.g. `scripts/bench.sh --quick`
 # (`scripts/bench.sh --help` lists them). Installs etcd-server (apt) if etcd is missing; needs root for that.

@@ -171,16 +171,29 @@ async fn run(cfg: &Cfg) -> Result<Results> {
 
     progress(format!("starting etcd ({}) and kumo ({})", cfg.etcd_bin.display(), a.kumo_bin.display()));
     let etcd = procs::start_etcd(&cfg.etcd_bin, &cfg.tmp, a.keep).await?;
-    let kumo = procs::start_kumo(&a.kumo_bin, &cfg.tmp, a.keep).await?;
+    let kumo = procs::start_kumo(&a.kumo_bin, &cfg.tmp, a.keep, &[]).await?;
     let settings =
         compare::Settings { conns: a.conns.clone(), count: cfg.count, rounds: cfg.rounds, warmup: a.warmup, size };
     let throughput = compare::run(&kumo, &etcd, &settings).await?;
     let rss_after_throughput = (kumo.proc.rss_bytes()?, etcd.proc.rss_bytes()?);
+    drop(kumo);
+
+    // The same writes through a kumo whose store is that very etcd, next to raw puts on it.
+    progress("starting kumo on etcd (--etcd-servers) for the same comparison");
+    let backend = vec![
+        "--no-agent".to_string(),
+        "--etcd-servers".into(),
+        format!("http://{}", etcd.endpoint.addr),
+        "--etcd-prefix".into(),
+        "/kumo-bench".into(),
+    ];
+    let kumo = procs::start_kumo(&a.kumo_bin, &cfg.tmp, a.keep, &backend).await?;
+    let throughput_on_etcd = compare::run(&kumo, &etcd, &settings).await?;
     let etcd_version = etcd.version.clone();
     drop((etcd, kumo));
 
     progress("starting a fresh kumo for the growth and watch phases");
-    let mut kumo = procs::start_kumo(&a.kumo_bin, &cfg.tmp, a.keep).await?;
+    let mut kumo = procs::start_kumo(&a.kumo_bin, &cfg.tmp, a.keep, &[]).await?;
     let settings = growth::Settings {
         objects: cfg.growth_objects,
         step: cfg.growth_step,
@@ -226,6 +239,7 @@ async fn run(cfg: &Cfg) -> Result<Results> {
         request_bytes: size,
         stored_bytes,
         throughput,
+        throughput_on_etcd,
         rss_after_throughput,
         growth,
         watch,

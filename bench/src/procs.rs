@@ -142,20 +142,23 @@ pub struct Kumo {
     pub proc: Proc,
     pub endpoint: Endpoint,
     bin: PathBuf,
+    extra: Vec<String>,
 }
 
-fn kumo_cmd(bin: &Path, dir: &Path) -> Result<Command> {
+fn kumo_cmd(bin: &Path, dir: &Path, extra: &[String]) -> Result<Command> {
     let mut cmd = Command::new(bin);
     cmd.arg("server").arg("--data-dir").arg(dir).arg("--listen").arg(format!("127.0.0.1:{}", free_port()?));
+    cmd.args(extra);
     Ok(cmd)
 }
 
-/// Starts `kumo server` on a fresh data directory under `tmp` and waits until `/readyz` answers 200.
-pub async fn start_kumo(bin: &Path, tmp: &Path, keep: bool) -> Result<Kumo> {
+/// Starts `kumo server` (with `extra` arguments, e.g. `--etcd-servers`) on a fresh data directory under `tmp`
+/// and waits until `/readyz` answers 200.
+pub async fn start_kumo(bin: &Path, tmp: &Path, keep: bool, extra: &[String]) -> Result<Kumo> {
     let dir = tempfile::Builder::new().prefix("kumo-bench-kumo-").tempdir_in(tmp)?;
-    let mut proc = spawn("kumo", kumo_cmd(bin, dir.path())?, dir, keep)?;
+    let mut proc = spawn("kumo", kumo_cmd(bin, dir.path(), extra)?, dir, keep)?;
     let endpoint = wait_kumo(&mut proc).await?;
-    Ok(Kumo { proc, endpoint, bin: bin.to_path_buf() })
+    Ok(Kumo { proc, endpoint, bin: bin.to_path_buf(), extra: extra.to_vec() })
 }
 
 impl Kumo {
@@ -164,7 +167,7 @@ impl Kumo {
         let _ = self.proc.child.kill();
         let _ = self.proc.child.wait();
         std::fs::remove_file(self.proc.dir().join("kubeconfig"))?;
-        self.proc.child = spawn_child("kumo", kumo_cmd(&self.bin, self.proc.dir())?, self.proc.dir())?;
+        self.proc.child = spawn_child("kumo", kumo_cmd(&self.bin, self.proc.dir(), &self.extra)?, self.proc.dir())?;
         self.endpoint = wait_kumo(&mut self.proc).await?;
         Ok(())
     }

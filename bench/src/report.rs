@@ -169,6 +169,8 @@ pub struct Results {
     pub request_bytes: usize,
     pub stored_bytes: usize,
     pub throughput: Vec<Throughput>,
+    /// The same comparison with kumo storing into that etcd (`--etcd-servers`).
+    pub throughput_on_etcd: Vec<Throughput>,
     /// Resident memory (kumo, etcd) after their throughput phases.
     pub rss_after_throughput: (u64, u64),
     pub growth: Growth,
@@ -183,11 +185,8 @@ impl Results {
             "config": self.config,
             "environment": self.environment,
             "object": {"request_bytes": self.request_bytes, "stored_bytes": self.stored_bytes},
-            "throughput": self.throughput.iter().map(|t| json!({
-                "op": t.op, "connections": median(&t.kumo).conns, "kumo": rounds_json(&t.kumo),
-                "etcd": rounds_json(&t.etcd),
-                "kumo_over_etcd": ratio(median(&t.kumo).ops_per_sec, median(&t.etcd).ops_per_sec),
-            })).collect::<Vec<_>>(),
+            "throughput": throughput_json(&self.throughput),
+            "throughput_kumo_on_etcd": throughput_json(&self.throughput_on_etcd),
             "rss_after_throughput_bytes": {"kumo": self.rss_after_throughput.0, "etcd": self.rss_after_throughput.1},
             "growth": {
                 "connections": g.conns,
@@ -237,38 +236,12 @@ impl Results {
             env["loadavg_before"].as_str().unwrap_or("?"),
             env["loadavg_after"].as_str().unwrap_or("?")
         );
-        let rounds = self.throughput.first().map_or(0, |t| t.kumo.len());
-        let _ = writeln!(s, "## Writes: kumo vs raw etcd\n");
-        let _ = writeln!(
-            s,
-            "{rounds} round(s), etcd and kumo phases interleaved; ops/s is the median round (min–max over rounds), \
-             latencies and CPU are from the median round. CPU is the server process's user+system time.\n"
+        throughput_table(&mut s, "Writes: kumo (embedded store) vs raw etcd", &self.throughput);
+        throughput_table(
+            &mut s,
+            "Writes: kumo on etcd (`--etcd-servers`) vs raw puts to that etcd",
+            &self.throughput_on_etcd,
         );
-        let _ = writeln!(
-            s,
-            "| op | conns | count | kumo ops/s | kumo p50 ms | kumo p99 ms | etcd ops/s | etcd p50 ms | etcd p99 ms \
-             | **kumo/etcd** | kumo CPU µs/op | etcd CPU µs/op |"
-        );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for t in &self.throughput {
-            let (k, e) = (&median(&t.kumo), &median(&t.etcd));
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | **{:.2}** | {:.0} | {:.0} |",
-                t.op,
-                k.conns,
-                k.count,
-                ops_cell(&t.kumo),
-                ms(k.latency.p50),
-                ms(k.latency.p99),
-                ops_cell(&t.etcd),
-                ms(e.latency.p50),
-                ms(e.latency.p99),
-                ratio(k.ops_per_sec, e.ops_per_sec),
-                k.server_us_per_op(),
-                e.server_us_per_op()
-            );
-        }
         let (kr, er) = self.rss_after_throughput;
         let keys: usize = self
             .throughput
@@ -373,4 +346,52 @@ fn ratio(a: f64, b: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+fn throughput_json(list: &[Throughput]) -> Value {
+    list.iter()
+        .map(|t| {
+            json!({
+                "op": t.op, "connections": median(&t.kumo).conns, "kumo": rounds_json(&t.kumo),
+                "etcd": rounds_json(&t.etcd),
+                "kumo_over_etcd": ratio(median(&t.kumo).ops_per_sec, median(&t.etcd).ops_per_sec),
+            })
+        })
+        .collect()
+}
+
+fn throughput_table(s: &mut String, title: &str, list: &[Throughput]) {
+    let rounds = list.first().map_or(0, |t| t.kumo.len());
+    let _ = writeln!(s, "## {title}\n");
+    let _ = writeln!(
+        s,
+        "{rounds} round(s), etcd and kumo phases interleaved; ops/s is the median round (min–max over rounds), \
+             latencies and CPU are from the median round. CPU is the server process's user+system time.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| op | conns | count | kumo ops/s | kumo p50 ms | kumo p99 ms | etcd ops/s | etcd p50 ms | etcd p99 ms \
+             | **kumo/etcd** | kumo CPU µs/op | etcd CPU µs/op |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for t in list {
+        let (k, e) = (&median(&t.kumo), &median(&t.etcd));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | **{:.2}** | {:.0} | {:.0} |",
+            t.op,
+            k.conns,
+            k.count,
+            ops_cell(&t.kumo),
+            ms(k.latency.p50),
+            ms(k.latency.p99),
+            ops_cell(&t.etcd),
+            ms(e.latency.p50),
+            ms(e.latency.p99),
+            ratio(k.ops_per_sec, e.ops_per_sec),
+            k.server_us_per_op(),
+            e.server_us_per_op()
+        );
+    }
+    s.push('\n');
 }

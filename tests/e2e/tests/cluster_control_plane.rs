@@ -79,7 +79,10 @@ async fn replicas_serve_one_cluster_through_leader_and_etcd_member_loss() -> Res
     let killed = Instant::now();
     leader.kill();
     let took = eventually(Duration::from_secs(30), || {
-        leases.iter().all(|l| holder(&follower, l).is_ok_and(|h| h.ends_with(&server_id(&follower)))).then(|| killed.elapsed())
+        leases
+            .iter()
+            .all(|l| holder(&follower, l).is_ok_and(|h| h.ends_with(&server_id(&follower))))
+            .then(|| killed.elapsed())
     });
     let took = took.expect("the surviving replica never took the leases over");
     eprintln!("leader failover took {took:?}");
@@ -130,13 +133,8 @@ async fn replicas_serve_one_cluster_through_leader_and_etcd_member_loss() -> Res
     let (acked, failed) = writer.await?;
     eprintln!("{} writes acknowledged, {failed} failed while an etcd member was down", acked.len());
     assert!(acked.len() > 20, "writes must go on with two of three members");
-    let stored: std::collections::HashSet<String> = cms
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|c| c.metadata.name)
-        .collect();
+    let stored: std::collections::HashSet<String> =
+        cms.list(&ListParams::default()).await?.items.into_iter().filter_map(|c| c.metadata.name).collect();
     let lost: Vec<&String> = acked.iter().filter(|n| !stored.contains(*n)).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     etcd.restart(victim)?;
