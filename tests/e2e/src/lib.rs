@@ -31,6 +31,8 @@ pub struct Server {
     pub port: u16,
     pub extra_args: Vec<String>,
     child: Option<Child>,
+    /// With `KUMO_E2E_STORE=etcd`, the etcd this server stores into (started per server, gone with it).
+    _etcd: Option<cluster::EtcdCluster>,
 }
 
 impl Server {
@@ -54,14 +56,27 @@ impl Server {
         Self::start_at("127.0.0.1", args)
     }
 
-    /// A server listening on `ip` (an address of this machine), with exactly `args`.
+    /// A server listening on `ip` (an address of this machine), with exactly `args` — on the embedded store,
+    /// or, when `KUMO_E2E_STORE=etcd` (and `args` name no store), on an etcd of its own: the same API tests
+    /// then run against both backends.
     pub fn start_at(ip: &str, args: &[&str]) -> Result<Server> {
+        let mut extra_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let etcd = match std::env::var("KUMO_E2E_STORE").as_deref() {
+            Ok("etcd") if !args.contains(&"--etcd-servers") => {
+                let etcd = cluster::EtcdCluster::start(1)?;
+                extra_args.extend(["--etcd-servers".to_string(), etcd.endpoints()]);
+                Some(etcd)
+            }
+            Ok("etcd") | Ok("embedded") | Err(_) => None,
+            Ok(other) => bail!("KUMO_E2E_STORE={other}: use etcd or embedded"),
+        };
         let mut s = Server {
             dir: tempfile::Builder::new().prefix("kumo-e2e-").tempdir()?,
             ip: ip.to_string(),
             port: free_port(),
-            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            extra_args,
             child: None,
+            _etcd: etcd,
         };
         s.spawn()?;
         Ok(s)
