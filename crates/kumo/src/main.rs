@@ -184,6 +184,10 @@ struct AgentArgs {
     /// Node name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
+    /// This node's address for the other nodes (its InternalIP; they route to its pods through it). Default:
+    /// the address of the default route's interface, else the first non-loopback IPv4 address.
+    #[arg(long)]
+    node_ip: Option<std::net::Ipv4Addr>,
     /// Registry mirror, e.g. quay.io=127.0.0.1:5000 (repeatable).
     #[arg(long = "registry-mirror", value_name = "REGISTRY=MIRROR")]
     registry_mirrors: Vec<String>,
@@ -199,6 +203,7 @@ impl AgentArgs {
     fn config(&self, state_dir: PathBuf) -> Result<kumo_agent::agent::AgentConfig> {
         let mut cfg = kumo_agent::agent::AgentConfig::new(state_dir);
         cfg.node_name = self.node_name.clone();
+        cfg.node_ip = self.node_ip;
         cfg.probe_kernel = self.probe_kernel.clone();
         for m in &self.registry_mirrors {
             let (registry, mirror) = m.split_once('=').with_context(|| {
