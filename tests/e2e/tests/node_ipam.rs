@@ -76,3 +76,42 @@ fn a_cluster_cidr_with_host_bits_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--node-cidr-mask-size"), "{err}");
 }
+
+/// Patches that name no resourceVersion never fail on a concurrent write (the server re-applies them to the
+/// newer object, as Kubernetes does): an agent registering its Node while the allocator writes spec.podCIDR
+/// must not get a 409. Ones that name a stale resourceVersion do.
+#[test]
+fn patches_without_a_resource_version_do_not_conflict() {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, Patch, PatchParams};
+    let s = Server::start_with(&["--no-controllers"]).unwrap();
+    s.apply(&node_yaml(&["busy"])).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let nodes: Api<Node> = Api::all(s.client().await.unwrap());
+        let writes = (0..24).map(|i| {
+            let nodes = nodes.clone();
+            async move {
+                let label = serde_json::json!({"metadata": {"labels": {format!("l{i}"): "x"}}});
+                let status = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "busy"},
+                    "status": {"capacity": {format!("example.com/r{i}"): "1"}}});
+                let pp = PatchParams::apply(&format!("manager-{i}")).force();
+                if i % 2 == 0 {
+                    nodes.patch("busy", &PatchParams::default(), &Patch::Merge(label)).await.map(drop)
+                } else {
+                    nodes.patch_status("busy", &pp, &Patch::Apply(status)).await.map(drop)
+                }
+            }
+        });
+        for (i, r) in futures::future::join_all(writes).await.into_iter().enumerate() {
+            assert!(r.is_ok(), "write {i}: {r:?}");
+        }
+        let node = nodes.get("busy").await.unwrap();
+        assert_eq!(node.metadata.labels.unwrap().len(), 12);
+        assert_eq!(node.status.unwrap().capacity.unwrap().len(), 12);
+        // A stale precondition still conflicts.
+        let stale = serde_json::json!({"metadata": {"resourceVersion": "1", "labels": {"late": "x"}}});
+        let err = nodes.patch("busy", &PatchParams::default(), &Patch::Merge(stale)).await.unwrap_err();
+        assert!(matches!(err, kube::Error::Api(ref e) if e.code == 409), "{err}");
+    });
+}
