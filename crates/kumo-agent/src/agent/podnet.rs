@@ -138,7 +138,8 @@ async fn apply(net: &NodeNet, want: &Peers, nat: bool) -> Result<()> {
 async fn follow(api: Api<Node>, me: String, net: NodeNet, mut applied: Peers) {
     let (reader, writer) = reflector::store();
     let mut events = Box::pin(reflector(writer, watcher(api, watcher::Config::default()).default_backoff()));
-    let mut resync = tokio::time::interval(RESYNC);
+    // `start` has just applied: the first resync is one period away.
+    let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC, RESYNC);
     let (mut ready, mut warned_cidr) = (false, false);
     loop {
         let forced = tokio::select! {
@@ -160,11 +161,10 @@ async fn follow(api: Api<Node>, me: String, net: NodeNet, mut applied: Peers) {
         }
         let nodes = reader.state();
         let own = nodes.iter().find(|n| n.name_any() == me).and_then(|n| pod_cidr(n));
-        if own.is_some_and(|c| c != net.pod_cidr) && !warned_cidr {
+        if let Some(now) = own.filter(|c| *c != net.pod_cidr && !warned_cidr) {
+            let was = net.pod_cidr;
             tracing::error!(
-                "this Node's pod CIDR is now {} but this agent uses {}: restart the agent to take the new one",
-                own.unwrap_or(net.pod_cidr),
-                net.pod_cidr
+                "this Node's pod CIDR is now {now} but this agent uses {was}: restart the agent to take it"
             );
             warned_cidr = true;
         }
