@@ -24,6 +24,8 @@ pub struct HostInfo {
     pub qemu_version: String,
     /// The console endpoint (`https://ip:port`) and its certificate's SHA-256, published on the Node.
     pub console: Option<(String, String)>,
+    /// The fencing period (seconds), published so the control plane knows when failing over is safe.
+    pub fencing_secs: Option<u64>,
 }
 
 fn read(path: &str) -> String {
@@ -48,33 +50,61 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
-/// The first non-loopback IPv4 address, or 127.0.0.1.
-fn first_ipv4() -> String {
-    nix::ifaddrs::getifaddrs()
-        .ok()
-        .and_then(|addrs| {
-            addrs
-                .filter(|a| !a.interface_name.starts_with("lo") && !a.interface_name.starts_with("kumo"))
-                .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|i| i.ip().to_string())))
-                .next()
+/// The interface of the default route with the lowest metric, from `/proc/net/route` (this process's
+/// network namespace).
+pub fn default_route_interface(proc_net_route: &str) -> Option<String> {
+    proc_net_route
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // Iface Destination Gateway Flags RefCnt Use Metric Mask …; flag 1 is RTF_UP.
+            let up = u16::from_str_radix(f.get(3)?, 16).ok()? & 1 == 1;
+            let default = *f.get(1)? == "00000000" && *f.get(7)? == "00000000";
+            if !(up && default) {
+                return None;
+            }
+            Some((f.get(6)?.parse::<u32>().ok()?, f[0].to_string()))
         })
-        .unwrap_or_else(|| "127.0.0.1".into())
+        .min()
+        .map(|(_, iface)| iface)
+}
+
+/// The node's address as other nodes reach it: the first IPv4 address of the default route's interface (as the
+/// kubelet chooses), else the first non-loopback IPv4 address outside kumo's bridges, else 127.0.0.1.
+pub fn detect_node_ip() -> String {
+    let addrs: Vec<(String, std::net::Ipv4Addr)> = nix::ifaddrs::getifaddrs()
+        .map(|all| {
+            all.filter_map(|a| Some((a.interface_name.clone(), a.address?.as_sockaddr_in()?.ip())))
+                .filter(|(name, ip)| !ip.is_loopback() && !name.starts_with("kumo"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let via_default = default_route_interface(&read("/proc/net/route"))
+        .and_then(|iface| addrs.iter().find(|(name, _)| *name == iface).map(|(_, ip)| *ip));
+    via_default.or_else(|| addrs.first().map(|(_, ip)| *ip)).map_or_else(|| "127.0.0.1".into(), |ip| ip.to_string())
+}
+
+/// The Node name an agent uses unless told otherwise: the host name, lower-cased.
+pub fn default_node_name() -> String {
+    read("/proc/sys/kernel/hostname").to_lowercase()
 }
 
 impl HostInfo {
     pub fn gather(name: Option<String>, accel: &str, qemu_version: &str) -> HostInfo {
         HostInfo {
-            name: name.unwrap_or_else(|| read("/proc/sys/kernel/hostname").to_lowercase()),
+            name: name.unwrap_or_else(default_node_name),
             cpus: std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1),
             memory_bytes: mem_total(),
             kernel: read("/proc/sys/kernel/osrelease"),
             os_image: os_image(),
             machine_id: read("/etc/machine-id"),
             boot_id: read("/proc/sys/kernel/random/boot_id"),
-            internal_ip: first_ipv4(),
+            internal_ip: detect_node_ip(),
             accel: accel.into(),
             qemu_version: qemu_version.into(),
             console: None,
+            fencing_secs: None,
         }
     }
 }
@@ -88,6 +118,9 @@ pub fn node_object(h: &HostInfo) -> Value {
             "kubevirt.io/schedulable": "true", "kumo.dev/accel": h.accel},
             "annotations": {"kumo.dev/accel": h.accel, "kumo.dev/qemu-version": h.qemu_version}},
     });
+    if let Some(secs) = h.fencing_secs {
+        node["metadata"]["annotations"][kumo_api::kubevirt::FENCING_PERIOD_ANNOTATION] = json!(secs.to_string());
+    }
     if let Some((endpoint, fingerprint)) = &h.console {
         node["metadata"]["annotations"][kumo_api::kubevirt::CONSOLE_ENDPOINT_ANNOTATION] = json!(endpoint);
         node["metadata"]["annotations"][kumo_api::kubevirt::CONSOLE_FINGERPRINT_ANNOTATION] = json!(fingerprint);
@@ -201,6 +234,7 @@ mod tests {
             accel: "tcg".into(),
             qemu_version: "7.2.0".into(),
             console: Some(("https://10.0.0.5:1234".into(), "ab".into())),
+            fencing_secs: Some(20),
         };
         let o = node_object(&h);
         assert_eq!(o["metadata"]["labels"]["kumo.dev/accel"], "tcg");
@@ -212,5 +246,18 @@ mod tests {
         assert_eq!(s["status"]["conditions"][0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
         assert!(s["status"]["conditions"][0]["message"].as_str().unwrap().contains("TCG"));
         assert!(HostInfo::gather(None, "tcg", "x").memory_bytes > 0);
+    }
+
+    #[test]
+    fn default_route_interface_is_the_lowest_metric_up_default() {
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth1\t00000000\t0100A8C0\t0003\t0\t0\t200\t00000000\t0\t0\t0\n\
+            eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+            down0\t00000000\t0200000A\t0002\t0\t0\t0\t00000000\t0\t0\t0\n\
+            eth2\t0000000A\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0\n";
+        assert_eq!(default_route_interface(table).as_deref(), Some("eth0"));
+        assert_eq!(default_route_interface("Iface\tDestination\n"), None);
+        let ip: std::net::Ipv4Addr = detect_node_ip().parse().unwrap();
+        assert!(!ip.is_unspecified());
     }
 }

@@ -2,13 +2,31 @@
 //! `kumo server` or as an add-on against a real Kubernetes cluster.
 //!
 //! Each controller is a pure planning function — `(object, what it owns) → plan` — in its own module
-//! ([`vm::plan`], [`vmi::plan`]), plus a thin runtime that fetches, applies the plan through the API and records
-//! events ([`runtime`]). Start reading at [`vm`].
+//! ([`vm::plan`], [`vmi::plan`], [`nodeipam::plan`], [`nodelifecycle::plan`]), plus a thin runtime that fetches, applies the plan through
+//! the API and records events ([`runtime`], [`nodeipam::run`]). Start reading at [`vm`].
 
 pub mod leader;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod runtime;
 pub mod vm;
 pub mod vmi;
 
-pub use runtime::run;
+/// What the controllers need to know about the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Where Nodes' pod CIDRs come from.
+    pub pod_network: nodeipam::Config,
+    /// When silent nodes become unreachable and their VMIs fail over.
+    pub lifecycle: nodelifecycle::Config,
+}
+
+/// Runs every controller until the process ends.
+pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
+    let (workloads, (), lifecycle) = tokio::join!(
+        runtime::run(client.clone()),
+        nodeipam::run(client.clone(), cfg.pod_network),
+        nodelifecycle::run(client, cfg.lifecycle)
+    );
+    workloads.and(lifecycle)
+}

@@ -24,16 +24,21 @@ pub const AGENT_FINALIZER: &str = "kumo.dev/agent";
 
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
-    /// Lease silence after which a node is unreachable (Kubernetes' node-monitor-grace-period).
+    /// Lease silence after which a node is unreachable (Kubernetes' node-monitor-grace-period). Its VMIs fail
+    /// over after this plus the node's own fencing period (published on the Node by its agent).
     pub grace_period: Duration,
-    /// How long a host without renewals takes to fence itself; VMIs fail over after grace + fencing.
-    pub fencing_period: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { grace_period: Duration::from_secs(20), fencing_period: Duration::from_secs(20) }
+        Config { grace_period: Duration::from_secs(20) }
     }
+}
+
+/// The fencing period a node's agent published; None when it does not fence (then nothing fails over).
+pub fn fencing_period(node: &Node) -> Option<Duration> {
+    let ann = node.metadata.annotations.as_ref()?.get(kumo_api::kubevirt::FENCING_PERIOD_ANNOTATION)?;
+    ann.parse::<u64>().ok().filter(|s| *s > 0).map(Duration::from_secs)
 }
 
 /// What the controller knows of one node's Lease.
@@ -86,7 +91,8 @@ pub fn plan(
         if !tainted || !ready_unknown {
             actions.push(NodeAction::MarkUnreachable);
         }
-        if silent >= cfg.grace_period + cfg.fencing_period {
+        let fenced = fencing_period(node).is_some_and(|f| silent >= cfg.grace_period + f);
+        if fenced {
             let victims: Vec<_> = vmis
                 .iter()
                 .filter(|v| !matches!(v.phase(), "Succeeded" | "Failed"))
@@ -240,6 +246,8 @@ mod tests {
     fn node(tainted: bool) -> Node {
         let mut n = Node::default();
         n.metadata.name = Some("n".into());
+        n.metadata.annotations =
+            Some([(kumo_api::kubevirt::FENCING_PERIOD_ANNOTATION.to_string(), "5".to_string())].into());
         if tainted {
             n.spec = Some(NodeSpec {
                 taints: Some(vec![Taint {
@@ -267,7 +275,7 @@ mod tests {
 
     #[test]
     fn silence_leads_to_unreachable_then_failover() {
-        let cfg = Config { grace_period: Duration::from_secs(10), fencing_period: Duration::from_secs(5) };
+        let cfg = Config { grace_period: Duration::from_secs(10) };
         let t0 = Instant::now();
         let mut seen = Seen { record: None, since: t0 };
         let running = vmi("Running");
@@ -293,5 +301,10 @@ mod tests {
             vec![NodeAction::MarkReachable]
         );
         assert!(plan(&node(false), Some(&lease("2")), &mut seen, &vmis, at(25), &cfg).is_empty());
+        // A node that does not fence never has its VMIs failed over, however long it is silent.
+        let mut unfenced = node(true);
+        unfenced.metadata.annotations = None;
+        let acts = plan(&unfenced, Some(&lease("2")), &mut seen, &vmis, at(1000), &cfg);
+        assert!(acts.iter().all(|a| !matches!(a, NodeAction::FailOver(_))), "{acts:?}");
     }
 }

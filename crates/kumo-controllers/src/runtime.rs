@@ -53,9 +53,8 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
                 tracing::debug!("vmi controller: {e}");
             }
         });
-    let lifecycle = crate::nodelifecycle::run(client.clone(), crate::nodelifecycle::Config::default());
-    let (_, _, lifecycle) = tokio::join!(vm_controller, vmi_controller, lifecycle);
-    lifecycle
+    tokio::join!(vm_controller, vmi_controller);
+    Ok(())
 }
 
 fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Ctx>) -> Action {

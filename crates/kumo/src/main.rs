@@ -129,6 +129,8 @@ enum Command {
         /// API server replicas to use, failing over between them (default: the kubeconfig's server).
         #[arg(long = "server", value_name = "URL[,URL...]")]
         servers: Vec<String>,
+        #[command(flatten)]
+        pod_network: PodNetworkArgs,
     },
 }
 
@@ -148,6 +150,30 @@ enum TokenAction {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+}
+
+/// The controllers' view of the cluster: the pod network each Node gets a block of, and node liveness.
+#[derive(clap::Args, Clone)]
+struct PodNetworkArgs {
+    /// Pod addresses of the whole cluster; each Node gets a block of it as its spec.podCIDR.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: kumo_controllers::nodeipam::Ipv4Cidr,
+    /// Prefix length of each Node's block.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// How long a node's Lease may go unrenewed before it is unreachable (Kubernetes uses 40s). Its VMIs
+    /// fail over once the node's own fencing period has passed too.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    node_monitor_grace_period: Duration,
+}
+
+impl PodNetworkArgs {
+    fn config(&self) -> Result<kumo_controllers::Config> {
+        let pod_network = kumo_controllers::nodeipam::Config::new(self.cluster_cidr, self.node_cidr_mask_size)
+            .map_err(|e| anyhow::anyhow!("--node-cidr-mask-size: {e}"))?;
+        let lifecycle = kumo_controllers::nodelifecycle::Config { grace_period: self.node_monitor_grace_period };
+        Ok(kumo_controllers::Config { pod_network, lifecycle })
+    }
 }
 
 #[derive(clap::Args)]
@@ -199,6 +225,8 @@ struct ServerArgs {
     /// Do not run the controllers in this process (run `kumo controllers` elsewhere instead).
     #[arg(long)]
     no_controllers: bool,
+    #[command(flatten)]
+    pod_network: PodNetworkArgs,
     /// Do not run a node agent in this process (this machine runs no guests).
     #[arg(long)]
     no_agent: bool,
@@ -211,6 +239,10 @@ struct AgentArgs {
     /// Node name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
+    /// This node's address for the other nodes (its InternalIP; they route to its pods through it). Default:
+    /// the address of the default route's interface, else the first non-loopback IPv4 address.
+    #[arg(long)]
+    node_ip: Option<std::net::Ipv4Addr>,
     /// Registry mirror, e.g. quay.io=127.0.0.1:5000 (repeatable).
     #[arg(long = "registry-mirror", value_name = "REGISTRY=MIRROR")]
     registry_mirrors: Vec<String>,
@@ -233,6 +265,7 @@ impl AgentArgs {
         let mut cfg = kumo_agent::agent::AgentConfig::new(state_dir);
         cfg.node_name = self.node_name.clone();
         cfg.fencing_period = Some(self.fencing_period.unwrap_or(default_fencing)).filter(|p| !p.is_zero());
+        cfg.node_ip = self.node_ip;
         cfg.probe_kernel = self.probe_kernel.clone();
         for m in &self.registry_mirrors {
             let (registry, mirror) = m.split_once('=').with_context(|| {
@@ -321,11 +354,12 @@ async fn main() -> Result<()> {
             let ns = target.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
             virtctl::console(config, &ns, &name).await
         }
-        Command::Controllers { kubeconfig, servers } => {
+        Command::Controllers { kubeconfig, servers, pod_network } => {
+            let cfg = pod_network.config()?;
             let client = client::client(kube_config(kubeconfig.as_deref()).await?, &servers)?;
             // Several `kumo controllers` may run for availability; one acts at a time.
             let leading = leader::elect(client.clone(), leader::Config::new(CONTROLLERS_LEASE));
-            leader::while_leading(leading, || kumo_controllers::run(client.clone())).await;
+            leader::while_leading(leading, || kumo_controllers::run(client.clone(), cfg.clone())).await;
             Ok(())
         }
     }
@@ -357,6 +391,7 @@ async fn kube_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Confi
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
+    let controllers_cfg = args.pod_network.config()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {} (choose a writable directory)", args.data_dir.display()))?;
     let store: Arc<dyn kumo_store::Store> =
@@ -405,7 +440,8 @@ async fn server(args: ServerArgs) -> Result<()> {
     if !args.no_controllers {
         // The controllers talk to this server through the API like any other client.
         let leading = leader::elect(self_client.clone(), leader::Config::new(CONTROLLERS_LEASE).identity(&id));
-        tokio::spawn(leader::while_leading(leading, move || kumo_controllers::run(self_client.clone())));
+        let cfg = controllers_cfg;
+        tokio::spawn(leader::while_leading(leading, move || kumo_controllers::run(self_client.clone(), cfg.clone())));
     }
     if !args.no_agent {
         let client = client_from(Some(&running.kubeconfig)).await?;

@@ -217,6 +217,21 @@ impl Server {
 }
 
 impl Server {
+    /// The Node name of this server's agent: `--node-name`, else the agent's default.
+    pub fn node_name(&self) -> String {
+        let args = &self.extra_args;
+        let flag = args.windows(2).find(|w| w[0] == "--node-name").map(|w| w[1].clone());
+        flag.or_else(|| args.iter().find_map(|a| a.strip_prefix("--node-name=").map(str::to_string)))
+            .unwrap_or_else(kumo_agent::node::default_node_name)
+    }
+
+    /// The network namespace and the node-side veth this server's agent gives the VMI `uid` (the agent's own
+    /// naming functions, not a guess).
+    pub fn vmi_net_names(&self, uid: &str) -> (String, String) {
+        let token = kumo_agent::net::node_token(&self.node_name());
+        (kumo_agent::net::netns_name(&token, uid), kumo_agent::net::host_veth_name(&token, uid))
+    }
+
     /// Test hygiene when a test failed midway: guests outlive their agent by design, so stop the QEMU
     /// processes and network namespaces this server's agent left (they would collide with later tests).
     fn reap_guests(&self) {
@@ -231,9 +246,9 @@ impl Server {
             }
         }
         for vmi in vmis.flatten() {
-            let short: String = vmi.file_name().to_string_lossy().chars().filter(|c| *c != '-').take(10).collect();
-            let _ = Command::new("ip").args(["netns", "del", &format!("kumo-{short}")]).stderr(Stdio::null()).status();
-            let _ = Command::new("ip").args(["link", "del", &format!("kv-{short}")]).stderr(Stdio::null()).status();
+            let (netns, veth) = self.vmi_net_names(&vmi.file_name().to_string_lossy());
+            let _ = Command::new("ip").args(["netns", "del", &netns]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip").args(["link", "del", &veth]).stderr(Stdio::null()).status();
         }
     }
 }

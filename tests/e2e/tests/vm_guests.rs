@@ -81,16 +81,16 @@ fn get(s: &Server, args: &[&str]) -> String {
 fn leftovers(s: &Server, uid: &str) -> Vec<String> {
     assert!(!uid.is_empty(), "no uid to look for");
     let mut found = Vec::new();
-    let short: String = uid.chars().filter(|c| *c != '-').take(10).collect();
+    let (netns, veth) = s.vmi_net_names(uid);
     if std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
         std::fs::read(p.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains(uid)).unwrap_or(false)
     }) {
         found.push("qemu process".into());
     }
-    if std::path::Path::new(&format!("/run/netns/kumo-{short}")).exists() {
+    if std::path::Path::new("/run/netns").join(&netns).exists() {
         found.push("network namespace".into());
     }
-    if std::path::Path::new(&format!("/sys/class/net/kv-{short}")).exists() {
+    if std::path::Path::new("/sys/class/net").join(&veth).exists() {
         found.push("veth".into());
     }
     if s.data_dir().join("agent/vmis").join(uid).exists() {
@@ -139,7 +139,11 @@ fn guest_boots_answers_and_leaves_nothing_behind() {
     let table = get(&s, &["get", "vm", "testvm"]);
     assert!(table.contains("Running") && table.contains("True"), "{table}");
     let uid = uid_of(&s, "testvm");
-    assert!(leftovers(&s, &uid).contains(&"qemu process".to_string()));
+    // Everything the cleanup check looks for exists while the guest runs: the names it checks are the agent's.
+    let running = leftovers(&s, &uid);
+    for what in ["qemu process", "network namespace", "veth", "state directory"] {
+        assert!(running.contains(&what.to_string()), "{what} not found while running: {running:?}");
+    }
 
     // `kumo console` reaches the guest's serial console through the API server; Ctrl-] leaves.
     let mut console = std::process::Command::new(kumo_e2e::kumo_bin())

@@ -1,6 +1,7 @@
 //! The agent's main loop: register the Node, heartbeat its Lease, and reconcile every VMI scheduled here
 //! ([`reconcile`]). Guests outlive the agent: on restart it reattaches to running QEMU processes.
 
+pub mod podnet;
 mod reconcile;
 mod status;
 
@@ -26,6 +27,9 @@ use tokio::sync::Mutex;
 pub struct AgentConfig {
     /// The Node name (default: the host name).
     pub node_name: Option<String>,
+    /// The address other nodes reach this one at (the Node's InternalIP, the next hop of their routes to this
+    /// node's pods); default: [`node::detect_node_ip`].
+    pub node_ip: Option<std::net::Ipv4Addr>,
     /// Per-VMI directories (disks, ISOs, QEMU sockets) and the IPAM state live here.
     pub state_dir: PathBuf,
     /// Base images of containerDisks, one per digest.
@@ -53,6 +57,7 @@ impl AgentConfig {
     pub fn new(state_dir: PathBuf) -> Self {
         AgentConfig {
             node_name: None,
+            node_ip: None,
             image_cache: state_dir.join("images"),
             state_dir,
             registry: RegistryConfig::default(),
@@ -104,12 +109,17 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     let accel = qemu::detect_accel(&qemu, probe.as_deref()).await;
     let accel_name = accel.as_str();
     let mut host = HostInfo::gather(cfg.node_name.clone(), accel_name, &version.to_string());
+    if let Some(ip) = cfg.node_ip {
+        host.internal_ip = ip.to_string();
+    }
     let bind: std::net::SocketAddr = format!("{}:0", host.internal_ip).parse().context("node address")?;
     let ca = cfg.cluster_ca.clone().context(
         "the console endpoint needs the cluster CA to check the API server by: use a kubeconfig that names it",
     )?;
     let console = crate::console::serve(bind, cfg.state_dir.join("vmis"), &ca).await?;
     host.console = Some((format!("https://{}", console.addr), console.fingerprint));
+    // Rounded up: the control plane must never wait less than the watchdog does.
+    host.fencing_secs = cfg.fencing_period.map(|p| p.as_secs() + u64::from(p.subsec_nanos() > 0));
     tracing::info!(node = %host.name, accel = accel_name, qemu = %version, "kumo agent starting");
     let ready_since = node::register(&client, &host, cfg.reserved_memory).await?;
     let (fence, every) = match cfg.fencing_period {
@@ -125,10 +135,11 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     tokio::spawn(node::heartbeat(client.clone(), host.clone(), cfg.reserved_memory, ready_since, every, fence));
     std::fs::create_dir_all(cfg.state_dir.join("vmis"))
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
-    // The node network (bridge, forwarding, NAT) once per start; each VMI's setup then only adds its own part.
-    let node_net = NodeNet::default();
-    let nn = node_net.clone();
-    tokio::task::spawn_blocking(move || nn.ensure()).await?.context("setting up the node network")?;
+    // The node network (bridge, forwarding, NAT, routes to other nodes' pods) from this Node's pod CIDR, once
+    // per start; each VMI's setup then only adds its own part.
+    let pod_cidr = podnet::wait_for_pod_cidr(&client, &host.name).await?;
+    let node_net = NodeNet::new(&host.name, pod_cidr)?;
+    podnet::start(client.clone(), host.name.clone(), node_net.clone()).await?;
     let reporter = Reporter { controller: "kumo-agent".into(), instance: Some(host.name.clone()) };
     let agent = Arc::new(Agent {
         client: client.clone(),
@@ -137,7 +148,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
         qemu,
         images: ImageCache::new(cfg.image_cache.clone()),
         node_net,
-        ipam: Ipam::new(cfg.state_dir.join("ipam")),
+        ipam: Ipam::for_cidr(cfg.state_dir.join("ipam"), pod_cidr)?,
         vms: Mutex::new(HashMap::new()),
         recorder: Recorder::new(client.clone(), reporter),
         cfg,

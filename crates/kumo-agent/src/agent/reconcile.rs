@@ -128,9 +128,8 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, agent: Arc<Agent>) -> R
                 }
                 Err(e) => {
                     // The Failed arm below then cleans up, on the object this write produces.
-                    let msg = format!("the guest's QEMU process is gone: {e:#}");
-                    patch_status(&agent, &vmi, status::failed(&vmi, "QemuExited", &msg, &status::now())).await?;
-                    event(&agent, &vmi, true, "Failed", msg).await;
+                    patch_status(&agent, &vmi, status::failed(&vmi, e.reason, &e.message, &status::now())).await?;
+                    event(&agent, &vmi, true, "Failed", e.message).await;
                     Ok(Action::await_change())
                 }
             }
@@ -269,16 +268,33 @@ async fn register(
     local
 }
 
-async fn reattach(agent: &Arc<Agent>, vmi: &VirtualMachineInstance, uid: &str) -> anyhow::Result<Arc<LocalVm>> {
-    let vm = qemu::attach(&dir(agent, uid).join("run")).await?;
+async fn reattach(agent: &Arc<Agent>, vmi: &VirtualMachineInstance, uid: &str) -> Result<Arc<LocalVm>, PrepareError> {
+    let vm = qemu::attach(&dir(agent, uid).join("run"))
+        .await
+        .map_err(|e| PrepareError::new("QemuExited", format!("the guest's QEMU process is gone: {e:#}")))?;
     // Network setup converges on what exists, giving back the DHCP answer to serve again.
     let (a, v) = (agent.clone(), vmi.clone());
-    let net = tokio::task::spawn_blocking(move || prepare::network(&prepare_ctx(&a), &v))
-        .await?
-        .map_err(|e| anyhow::anyhow!("{}: {}", e.reason, e.message))?;
-    let dhcp_stop = match &net {
-        Some((_, n)) => Some(start_dhcp(n).map_err(anyhow::Error::msg)?),
-        None => None,
+    let net = match tokio::task::spawn_blocking(move || prepare::network(&prepare_ctx(&a), &v)).await {
+        Ok(r) => r,
+        Err(e) => Err(PrepareError::new("NetworkError", e.to_string())),
+    };
+    let served = net.and_then(|net| {
+        let tx = match &net {
+            Some((_, n)) => Some(start_dhcp(n).map_err(|m| PrepareError::new("NetworkError", m))?),
+            None => None,
+        };
+        Ok((net, tx))
+    });
+    let (net, dhcp_stop) = match served {
+        Ok(ok) => ok,
+        Err(e) => {
+            // Not registered, so nothing else would stop this guest: it must not outlive its failed VMI (say,
+            // with a pod address that now belongs to another node).
+            if let Err(k) = vm.kill().await {
+                tracing::warn!(vmi = %vmi.name_any(), "stopping the guest: {k:#}");
+            }
+            return Err(e);
+        }
     };
     tracing::info!(vmi = %vmi.name_any(), pid = vm.pid(), "reattached to running guest");
     Ok(register(agent, vmi, uid, vm, dhcp_stop, guest_iface(&net)).await)

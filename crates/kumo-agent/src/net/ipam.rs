@@ -1,6 +1,11 @@
-//! Pod address allocation for this node: one IPv4 address per VMI uid, out of a range (10.244.0.2–254 by
-//! default), persisted as JSON in the agent's state directory so a restarted agent gives each VMI the address it
-//! had. A file lock makes concurrent allocators (threads or processes) safe.
+//! Pod address allocation for this node: one IPv4 address per VMI uid, out of the node's pod CIDR (from its
+//! third address: the first is the network's, the second the bridge's), persisted as JSON in the agent's state
+//! directory so a restarted agent gives each VMI the address it had. A file lock makes concurrent allocators
+//! (threads or processes) safe.
+//!
+//! An allocation outside the range (the Node was re-created with another pod CIDR while its guests ran) is
+//! never handed out: [`Ipam::allocate`] refuses it, and the VMI fails rather than keep an address that now
+//! routes to another node. Releasing it frees the entry.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -9,12 +14,24 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use kumo_api::cidr::Ipv4Cidr;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 const STATE_FILE: &str = "ipam.json";
 const LOCK_FILE: &str = "ipam.lock";
 const FORMAT_VERSION: u32 = 1;
+
+/// A VMI holds an address this node's pod CIDR no longer contains.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the pod address {ip} is outside this node's range {first}–{last} (was its Node re-created with another pod CIDR?)"
+)]
+pub struct OutsideRange {
+    pub ip: Ipv4Addr,
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+}
 
 /// The allocator. Cheap to construct; every call reads and (if needed) rewrites the state file under the lock.
 #[derive(Debug, Clone)]
@@ -36,10 +53,14 @@ struct State {
 }
 
 impl Ipam {
-    /// An allocator of 10.244.0.2–10.244.0.254 with its state in `state_dir`.
-    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
-        Self::with_range(state_dir, Ipv4Addr::new(10, 244, 0, 2), Ipv4Addr::new(10, 244, 0, 254))
-            .expect("default range is valid")
+    /// An allocator of the guest addresses of `pod_cidr` (the third to the last but one) with its state in
+    /// `state_dir`.
+    pub fn for_cidr(state_dir: impl Into<PathBuf>, pod_cidr: Ipv4Cidr) -> Result<Self> {
+        // A /30 has exactly one; a /31 or /32 none.
+        let Some(first) = pod_cidr.nth(2).filter(|f| *f < pod_cidr.last()) else {
+            bail!("pod CIDR {pod_cidr} has no room for guests")
+        };
+        Self::with_range(state_dir, first, Ipv4Addr::from(u32::from(pod_cidr.last()) - 1))
     }
 
     /// An allocator of `first..=last`.
@@ -50,10 +71,19 @@ impl Ipam {
         Ok(Self { dir: state_dir.into(), first, last })
     }
 
-    /// The address of `uid`, allocating one if it has none. Idempotent.
+    /// Whether `ip` is in this allocator's range.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (self.first..=self.last).contains(&ip)
+    }
+
+    /// The address of `uid`, allocating one if it has none. Idempotent. Fails with [`OutsideRange`] when `uid`
+    /// holds an address outside the range.
     pub fn allocate(&self, uid: &str) -> Result<Ipv4Addr> {
         self.update(|s| {
             if let Some(ip) = s.allocations.get(uid) {
+                if !self.contains(*ip) {
+                    return Err(OutsideRange { ip: *ip, first: self.first, last: self.last }.into());
+                }
                 return Ok(*ip);
             }
             let (lo, hi) = (u32::from(self.first), u32::from(self.last));
@@ -155,17 +185,21 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn cidr(s: &str) -> Ipv4Cidr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn allocate_is_idempotent_and_persistent() {
         let dir = tempfile::tempdir().unwrap();
-        let ipam = Ipam::new(dir.path());
+        let ipam = Ipam::for_cidr(dir.path(), cidr("10.244.7.0/24")).unwrap();
         let a = ipam.allocate("uid-a").unwrap();
         let b = ipam.allocate("uid-b").unwrap();
-        assert_eq!(a, Ipv4Addr::new(10, 244, 0, 2));
-        assert_eq!(b, Ipv4Addr::new(10, 244, 0, 3));
+        assert_eq!(a, Ipv4Addr::new(10, 244, 7, 2));
+        assert_eq!(b, Ipv4Addr::new(10, 244, 7, 3));
         assert_eq!(ipam.allocate("uid-a").unwrap(), a);
         // A new allocator over the same directory (an agent restart) sees the same state.
-        let again = Ipam::new(dir.path());
+        let again = Ipam::for_cidr(dir.path(), cidr("10.244.7.0/24")).unwrap();
         assert_eq!(again.allocate("uid-b").unwrap(), b);
         assert_eq!(again.get("uid-a").unwrap(), Some(a));
         assert_eq!(again.allocations().unwrap().len(), 2);
@@ -190,13 +224,33 @@ mod tests {
     }
 
     #[test]
+    fn cidr_range_and_a_changed_cidr() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = Ipam::for_cidr(dir.path(), cidr("10.9.0.0/30")).unwrap();
+        assert_eq!(small.allocate("only").unwrap(), Ipv4Addr::new(10, 9, 0, 2));
+        assert!(small.allocate("second").is_err(), "a /30 holds one guest");
+        assert!(Ipam::for_cidr(dir.path(), cidr("10.9.0.0/31")).is_err());
+        // The node's block changed under a VMI: its old address is refused, not handed out again.
+        let moved = Ipam::for_cidr(dir.path(), cidr("10.9.1.0/24")).unwrap();
+        let err = moved.allocate("only").unwrap_err();
+        let outside = err.downcast_ref::<OutsideRange>().expect("typed error");
+        assert_eq!(outside.ip, Ipv4Addr::new(10, 9, 0, 2));
+        assert!(err.to_string().contains("outside this node's range 10.9.1.2–10.9.1.254"), "{err}");
+        assert!(!moved.contains(Ipv4Addr::new(10, 9, 0, 2)) && moved.contains(Ipv4Addr::new(10, 9, 1, 254)));
+        moved.release("only").unwrap();
+        assert_eq!(moved.allocate("only").unwrap(), Ipv4Addr::new(10, 9, 1, 2));
+    }
+
+    #[test]
     fn concurrent_allocators_do_not_collide() {
         let dir = tempfile::tempdir().unwrap();
         let ips: Vec<Ipv4Addr> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..8)
                 .map(|i| {
                     let d = dir.path().to_path_buf();
-                    s.spawn(move || Ipam::new(d).allocate(&format!("uid-{i}")).unwrap())
+                    s.spawn(move || {
+                        Ipam::for_cidr(d, cidr("10.1.0.0/24")).unwrap().allocate(&format!("uid-{i}")).unwrap()
+                    })
                 })
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()

@@ -5,6 +5,7 @@ use std::fmt::Write;
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
+use kumo_api::cidr::Ipv4Cidr;
 
 use super::netns::run_stdin;
 
@@ -30,15 +31,24 @@ impl Proto {
     }
 }
 
-/// Node level: masquerade pod traffic leaving the node through anything but the node bridge.
-pub fn node_ruleset(pod_net: Ipv4Addr, prefix_len: u8, bridge: &str) -> String {
+/// Node level: masquerade pod traffic leaving the node through anything but the node bridge, unless it goes to
+/// a pod CIDR (this node's or a peer's, the set `pod_cidrs`): pods see each other's real addresses.
+pub fn node_ruleset(pod_cidr: Ipv4Cidr, bridge: &str, peer_cidrs: &[Ipv4Cidr]) -> String {
+    let cidrs: std::collections::BTreeSet<Ipv4Cidr> =
+        std::iter::once(pod_cidr).chain(peer_cidrs.iter().copied()).collect();
+    let cidrs: Vec<String> = cidrs.iter().map(Ipv4Cidr::to_string).collect();
     format!(
         "table ip {TABLE} {{\n\
+         \tset pod_cidrs {{\n\
+         \t\ttype ipv4_addr; flags interval; auto-merge;\n\
+         \t\telements = {{ {} }}\n\
+         \t}}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr {pod_net}/{prefix_len} ip daddr != {pod_net}/{prefix_len} oifname != \"{bridge}\" masquerade\n\
+         \t\tip saddr {pod_cidr} ip daddr != @pod_cidrs oifname != \"{bridge}\" masquerade\n\
          \t}}\n\
-         }}\n"
+         }}\n",
+        cidrs.join(", ")
     )
 }
 
@@ -141,9 +151,14 @@ mod tests {
 
     #[test]
     fn node_rules() {
-        let r = node_ruleset(Ipv4Addr::new(10, 244, 0, 0), 24, "kumo0");
+        let own = "10.244.0.0/24".parse().unwrap();
+        let r = node_ruleset(own, "kumo0", &[]);
         assert!(r.starts_with("table ip kumo {"));
-        assert!(r.contains("ip saddr 10.244.0.0/24 ip daddr != 10.244.0.0/24 oifname != \"kumo0\" masquerade"));
+        assert!(r.contains("elements = { 10.244.0.0/24 }"), "{r}");
+        assert!(r.contains("ip saddr 10.244.0.0/24 ip daddr != @pod_cidrs oifname != \"kumo0\" masquerade"), "{r}");
+        let peers = ["10.244.2.0/24".parse().unwrap(), "10.244.1.0/24".parse().unwrap(), own];
+        let r = node_ruleset(own, "kumo0", &peers);
+        assert!(r.contains("elements = { 10.244.0.0/24, 10.244.1.0/24, 10.244.2.0/24 }"), "{r}");
     }
 
     #[test]

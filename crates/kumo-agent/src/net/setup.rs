@@ -3,10 +3,10 @@
 //! instead of failing, and [`NodeNet::teardown_vmi`] succeeds when things are already gone.
 //!
 //! ```text
-//! node:  kumo0 (10.244.0.1/24) ── kv-<id> ══ veth ══ eth0 (netns kumo-<id>)
-//! masquerade:  eth0 10.244.0.X/24 ─ nft dnat/masquerade ─ k6t-br 10.0.2.1/24 ─ tap0 ─ guest 10.0.2.2 (DHCP)
+//! node:  kumo0 (10.244.N.1/24) ── kv<token>-<id> ══ veth ══ eth0 (netns kumo-<token>-<id>)
+//! masquerade:  eth0 10.244.N.X/24 ─ nft dnat/masquerade ─ k6t-br 10.0.2.1/24 ─ tap0 ─ guest 10.0.2.2 (DHCP)
 //! bridge:      eth0 (no address) ─┬─ k6t-br 169.254.75.10/32 (DHCP server only)
-//!                                 └─ tap0 ─ guest 10.244.0.X/24 (DHCP), router 10.244.0.1
+//!                                 └─ tap0 ─ guest 10.244.N.X/24 (DHCP), router 10.244.N.1
 //! ```
 
 use std::io;
@@ -19,6 +19,9 @@ use sha2::{Digest, Sha256};
 use super::dhcp::{self, DhcpConfig};
 use super::netns::{self, run, succeeds};
 use super::nft::{self, Proto};
+use super::routes::{self, RoutePlan};
+use kumo_api::cidr::Ipv4Cidr;
+use std::collections::BTreeMap;
 
 /// The node bridge.
 pub const NODE_BRIDGE: &str = "kumo0";
@@ -105,23 +108,22 @@ pub struct NodeNet {
     /// Where the node side lives: `None` is the agent's own namespace; a name places it in `/run/netns/<name>`
     /// (a simulated node, for tests).
     pub netns: Option<String>,
+    /// One per host network namespace, so the name stays `kumo0` whichever node this is.
     pub bridge: String,
-    pub gateway: Ipv4Addr,
-    pub prefix_len: u8,
+    /// This node's block (its Node's `spec.podCIDR`): the bridge holds the first address, guests the rest.
+    pub pod_cidr: Ipv4Cidr,
+    /// This node's short token ([`node_token`]) in the names of per-VMI namespaces and veths: namespace names
+    /// are global to the machine, and several agents may share one.
+    pub token: String,
     /// MTU for veths, taps and bridges, and advertised by DHCP; kernel defaults when `None`.
     pub mtu: Option<u16>,
 }
 
-impl Default for NodeNet {
-    fn default() -> Self {
-        Self {
-            netns: None,
-            bridge: NODE_BRIDGE.into(),
-            gateway: Ipv4Addr::new(10, 244, 0, 1),
-            prefix_len: 24,
-            mtu: None,
-        }
-    }
+/// A short token for a node name: 4 hex digits of its SHA-256. Every agent on a machine names its VMIs'
+/// namespaces and veths with it, so two agents never collide even for one VMI uid (a migration's source and
+/// target), and each recognizes its own.
+pub fn node_token(node: &str) -> String {
+    hex::encode(Sha256::digest(node.as_bytes()))[..4].to_string()
 }
 
 /// The short id names are derived from: 10 hex digits of the uid (its first ones when it is a UUID, a hash
@@ -135,12 +137,14 @@ pub fn short_id(uid: &str) -> String {
     }
 }
 
-pub fn netns_name(uid: &str) -> String {
-    format!("kumo-{}", short_id(uid))
+/// The VMI's network namespace: `kumo-<node token>-<10 hex of the uid>`.
+pub fn netns_name(token: &str, uid: &str) -> String {
+    format!("kumo-{token}-{}", short_id(uid))
 }
 
-pub fn host_veth_name(uid: &str) -> String {
-    format!("kv-{}", short_id(uid))
+/// The node end of the VMI's veth: `kv<node token>-<8 hex of the uid>`, 15 characters, the kernel's limit.
+pub fn host_veth_name(token: &str, uid: &str) -> String {
+    format!("kv{token}-{}", &short_id(uid)[..8])
 }
 
 /// A stable, locally administered unicast MAC for a uid: `02:4b:56` ("KV") and three hashed bytes.
@@ -177,6 +181,19 @@ fn link_exists(ns: Option<&str>, dev: &str) -> bool {
     succeeds("ip", &v)
 }
 
+/// The IPv4 addresses (`a.b.c.d/len`) on `dev`.
+fn ipv4_addrs(ns: Option<&str>, dev: &str) -> Result<Vec<String>> {
+    let out = ip(ns, &["-4", "-j", "addr", "show", "dev", dev])?;
+    let links: serde_json::Value = serde_json::from_str(&out).context("parsing `ip -j addr`")?;
+    Ok(links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"].as_u64()?)))
+        .collect())
+}
+
 fn del_link(ns: Option<&str>, dev: &str) -> Result<()> {
     if link_exists(ns, dev) {
         ip(ns, &["link", "del", "dev", dev])?;
@@ -201,39 +218,77 @@ fn infra_mac(seed: &str) -> String {
 }
 
 impl NodeNet {
+    /// The pod network of node `node_name` with block `pod_cidr`, in the agent's own namespace.
+    pub fn new(node_name: &str, pod_cidr: Ipv4Cidr) -> Result<NodeNet> {
+        // The network address, the gateway, at least one guest, the broadcast address.
+        ensure!(pod_cidr.prefix_len() <= 30, "pod CIDR {pod_cidr} is too small for a gateway and a guest");
+        Ok(NodeNet { netns: None, bridge: NODE_BRIDGE.into(), pod_cidr, token: node_token(node_name), mtu: None })
+    }
+
+    /// The bridge's address: the guests' default gateway.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.pod_cidr.nth(1).expect("a pod CIDR holds a gateway")
+    }
+
+    /// The VMI's namespace name and node-side veth name. A guest started by an agent from before per-node
+    /// tokens keeps the names it has (`kumo-<id>`, `kv-<id>`), so an upgraded agent reattaches to it and
+    /// cleans it up.
+    pub fn vmi_names(&self, uid: &str) -> (String, String) {
+        let (ns, legacy) = (netns_name(&self.token, uid), format!("kumo-{}", short_id(uid)));
+        if !netns::exists(&ns) && netns::exists(&legacy) {
+            return (legacy, format!("kv-{}", short_id(uid)));
+        }
+        (ns, host_veth_name(&self.token, uid))
+    }
+
     fn ip(&self, args: &[&str]) -> Result<String> {
         ip(self.netns.as_deref(), args)
     }
 
-    fn network(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.gateway) & u32::from(dhcp::prefix_mask(self.prefix_len)))
-    }
-
-    /// Node-level setup, once per agent start: the bridge with the gateway address, IPv4 forwarding, and the
-    /// `ip kumo` table masquerading pod traffic that leaves through anything but the bridge.
-    pub fn ensure(&self) -> Result<()> {
+    /// Node-level setup, once per agent start: the bridge with the gateway address (and no other, should the
+    /// pod CIDR have changed), IPv4 forwarding, and the NAT table ([`NodeNet::set_peer_cidrs`]).
+    pub fn ensure(&self, peer_cidrs: &[Ipv4Cidr]) -> Result<()> {
         let ns = self.netns.as_deref();
         if let Some(ns) = ns {
             netns::add(ns)?;
         }
-        ensure_bridge(ns, &self.bridge, &infra_mac(&format!("node/{}/{}", self.bridge, self.gateway)))?;
-        let cidr = format!("{}/{}", self.gateway, self.prefix_len);
+        let gateway = self.gateway();
+        ensure_bridge(ns, &self.bridge, &infra_mac(&format!("node/{}/{gateway}", self.bridge)))?;
+        let cidr = format!("{gateway}/{}", self.pod_cidr.prefix_len());
+        for stale in ipv4_addrs(ns, &self.bridge)?.into_iter().filter(|a| *a != cidr) {
+            self.ip(&["addr", "del", &stale, "dev", &self.bridge])?;
+        }
         self.ip(&["addr", "replace", &cidr, "dev", &self.bridge])?;
         if let Some(mtu) = self.mtu {
             self.ip(&["link", "set", &self.bridge, "mtu", &mtu.to_string()])?;
         }
         self.ip(&["link", "set", &self.bridge, "up"])?;
+        // Forwarding carries pod traffic out of the node, to other nodes' pods and back.
         netns::set_sysctl(ns.map(netns::path).as_deref(), "net.ipv4.ip_forward", "1")?;
-        nft::apply(ns, "ip", &nft::node_ruleset(self.network(), self.prefix_len, &self.bridge))
+        self.set_peer_cidrs(peer_cidrs)
+    }
+
+    /// Replaces the `ip kumo` table: masquerade pod traffic leaving through anything but the bridge, except
+    /// to other nodes' pod CIDRs (`peer_cidrs`), so a pod on another node sees this pod's real address.
+    pub fn set_peer_cidrs(&self, peer_cidrs: &[Ipv4Cidr]) -> Result<()> {
+        nft::apply(self.netns.as_deref(), "ip", &nft::node_ruleset(self.pod_cidr, &self.bridge, peer_cidrs))
             .context("node nftables table (is the `nftables` package installed?)")
     }
 
-    /// Removes the node-level bridge and table (not the namespace given in `netns`). Forwarding stays on.
+    /// Makes this node's routes to other nodes' pod CIDRs exactly `routes` (block → that node's address), and
+    /// leaves every route it did not create alone. See [`super::routes`].
+    pub fn sync_routes(&self, routes: &BTreeMap<Ipv4Cidr, Ipv4Addr>) -> Result<RoutePlan> {
+        routes::sync(self.netns.as_deref(), routes)
+    }
+
+    /// Removes the node-level bridge, table and routes (not the namespace given in `netns`). Forwarding stays
+    /// on.
     pub fn remove(&self) -> Result<()> {
         let ns = self.netns.as_deref();
         if ns.is_some_and(|n| !netns::exists(n)) {
             return Ok(());
         }
+        routes::sync(ns, &BTreeMap::new())?;
         nft::delete(ns, "ip")?;
         del_link(ns, &self.bridge)
     }
@@ -241,17 +296,8 @@ impl NodeNet {
     /// Plumbs one VMI: namespace, veth to the node bridge, the binding's inner bridge and NAT, and the guest
     /// link. Safe to call again for the same VMI. Call [`NodeNet::ensure`] first.
     pub fn setup_vmi(&self, spec: &VmiSpec) -> Result<VmiNetwork> {
-        let net = self.network();
-        let mask = u32::from(dhcp::prefix_mask(self.prefix_len));
-        ensure!(
-            u32::from(spec.pod_ip) & mask == u32::from(net)
-                && spec.pod_ip != self.gateway
-                && spec.pod_ip != Ipv4Addr::from(u32::from(net) | !mask)
-                && spec.pod_ip != net,
-            "pod address {} is not a host address of {net}/{}",
-            spec.pod_ip,
-            self.prefix_len
-        );
+        let cidr = self.pod_cidr;
+        ensure!(self.is_guest_address(spec.pod_ip), "pod address {} is not a guest address of {cidr}", spec.pod_ip);
         let mac = match &spec.mac {
             Some(m) => {
                 let b = dhcp::parse_mac(m).with_context(|| format!("bad MAC {m:?}"))?;
@@ -261,8 +307,7 @@ impl NodeNet {
             }
             None => mac_for(&spec.uid),
         };
-        let ns = netns_name(&spec.uid);
-        let host_veth = host_veth_name(&spec.uid);
+        let (ns, host_veth) = self.vmi_names(&spec.uid);
         let node_ns = self.netns.as_deref();
         let mtu = self.mtu.map(|m| m.to_string());
 
@@ -289,13 +334,18 @@ impl NodeNet {
         }
         self.ip(&["link", "set", &host_veth, "up"])?;
 
-        let pod_cidr = format!("{}/{}", spec.pod_ip, self.prefix_len);
+        let (gateway, prefix_len) = (self.gateway(), self.pod_cidr.prefix_len());
+        let pod_cidr = format!("{}/{prefix_len}", spec.pod_ip);
         let (guest_ip, dhcp) = match &spec.binding {
             Binding::Masquerade { ports } => {
                 ip_in(&ns, &["link", "set", POD_IFACE, "nomaster"])?;
                 ip_in(&ns, &["addr", "replace", &pod_cidr, "dev", POD_IFACE])?;
                 ip_in(&ns, &["link", "set", POD_IFACE, "up"])?;
-                ip_in(&ns, &["route", "replace", "default", "via", &self.gateway.to_string(), "dev", POD_IFACE])?;
+                // A previous address (the pod CIDR changed) must not linger beside the new one.
+                for stale in ipv4_addrs(Some(&ns), POD_IFACE)?.into_iter().filter(|a| *a != pod_cidr) {
+                    ip_in(&ns, &["addr", "del", &stale, "dev", POD_IFACE])?;
+                }
+                ip_in(&ns, &["route", "replace", "default", "via", &gateway.to_string(), "dev", POD_IFACE])?;
                 let br_cidr = format!("{MASQ_GATEWAY}/{MASQ_PREFIX}");
                 ip_in(&ns, &["addr", "replace", &br_cidr, "dev", INNER_BRIDGE])?;
                 ip_in(&ns, &["link", "set", INNER_BRIDGE, "up"])?;
@@ -324,7 +374,7 @@ impl NodeNet {
                 // it out, and the next VMI given this address replaces it.
                 let pod = spec.pod_ip.to_string();
                 self.ip(&["neigh", "replace", &pod, "lladdr", &mac, "dev", &self.bridge, "nud", "reachable"])?;
-                let cfg = self.dhcp_config(BRIDGE_PLACEHOLDER, spec.pod_ip, self.prefix_len, self.gateway, &mac);
+                let cfg = self.dhcp_config(BRIDGE_PLACEHOLDER, spec.pod_ip, prefix_len, gateway, &mac);
                 (spec.pod_ip, cfg)
             }
         };
@@ -339,6 +389,14 @@ impl NodeNet {
             dhcp_iface: INNER_BRIDGE.into(),
             dhcp,
         })
+    }
+
+    /// Whether `addr` may be a guest's: inside the pod CIDR, neither its network, broadcast nor gateway address.
+    pub fn is_guest_address(&self, addr: Ipv4Addr) -> bool {
+        self.pod_cidr.contains(addr)
+            && addr != self.pod_cidr.network()
+            && addr != self.pod_cidr.last()
+            && addr != self.gateway()
     }
 
     fn dhcp_config(&self, server: Ipv4Addr, client: Ipv4Addr, prefix: u8, router: Ipv4Addr, mac: &str) -> DhcpConfig {
@@ -385,10 +443,10 @@ impl NodeNet {
     /// VMI's QEMU and DHCP server first: their file descriptors keep the namespace alive otherwise (the links
     /// are still deleted explicitly, so nothing stays attached to the node bridge either way).
     pub fn teardown_vmi(&self, uid: &str) -> Result<()> {
-        let ns = netns_name(uid);
+        let (ns, host_veth) = self.vmi_names(uid);
         let node_ns = self.netns.as_deref();
         if node_ns.is_none_or(netns::exists) {
-            del_link(node_ns, &host_veth_name(uid))?;
+            del_link(node_ns, &host_veth)?;
         }
         if netns::exists(&ns) {
             // Links go explicitly (an open fd can keep the namespace alive); its nft tables go with it.
@@ -412,9 +470,24 @@ mod tests {
     fn names_fit_and_are_stable() {
         let uid = "3f2b8c1e-9a7d-4e0f-b1c2-d3e4f5a6b7c8";
         assert_eq!(short_id(uid), "3f2b8c1e9a");
-        assert_eq!(netns_name(uid), "kumo-3f2b8c1e9a");
-        assert_eq!(host_veth_name(uid), "kv-3f2b8c1e9a");
-        assert!(host_veth_name(uid).len() <= 15);
+        let token = node_token("node-a");
+        assert_eq!(token.len(), 4);
+        assert_eq!(token, node_token("node-a"));
+        assert_ne!(token, node_token("node-b"));
+        assert_eq!(netns_name(&token, uid), format!("kumo-{token}-3f2b8c1e9a"));
+        assert_eq!(host_veth_name(&token, uid), format!("kv{token}-3f2b8c1e"));
+        assert_eq!(host_veth_name(&token, uid).len(), 15);
+        // Two nodes, one uid (a migration's source and target on one machine): nothing shared.
+        assert_ne!(netns_name(&token, uid), netns_name(&node_token("node-b"), uid));
+        assert_ne!(host_veth_name(&token, uid), host_veth_name(&node_token("node-b"), uid));
+        let net = NodeNet::new("node-a", "10.244.3.0/24".parse().unwrap()).unwrap();
+        assert_eq!(net.vmi_names(uid), (netns_name(&token, uid), host_veth_name(&token, uid)));
+        assert_eq!(net.gateway(), Ipv4Addr::new(10, 244, 3, 1));
+        assert!(net.is_guest_address(Ipv4Addr::new(10, 244, 3, 2)));
+        for not in [[10, 244, 3, 0], [10, 244, 3, 1], [10, 244, 3, 255], [10, 244, 4, 2]] {
+            assert!(!net.is_guest_address(Ipv4Addr::from(not)), "{not:?}");
+        }
+        assert!(NodeNet::new("n", "10.0.0.0/31".parse().unwrap()).is_err());
         let odd = short_id("My VMI/uid!");
         assert_eq!(odd.len(), 10);
         assert!(odd.chars().all(|c| c.is_ascii_hexdigit()));

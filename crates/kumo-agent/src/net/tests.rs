@@ -11,19 +11,24 @@ use std::time::{Duration, Instant};
 use super::netns::{self, in_netns, run};
 use super::*;
 
-fn prerequisites(test: &str) -> bool {
+/// Fails the test (never skips it) unless it runs as root with `ip`, `nft` and `busybox` installed.
+pub(super) fn prerequisites(test: &str) -> bool {
     let have = |p: &str| {
         Command::new("sh").args(["-c", &format!("command -v {p}")]).output().is_ok_and(|o| o.status.success())
     };
     let missing: Vec<&str> = ["ip", "nft", "busybox"].into_iter().filter(|p| !have(p)).collect();
-    if !nix::unistd::Uid::effective().is_root() || !missing.is_empty() {
-        eprintln!("SKIP {test}: needs root and {missing:?} (apt-get install nftables busybox)");
-        return false;
-    }
+    assert!(
+        nix::unistd::Uid::effective().is_root() && missing.is_empty(),
+        "{test} needs root and iproute2, nftables and busybox (missing: {missing:?}): apt-get install iproute2 \
+         nftables busybox, and run the tests as root"
+    );
     true
 }
 
-fn unique(prefix: &str) -> String {
+/// The pod CIDR of the simulated node.
+const POD_CIDR: &str = "10.244.0.0/24";
+
+pub(super) fn unique(prefix: &str) -> String {
     format!("{prefix}{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
@@ -39,13 +44,16 @@ struct Env {
 impl Env {
     fn new() -> Env {
         let env = Env {
-            node: NodeNet { netns: Some(unique("kt-node-")), ..NodeNet::default() },
+            node: NodeNet {
+                netns: Some(unique("kt-node-")),
+                ..NodeNet::new("test-node", POD_CIDR.parse().unwrap()).unwrap()
+            },
             guest_ns: unique("kt-guest-"),
             outside_ns: unique("kt-out-"),
             uids: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
         };
-        env.node.ensure().unwrap();
+        env.node.ensure(&[]).unwrap();
         netns::add(&env.guest_ns).unwrap();
         netns::add(&env.outside_ns).unwrap();
         // The node's uplink to "the outside": node up0 198.18.0.1/24 ⇄ outside out0 198.18.0.2/24.
@@ -74,7 +82,7 @@ impl Env {
     fn spec(&mut self, binding: Binding, peer: &str) -> VmiSpec {
         let uid = uuid::Uuid::new_v4().to_string();
         self.uids.push(uid.clone());
-        let pod_ip = Ipam::new(self.dir.path()).allocate(&uid).unwrap();
+        let pod_ip = Ipam::for_cidr(self.dir.path(), self.node.pod_cidr).unwrap().allocate(&uid).unwrap();
         let link = GuestLink::Veth { peer_netns: self.guest_ns.clone(), peer_name: peer.into() };
         VmiSpec { uid, binding, pod_ip, mac: None, link }
     }
@@ -144,7 +152,7 @@ fn env_var<'a>(env: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Listens on `addr` inside `ns`; a thread answers the first connection with "hello <peer>" and returns the peer.
-fn answer_once(ns: &Path, addr: SocketAddrV4) -> std::thread::JoinHandle<Option<SocketAddr>> {
+pub(super) fn answer_once(ns: &Path, addr: SocketAddrV4) -> std::thread::JoinHandle<Option<SocketAddr>> {
     let listener = in_netns(ns, || TcpListener::bind(addr)).unwrap();
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
@@ -164,7 +172,7 @@ fn answer_once(ns: &Path, addr: SocketAddrV4) -> std::thread::JoinHandle<Option<
 }
 
 /// Connects to `addr` from inside `ns` and reads the answer.
-fn fetch(ns: &Path, addr: SocketAddrV4) -> std::io::Result<String> {
+pub(super) fn fetch(ns: &Path, addr: SocketAddrV4) -> std::io::Result<String> {
     in_netns(ns, || {
         let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -350,4 +358,24 @@ fn bridge_dhcp_stays_inside_the_vmi() {
     assert_eq!(env_var(&lease, "ip"), Some(a.pod_ip.to_string().as_str()));
     dhcp_a.stop();
     dhcp_b.stop();
+}
+
+/// A guest plumbed by an agent from before per-node tokens keeps its names, so the upgraded agent reattaches
+/// to it and cleans it up; new guests get the token names.
+#[test]
+fn names_from_an_older_agent_are_kept() {
+    if !prerequisites("names_from_an_older_agent_are_kept") {
+        return;
+    }
+    let mut env = Env::new();
+    let spec = env.spec(Binding::Masquerade { ports: vec![] }, "g0");
+    let short = super::setup::short_id(&spec.uid);
+    let legacy = format!("kumo-{short}");
+    netns::add(&legacy).unwrap();
+    let net = env.node.setup_vmi(&spec).unwrap();
+    assert_eq!((net.netns_name.as_str(), net.host_veth.as_str()), (legacy.as_str(), format!("kv-{short}").as_str()));
+    assert!(!netns::exists(&netns_name(&env.node.token, &spec.uid)), "a second namespace for the same guest");
+    env.node.teardown_vmi(&spec.uid).unwrap();
+    assert_gone(&env, &net);
+    assert_eq!(env.node.vmi_names(&spec.uid).0, netns_name(&env.node.token, &spec.uid));
 }

@@ -4,6 +4,7 @@
 use super::translate::{interfaces, Prepared};
 use crate::cloudinit::{self, CloudInitData, SecretData};
 use crate::image::{create_empty_disk, create_overlay, ImageCache, PullPolicy, RegistryConfig};
+use crate::net::ipam::OutsideRange;
 use crate::net::{Binding, GuestLink, Ipam, NodeNet, Proto, VmiNetwork, VmiSpec};
 use crate::qemu::{DiskFormat, KernelBoot};
 use k8s_openapi::api::core::v1::Secret;
@@ -69,8 +70,11 @@ pub fn network(ctx: &PrepareCtx, vmi: &VirtualMachineInstance) -> Result<Option<
         ));
     }
     let uid = uid(vmi);
-    let pod_ip =
-        ctx.ipam.allocate(uid).map_err(|e| PrepareError::new("NetworkError", format!("allocating a pod IP: {e:#}")))?;
+    let pod_ip = ctx.ipam.allocate(uid).map_err(|e| match e.downcast_ref::<OutsideRange>() {
+        // It cannot keep an address that other nodes now route elsewhere; failing lets its VM start it afresh.
+        Some(o) => PrepareError::new("PodCIDRChanged", format!("{o}: the VMI cannot keep it")),
+        None => PrepareError::new("NetworkError", format!("allocating a pod IP: {e:#}")),
+    })?;
     let spec_net = VmiSpec {
         uid: uid.to_string(),
         binding: binding(iface),

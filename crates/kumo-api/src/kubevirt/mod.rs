@@ -30,6 +30,10 @@ pub const PAUSE_ANNOTATION: &str = "kumo.dev/paused";
 /// API server pins when it proxies a console.
 pub const CONSOLE_ENDPOINT_ANNOTATION: &str = "kumo.dev/console-endpoint";
 pub const CONSOLE_FINGERPRINT_ANNOTATION: &str = "kumo.dev/console-cert-sha256";
+/// On a Node: how long its agent may go without renewing its Lease before its watchdog kills its guests. The
+/// control plane fails the node's VMIs over only after the grace period plus this; a node without it (no
+/// fencing) never has its VMIs failed over.
+pub const FENCING_PERIOD_ANNOTATION: &str = "kumo.dev/fencing-period-seconds";
 
 const VMI_SPEC: &str = include_str!("../../crds/kubevirt-vmi-spec.yaml");
 const VMI_STATUS: &str = include_str!("../../crds/kubevirt-vmi-status.yaml");

@@ -89,7 +89,7 @@ pub async fn patch(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Re
         (meta::now_rfc3339(), def.api_version(), list_types(def), opts.manager.clone());
     let aopts = apply::ApplyOptions { manager: &manager, force, now: &now, api_version: &api_version, lists: &*lists };
     // Retry on a concurrent write, as Kubernetes does for patches without a resourceVersion precondition.
-    for attempt in 0..8 {
+    for attempt in 0..PATCH_ATTEMPTS {
         let current = match api.objects.try_get(def, call.namespace(), call.name()).await? {
             Some(c) => c,
             None if pt == PatchType::Apply && sub.is_none() => {
@@ -131,7 +131,13 @@ pub async fn patch(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Re
             return Err(ApiError::bad_request("the patch did not produce an object"));
         }
         let mut new = new;
-        let precondition = meta::resource_version(&new).to_string();
+        // Only a resourceVersion the patch itself names is a precondition: otherwise `new` just carries the one
+        // of the object it was computed from, and a conflict means applying the patch to the newer object.
+        let names_rv = match pt {
+            PatchType::Json => patch_doc.as_array().is_some_and(|ops| ops.iter().any(|op| op["path"] == RV_PATH)),
+            _ => patch_doc.pointer(RV_PATH).is_some_and(|v| !v.is_null()),
+        };
+        let precondition = if names_rv { meta::resource_version(&new).to_string() } else { String::new() };
         if !precondition.is_empty() && precondition != meta::resource_version(&current) {
             return Err(ApiError::stale(&def.group, &def.plural, call.name()));
         }
@@ -144,16 +150,22 @@ pub async fn patch(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Re
             ));
         }
         meta::set_meta(&mut new, "resourceVersion", json!(meta::resource_version(&current)));
+        let may_retry = precondition.is_empty() && attempt + 1 < PATCH_ATTEMPTS;
         match rest::update(api, def, call.namespace(), &current, new, sub.as_deref(), &mut opts, pt == PatchType::Apply)
             .await
         {
             Ok((out, _)) => return Ok(respond(StatusCode::OK, def, out, call, &opts.warnings)),
-            Err(e) if e.code == 409 && e.reason == "Conflict" && precondition.is_empty() && attempt < 7 => continue,
+            Err(e) if e.code == 409 && e.reason == "Conflict" && may_retry => continue,
             Err(e) => return Err(e),
         }
     }
     Err(ApiError::stale(&def.group, &def.plural, call.name()))
 }
+
+const RV_PATH: &str = "/metadata/resourceVersion";
+/// Tries of a patch without a precondition against concurrent writers: each loses only to a write that
+/// succeeded, so running out takes a crowd writing one object at once.
+const PATCH_ATTEMPTS: usize = 32;
 
 /// An applied configuration must name the object being patched and its kind.
 fn check_apply_identity(def: &ResourceDef, call: &Call, config: &Value) -> Result<(), ApiError> {
