@@ -129,6 +129,13 @@ enum Command {
         /// API server replicas to use, failing over between them (default: the kubeconfig's server).
         #[arg(long = "server", value_name = "URL[,URL...]")]
         servers: Vec<String>,
+        /// Act at once, without electing a leader among `kumo controllers` processes: for tests (racing
+        /// schedulers), and for clusters that elect by other means. Writes stay safe (compare-and-swap), but
+        /// every process acts, and events may be doubled.
+        #[arg(long)]
+        no_leader_elect: bool,
+        #[command(flatten)]
+        scheduler: SchedulerArgs,
     },
 }
 
@@ -148,6 +155,21 @@ enum TokenAction {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Clone)]
+struct SchedulerArgs {
+    /// vCPUs per physical CPU when placing VMIs: a VMI without a cpu request takes 1/RATIO of a node's cpu per
+    /// vCPU (KubeVirt's cpuAllocationRatio).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    cpu_allocation_ratio: u32,
+}
+
+impl SchedulerArgs {
+    fn config(&self) -> kumo_controllers::Config {
+        let scheduler = kumo_controllers::sched::Config { cpu_allocation_ratio: self.cpu_allocation_ratio };
+        kumo_controllers::Config { scheduler }
+    }
 }
 
 #[derive(clap::Args)]
@@ -199,6 +221,8 @@ struct ServerArgs {
     /// Do not run the controllers in this process (run `kumo controllers` elsewhere instead).
     #[arg(long)]
     no_controllers: bool,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
     /// Do not run a node agent in this process (this machine runs no guests).
     #[arg(long)]
     no_agent: bool,
@@ -321,11 +345,14 @@ async fn main() -> Result<()> {
             let ns = target.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
             virtctl::console(config, &ns, &name).await
         }
-        Command::Controllers { kubeconfig, servers } => {
+        Command::Controllers { kubeconfig, servers, no_leader_elect, scheduler } => {
             let client = client::client(kube_config(kubeconfig.as_deref()).await?, &servers)?;
+            if no_leader_elect {
+                return kumo_controllers::run(client, scheduler.config()).await;
+            }
             // Several `kumo controllers` may run for availability; one acts at a time.
             let leading = leader::elect(client.clone(), leader::Config::new(CONTROLLERS_LEASE));
-            leader::while_leading(leading, || kumo_controllers::run(client.clone())).await;
+            leader::while_leading(leading, || kumo_controllers::run(client.clone(), scheduler.config())).await;
             Ok(())
         }
     }
@@ -405,7 +432,8 @@ async fn server(args: ServerArgs) -> Result<()> {
     if !args.no_controllers {
         // The controllers talk to this server through the API like any other client.
         let leading = leader::elect(self_client.clone(), leader::Config::new(CONTROLLERS_LEASE).identity(&id));
-        tokio::spawn(leader::while_leading(leading, move || kumo_controllers::run(self_client.clone())));
+        let cfg = args.scheduler.config();
+        tokio::spawn(leader::while_leading(leading, move || kumo_controllers::run(self_client.clone(), cfg.clone())));
     }
     if !args.no_agent {
         let client = client_from(Some(&running.kubeconfig)).await?;
