@@ -1,19 +1,27 @@
 //! Running the controllers with kube-rs: watch, fetch what a plan needs, apply the plan through the API,
-//! record events. All decisions live in [`crate::vm`] and [`crate::vmi`].
+//! record events. All decisions live in [`crate::vm`], [`crate::vmi`] and [`crate::sched`].
+//!
+//! The scheduler reads nodes, VMIs and namespaces from watch caches. Its caches may lag, and other schedulers
+//! may run (two `kumo controllers`, or two replicas during a leader change), so each VMI status write is a
+//! compare-and-swap on the resourceVersion the plan was made from: a 409 means someone acted first, and the
+//! VMI is read again and planned again. Within this process, choices are made one at a time, and each binding
+//! counts (as "assumed", like kube-scheduler's) until the cache shows it.
 
+use crate::sched::{self, Cluster};
 use crate::{vm, vmi};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, ObjectReference};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
-use kumo_api::kubevirt::{VirtualMachine, VirtualMachineInstance};
+use kumo_api::kubevirt::{VirtualMachine, VirtualMachineInstance, NODE_NAME_LABEL};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,38 +31,88 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("encoding: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("watch cache: {0}")]
+    Cache(#[from] reflector::store::WriterDropped),
 }
 
 pub struct Ctx {
     client: Client,
     recorder: Recorder,
+    sched: sched::Config,
+    vmis: Store<VirtualMachineInstance>,
+    nodes: Store<Node>,
+    namespaces: Store<Namespace>,
+    /// Held while choosing a node and binding, so this process's choices see each other. It holds the
+    /// bindings made that the VMI cache has not shown yet (by uid).
+    assumed: tokio::sync::Mutex<HashMap<String, Arc<VirtualMachineInstance>>>,
 }
 
 use kumo_api::meta::now_rfc3339 as now;
 
-/// Runs every controller until the process ends.
-pub async fn run(client: Client) -> anyhow::Result<()> {
+/// How often a VMI that fits nowhere is looked at again (also whenever a Node or Namespace changes).
+const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(5);
+/// Conflicts (409) in a row before giving the VMI back to the queue.
+const CONFLICT_RETRIES: usize = 5;
+
+/// Runs the VM and VMI controllers until the process ends.
+pub async fn run(client: Client, sched: sched::Config) -> anyhow::Result<()> {
     let reporter = Reporter { controller: "kumo-controllers".into(), instance: std::env::var("HOSTNAME").ok() };
-    let ctx = Arc::new(Ctx { client: client.clone(), recorder: Recorder::new(client.clone(), reporter) });
     let vms = Api::<VirtualMachine>::all(client.clone());
     let vmis = Api::<VirtualMachineInstance>::all(client.clone());
+    let (nodes, node_writer) = reflector::store();
+    let (namespaces, ns_writer) = reflector::store();
+    let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(node_writer)
+        .touched_objects();
+    let ns_events = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(ns_writer)
+        .touched_objects();
+    let vmi_controller = Controller::new(vmis.clone(), watcher::Config::default());
+    let vmi_store = vmi_controller.store();
+    // Said once the scheduler sees the cluster (tests wait for it before racing schedulers).
+    let synced = {
+        let (nodes, vmis) = (nodes.clone(), vmi_store.clone());
+        async move {
+            if nodes.wait_until_ready().await.is_ok() && vmis.wait_until_ready().await.is_ok() {
+                tracing::info!("scheduler caches synced: {} nodes, {} VMIs", nodes.len(), vmis.len());
+            }
+        }
+    };
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        sched,
+        vmis: vmi_store.clone(),
+        nodes,
+        namespaces,
+        assumed: Default::default(),
+    });
     let vm_controller = Controller::new(vms, watcher::Config::default())
-        .owns(vmis.clone(), watcher::Config::default())
+        .owns(vmis, watcher::Config::default())
         .run(reconcile_vm, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!("vm controller: {e}");
             }
         });
-    let vmi_controller = Controller::new(vmis, watcher::Config::default())
+    let vmi_controller = vmi_controller
+        .watches_stream(node_events, waiting(vmi_store.clone()))
+        .watches_stream(ns_events, waiting(vmi_store))
         .run(reconcile_vmi, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!("vmi controller: {e}");
             }
         });
-    tokio::join!(vm_controller, vmi_controller);
+    let (_, _, ()) = tokio::join!(vm_controller, vmi_controller, synced);
     Ok(())
+}
+
+/// A Node or Namespace change may make room (or a match) for the VMIs waiting for a node: look at those again.
+fn waiting<T>(vmis: Store<VirtualMachineInstance>) -> impl Fn(T) -> Vec<ObjectRef<VirtualMachineInstance>> {
+    move |_| vmis.state().into_iter().filter(|v| vmi::wants_node(v)).map(|v| ObjectRef::from_obj(&*v)).collect()
 }
 
 fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Ctx>) -> Action {
@@ -78,24 +136,34 @@ async fn publish(ctx: &Ctx, reference: &ObjectReference, events: &[vm::Event]) {
 }
 
 /// Merge-patches `status` from `old` to `new`, nulling keys that disappeared (a merge patch only removes what
-/// it names).
-async fn patch_status<K, S>(api: &Api<K>, name: &str, old: Option<&S>, new: &S) -> Result<(), Error>
+/// it names). With `resource_version`, the write is a compare-and-swap: 409 if the object changed since.
+/// Returns the object written, or None when there was nothing to write.
+async fn patch_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    old: Option<&S>,
+    new: &S,
+    resource_version: Option<&str>,
+) -> Result<Option<K>, kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize,
 {
-    let old = old.map(serde_json::to_value).transpose()?.unwrap_or(json!({}));
-    let mut patch = serde_json::to_value(new)?;
+    let old = old.map(serde_json::to_value).transpose().map_err(kube::Error::SerdeError)?.unwrap_or(json!({}));
+    let mut patch = serde_json::to_value(new).map_err(kube::Error::SerdeError)?;
     if old == patch {
-        return Ok(());
+        return Ok(None);
     }
     if let (Some(o), Some(p)) = (old.as_object(), patch.as_object_mut()) {
         for k in o.keys() {
             p.entry(k.clone()).or_insert(Value::Null);
         }
     }
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": patch}))).await?;
-    Ok(())
+    let mut body = json!({"status": patch});
+    if let Some(rv) = resource_version {
+        body["metadata"] = json!({"resourceVersion": rv});
+    }
+    Ok(Some(api.patch_status(name, &PatchParams::default(), &Patch::Merge(body)).await?))
 }
 
 async fn reconcile_vm(vm_obj: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -127,7 +195,7 @@ async fn reconcile_vm(vm_obj: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Acti
     }
     publish(&ctx, &vm_obj.object_ref(&()), &plan.events).await;
     if vm_obj.meta().deletion_timestamp.is_none() {
-        patch_status(&vms, &name, vm_obj.status.as_ref(), &plan.status).await?;
+        patch_status(&vms, &name, vm_obj.status.as_ref(), &plan.status, None).await?;
     }
     // Act again soon after changing something, so e.g. a replaced VMI is recreated once the old one is gone;
     // when a crash-loop backoff ends; otherwise now and then.
@@ -139,26 +207,107 @@ async fn reconcile_vm(vm_obj: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Acti
 }
 
 async fn reconcile_vmi(vmi_obj: Arc<VirtualMachineInstance>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let ns = vmi_obj.namespace().unwrap_or_default();
-    let vmis = Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), &ns);
-    let (nodes, used) = if matches!(vmi_obj.phase(), "" | "Pending" | "Scheduling") {
-        let nodes = Api::<Node>::all(ctx.client.clone()).list(&ListParams::default()).await?.items;
-        let mut used: HashMap<String, u64> = HashMap::new();
-        let all = Api::<VirtualMachineInstance>::all(ctx.client.clone()).list(&ListParams::default()).await?;
-        for other in &all.items {
-            if let Some(n) = other.node_name() {
-                *used.entry(n.to_string()).or_default() += vmi::memory_request(other);
+    let api = Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), &vmi_obj.namespace().unwrap_or_default());
+    let mut current = vmi_obj;
+    for _ in 0..CONFLICT_RETRIES {
+        match apply_vmi_plan(&ctx, &api, &current).await? {
+            Some(action) => return Ok(action),
+            // Someone wrote the VMI since it was read (another scheduler, the agent): read it and plan again.
+            None => match api.get_opt(&current.name_any()).await? {
+                Some(fresh) if fresh.uid() == current.uid() => current = Arc::new(fresh),
+                _ => return Ok(Action::await_change()),
+            },
+        }
+    }
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+fn code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// Plans `vmi` and writes the plan: Some(next action), or None when a write met a newer version (409).
+async fn apply_vmi_plan(
+    ctx: &Ctx,
+    api: &Api<VirtualMachineInstance>,
+    vmi: &Arc<VirtualMachineInstance>,
+) -> Result<Option<Action>, Error> {
+    let uid = vmi.uid().unwrap_or_default();
+    let plan = if vmi::wants_node(vmi) {
+        let mut assumed = ctx.assumed.lock().await;
+        if assumed.contains_key(&uid) {
+            // Bound by this process already; the cache is behind. Read it instead of choosing again.
+            return Ok(None);
+        }
+        ctx.nodes.wait_until_ready().await?;
+        ctx.namespaces.wait_until_ready().await?;
+        let (nodes, namespaces) = (ctx.nodes.state(), ctx.namespaces.state());
+        let vmis = with_assumed(ctx.vmis.state(), &mut assumed);
+        let cluster = Cluster {
+            nodes: nodes.iter().map(AsRef::as_ref).collect(),
+            vmis: vmis.iter().map(AsRef::as_ref).collect(),
+            namespaces: namespaces.iter().map(|n| (n.name_any(), n.labels().clone())).collect(),
+            config: ctx.sched.clone(),
+            tiebreak: rand::random(),
+        };
+        let plan = vmi::plan(vmi, &cluster, &now());
+        // Counted from now on by this process's later choices; forgotten again if the write fails.
+        if let Some(st) = plan.status.as_ref().filter(|s| s.node_name.is_some()) {
+            let mut bound = (**vmi).clone();
+            bound.status = Some(st.clone());
+            assumed.insert(uid.clone(), Arc::new(bound));
+        }
+        plan
+    } else {
+        vmi::plan(vmi, &Cluster::default(), &now())
+    };
+    let mut latest = vmi.clone();
+    if let Some(status) = &plan.status {
+        let rv = vmi.resource_version();
+        match patch_status(api, &vmi.name_any(), vmi.status.as_ref(), status, rv.as_deref()).await {
+            Ok(written) => latest = written.map(Arc::new).unwrap_or(latest),
+            Err(e) => {
+                ctx.assumed.lock().await.remove(&uid);
+                return match code(&e) {
+                    Some(409) => Ok(None),
+                    Some(404) => Ok(Some(Action::await_change())),
+                    _ => Err(e.into()),
+                };
             }
         }
-        (nodes, used)
-    } else {
-        (vec![], HashMap::new())
-    };
-    let plan = vmi::plan(&vmi_obj, &nodes, &used, &now());
-    // Status first: the agent waits for it, and an event should describe what was written.
-    if let Some(status) = &plan.status {
-        patch_status(&vmis, &vmi_obj.name_any(), vmi_obj.status.as_ref(), status).await?;
     }
-    publish(&ctx, &vmi_obj.object_ref(&()), &plan.events).await;
-    Ok(if plan.retry { Action::requeue(Duration::from_secs(3)) } else { Action::requeue(Duration::from_secs(300)) })
+    // After the status: an event should describe what was written, and only the writer tells.
+    publish(ctx, &vmi.object_ref(&()), &plan.events).await;
+    if let Some(change) = &plan.label {
+        // A compare-and-swap as well: the label must follow the status of the very object it was planned from
+        // (not, say, a newer VMI of the same name).
+        let value = match change {
+            vmi::LabelChange::Set(node) => json!(node),
+            vmi::LabelChange::Remove => Value::Null,
+        };
+        let patch =
+            json!({"metadata": {"resourceVersion": latest.resource_version(), "labels": {NODE_NAME_LABEL: value}}});
+        if let Err(e) = api.patch(&latest.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+            return match code(&e) {
+                Some(409) => Ok(None),
+                Some(404) => Ok(Some(Action::await_change())),
+                _ => Err(e.into()),
+            };
+        }
+    }
+    Ok(Some(if plan.retry { Action::requeue(UNSCHEDULABLE_RETRY) } else { Action::requeue(Duration::from_secs(300)) }))
+}
+
+/// The cached VMIs, with this process's bindings the cache has not shown yet; forgets the bindings it shows
+/// (and those of VMIs gone).
+fn with_assumed(
+    cached: Vec<Arc<VirtualMachineInstance>>,
+    assumed: &mut HashMap<String, Arc<VirtualMachineInstance>>,
+) -> Vec<Arc<VirtualMachineInstance>> {
+    let unbound: HashSet<String> = cached.iter().filter(|v| v.node_name().is_none()).filter_map(|v| v.uid()).collect();
+    assumed.retain(|uid, _| unbound.contains(uid));
+    cached.into_iter().map(|v| v.uid().and_then(|u| assumed.get(&u).cloned()).unwrap_or(v)).collect()
 }

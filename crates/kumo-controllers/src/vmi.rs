@@ -1,43 +1,58 @@
-//! The VirtualMachineInstance controller's decisions: move a new VMI through Pending and Scheduling, and pick
-//! the node it runs on (Ready, schedulable, matching nodeSelector and required node affinity, tolerating
-//! taints, with memory to spare). Pure: no I/O.
+//! The VirtualMachineInstance controller's decisions: move a new VMI through Pending and Scheduling to a node
+//! ([`crate::sched`] picks it), say why when none fits, and keep KubeVirt's `kubevirt.io/nodeName` label equal
+//! to `status.nodeName` (node agents watch their VMIs by it). Pure: no I/O.
 
+use crate::sched::{self, Cluster};
 use crate::vm::Event;
-use k8s_openapi::api::core::v1::{Node, NodeSelectorTerm};
 use kumo_api::conditions;
-use kumo_api::kubevirt::{VirtualMachineInstance, VirtualMachineInstanceStatus};
-use kumo_api::quantity;
-use std::collections::{BTreeMap, HashMap};
+use kumo_api::kubevirt::{VirtualMachineInstance, VirtualMachineInstanceStatus, NODE_NAME_LABEL};
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
-    /// The VMI's new status, when it changes.
+    /// The VMI's new status, when it changes. The runtime writes it as a compare-and-swap on the
+    /// resourceVersion the plan was made from, so a binding is never made twice or on a stale view.
     pub status: Option<VirtualMachineInstanceStatus>,
+    /// The node label to write after the status, when it differs from `status.nodeName`.
+    pub label: Option<LabelChange>,
     pub events: Vec<Event>,
-    /// Try again later (e.g. no node fits yet).
+    /// Try again later (no node fits yet).
     pub retry: bool,
 }
 
-/// Memory a VMI asks for: `resources.requests.memory`, else `memory.guest`, else 0.
-pub fn memory_request(vmi: &VirtualMachineInstance) -> u64 {
-    let domain = &vmi.spec.domain;
-    let requested = domain.resources.as_ref().and_then(|r| r.requests.as_ref()).and_then(|r| r.get("memory"));
-    requested
-        .or(domain.memory.as_ref().and_then(|m| m.guest.as_ref()))
-        .and_then(|q| quantity::parse(&q.0).ok())
-        .unwrap_or(0)
+#[derive(Clone, Debug, PartialEq)]
+pub enum LabelChange {
+    Set(String),
+    /// An unscheduled VMI carries no node label, so no node's agent lists it.
+    Remove,
 }
 
-/// `used`: memory already requested by VMIs on each node.
-pub fn plan(vmi: &VirtualMachineInstance, nodes: &[Node], used: &HashMap<String, u64>, now: &str) -> Plan {
-    let mut p = Plan { status: None, events: vec![], retry: false };
-    if vmi.metadata.deletion_timestamp.is_some() {
+/// Whether the VMI is waiting for a node (the only case where [`plan`] reads the [`Cluster`]).
+pub fn wants_node(vmi: &VirtualMachineInstance) -> bool {
+    vmi.metadata.deletion_timestamp.is_none()
+        && vmi.node_name().is_none()
+        && matches!(vmi.phase(), "" | "Pending" | "Scheduling")
+}
+
+/// The change that makes the node label say `node`.
+fn label_for(vmi: &VirtualMachineInstance, node: Option<&str>) -> Option<LabelChange> {
+    let have = vmi.metadata.labels.as_ref().and_then(|l| l.get(NODE_NAME_LABEL)).map(String::as_str);
+    match node {
+        _ if have == node => None,
+        Some(n) => Some(LabelChange::Set(n.to_string())),
+        None => Some(LabelChange::Remove),
+    }
+}
+
+/// `cluster` is read only when [`wants_node`] holds.
+pub fn plan(vmi: &VirtualMachineInstance, cluster: &Cluster, now: &str) -> Plan {
+    let mut p = Plan::default();
+    // Every VMI with a node keeps the label, deleting and finished ones too: their agent finds the VMIs it
+    // must stop or clean up by it.
+    if !wants_node(vmi) {
+        p.label = label_for(vmi, vmi.node_name());
         return p;
     }
     let phase = vmi.phase();
-    if !matches!(phase, "" | "Pending" | "Scheduling") {
-        return p;
-    }
     // A new VMI moves Pending → Scheduling → Scheduled in one write when a node fits (each transition is
     // still recorded): fewer round trips between creation and the agent starting the guest.
     // Entering Pending and Scheduling is an event too (Scheduled has its own, with the node).
@@ -57,7 +72,7 @@ pub fn plan(vmi: &VirtualMachineInstance, nodes: &[Node], used: &HashMap<String,
         }
         st
     };
-    match pick_node(vmi, nodes, used) {
+    match sched::schedule(vmi, cluster) {
         Ok(node) => {
             let mut st = through("Scheduled", &mut p.events);
             st.node_name = Some(node.clone());
@@ -65,6 +80,7 @@ pub fn plan(vmi: &VirtualMachineInstance, nodes: &[Node], used: &HashMap<String,
             conditions::set(&mut conds, "PodScheduled", "True", "", "", now);
             st.conditions = Some(conds);
             p.status = Some(st);
+            p.label = label_for(vmi, Some(&node));
             p.events.push(Event {
                 warning: false,
                 reason: "Scheduled",
@@ -73,6 +89,7 @@ pub fn plan(vmi: &VirtualMachineInstance, nodes: &[Node], used: &HashMap<String,
         }
         Err(why) => {
             p.retry = true;
+            p.label = label_for(vmi, None);
             let same = vmi
                 .conditions()
                 .iter()
@@ -91,136 +108,19 @@ pub fn plan(vmi: &VirtualMachineInstance, nodes: &[Node], used: &HashMap<String,
     p
 }
 
-fn node_ready(n: &Node) -> bool {
-    let conds = n.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
-    conds.iter().find(|c| c.type_ == "Ready").is_some_and(|c| c.status == "True")
-}
-
-fn pick_node(vmi: &VirtualMachineInstance, nodes: &[Node], used: &HashMap<String, u64>) -> Result<String, String> {
-    let want = memory_request(vmi);
-    let mut reasons: HashMap<&'static str, usize> = HashMap::new();
-    let mut best: Option<(u64, String)> = None;
-    for n in nodes {
-        let name = n.metadata.name.clone().unwrap_or_default();
-        let free = n
-            .status
-            .as_ref()
-            .and_then(|s| s.allocatable.as_ref())
-            .and_then(|a| a.get("memory"))
-            .and_then(|q| quantity::parse(&q.0).ok())
-            .map(|a| a.saturating_sub(*used.get(&name).unwrap_or(&0)));
-        let why = if !node_ready(n) {
-            Some("node(s) were not ready")
-        } else if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
-            Some("node(s) were unschedulable")
-        } else if !selector_matches(vmi, n) {
-            Some("node(s) didn't match Pod's node affinity/selector")
-        } else if !tolerates(vmi, n) {
-            Some("node(s) had untolerated taint")
-        } else if free.is_some_and(|f| f < want) {
-            Some("Insufficient memory")
-        } else {
-            None
-        };
-        match why {
-            Some(r) => *reasons.entry(r).or_default() += 1,
-            None => {
-                let score = free.unwrap_or(u64::MAX);
-                if best.as_ref().is_none_or(|(b, _)| score > *b) {
-                    best = Some((score, name));
-                }
-            }
-        }
-    }
-    best.map(|(_, n)| n).ok_or_else(|| {
-        let mut parts: Vec<String> = reasons.iter().map(|(r, c)| format!("{c} {r}")).collect();
-        parts.sort();
-        format!("0/{} nodes are available: {}.", nodes.len(), parts.join(", "))
-    })
-}
-
-fn selector_matches(vmi: &VirtualMachineInstance, node: &Node) -> bool {
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    let selector_ok =
-        vmi.spec.node_selector.as_ref().is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
-    let terms = vmi
-        .spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref())
-        .map(|required| &required.node_selector_terms);
-    // Terms are ORed; expressions within a term are ANDed.
-    let affinity_ok = terms.is_none_or(|ts| ts.is_empty() || ts.iter().any(|t| term_matches(t, labels)));
-    selector_ok && affinity_ok
-}
-
-fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>) -> bool {
-    term.match_expressions.iter().flatten().all(|e| {
-        let have = labels.get(&e.key).map(String::as_str);
-        let values: Vec<&str> = e.values.iter().flatten().map(String::as_str).collect();
-        match e.operator.as_str() {
-            "In" => have.is_some_and(|h| values.contains(&h)),
-            "NotIn" => have.is_none_or(|h| !values.contains(&h)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            op @ ("Gt" | "Lt") => {
-                let (Some(h), Some(v)) =
-                    (have.and_then(|h| h.parse::<i64>().ok()), values.first().and_then(|v| v.parse::<i64>().ok()))
-                else {
-                    return false;
-                };
-                if op == "Gt" {
-                    h > v
-                } else {
-                    h < v
-                }
-            }
-            _ => false,
-        }
-    })
-}
-
-/// An unset field matches as `""`, as in Kubernetes' taint rules.
-fn or_empty(f: &Option<String>) -> &str {
-    f.as_deref().unwrap_or("")
-}
-
-fn tolerates(vmi: &VirtualMachineInstance, node: &Node) -> bool {
-    let tolerations = vmi.spec.tolerations.as_deref().unwrap_or_default();
-    let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default();
-    taints.iter().all(|taint| {
-        let effect = taint.effect.as_str();
-        if effect == "PreferNoSchedule" {
-            return true;
-        }
-        tolerations.iter().any(|t| {
-            let (key, op) = (or_empty(&t.key), or_empty(&t.operator));
-            let key_ok = key.is_empty() && op == "Exists" || key == taint.key;
-            let value_ok = op == "Exists" || or_empty(&t.value) == or_empty(&taint.value);
-            let effect_ok = or_empty(&t.effect).is_empty() || or_empty(&t.effect) == effect;
-            key_ok && value_ok && effect_ok
-        })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Node;
     use serde_json::{json, Value};
 
     fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
         serde_json::from_value(v).expect("a valid object")
     }
 
-    fn node_json(name: &str, ready: bool) -> Value {
-        json!({"metadata": {"name": name, "labels": {"zone": "a"}},
-            "status": {"allocatable": {"memory": "1Gi"}, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
-    }
-
-    fn node(name: &str, ready: bool) -> Node {
-        typed(node_json(name, ready))
+    fn node(name: &str) -> Node {
+        typed(json!({"metadata": {"name": name},
+            "status": {"allocatable": {"memory": "1Gi", "cpu": "1"}, "conditions": [{"type": "Ready", "status": "True"}]}}))
     }
 
     fn vmi_json(phase: &str) -> Value {
@@ -229,6 +129,10 @@ mod tests {
 
     fn vmi(phase: &str) -> VirtualMachineInstance {
         typed(vmi_json(phase))
+    }
+
+    fn cluster(nodes: &[Node]) -> Cluster<'_> {
+        Cluster { nodes: nodes.iter().collect(), ..Default::default() }
     }
 
     fn phase(p: &Plan) -> Option<&str> {
@@ -241,10 +145,10 @@ mod tests {
 
     #[test]
     fn phases_advance_to_scheduled() {
-        let nodes = vec![node("n1", true)];
-        let used = HashMap::new();
+        let nodes = [node("n1")];
+        let c = cluster(&nodes);
         // A new VMI goes straight to Scheduled, recording every transition.
-        let p = plan(&typed(json!({"metadata": {}, "spec": {}})), &nodes, &used, "t");
+        let p = plan(&typed(json!({"metadata": {}, "spec": {}})), &c, "t");
         assert_eq!(phase(&p), Some("Scheduled"));
         let st = p.status.as_ref().unwrap();
         let phases: Vec<&str> =
@@ -252,41 +156,72 @@ mod tests {
         assert_eq!(phases, vec!["Pending", "Scheduling", "Scheduled"]);
         let reasons: Vec<&str> = p.events.iter().map(|e| e.reason).collect();
         assert_eq!(reasons, vec!["Pending", "Scheduling", "Scheduled"], "an event per transition");
-        assert_eq!(phase(&plan(&vmi("Pending"), &nodes, &used, "t")), Some("Scheduled"));
+        assert_eq!(phase(&plan(&vmi("Pending"), &c, "t")), Some("Scheduled"));
         // Without a node it waits in Scheduling.
-        assert_eq!(phase(&plan(&typed(json!({"metadata": {}})), &[], &used, "t")), Some("Scheduling"));
-        let p = plan(&vmi("Scheduling"), &nodes, &used, "t");
+        assert_eq!(phase(&plan(&typed(json!({"metadata": {}})), &cluster(&[]), "t")), Some("Scheduling"));
+        let p = plan(&vmi("Scheduling"), &c, "t");
         assert_eq!((phase(&p), node_name(&p)), (Some("Scheduled"), Some("n1")));
         assert_eq!(p.events.iter().map(|e| e.reason).collect::<Vec<_>>(), vec!["Scheduled"]);
-        assert!(plan(&vmi("Running"), &nodes, &used, "t").status.is_none());
+        let cond = p.status.as_ref().unwrap().conditions.as_ref().unwrap();
+        assert_eq!((cond[0].type_.as_str(), cond[0].status.as_str()), ("PodScheduled", "True"));
+        assert_eq!(plan(&vmi("Running"), &c, "t"), Plan::default(), "a running VMI is not the scheduler's");
     }
 
     #[test]
-    fn filters_explain_why_nothing_fits() {
-        let mut tainted = node_json("t", true);
-        tainted["spec"] = json!({"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]});
-        let nodes = vec![node("down", false), typed(tainted), node("full", true)];
-        let used = HashMap::from([("full".to_string(), 900u64 << 20)]);
-        let p = plan(&vmi("Scheduling"), &nodes, &used, "t");
+    fn binding_sets_the_node_label_and_a_missing_one_is_added_later() {
+        let nodes = [node("n1")];
+        let c = cluster(&nodes);
+        let p = plan(&vmi(""), &c, "t");
+        assert_eq!(p.label, Some(LabelChange::Set("n1".into())));
+        // Bound, but the label write did not happen (a crash, a conflict): every later pass adds it, whatever
+        // the phase, deletion included (the agent finds VMIs to clean up by it).
+        for phase in ["Scheduled", "Running", "Failed", "Succeeded"] {
+            let mut v = vmi_json(phase);
+            v["status"]["nodeName"] = json!("n1");
+            let p = plan(&typed(v.clone()), &c, "t");
+            assert_eq!((p.status, p.label), (None, Some(LabelChange::Set("n1".into()))), "{phase}");
+            v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            assert_eq!(plan(&typed(v.clone()), &c, "t").label, Some(LabelChange::Set("n1".into())), "{phase}");
+            // Present and right: nothing to do.
+            v["metadata"]["labels"] = json!({NODE_NAME_LABEL: "n1"});
+            assert_eq!(plan(&typed(v), &c, "t"), Plan::default(), "{phase}");
+        }
+        // A wrong label is corrected; one on a VMI that has no node is removed (else a node's agent would list
+        // a VMI that is not its own).
+        let mut v = vmi_json("Running");
+        v["status"]["nodeName"] = json!("n1");
+        v["metadata"]["labels"] = json!({NODE_NAME_LABEL: "n2"});
+        assert_eq!(plan(&typed(v), &c, "t").label, Some(LabelChange::Set("n1".into())));
+        let mut v = vmi_json("Scheduling");
+        v["metadata"]["labels"] = json!({NODE_NAME_LABEL: "n2"});
+        assert_eq!(plan(&typed(v.clone()), &cluster(&[]), "t").label, Some(LabelChange::Remove));
+        assert_eq!(plan(&typed(v), &c, "t").label, Some(LabelChange::Set("n1".into())));
+    }
+
+    #[test]
+    fn unschedulable_is_a_condition_written_once_per_reason() {
+        let p = plan(&vmi("Scheduling"), &cluster(&[]), "t");
         assert!(p.retry);
-        let msg = p.events.last().unwrap().note.clone();
-        assert!(
-            msg.starts_with("0/3 nodes are available")
-                && msg.contains("untolerated taint")
-                && msg.contains("Insufficient memory")
-                && msg.contains("not ready"),
-            "{msg}"
+        let st = p.status.clone().unwrap();
+        let cond = &st.conditions.as_ref().unwrap()[0];
+        assert_eq!(
+            (cond.type_.as_str(), cond.status.as_str(), cond.reason.as_deref(), cond.message.as_deref()),
+            ("PodScheduled", "False", Some("Unschedulable"), Some("0/0 nodes are available."))
         );
-        let mut tolerant = vmi_json("Scheduling");
-        tolerant["spec"]["tolerations"] =
-            json!([{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]);
-        assert_eq!(node_name(&plan(&typed(tolerant), &nodes, &used, "t")), Some("t"));
-        let mut picky = vmi_json("Scheduling");
-        picky["spec"]["nodeSelector"] = json!({"zone": "b"});
-        assert!(plan(&typed(picky), &[node("n", true)], &HashMap::new(), "t").retry);
-        let mut affine = vmi_json("Scheduling");
-        affine["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}});
-        assert_eq!(node_name(&plan(&typed(affine), &[node("n", true)], &HashMap::new(), "t")), Some("n"));
+        assert_eq!(
+            p.events.iter().map(|e| (e.reason, e.warning)).collect::<Vec<_>>(),
+            vec![("FailedScheduling", true)]
+        );
+        // The same reason again: no write, no event, but look again later.
+        let mut again = vmi("Scheduling");
+        again.status = Some(st);
+        let p = plan(&again, &cluster(&[]), "t");
+        assert_eq!((p.status.is_none(), p.events.is_empty(), p.retry), (true, true, true));
+        // A different reason is written.
+        let mut down = node("n1");
+        down.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into();
+        let nodes = [down];
+        let p = plan(&again, &cluster(&nodes), "t");
+        assert_eq!(p.events[0].note, "0/1 nodes are available: 1 node(s) were not ready.");
     }
 }

@@ -129,8 +129,15 @@ enum Command {
         /// API server replicas to use, failing over between them (default: the kubeconfig's server).
         #[arg(long = "server", value_name = "URL[,URL...]")]
         servers: Vec<String>,
+        /// Act at once, without electing a leader among `kumo controllers` processes: for tests (racing
+        /// schedulers), and for clusters that elect by other means. Writes stay safe (compare-and-swap), but
+        /// every process acts, and events may be doubled.
+        #[arg(long)]
+        no_leader_elect: bool,
         #[command(flatten)]
         pod_network: PodNetworkArgs,
+        #[command(flatten)]
+        scheduler: SchedulerArgs,
     },
 }
 
@@ -172,7 +179,22 @@ impl PodNetworkArgs {
         let pod_network = kumo_controllers::nodeipam::Config::new(self.cluster_cidr, self.node_cidr_mask_size)
             .map_err(|e| anyhow::anyhow!("--node-cidr-mask-size: {e}"))?;
         let lifecycle = kumo_controllers::nodelifecycle::Config { grace_period: self.node_monitor_grace_period };
-        Ok(kumo_controllers::Config { pod_network, lifecycle })
+        Ok(kumo_controllers::Config { pod_network, lifecycle, scheduler: Default::default() })
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct SchedulerArgs {
+    /// vCPUs per physical CPU when placing VMIs: a VMI without a cpu request takes 1/RATIO of a node's cpu per
+    /// vCPU (KubeVirt's cpuAllocationRatio).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    cpu_allocation_ratio: u32,
+}
+
+impl SchedulerArgs {
+    /// Fills in the scheduler's part of `cfg`.
+    fn apply(&self, cfg: &mut kumo_controllers::Config) {
+        cfg.scheduler = kumo_controllers::sched::Config { cpu_allocation_ratio: self.cpu_allocation_ratio };
     }
 }
 
@@ -227,6 +249,8 @@ struct ServerArgs {
     no_controllers: bool,
     #[command(flatten)]
     pod_network: PodNetworkArgs,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
     /// Do not run a node agent in this process (this machine runs no guests).
     #[arg(long)]
     no_agent: bool,
@@ -354,9 +378,13 @@ async fn main() -> Result<()> {
             let ns = target.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
             virtctl::console(config, &ns, &name).await
         }
-        Command::Controllers { kubeconfig, servers, pod_network } => {
-            let cfg = pod_network.config()?;
+        Command::Controllers { kubeconfig, servers, no_leader_elect, pod_network, scheduler } => {
+            let mut cfg = pod_network.config()?;
+            scheduler.apply(&mut cfg);
             let client = client::client(kube_config(kubeconfig.as_deref()).await?, &servers)?;
+            if no_leader_elect {
+                return kumo_controllers::run(client, cfg).await;
+            }
             // Several `kumo controllers` may run for availability; one acts at a time.
             let leading = leader::elect(client.clone(), leader::Config::new(CONTROLLERS_LEASE));
             leader::while_leading(leading, || kumo_controllers::run(client.clone(), cfg.clone())).await;
@@ -391,7 +419,8 @@ async fn kube_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Confi
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
-    let controllers_cfg = args.pod_network.config()?;
+    let mut controllers_cfg = args.pod_network.config()?;
+    args.scheduler.apply(&mut controllers_cfg);
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {} (choose a writable directory)", args.data_dir.display()))?;
     let store: Arc<dyn kumo_store::Store> =

@@ -1,5 +1,5 @@
 //! The agent's main loop: register the Node, heartbeat its Lease, and reconcile every VMI scheduled here
-//! ([`reconcile`]). Guests outlive the agent: on restart it reattaches to running QEMU processes.
+//! ([`reconcile`]), watching only those (by the `kubevirt.io/nodeName` label). Guests outlive the agent: on restart it reattaches to running QEMU processes.
 
 pub mod podnet;
 mod reconcile;
@@ -15,7 +15,7 @@ use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::Api;
-use kumo_api::kubevirt::VirtualMachineInstance;
+use kumo_api::kubevirt::{VirtualMachineInstance, NODE_NAME_LABEL};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -153,8 +153,12 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         cfg,
     });
+    // Only this node's VMIs, selected by the server: KubeVirt's node label, which the scheduler sets when it
+    // binds and keeps on the VMI until it is gone (deleting and finished ones included, so their cleanup is
+    // seen here). A node's credential may list and watch VMIs only with this selector.
+    let mine = format!("{NODE_NAME_LABEL}={}", agent.node);
     let api = Api::<VirtualMachineInstance>::all(client);
-    Controller::new(api, watcher::Config::default())
+    Controller::new(api, watcher::Config::default().labels(&mine))
         .run(reconcile::reconcile, reconcile::error_policy, agent)
         .for_each(|r| async move {
             if let Err(e) = r {

@@ -26,6 +26,9 @@ pub const GROUP: &str = "kubevirt.io";
 pub const VERSION: &str = "v1";
 /// On a VMI: the node agent pauses (`"true"`) or resumes the guest to match (set by the pause subresources).
 pub const PAUSE_ANNOTATION: &str = "kumo.dev/paused";
+/// On a VMI: the node it is bound to (KubeVirt's label, kept equal to `status.nodeName` by the VMI controller), so
+/// each node agent lists and watches only its own VMIs.
+pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
 /// On a Node: where its agent serves guest consoles, and the SHA-256 of that endpoint's certificate, which the
 /// API server pins when it proxies a console.
 pub const CONSOLE_ENDPOINT_ANNOTATION: &str = "kumo.dev/console-endpoint";
