@@ -132,7 +132,12 @@ pub fn judge(renewed_ms: Option<u64>, period_ms: u64, now_ms: u64) -> Verdict {
 
 /// This agent's guests: QEMU processes whose command line points into `state_dir/vmis/`.
 pub fn guests(state_dir: &Path) -> Vec<u32> {
-    let marker = state_dir.join("vmis").to_string_lossy().into_owned();
+    guests_under(&state_dir.join("vmis"))
+}
+
+/// QEMU processes whose command line points into `dir` (one VMI's directory, or all of them).
+pub fn guests_under(dir: &Path) -> Vec<u32> {
+    let marker = format!("{}/", dir.to_string_lossy().trim_end_matches('/'));
     let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
     entries
         .flatten()

@@ -289,11 +289,14 @@ impl Host {
     /// Starts (or restarts) the agent with `args` after `kumo agent`.
     pub fn start_agent(&mut self, args: &[String]) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns])
+        // nsenter switches the network namespace only: `ip netns exec` would also give the agent a mount
+        // namespace of its own, and the per-VMI namespaces it mounts under /run/netns would vanish with it.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
             .arg(kumo_bin())
             .arg("agent")
             .args(args)
+            .env("KUMO_LOG", std::env::var("KUMO_LOG").unwrap_or_else(|_| "info,kumo_agent=debug".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -348,6 +351,14 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Keep what a failed test needs for a diagnosis: the agent's and the watchdog's logs.
+            let keep = std::env::temp_dir().join(format!("kumo-e2e-logs-{}", tag())).join(&self.name);
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(self.log_path(), keep.join("agent.log"));
+            let _ = std::fs::copy(self.state.join("fence/watchdog.log"), keep.join("watchdog.log"));
+            eprintln!("{} logs kept in {}", self.name, keep.display());
+        }
         self.kill_all();
         // The agent names its per-VMI namespaces itself; remove any whose processes were this host's.
         let _ = sh("ip", &["netns", "del", &self.netns]);

@@ -156,6 +156,17 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     // Only this node's VMIs, selected by the server: KubeVirt's node label, which the scheduler sets when it
     // binds and keeps on the VMI until it is gone (deleting and finished ones included, so their cleanup is
     // seen here). A node's credential may list and watch VMIs only with this selector.
+    // Leftovers of VMIs that vanished while this agent was away, now and every half minute (a VMI deleted
+    // while this host was cut off never shows up in the watch again).
+    let sweeper = agent.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = reconcile::sweep_orphans(&sweeper).await {
+                tracing::debug!("sweeping orphaned VMIs: {e:#}");
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    });
     let mine = format!("{NODE_NAME_LABEL}={}", agent.node);
     let api = Api::<VirtualMachineInstance>::all(client);
     Controller::new(api, watcher::Config::default().labels(&mine))

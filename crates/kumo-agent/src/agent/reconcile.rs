@@ -320,6 +320,34 @@ async fn sync_pause(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) ->
     Ok(())
 }
 
+/// Removes what VMIs that no longer exist left on this host: their guest (killed: a VMI gone while this agent
+/// was away — deleted, or failed over after this host was fenced — must not keep running), network, pod IP and
+/// files. The local directories are read before the API is asked, so a VMI created meanwhile is never taken
+/// for an orphan.
+pub(crate) async fn sweep_orphans(agent: &Agent) -> anyhow::Result<()> {
+    let root = agent.cfg.state_dir.join("vmis");
+    let local: Vec<String> = match std::fs::read_dir(&root) {
+        Ok(d) => d.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).collect(),
+        Err(_) => return Ok(()),
+    };
+    if local.is_empty() {
+        return Ok(());
+    }
+    let mine = format!("{}={}", kumo_api::kubevirt::NODE_NAME_LABEL, agent.node);
+    let api = Api::<VirtualMachineInstance>::all(agent.client.clone());
+    let listed = api.list(&kube::api::ListParams::default().labels(&mine)).await?;
+    let live: std::collections::HashSet<String> = listed.items.iter().filter_map(|v| v.metadata.uid.clone()).collect();
+    for uid in local.into_iter().filter(|u| !live.contains(u)) {
+        for pid in crate::fence::guests_under(&root.join(&uid)) {
+            tracing::warn!(uid = %uid, pid, "killing the guest of a VMI that no longer exists here");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+        }
+        tracing::info!(uid = %uid, "removing what a VMI that no longer exists left on this host");
+        cleanup(agent, &uid).await;
+    }
+    Ok(())
+}
+
 /// Removes everything the VMI had on this host: QEMU, DHCP, network namespace and links, pod IP, files.
 async fn cleanup(agent: &Agent, uid: &str) {
     if let Some(l) = agent.vms.lock().await.remove(uid) {
