@@ -187,6 +187,9 @@ impl Underlay {
         let u = Underlay { bridge: format!("kul{t}"), net: format!("10.77.{third}"), stop: Default::default() };
         let _ = sh("ip", &["link", "del", &u.bridge]);
         sh("ip", &["link", "add", &u.bridge, "type", "bridge"])?;
+        // Frames between hosts are not this machine's to filter: without this, br_netfilter would run them
+        // through the root namespace's rules (e.g. the NAT of a one-machine kumo agent running there).
+        sh("ip", &["link", "set", &u.bridge, "type", "bridge", "nf_call_iptables", "0"])?;
         sh("ip", &["addr", "add", &format!("{}/24", u.gateway()), "dev", &u.bridge])?;
         sh("ip", &["link", "set", &u.bridge, "up"])?;
         forward(&format!("{}:{}", u.gateway(), port_of(registry)), registry, u.stop.clone())?;
@@ -360,7 +363,12 @@ impl Drop for Host {
             eprintln!("{} logs kept in {}", self.name, keep.display());
         }
         self.kill_all();
-        // The agent names its per-VMI namespaces itself; remove any whose processes were this host's.
+        // The per-VMI namespaces the agent made (named by its node and the VMI), then the host's own.
+        let token = kumo_agent::net::node_token(&self.name);
+        for uid in std::fs::read_dir(self.state.join("vmis")).into_iter().flatten().flatten() {
+            let name = kumo_agent::net::netns_name(&token, &uid.file_name().to_string_lossy());
+            let _ = sh("ip", &["netns", "del", &name]);
+        }
         let _ = sh("ip", &["netns", "del", &self.netns]);
         let _ = sh("ip", &["link", "del", &self.link]);
     }
@@ -436,7 +444,9 @@ impl Drop for DoubleRunWatch {
 /// A `kumo server` replica on the etcd cluster, listening on the underlay.
 pub fn replica(u: &Underlay, etcd: &EtcdCluster, secret_from: Option<&Server>, extra: &[&str]) -> Result<Server> {
     let endpoints = etcd.endpoints();
-    let mut args: Vec<String> = vec!["--no-agent".into(), "--etcd-servers".into(), endpoints];
+    // Pod addresses apart from the 10.244.0.0/16 a one-machine kumo on this host (other tests) uses.
+    let mut args: Vec<String> =
+        vec!["--no-agent".into(), "--etcd-servers".into(), endpoints, "--cluster-cidr".into(), "10.245.0.0/16".into()];
     if let Some(first) = secret_from {
         args.push("--cluster-secret-file".into());
         args.push(first.data_dir().join("cluster-secret").to_string_lossy().into_owned());

@@ -144,9 +144,12 @@ impl Cluster {
                 return None;
             }
             let h = self.hosts.iter().position(|h| h.name == node)?;
-            let from = &self.hosts[(h + 1) % self.hosts.len()];
-            let body = from.exec(&["curl", "-s", "-m", "2", &format!("http://{ip}:8080/")]).ok()?;
-            body.contains(&format!("hostname={name}")).then(|| (h, ip.to_string(), uid.to_string()))
+            // From another host (any that answers: one may be the host whose link was cut).
+            let serving = self.hosts.iter().enumerate().filter(|(i, _)| *i != h).any(|(_, from)| {
+                from.exec(&["curl", "-s", "-m", "2", &format!("http://{ip}:8080/")])
+                    .is_ok_and(|body| body.contains(&format!("hostname={name}")))
+            });
+            serving.then(|| (h, ip.to_string(), uid.to_string()))
         });
         match got {
             Some(g) => Ok(g),
@@ -211,7 +214,7 @@ fn start_cluster() -> Result<Cluster> {
             "-o",
             "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{.spec.podCIDR} {end}",
         ]);
-        (st.split_whitespace().filter(|s| s.starts_with("True10.")).count() == 3).then_some(())
+        (st.split_whitespace().filter(|s| s.starts_with("True10.245.")).count() == 3).then_some(())
     });
     if ready.is_none() {
         bail!("the three hosts did not become Ready with pod CIDRs: {}", c.diagnose());
