@@ -28,6 +28,10 @@ pub struct HostInfo {
     pub fencing_secs: Option<u64>,
 }
 
+/// VMIs one node runs at most, reported as `pods` capacity (a VMI is KubeVirt's virt-launcher pod): one per
+/// pod address of a /24 block, less the gateway, as the scheduler's "Too many pods" filter counts.
+const MAX_VMIS: &str = "253";
+
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
 }
@@ -137,10 +141,10 @@ pub fn node_status(h: &HostInfo, reserved_bytes: u64, ready_since: &str) -> Valu
         "apiVersion": "v1", "kind": "Node", "metadata": {"name": h.name},
         "status": {
             "capacity": {"cpu": h.cpus.to_string(), "memory": format!("{}Ki", h.memory_bytes / 1024),
-                "devices.kubevirt.io/kvm": kvm},
+                "pods": MAX_VMIS, "devices.kubevirt.io/kvm": kvm},
             "allocatable": {"cpu": h.cpus.to_string(),
                 "memory": format!("{}Ki", h.memory_bytes.saturating_sub(reserved_bytes) / 1024),
-                "devices.kubevirt.io/kvm": kvm},
+                "pods": MAX_VMIS, "devices.kubevirt.io/kvm": kvm},
             "conditions": [{"type": "Ready", "status": "True", "reason": "KumoAgentReady",
                 "message": format!("kumo agent is posting ready status; guests run with {}", h.accel.to_uppercase()),
                 "lastHeartbeatTime": ts, "lastTransitionTime": ready_since}],
@@ -241,6 +245,7 @@ mod tests {
         assert_eq!(o["metadata"]["annotations"]["kumo.dev/console-endpoint"], "https://10.0.0.5:1234");
         let s = node_status(&h, 1 << 30, "2026-01-01T00:00:00Z");
         assert_eq!(s["status"]["capacity"]["memory"], "4194304Ki");
+        assert_eq!(s["status"]["allocatable"]["pods"], "253");
         assert_eq!(s["status"]["allocatable"]["memory"], "3145728Ki");
         assert_eq!(s["status"]["conditions"][0]["type"], "Ready");
         assert_eq!(s["status"]["conditions"][0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
