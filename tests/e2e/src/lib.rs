@@ -23,6 +23,7 @@ pub fn free_port() -> u16 {
 }
 
 pub mod cluster;
+pub mod fleet;
 
 pub struct Server {
     pub dir: tempfile::TempDir,
