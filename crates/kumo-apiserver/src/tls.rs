@@ -29,7 +29,8 @@ struct Shared {
     admin_token: String,
 }
 
-pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
+/// Writes a file only its owner may read (mode 0600): keys, tokens, kubeconfigs.
+pub fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)

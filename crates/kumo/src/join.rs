@@ -125,8 +125,8 @@ pub async fn ensure_joined(
     };
     let cert = String::from_utf8(cert).context("the issued certificate is not PEM")?;
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
-    write_private(&kubeconfig, &node_kubeconfig(server, &ca_pem, &cert, &key.serialize_pem()))?;
-    write_private(&name_file, node)?;
+    kumo_apiserver::tls::write_private(&kubeconfig, &node_kubeconfig(server, &ca_pem, &cert, &key.serialize_pem()))?;
+    kumo_apiserver::tls::write_private(&name_file, node)?;
     eprintln!("join: node {node} joined; its credential is in {}", kubeconfig.display());
     Ok(kubeconfig)
 }
@@ -168,20 +168,6 @@ fn node_kubeconfig(server: &str, ca: &str, cert: &str, key: &str) -> String {
         b64(cert),
         b64(key)
     )
-}
-
-fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -169,6 +169,17 @@ impl Cluster {
         s
     }
 
+    /// Waits until host `i` is Ready again and no longer tainted unreachable.
+    pub fn wait_back(&self, i: usize, timeout: Duration) {
+        let name = &self.hosts[i].name;
+        let back = eventually(timeout, || {
+            let jp = "jsonpath={.status.conditions[?(@.type=='Ready')].status} {.spec.taints}";
+            let st = self.get(&["get", "node", name, "-o", jp]);
+            (st.starts_with("True") && !st.contains("unreachable")).then_some(())
+        });
+        assert!(back.is_some(), "{name} did not come back Ready and untainted: {}", self.diagnose());
+    }
+
     /// Nothing of a lost host's guests is left on it once its agent is back.
     pub fn assert_clean(&self, i: usize, running: &[&str]) {
         let h = &self.hosts[i];

@@ -55,17 +55,7 @@ fn host_loss_to_serving_elsewhere_with_default_settings() -> Result<()> {
         );
         secs.push(took);
         c.start_agent(h)?;
-        let back = eventually(Duration::from_secs(120), || {
-            let st = c.get(&[
-                "get",
-                "node",
-                &c.hosts[h].name,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type=='Ready')].status} {.spec.taints}",
-            ]);
-            (st.starts_with("True") && !st.contains("unreachable")).then_some(())
-        });
-        assert!(back.is_some(), "{} did not come back: {}", c.hosts[h].name, c.diagnose());
+        c.wait_back(h, Duration::from_secs(120));
     }
     let (double, samples) = watch.report();
     assert!(double.is_empty(), "a VMI ran twice at once: {double:?}");

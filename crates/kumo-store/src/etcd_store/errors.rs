@@ -101,23 +101,16 @@ fn is_certificate_error(status: &Status) -> bool {
 
 /// The status message and its sources on one line (tonic's own Display adds Debug noise).
 fn describe(status: &Status) -> String {
-    let mut text = format!("etcd: {}", status.message());
-    let mut source = status.source();
-    while let Some(e) = source {
-        let more = e.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = e.source();
-    }
-    text
+    with_sources(format!("etcd: {}", status.message()), status.source())
 }
 
 /// The error and its sources on one line (tonic's top-level text is often just "transport error").
 fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
+    with_sources(err.to_string(), err.source())
+}
+
+/// `text`, then each source's text that it does not already contain.
+fn with_sources(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
     while let Some(e) = source {
         let more = e.to_string();
         if !text.contains(&more) {
