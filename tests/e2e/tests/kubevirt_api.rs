@@ -114,3 +114,23 @@ fn unimplemented_kubevirt_fields_are_refused_by_name() {
     assert!(err.contains("spec.running") && err.contains("mutually exclusive"), "{err}");
     assert!(s.kubectl_ok(&["get", "vm", "-o", "name"]).unwrap().trim().is_empty(), "nothing stored");
 }
+
+#[test]
+fn scheduler_owned_fields_are_refused() {
+    let s = Server::start().unwrap();
+    // The node label on a new VMI is the scheduler's to set.
+    let vmi = r#"{"apiVersion":"kubevirt.io/v1","kind":"VirtualMachineInstance","metadata":{"name":"v","labels":{"kubevirt.io/nodeName":"n1"}},
+        "spec":{"domain":{"devices":{}}}}"#;
+    let out = s.kubectl_stdin(&["create", "-f", "-"], vmi).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("metadata.labels[kubevirt.io/nodeName]"), "{err}");
+    // A Node's pod CIDR, once given, does not change.
+    let node = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n1"},"spec":{"podCIDR":"10.244.9.0/24"}}"#;
+    s.kubectl_stdin(&["create", "-f", "-"], node).unwrap();
+    let out =
+        s.kubectl(&["patch", "node", "n1", "--type=merge", "-p", r#"{"spec":{"podCIDR":"10.244.10.0/24"}}"#]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("spec.podCIDR"), "{err}");
+    let cidr = s.kubectl_ok(&["get", "node", "n1", "-o", "jsonpath={.spec.podCIDR}"]).unwrap();
+    assert_eq!(cidr, "10.244.9.0/24");
+}

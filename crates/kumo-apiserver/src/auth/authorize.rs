@@ -37,7 +37,7 @@ pub enum Decision {
 }
 
 /// The label KubeVirt puts on a VMI naming its node; nodes may only list and watch VMIs selected by it.
-pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
+pub use kumo_api::kubevirt::NODE_NAME_LABEL;
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
 pub fn decide(user: &User, a: &Attributes) -> Decision {

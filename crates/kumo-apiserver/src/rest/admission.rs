@@ -159,9 +159,49 @@ pub fn on_create(_api: &ApiServer, def: &ResourceDef, obj: &mut Value) -> Result
             }
             meta::set_meta(obj, "finalizers", json!(fins));
         }
+        "VirtualMachineInstance" if def.group == kumo_api::kubevirt::GROUP => {
+            // The node label is the scheduler's to set when it binds: a node may list the VMIs carrying its
+            // name, so a label set at creation would show a VMI to a node it was never bound to.
+            let label = kumo_api::kubevirt::NODE_NAME_LABEL;
+            if obj.pointer("/metadata/labels").and_then(|l| l.get(label)).is_some() {
+                return Err(ApiError::invalid(
+                    &def.group,
+                    &def.kind,
+                    meta::name(obj),
+                    vec![Cause::invalid(
+                        format!("metadata.labels[{label}]"),
+                        "Forbidden: set by the scheduler when it binds the VirtualMachineInstance to a node",
+                    )],
+                ));
+            }
+        }
         _ => {}
     }
     common_rules(def, obj)
+}
+
+/// Kind-specific rules on an update from `old` to `new`.
+pub fn on_update(def: &ResourceDef, old: &Value, new: &Value) -> Result<(), ApiError> {
+    if def.kind == "Node" && def.group.is_empty() {
+        // As in Kubernetes: once the node IPAM controller gave a Node its pod CIDR, nobody changes it (a node
+        // moving its own block would take over another node's pod addresses).
+        let was = old.pointer("/spec/podCIDR").and_then(Value::as_str).unwrap_or("");
+        let is = new.pointer("/spec/podCIDR").and_then(Value::as_str).unwrap_or("");
+        if !was.is_empty() && was != is {
+            return Err(ApiError::invalid(
+                "",
+                "Node",
+                meta::name(old),
+                vec![Cause::invalid(
+                    "spec.podCIDR",
+                    format!(
+                        "Forbidden: node updates may not change podCIDR except from \"\" to a valid CIDR (it is {was})"
+                    ),
+                )],
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Kind-specific rules on every write.
