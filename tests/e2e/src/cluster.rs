@@ -441,6 +441,15 @@ impl Drop for DoubleRunWatch {
 
 // ------------------------------------------------------------------------------------------ control plane
 
+/// A replica's id in leader elections (the suffix of the Lease holder it writes). Never empty: an empty id would
+/// match every holder.
+pub fn server_id(s: &Server) -> String {
+    let path = s.data_dir().join("server-id");
+    let id = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert!(!id.trim().is_empty(), "{} is empty", path.display());
+    id.trim().to_string()
+}
+
 /// A `kumo server` replica on the etcd cluster, listening on the underlay.
 pub fn replica(u: &Underlay, etcd: &EtcdCluster, secret_from: Option<&Server>, extra: &[&str]) -> Result<Server> {
     let endpoints = etcd.endpoints();

@@ -113,13 +113,19 @@ impl Cluster {
         self.hosts[i].start_agent(&args)
     }
 
-    pub fn get(&self, args: &[&str]) -> String {
-        self.admin().kubectl_ok(args).unwrap_or_default().trim().to_string()
+    /// kubectl through a live replica; a failed command is an error, never an empty answer.
+    pub fn get(&self, args: &[&str]) -> Result<String> {
+        Ok(self.admin().kubectl_ok(args)?.trim().to_string())
     }
 
-    pub fn host_of(&self, vmi: &str) -> Option<usize> {
-        let node = self.get(&["get", "vmi", vmi, "-o", "jsonpath={.status.nodeName}"]);
-        self.hosts.iter().position(|h| h.name == node)
+    /// kubectl output for a diagnosis: the error text when the command failed.
+    fn show(&self, args: &[&str]) -> String {
+        self.get(args).unwrap_or_else(|e| format!("({e:#})"))
+    }
+
+    pub fn host_of(&self, vmi: &str) -> Result<Option<usize>> {
+        let node = self.get(&["get", "vmi", vmi, "-o", "jsonpath={.status.nodeName}"])?;
+        Ok(self.hosts.iter().position(|h| h.name == node))
     }
 
     /// Waits until VMI `name` runs (a new one, if `not_uid` is given) and its guest answers HTTP from another
@@ -131,13 +137,15 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<(usize, String, String)> {
         let got = eventually(timeout, || {
-            let out = self.get(&[
-                "get",
-                "vmi",
-                name,
-                "-o",
-                "jsonpath={.status.phase} {.metadata.uid} {.status.interfaces[0].ipAddress} {.status.nodeName}",
-            ]);
+            let out = self
+                .get(&[
+                    "get",
+                    "vmi",
+                    name,
+                    "-o",
+                    "jsonpath={.status.phase} {.metadata.uid} {.status.interfaces[0].ipAddress} {.status.nodeName}",
+                ])
+                .ok()?;
             let f: Vec<&str> = out.split_whitespace().collect();
             let [phase, uid, ip, node] = f[..] else { return None };
             if phase != "Running" || not_uid == Some(uid) {
@@ -158,9 +166,9 @@ impl Cluster {
     }
 
     pub fn diagnose(&self) -> String {
-        let mut s = self.get(&["get", "vmi,nodes", "-o", "wide"]);
+        let mut s = self.show(&["get", "vmi,nodes", "-o", "wide"]);
         s.push_str("\n--- events\n");
-        s.push_str(&self.get(&["get", "events"]));
+        s.push_str(&self.show(&["get", "events"]));
         for h in &self.hosts {
             let log = h.log();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
@@ -174,7 +182,7 @@ impl Cluster {
         let name = &self.hosts[i].name;
         let back = eventually(timeout, || {
             let jp = "jsonpath={.status.conditions[?(@.type=='Ready')].status} {.spec.taints}";
-            let st = self.get(&["get", "node", name, "-o", jp]);
+            let st = self.get(&["get", "node", name, "-o", jp]).ok()?;
             (st.starts_with("True") && !st.contains("unreachable")).then_some(())
         });
         assert!(back.is_some(), "{name} did not come back Ready and untainted: {}", self.diagnose());
@@ -188,8 +196,11 @@ impl Cluster {
             let local: Vec<String> = std::fs::read_dir(h.state.join("vmis"))
                 .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
                 .unwrap_or_default();
-            let uids: Vec<String> =
-                running.iter().map(|v| self.get(&["get", "vmi", v, "-o", "jsonpath={.metadata.uid}"])).collect();
+            let uids = running
+                .iter()
+                .map(|v| self.get(&["get", "vmi", v, "-o", "jsonpath={.metadata.uid}"]))
+                .collect::<Result<Vec<String>>>()
+                .ok()?;
             (guests.iter().all(|(_, n)| running.iter().any(|r| n.ends_with(r)))
                 && local.iter().all(|u| uids.contains(u)))
             .then_some(())
@@ -220,12 +231,14 @@ pub fn start_cluster(replica_flags: &[&str], fencing: &str) -> Result<Cluster> {
         c.start_agent(i)?;
     }
     let ready = eventually(Duration::from_secs(120), || {
-        let st = c.get(&[
-            "get",
-            "nodes",
-            "-o",
-            "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{.spec.podCIDR} {end}",
-        ]);
+        let st = c
+            .get(&[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{.spec.podCIDR} {end}",
+            ])
+            .ok()?;
         (st.split_whitespace().filter(|s| s.starts_with("True10.245.")).count() == 3).then_some(())
     });
     if ready.is_none() {

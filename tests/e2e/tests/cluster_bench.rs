@@ -22,7 +22,8 @@ fn median(v: &[f64]) -> f64 {
 
 fn write(name: &str, value: serde_json::Value) {
     let path = std::env::var("KUMO_BENCH_OUT").unwrap_or_else(|_| format!("/tmp/kumo-bench-{name}.json"));
-    std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap_or_default()).ok();
+    let text = serde_json::to_string_pretty(&value).expect("JSON values serialize");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {path}: {e}"));
     eprintln!("BENCH {name}: {value}");
 }
 
@@ -74,19 +75,22 @@ fn leader_failover_with_default_settings() -> Result<()> {
     let holder = |c: &kumo_e2e::fleet::Cluster, lease: &str| {
         c.get(&["-n", "kube-system", "get", "lease", lease, "-o", "jsonpath={.spec.holderIdentity}"])
     };
-    let id = |s: &kumo_e2e::Server| std::fs::read_to_string(s.data_dir().join("server-id")).unwrap_or_default();
+    let id = |s: &kumo_e2e::Server| kumo_e2e::cluster::server_id(s);
     let mut secs = vec![];
     for round in 0..rounds() {
-        let gc = holder(&c, "kumo-gc");
-        let Some(leader) = c.replicas.iter().position(|r| !gc.is_empty() && gc.ends_with(id(r).trim())) else {
+        let gc = holder(&c, "kumo-gc")?;
+        let Some(leader) = c.replicas.iter().position(|r| !gc.is_empty() && gc.ends_with(&id(r))) else {
             anyhow::bail!("no leader among the replicas (holder {gc:?})");
         };
         let killed = Instant::now();
         c.replicas[leader].kill();
         let other = 1 - leader;
-        let new_id = id(&c.replicas[other]).trim().to_string();
+        let new_id = id(&c.replicas[other]);
         let took = eventually(Duration::from_secs(60), || {
-            ["kumo-gc", "kumo-controllers"].iter().all(|l| holder(&c, l).ends_with(&new_id)).then(|| killed.elapsed())
+            ["kumo-gc", "kumo-controllers"]
+                .iter()
+                .all(|l| holder(&c, l).is_ok_and(|h| h.ends_with(&new_id)))
+                .then(|| killed.elapsed())
         });
         let took = took.expect("the other replica never took over").as_secs_f64();
         eprintln!("round {}: leader failover took {took:.1}s", round + 1);

@@ -16,9 +16,7 @@ fn holder(s: &Server, lease: &str) -> Result<String> {
     s.kubectl_ok(&["-n", "kube-system", "get", "lease", lease, "-o", "jsonpath={.spec.holderIdentity}"])
 }
 
-fn server_id(s: &Server) -> String {
-    std::fs::read_to_string(s.data_dir().join("server-id")).unwrap_or_default().trim().to_string()
-}
+use kumo_e2e::cluster::server_id;
 
 /// kubectl against `s` with another replica's kubeconfig (the same credentials serve every replica).
 fn kubectl_via(kubeconfig: &std::path::Path, s: &Server, args: &[&str]) -> Result<String> {
@@ -69,7 +67,7 @@ async fn replicas_serve_one_cluster_through_leader_and_etcd_member_loss() -> Res
 
     // Both singletons run on one replica; kill it and the other takes both over within 15 s.
     let leases = ["kumo-gc", "kumo-controllers"];
-    let on = |s: &Server, l: &str| holder(s, l).map(|h| h.ends_with(&server_id(s))).unwrap_or(false);
+    let on = |s: &Server, l: &str| holder(s, l).expect("reading the Lease").ends_with(&server_id(s));
     let elected = eventually(Duration::from_secs(20), || {
         let h = holder(&b, "kumo-gc").ok()?;
         (!h.is_empty()).then_some(h)

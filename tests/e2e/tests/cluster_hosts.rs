@@ -121,14 +121,15 @@ fn hosts_join_serve_across_hosts_and_fail_over_without_ever_running_twice() -> R
             _ => c.hosts[h].set_link(true)?,
         }
         c.wait_back(h, Duration::from_secs(60));
-        let still_there: Vec<&str> = web.iter().copied().filter(|w| c.host_of(w) == Some(h)).collect();
+        let still_there: Vec<&str> =
+            web.iter().copied().filter(|w| c.host_of(w).expect("kubectl get vmi") == Some(h)).collect();
         c.assert_clean(h, &still_there);
     }
     // The control plane loses a replica (SIGKILL): agents fail over to the other and keep renewing, and the
     // controllers, on whichever replica leads now, still start new VMs.
     c.replicas[0].kill();
     std::thread::sleep(Duration::from_secs(20));
-    let ready = c.get(&["get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}"]);
+    let ready = c.get(&["get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}"])?;
     assert_eq!(
         ready,
         "True True True",

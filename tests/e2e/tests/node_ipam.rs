@@ -14,7 +14,7 @@ fn node_yaml(names: &[&str]) -> String {
 fn pod_cidrs(s: &Server) -> BTreeMap<String, String> {
     let out = s
         .kubectl_ok(&["get", "nodes", "-o", r#"jsonpath={range .items[*]}{.metadata.name}={.spec.podCIDR}{"\n"}{end}"#])
-        .unwrap_or_default();
+        .expect("kubectl get nodes");
     out.lines().filter_map(|l| l.split_once('=')).map(|(n, c)| (n.to_string(), c.to_string())).collect()
 }
 
