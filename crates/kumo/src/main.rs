@@ -506,8 +506,7 @@ fn server_identity(data_dir: &std::path::Path) -> Result<String> {
             id
         }
     };
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    Ok(format!("{}_{id}", host.trim()))
+    Ok(format!("{}_{id}", host_name()))
 }
 
 /// The CA a kubeconfig trusts for its server, as PEM.

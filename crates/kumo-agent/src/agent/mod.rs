@@ -126,8 +126,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
         Some(period) => {
             let exe = std::env::current_exe().context("locating the kumo binary for the fencing watchdog")?;
             // Renew often enough that a few lost renewals never reach the fencing period.
-            let ca = cfg.cluster_ca.clone().unwrap_or_default();
-            let fence = crate::fence::Fence::arm(&cfg.state_dir, period, &exe, cfg.api_servers.clone(), ca)?;
+            let fence = crate::fence::Fence::arm(&cfg.state_dir, period, &exe, cfg.api_servers.clone(), ca.clone())?;
             (Some(fence), cfg.heartbeat.min(period / 4))
         }
         None => (None, cfg.heartbeat),
