@@ -3,7 +3,7 @@
 //! alike; each figure is the median round.
 
 use crate::load::{self, EtcdWorker, KumoWorker, Mode, Worker};
-use crate::procs::{Etcd, Kumo};
+use crate::procs::{CpuMeter, Etcd, Kumo};
 use crate::report::{Phase, Throughput};
 use anyhow::Result;
 
@@ -34,6 +34,15 @@ impl Server<'_> {
             Server::Etcd(e) => e.proc.pid(),
             Server::Kumo(k) => k.proc.pid(),
         }
+    }
+
+    /// Meters the server, and the etcd behind a kumo stored in one.
+    fn meter(&self) -> CpuMeter {
+        let backend = match self {
+            Server::Etcd(_) => None,
+            Server::Kumo(k) => k.backend_pid,
+        };
+        CpuMeter::start(self.pid()).with_backend(backend)
     }
 
     async fn open(&self, n: usize, prefix: &str, size: usize) -> Result<Vec<Box<dyn Worker>>> {
@@ -98,8 +107,8 @@ pub async fn run(kumo: &Kumo, etcd: &Etcd, s: &Settings) -> Result<Vec<Throughpu
 /// `count` creates of new objects, then `count` updates of the same objects, on `conns` connections.
 async fn create_update(server: Server<'_>, conns: usize, prefix: &str, s: &Settings) -> Result<(Phase, Phase)> {
     let workers = server.open(conns, prefix, s.size).await?;
-    let (mut workers, create) = load::run_phase(workers, 0..s.count, server.pid()).await?;
+    let (mut workers, create) = load::run_phase_metered(workers, 0..s.count, server.meter()).await?;
     workers.iter_mut().for_each(|w| w.set_mode(Mode::Update));
-    let (_, update) = load::run_phase(workers, 0..s.count, server.pid()).await?;
+    let (_, update) = load::run_phase_metered(workers, 0..s.count, server.meter()).await?;
     Ok((create, update))
 }

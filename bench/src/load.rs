@@ -32,9 +32,17 @@ impl Worker for Box<dyn Worker> {
 /// Runs operations `range` over `workers` (all connections already open) and times them, metering the CPU
 /// used by the server (`server_pid`) and by this process.
 pub async fn run_phase<W: Worker>(workers: Vec<W>, range: Range<usize>, server_pid: u32) -> Result<(Vec<W>, Phase)> {
+    run_phase_metered(workers, range, CpuMeter::start(server_pid)).await
+}
+
+/// [`run_phase`] with a meter of one's own (e.g. also metering the server's store).
+pub async fn run_phase_metered<W: Worker>(
+    workers: Vec<W>,
+    range: Range<usize>,
+    cpu: CpuMeter,
+) -> Result<(Vec<W>, Phase)> {
     let n = workers.len();
     let count = range.len();
-    let cpu = CpuMeter::start(server_pid);
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for (w, mut worker) in workers.into_iter().enumerate() {
@@ -67,6 +75,7 @@ pub async fn run_phase<W: Worker>(workers: Vec<W>, range: Range<usize>, server_p
         latency: Summary::of(lats),
         server_cpu,
         client_cpu,
+        backend_cpu: cpu.backend(),
     };
     Ok((done.into_iter().map(|(_, w)| w).collect(), phase))
 }

@@ -187,7 +187,8 @@ async fn run(cfg: &Cfg) -> Result<Results> {
         "--etcd-prefix".into(),
         "/kumo-bench".into(),
     ];
-    let kumo = procs::start_kumo(&a.kumo_bin, &cfg.tmp, a.keep, &backend).await?;
+    let mut kumo = procs::start_kumo(&a.kumo_bin, &cfg.tmp, a.keep, &backend).await?;
+    kumo.backend_pid = Some(etcd.proc.pid());
     let throughput_on_etcd = compare::run(&kumo, &etcd, &settings).await?;
     let etcd_version = etcd.version.clone();
     drop((etcd, kumo));

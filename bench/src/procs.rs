@@ -83,18 +83,36 @@ pub struct CpuMeter {
     pid: u32,
     server: f64,
     client: f64,
+    /// The store process behind the server (etcd behind kumo), and its CPU at the start.
+    backend: Option<(u32, f64)>,
 }
 
 impl CpuMeter {
     pub fn start(server_pid: u32) -> CpuMeter {
         let own = std::process::id();
-        CpuMeter { pid: server_pid, server: cpu_secs(server_pid).unwrap_or(0.0), client: cpu_secs(own).unwrap_or(0.0) }
+        CpuMeter {
+            pid: server_pid,
+            server: cpu_secs(server_pid).unwrap_or(0.0),
+            client: cpu_secs(own).unwrap_or(0.0),
+            backend: None,
+        }
+    }
+
+    /// Also meters `backend_pid`, the store the server writes to.
+    pub fn with_backend(mut self, backend_pid: Option<u32>) -> CpuMeter {
+        self.backend = backend_pid.map(|p| (p, cpu_secs(p).unwrap_or(0.0)));
+        self
     }
 
     /// (server, client) CPU seconds since `start`.
     pub fn stop(&self) -> (f64, f64) {
         let own = std::process::id();
         (cpu_secs(self.pid).unwrap_or(self.server) - self.server, cpu_secs(own).unwrap_or(self.client) - self.client)
+    }
+
+    /// The backend's CPU seconds since `start`.
+    pub fn backend(&self) -> Option<f64> {
+        self.backend.map(|(pid, at)| cpu_secs(pid).unwrap_or(at) - at)
     }
 }
 
@@ -141,6 +159,8 @@ fn spawn_child(name: &str, mut cmd: Command, dir: &Path) -> Result<Child> {
 pub struct Kumo {
     pub proc: Proc,
     pub endpoint: Endpoint,
+    /// The etcd this kumo stores into (`--etcd-servers`), metered alongside it.
+    pub backend_pid: Option<u32>,
     bin: PathBuf,
     extra: Vec<String>,
 }
@@ -158,7 +178,7 @@ pub async fn start_kumo(bin: &Path, tmp: &Path, keep: bool, extra: &[String]) ->
     let dir = tempfile::Builder::new().prefix("kumo-bench-kumo-").tempdir_in(tmp)?;
     let mut proc = spawn("kumo", kumo_cmd(bin, dir.path(), extra)?, dir, keep)?;
     let endpoint = wait_kumo(&mut proc).await?;
-    Ok(Kumo { proc, endpoint, bin: bin.to_path_buf(), extra: extra.to_vec() })
+    Ok(Kumo { proc, endpoint, backend_pid: None, bin: bin.to_path_buf(), extra: extra.to_vec() })
 }
 
 impl Kumo {

@@ -48,14 +48,26 @@ pub struct Phase {
     /// CPU seconds used during the phase by the server and by the benchmark client.
     pub server_cpu: f64,
     pub client_cpu: f64,
+    /// CPU seconds of the store behind the server (etcd behind kumo), when metered.
+    pub backend_cpu: Option<f64>,
 }
 
 impl Phase {
     pub fn json(&self) -> Value {
-        json!({"connections": self.conns, "count": self.count, "seconds": (self.secs * 1000.0).round() / 1000.0,
+        let mut v = json!({"connections": self.conns, "count": self.count,
+               "seconds": (self.secs * 1000.0).round() / 1000.0,
                "ops_per_sec": self.ops_per_sec.round(), "latency": self.latency.json(),
                "server_cpu_seconds": r2(self.server_cpu), "client_cpu_seconds": r2(self.client_cpu),
-               "server_cpu_us_per_op": self.server_us_per_op().round()})
+               "server_cpu_us_per_op": self.server_us_per_op().round()});
+        if let Some(b) = self.backend_us_per_op() {
+            v["backend_cpu_us_per_op"] = b.round().into();
+        }
+        v
+    }
+
+    /// CPU time per operation of the store behind the server, in microseconds.
+    pub fn backend_us_per_op(&self) -> Option<f64> {
+        self.backend_cpu.map(|c| c * 1e6 / self.count.max(1) as f64)
     }
 
     /// Server CPU time per operation, in microseconds.
@@ -362,21 +374,29 @@ fn throughput_json(list: &[Throughput]) -> Value {
 
 fn throughput_table(s: &mut String, title: &str, list: &[Throughput]) {
     let rounds = list.first().map_or(0, |t| t.kumo.len());
+    // Kumo on etcd: what kumo's writes cost the etcd behind it, next to what raw puts cost it.
+    let behind = list.iter().any(|t| median(&t.kumo).backend_cpu.is_some());
     let _ = writeln!(s, "## {title}\n");
     let _ = writeln!(
         s,
         "{rounds} round(s), etcd and kumo phases interleaved; ops/s is the median round (min–max over rounds), \
-             latencies and CPU are from the median round. CPU is the server process's user+system time.\n"
+             latencies and CPU are from the median round. CPU is the server process's user+system time{}.\n",
+        if behind { "; \"etcd behind kumo\" is the etcd process's CPU during kumo's phase" } else { "" }
     );
     let _ = writeln!(
         s,
         "| op | conns | count | kumo ops/s | kumo p50 ms | kumo p99 ms | etcd ops/s | etcd p50 ms | etcd p99 ms \
-             | **kumo/etcd** | kumo CPU µs/op | etcd CPU µs/op |"
+             | **kumo/etcd** | kumo CPU µs/op | etcd CPU µs/op |{}",
+        if behind { " etcd behind kumo CPU µs/op |" } else { "" }
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+        if behind { "---:|" } else { "" }
+    );
     for t in list {
         let (k, e) = (&median(&t.kumo), &median(&t.etcd));
-        let _ = writeln!(
+        let _ = write!(
             s,
             "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | **{:.2}** | {:.0} | {:.0} |",
             t.op,
@@ -392,6 +412,10 @@ fn throughput_table(s: &mut String, title: &str, list: &[Throughput]) {
             k.server_us_per_op(),
             e.server_us_per_op()
         );
+        if behind {
+            let _ = write!(s, " {:.0} |", k.backend_us_per_op().unwrap_or(0.0));
+        }
+        s.push('\n');
     }
     s.push('\n');
 }

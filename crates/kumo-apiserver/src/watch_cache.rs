@@ -5,7 +5,7 @@ use crate::objects::decode;
 use futures::stream::{BoxStream, StreamExt};
 use kumo_store::{EventKind, Store};
 use serde_json::Value;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use tokio::sync::broadcast;
 
@@ -43,11 +43,64 @@ pub struct Gone {
     pub oldest: i64,
 }
 
+/// How many times the ring's length of events the copies for writes cover.
+const RECENT_PER_EVENT: usize = 2;
+
 struct Ring {
     events: VecDeque<Arc<CachedEvent>>,
     /// Every event with revision > `start` is in `events` (or the store watch must be used).
     start: i64,
     last: i64,
+    /// The newest event of each recently changed key: a write finds the object it replaces here instead of
+    /// reading the store (see [`WatchCache::newest`]).
+    newest: Recent,
+    /// Every namespace, and whether it is terminating (None: the initial read failed), so that creating an
+    /// object need not read its namespace from the store (Kubernetes' admission uses an informer alike).
+    namespaces: Option<HashMap<String, bool>>,
+}
+
+const NAMESPACES: &str = "/registry/core/namespaces/";
+
+/// The newest event of each key among the last `capacity` events: more than the ring keeps, so that a burst
+/// of changes to many objects can still be followed by writes to each, without holding every object.
+#[derive(Default)]
+struct Recent {
+    order: VecDeque<(String, i64)>,
+    by_key: HashMap<String, Arc<CachedEvent>>,
+}
+
+impl Recent {
+    fn note(&mut self, ev: &Arc<CachedEvent>, capacity: usize) {
+        self.order.push_back((ev.key.clone(), ev.revision));
+        self.by_key.insert(ev.key.clone(), ev.clone());
+        while self.order.len() > capacity {
+            let Some((key, rev)) = self.order.pop_front() else { break };
+            if self.by_key.get(&key).is_some_and(|e| e.revision == rev) {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+}
+
+impl Ring {
+    fn new(rev: i64) -> Ring {
+        Ring { events: VecDeque::new(), start: rev, last: rev, newest: Recent::default(), namespaces: None }
+    }
+
+    /// The ring at `rev`, with the namespaces as of `rev` (events after it keep them current).
+    async fn at(store: &dyn Store, rev: i64) -> Ring {
+        let req = kumo_store::RangeRequest { prefix: NAMESPACES.into(), revision: Some(rev), ..Default::default() };
+        let namespaces = match store.range(req).await {
+            Ok(r) => {
+                Some(r.kvs.iter().filter_map(|kv| decode(kv).ok().map(|ns| namespace_entry(&kv.key, &ns))).collect())
+            }
+            Err(e) => {
+                tracing::warn!("watch cache: reading namespaces: {e}; creates will read them from the store");
+                None
+            }
+        };
+        Ring { namespaces, ..Ring::new(rev) }
+    }
 }
 
 pub struct WatchCache {
@@ -72,17 +125,18 @@ fn to_cached(e: kumo_store::Event) -> Option<Arc<CachedEvent>> {
     }))
 }
 
+fn namespace_entry(key: &str, ns: &Value) -> (String, bool) {
+    let name = key.strip_prefix(NAMESPACES).unwrap_or(key).to_string();
+    (name, kumo_api::meta::deletion_timestamp(ns).is_some())
+}
+
 impl WatchCache {
     /// Starts following the store from its current revision.
     pub async fn start(store: Arc<dyn Store>, capacity: usize) -> anyhow::Result<Arc<Self>> {
         let rev = store.current_revision().await?;
         let (tx, _) = broadcast::channel(capacity.max(1024));
-        let cache = Arc::new(WatchCache {
-            store,
-            ring: RwLock::new(Ring { events: VecDeque::new(), start: rev, last: rev }),
-            tx: RwLock::new(tx),
-            capacity: capacity.max(1),
-        });
+        let ring = RwLock::new(Ring::at(&*store, rev).await);
+        let cache = Arc::new(WatchCache { store, ring, tx: RwLock::new(tx), capacity: capacity.max(1) });
         let c = cache.clone();
         tokio::spawn(async move { c.pump().await });
         Ok(cache)
@@ -127,10 +181,7 @@ impl WatchCache {
     async fn reset(&self) {
         match self.store.current_revision().await {
             Ok(rev) => {
-                let mut r = self.ring.write().expect("lock");
-                r.events.clear();
-                r.start = rev;
-                r.last = rev;
+                *self.ring.write().expect("lock") = Ring::at(&*self.store, rev).await;
                 let (tx, _) = broadcast::channel(self.capacity.max(1024));
                 *self.tx.write().expect("lock") = tx;
             }
@@ -146,6 +197,14 @@ impl WatchCache {
         }
         r.last = ev.revision;
         r.events.push_back(ev.clone());
+        r.newest.note(&ev, self.capacity * RECENT_PER_EVENT);
+        if let Some(namespaces) = r.namespaces.as_mut().filter(|_| ev.key.starts_with(NAMESPACES)) {
+            let (name, terminating) = namespace_entry(&ev.key, &ev.object);
+            match ev.deleted {
+                true => namespaces.remove(&name),
+                false => namespaces.insert(name, terminating),
+            };
+        }
         while r.events.len() > self.capacity {
             if let Some(old) = r.events.pop_front() {
                 r.start = old.revision;
@@ -163,6 +222,18 @@ impl WatchCache {
             r.events.pop_front();
         }
         r.start = r.start.max(rev.min(r.last));
+    }
+
+    /// The newest change to `key` the cache still holds. It may lag the store: a caller writing on top of it
+    /// must make the write conditional on the event's revision (and go to the store when that fails).
+    pub fn newest(&self, key: &str) -> Option<Arc<CachedEvent>> {
+        self.ring.read().expect("lock").newest.by_key.get(key).cloned()
+    }
+
+    /// Whether the cache knows namespace `name` to exist and not be terminating. It may lag the store, so only
+    /// a yes is an answer; otherwise ask the store.
+    pub fn namespace_active(&self, name: &str) -> bool {
+        self.ring.read().expect("lock").namespaces.as_ref().is_some_and(|n| n.get(name) == Some(&false))
     }
 
     /// The newest revision the cache has seen.
@@ -269,5 +340,52 @@ mod tests {
         let mut w2 = cache.watch("/registry/", cache.revision()).await.unwrap();
         let kv = store.create("/registry/core/configmaps/default/b", b"{}".to_vec()).await.unwrap();
         assert_eq!(next(&mut w2).await.unwrap().revision, kv.mod_revision);
+    }
+
+    async fn caught_up(cache: &WatchCache, rev: i64) {
+        assert!(cache.wait_for(rev, Duration::from_secs(10)).await, "the cache never reached {rev}");
+    }
+
+    #[tokio::test]
+    async fn newest_copies_follow_the_ring_and_namespaces_stay_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(kumo_store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let ns = |name: &str, terminating: bool| {
+            let mut v = serde_json::json!({"metadata": {"name": name}});
+            if terminating {
+                v["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+            }
+            serde_json::to_vec(&v).unwrap()
+        };
+        // Namespaces from before the cache started are known too.
+        store.create("/registry/core/namespaces/old", ns("old", false)).await.unwrap();
+        let cache = WatchCache::start(store.clone(), 3).await.unwrap();
+        assert!(cache.namespace_active("old"));
+        assert!(!cache.namespace_active("new"));
+        let kv = store.create("/registry/core/namespaces/new", ns("new", false)).await.unwrap();
+        let kv = store.update(&kv.key, ns("new", true), kv.mod_revision).await.unwrap();
+        caught_up(&cache, kv.mod_revision).await;
+        assert!(!cache.namespace_active("new"), "a terminating namespace takes no new content");
+        let kv = store.delete("/registry/core/namespaces/old", None).await.unwrap();
+        caught_up(&cache, kv.mod_revision).await;
+        assert!(!cache.namespace_active("old"));
+
+        let a = store.create("/registry/core/configmaps/default/a", b"{}".to_vec()).await.unwrap();
+        caught_up(&cache, a.mod_revision).await;
+        let newest = cache.newest(&a.key).expect("a was just written");
+        assert_eq!((newest.revision, newest.deleted), (a.mod_revision, false));
+        assert_eq!(kumo_api::meta::resource_version(&newest.object), a.mod_revision.to_string());
+        // The copies cover twice the ring (capacity 3): six more events push `a`'s out.
+        let mut last = 0;
+        for k in ["b", "c", "d", "e", "f", "g"] {
+            last = store
+                .create(&format!("/registry/core/configmaps/default/{k}"), b"{}".to_vec())
+                .await
+                .unwrap()
+                .mod_revision;
+        }
+        caught_up(&cache, last).await;
+        assert!(cache.newest(&a.key).is_none(), "an evicted event leaves no copy behind");
+        assert!(cache.newest("/registry/core/configmaps/default/b").is_some(), "copies outlive the ring");
     }
 }

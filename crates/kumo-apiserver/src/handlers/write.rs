@@ -49,13 +49,29 @@ pub async fn update(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<R
         )));
     }
     meta::set_meta(&mut obj, "name", json!(call.name()));
-    let current = api.objects.get(def, call.namespace(), call.name()).await?;
     let want_rv = meta::resource_version(&obj).to_string();
-    if !want_rv.is_empty() && parse_rv(&want_rv)? != parse_rv(meta::resource_version(&current))? {
-        return Err(ApiError::stale(&def.group, &def.plural, call.name()));
+    let want_rv = if want_rv.is_empty() { None } else { Some(parse_rv(&want_rv)?) };
+    let sub = call.path.subresource.as_deref();
+    let (ns, name) = (call.namespace(), call.name());
+    // The version the client names, from the watch cache when it has it. A refused write (4xx: nothing was
+    // written) or a no-op may be the copy's fault and is redone from the store; a store failure is not retried,
+    // since the write may have happened.
+    let cached = want_rv.filter(|_| !opts.dry_run).and_then(|rv| rest::cached_current(api, def, ns, name, Some(rv)));
+    if let Some(current) = cached {
+        let mut o = opts.clone();
+        match rest::update(api, def, ns, &current, obj.clone(), sub, &mut o, false).await {
+            Ok((out, true)) => return Ok(respond(StatusCode::OK, def, out, call, &o.warnings)),
+            Err(e) if e.code >= 500 => return Err(e),
+            _ => {}
+        }
     }
-    let sub = call.path.subresource.clone();
-    let (out, _) = rest::update(api, def, call.namespace(), &current, obj, sub.as_deref(), &mut opts, false).await?;
+    let current = api.objects.get(def, ns, name).await?;
+    if let Some(rv) = want_rv {
+        if rv != parse_rv(meta::resource_version(&current))? {
+            return Err(ApiError::stale(&def.group, &def.plural, name));
+        }
+    }
+    let (out, _) = rest::update(api, def, ns, &current, obj, sub, &mut opts, false).await?;
     Ok(respond(StatusCode::OK, def, out, call, &opts.warnings))
 }
 
@@ -88,43 +104,83 @@ pub async fn patch(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Re
     let (now, api_version, lists, manager) =
         (meta::now_rfc3339(), def.api_version(), list_types(def), opts.manager.clone());
     let aopts = apply::ApplyOptions { manager: &manager, force, now: &now, api_version: &api_version, lists: &*lists };
+    let p = Patch { def, call, pt, doc: &patch_doc, sub: sub.as_deref(), aopts: &aopts };
+    // First from the watch cache's copy; a refusal or no-op there is redone from the store (see `update`).
+    if let Some(current) = rest::cached_current(api, def, call.namespace(), call.name(), None).filter(|_| !opts.dry_run)
+    {
+        let mut o = opts.clone();
+        match p.attempt(api, Some(current), &mut o, false).await {
+            Ok(Attempt::Done(resp, true)) => return Ok(resp),
+            Err(e) if e.code >= 500 => return Err(e),
+            _ => {}
+        }
+    }
     // Retry on a concurrent write, as Kubernetes does for patches without a resourceVersion precondition.
     for attempt in 0..PATCH_ATTEMPTS {
-        let current = match api.objects.try_get(def, call.namespace(), call.name()).await? {
+        let current = api.objects.try_get(def, call.namespace(), call.name()).await?;
+        match p.attempt(api, current, &mut opts, attempt + 1 < PATCH_ATTEMPTS).await? {
+            Attempt::Done(resp, _) => return Ok(resp),
+            Attempt::Conflict => continue,
+        }
+    }
+    Err(ApiError::stale(&def.group, &def.plural, call.name()))
+}
+
+/// One patch request, applied by [`Patch::attempt`] to a version of the object.
+struct Patch<'a> {
+    def: &'a ResourceDef,
+    call: &'a Call,
+    pt: PatchType,
+    doc: &'a Value,
+    sub: Option<&'a str>,
+    aopts: &'a apply::ApplyOptions<'a>,
+}
+
+enum Attempt {
+    /// The response, and whether anything was written.
+    Done(Resp, bool),
+    /// Someone else wrote first: apply the patch to the newer object.
+    Conflict,
+}
+
+impl Patch<'_> {
+    /// Patches `current` (absent: only an apply creates) and writes the result conditionally on its version.
+    async fn attempt(
+        &self,
+        api: &ApiServer,
+        current: Option<Value>,
+        opts: &mut WriteOptions,
+        may_retry: bool,
+    ) -> Result<Attempt, ApiError> {
+        let (def, call, pt, patch_doc, aopts) = (self.def, self.call, self.pt, self.doc, self.aopts);
+        let current = match current {
             Some(c) => c,
-            None if pt == PatchType::Apply && sub.is_none() => {
-                let mut config = patch_doc.clone();
-                check_apply_identity(def, call, &config)?;
-                let applied = apply::apply(None, &config, &aopts)
+            None if pt == PatchType::Apply && self.sub.is_none() => {
+                check_apply_identity(def, call, patch_doc)?;
+                let config = apply::apply(None, patch_doc, aopts)
                     .map_err(|e| e.to_api_error(&def.group, &def.kind, call.name()))?;
-                config = applied;
-                let out = rest::create(api, def, call.namespace(), config, &mut opts, Some("apply")).await?;
-                return Ok(respond(StatusCode::CREATED, def, out, call, &opts.warnings));
+                let out = rest::create(api, def, call.namespace(), config, opts, Some("apply")).await?;
+                return Ok(Attempt::Done(respond(StatusCode::CREATED, def, out, call, &opts.warnings), true));
             }
             None => return Err(ApiError::not_found(&def.group, &def.plural, call.name())),
         };
         let presented = present(def, current.clone());
         let new = match pt {
-            PatchType::Json => patch::json_patch(&presented, &patch_doc)?,
-            PatchType::Merge => patch::merge_patch(&presented, &patch_doc),
-            PatchType::Strategic => patch::strategic::strategic_merge(&presented, &patch_doc, &*list_types(def))
+            PatchType::Json => patch::json_patch(&presented, patch_doc)?,
+            PatchType::Merge => patch::merge_patch(&presented, patch_doc),
+            PatchType::Strategic => patch::strategic::strategic_merge(&presented, patch_doc, &*list_types(def))
                 .map_err(|e| ApiError::bad_request(format!("invalid strategic merge patch: {e}")))?,
             PatchType::Apply => {
-                check_apply_identity(def, call, &patch_doc)?;
-                let mut live = presented.clone();
-                if sub.as_deref() == Some("status") {
+                check_apply_identity(def, call, patch_doc)?;
+                let mut cfg = patch_doc.clone();
+                if self.sub == Some("status") {
                     // Applying to /status only touches status.
-                    let mut cfg = patch_doc.clone();
                     if let Some(m) = cfg.as_object_mut() {
                         m.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status"));
                     }
-                    live = apply::apply(Some(&live), &cfg, &aopts)
-                        .map_err(|e| e.to_api_error(&def.group, &def.kind, call.name()))?;
-                    live
-                } else {
-                    apply::apply(Some(&live), &patch_doc, &aopts)
-                        .map_err(|e| e.to_api_error(&def.group, &def.kind, call.name()))?
                 }
+                apply::apply(Some(&presented), &cfg, aopts)
+                    .map_err(|e| e.to_api_error(&def.group, &def.kind, call.name()))?
             }
         };
         if !new.is_object() {
@@ -150,16 +206,13 @@ pub async fn patch(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Re
             ));
         }
         meta::set_meta(&mut new, "resourceVersion", json!(meta::resource_version(&current)));
-        let may_retry = precondition.is_empty() && attempt + 1 < PATCH_ATTEMPTS;
-        match rest::update(api, def, call.namespace(), &current, new, sub.as_deref(), &mut opts, pt == PatchType::Apply)
-            .await
-        {
-            Ok((out, _)) => return Ok(respond(StatusCode::OK, def, out, call, &opts.warnings)),
-            Err(e) if e.code == 409 && e.reason == "Conflict" && may_retry => continue,
-            Err(e) => return Err(e),
+        let may_retry = precondition.is_empty() && may_retry;
+        match rest::update(api, def, call.namespace(), &current, new, self.sub, opts, pt == PatchType::Apply).await {
+            Ok((out, changed)) => Ok(Attempt::Done(respond(StatusCode::OK, def, out, call, &opts.warnings), changed)),
+            Err(e) if e.code == 409 && e.reason == "Conflict" && may_retry => Ok(Attempt::Conflict),
+            Err(e) => Err(e),
         }
     }
-    Err(ApiError::stale(&def.group, &def.plural, call.name()))
 }
 
 const RV_PATH: &str = "/metadata/resourceVersion";

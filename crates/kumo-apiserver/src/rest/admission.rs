@@ -256,6 +256,9 @@ pub fn same_object(a: &Value, b: &Value) -> bool {
 /// Checks the target namespace exists and is not being deleted.
 pub async fn check_namespace(api: &ApiServer, def: &ResourceDef, ns: Option<&str>) -> Result<(), ApiError> {
     let Some(ns) = ns.filter(|_| def.namespaced) else { return Ok(()) };
+    if api.cache.namespace_active(ns) {
+        return Ok(());
+    }
     let ns_def = api.registry.get("", "v1", "namespaces").expect("built-in");
     match api.objects.try_get(&ns_def, None, ns).await? {
         None => Err(ApiError::not_found("", "namespaces", ns)),

@@ -9,11 +9,12 @@ mod update;
 
 pub use create::create;
 pub use delete::{delete, remove_finalizer, Deleted};
-pub use update::{namespace_spec_finalizers, update};
+pub use update::{cached_current, namespace_spec_finalizers, update};
 
 use admission::FieldValidation;
 
 /// Options shared by every write, and the warnings it produced.
+#[derive(Clone)]
 pub struct WriteOptions {
     pub fv: FieldValidation,
     pub manager: String,

@@ -129,6 +129,24 @@ pub async fn update(
     Ok((out, true))
 }
 
+/// The object a write of `def`/`ns`/`name` replaces, as the watch cache last saw it (at exactly `rv` when the
+/// client named one), saving a store read. The write's compare-and-swap on the copy's revision makes a stale
+/// copy fail; callers retry any failure or no-op from the store, as Kubernetes' GuaranteedUpdate does with its
+/// cached object.
+pub fn cached_current(
+    api: &ApiServer,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    rv: Option<i64>,
+) -> Option<Value> {
+    let ev = api.cache.newest(&def.key(ns, name))?;
+    if ev.deleted || rv.is_some_and(|rv| rv != ev.revision) {
+        return None;
+    }
+    Some((*ev.object).clone())
+}
+
 /// A Namespace is only removed once its `spec.finalizers` (the namespace controller's) are done too.
 pub fn namespace_spec_finalizers(def: &ResourceDef, obj: &Value) -> bool {
     def.kind == "Namespace"
