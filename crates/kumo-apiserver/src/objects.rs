@@ -89,6 +89,19 @@ impl Objects {
         }
     }
 
+    /// [`Objects::get`] without a linearizable round (see [`Store::get_serializable`]); None when absent.
+    pub async fn get_serializable(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, ApiError> {
+        match self.store.get_serializable(&def.key(ns, name)).await {
+            Ok(kv) => kv.as_ref().map(decode).transpose(),
+            Err(e) => Err(store_error(def, name, e)),
+        }
+    }
+
     pub async fn try_get(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> Result<Option<Value>, ApiError> {
         match self.get(def, ns, name).await {
             Ok(v) => Ok(Some(v)),

@@ -43,6 +43,14 @@ pub trait Store: Send + Sync + 'static {
     /// Reads one key at the latest revision.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
 
+    /// Reads one key as this store's nearest replica has applied it, without waiting to agree on the latest
+    /// revision: it may miss a write acknowledged elsewhere moments ago (never one it acknowledged itself on a
+    /// single member). For writers that make their write a compare-and-swap on what they read anyway. The
+    /// default is [`Store::get`].
+    async fn get_serializable(&self, key: &str) -> Result<Option<KeyValue>> {
+        self.get(key).await
+    }
+
     /// Reads keys starting with `prefix`, in key order, strictly after `start_after` when given, at most `limit`
     /// of them (0 = no limit), as of `revision` (None = latest). Reading at a compacted revision fails with
     /// [`Error::Compacted`]; at a future revision with [`Error::FutureRevision`].

@@ -81,6 +81,10 @@ impl Store for EncryptedStore {
         self.inner.get(key).await?.map(|kv| self.open_kv(kv)).transpose()
     }
 
+    async fn get_serializable(&self, key: &str) -> Result<Option<KeyValue>> {
+        self.inner.get_serializable(key).await?.map(|kv| self.open_kv(kv)).transpose()
+    }
+
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
         let mut r = self.inner.range(req).await?;
         r.kvs = std::mem::take(&mut r.kvs).into_iter().map(|kv| self.open_kv(kv)).collect::<Result<_>>()?;

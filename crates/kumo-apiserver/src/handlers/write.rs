@@ -53,11 +53,11 @@ pub async fn update(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<R
     let want_rv = if want_rv.is_empty() { None } else { Some(parse_rv(&want_rv)?) };
     let sub = call.path.subresource.as_deref();
     let (ns, name) = (call.namespace(), call.name());
-    // The version the client names, from the watch cache when it has it. A refused write (4xx: nothing was
-    // written) or a no-op may be the copy's fault and is redone from the store; a store failure is not retried,
-    // since the write may have happened.
-    let cached = want_rv.filter(|_| !opts.dry_run).and_then(|rv| rest::cached_current(api, def, ns, name, Some(rv)));
-    if let Some(current) = cached {
+    // First on a guess at the version the client names (see `rest::current_guess`). A refused write (4xx:
+    // nothing was written) or a no-op may be the guess's fault and is redone from an authoritative read; a
+    // store failure is not retried, since the write may have happened.
+    let guess = if opts.dry_run { None } else { rest::current_guess(api, def, ns, name, want_rv).await? };
+    if let Some(current) = guess {
         let mut o = opts.clone();
         match rest::update(api, def, ns, &current, obj.clone(), sub, &mut o, false).await {
             Ok((out, true)) => return Ok(respond(StatusCode::OK, def, out, call, &o.warnings)),
@@ -105,9 +105,10 @@ pub async fn patch(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Re
         (meta::now_rfc3339(), def.api_version(), list_types(def), opts.manager.clone());
     let aopts = apply::ApplyOptions { manager: &manager, force, now: &now, api_version: &api_version, lists: &*lists };
     let p = Patch { def, call, pt, doc: &patch_doc, sub: sub.as_deref(), aopts: &aopts };
-    // First from the watch cache's copy; a refusal or no-op there is redone from the store (see `update`).
-    if let Some(current) = rest::cached_current(api, def, call.namespace(), call.name(), None).filter(|_| !opts.dry_run)
-    {
+    // First on a guess; a refusal or no-op there is redone from an authoritative read (see `update`).
+    let guess =
+        if opts.dry_run { None } else { rest::current_guess(api, def, call.namespace(), call.name(), None).await? };
+    if let Some(current) = guess {
         let mut o = opts.clone();
         match p.attempt(api, Some(current), &mut o, false).await {
             Ok(Attempt::Done(resp, true)) => return Ok(resp),

@@ -9,7 +9,7 @@ mod update;
 
 pub use create::create;
 pub use delete::{delete, remove_finalizer, Deleted};
-pub use update::{cached_current, namespace_spec_finalizers, update};
+pub use update::{current_guess, namespace_spec_finalizers, update};
 
 use admission::FieldValidation;
 

@@ -129,22 +129,23 @@ pub async fn update(
     Ok((out, true))
 }
 
-/// The object a write of `def`/`ns`/`name` replaces, as the watch cache last saw it (at exactly `rv` when the
-/// client named one), saving a store read. The write's compare-and-swap on the copy's revision makes a stale
-/// copy fail; callers retry any failure or no-op from the store, as Kubernetes' GuaranteedUpdate does with its
-/// cached object.
-pub fn cached_current(
+/// A guess at the object a write of `def`/`ns`/`name` replaces (at exactly `rv` when the client named one):
+/// the watch cache's copy, else a serializable store read, either of which may lag the store. The write's
+/// compare-and-swap on the guess's revision makes a stale guess fail; callers redo any refusal or no-op from
+/// an authoritative read, as Kubernetes' GuaranteedUpdate does with its cached object.
+pub async fn current_guess(
     api: &ApiServer,
     def: &ResourceDef,
     ns: Option<&str>,
     name: &str,
     rv: Option<i64>,
-) -> Option<Value> {
-    let ev = api.cache.newest(&def.key(ns, name))?;
-    if ev.deleted || rv.is_some_and(|rv| rv != ev.revision) {
-        return None;
+) -> Result<Option<Value>, ApiError> {
+    let wanted = |rv_of: i64| rv.is_none_or(|rv| rv == rv_of);
+    if let Some(ev) = api.cache.newest(&def.key(ns, name)).filter(|ev| !ev.deleted && wanted(ev.revision)) {
+        return Ok(Some((*ev.object).clone()));
     }
-    Some((*ev.object).clone())
+    let read = api.objects.get_serializable(def, ns, name).await?;
+    Ok(read.filter(|obj| parse_rv(meta::resource_version(obj)).is_ok_and(wanted)))
 }
 
 /// A Namespace is only removed once its `spec.finalizers` (the namespace controller's) are done too.

@@ -47,6 +47,9 @@ pub async fn create_get_update_delete(s: Arc<dyn Store>) {
     assert_eq!((a2.create_revision, a2.value.as_slice()), (a.create_revision, &b"2"[..]));
     assert!(a2.mod_revision > a.mod_revision);
     assert_eq!(s.get(&k("a")).await.unwrap(), Some(a2.clone()));
+    // One member reads its own acknowledged writes without a linearizable round.
+    assert_eq!(s.get_serializable(&k("a")).await.unwrap(), Some(a2.clone()));
+    assert!(s.get_serializable(&k("missing")).await.unwrap().is_none());
     match s.update(&k("a"), b"3".to_vec(), a.mod_revision).await {
         Err(Error::Conflict { key, current }) => assert_eq!((key, current), (k("a"), Some(a2.clone()))),
         other => panic!("expected a conflict carrying the current value, got {other:?}"),

@@ -22,12 +22,14 @@ impl EtcdStore {
         Ok((revision(&resp), compacted))
     }
 
-    pub(super) async fn get_key(&self, key: &str) -> Result<Option<KeyValue>> {
+    /// `serializable`: answered from the member's applied state, without a read index round.
+    pub(super) async fn get_key(&self, key: &str, serializable: bool) -> Result<Option<KeyValue>> {
         let k = self.keys.data(key);
+        let options = serializable.then(|| GetOptions::new().with_serializable());
         let resp = self
             .call("get", |mut kv| {
-                let k = k.clone();
-                async move { kv.get(k, None).await }
+                let (k, options) = (k.clone(), options.clone());
+                async move { kv.get(k, options).await }
             })
             .await?;
         resp.kvs().first().map(|kv| self.keys.kv(kv)).transpose()

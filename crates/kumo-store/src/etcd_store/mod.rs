@@ -260,7 +260,13 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        self.get_key(key).await
+        self.get_key(key, false).await
+    }
+
+    async fn get_serializable(&self, key: &str) -> Result<Option<KeyValue>> {
+        // Linearizable reads wait for the read index to be applied, which under a stream of writes queues them
+        // behind the writes; a serializable read answers from what the member has applied.
+        self.get_key(key, true).await
     }
 
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
