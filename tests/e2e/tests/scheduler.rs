@@ -181,7 +181,7 @@ async fn racing_schedulers_never_bind_a_vmi_twice() {
         let out = s.kubectl_ok(&["get", "vmi", "-o", "jsonpath={.items[*].status.nodeName}"]).ok()?;
         (out.split_whitespace().count() == VMIS).then_some(())
     });
-    assert!(all_bound.is_some(), "not all bound: {}", s.kubectl_ok(&["get", "vmi"]).unwrap_or_default());
+    assert!(all_bound.is_some(), "not all bound: {}", s.kubectl_ok(&["get", "vmi"]).unwrap_or_else(|e| e.to_string()));
     // A scheduler that lost a race would write within milliseconds; give it ample time.
     tokio::time::sleep(Duration::from_secs(3)).await;
     recorder.abort();

@@ -21,8 +21,14 @@ spec:
       volumes: [{name: root, containerDisk: {image: example/guest}}]
 "#;
 
+/// A field of an object; empty while the object does not exist yet (controllers create some of them), but any
+/// other kubectl failure (a dead server) fails the test.
 fn jsonpath(s: &Server, args: &[&str]) -> String {
-    s.kubectl_ok(args).unwrap_or_default()
+    match s.kubectl_ok(args) {
+        Ok(out) => out,
+        Err(e) if e.to_string().contains("NotFound") => String::new(),
+        Err(e) => panic!("kubectl {args:?} failed (is the server alive?): {e}"),
+    }
 }
 
 fn wait_for(s: &Server, what: &str, args: &[&str], want: &str) {

@@ -70,11 +70,14 @@ fn http_get(ip: &str, path: &str) -> Option<String> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
-    out.starts_with("HTTP/1.").then(|| out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+    // Only a 200 is the file: the guest's web server answers 404 until the user-data has written it.
+    let status = out.split_whitespace().nth(1);
+    (out.starts_with("HTTP/1.") && status == Some("200"))
+        .then(|| out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
 
 fn get(s: &Server, args: &[&str]) -> String {
-    s.kubectl_ok(args).unwrap_or_default()
+    s.kubectl_ok(args).unwrap_or_else(|e| panic!("kubectl {args:?} failed (is the server alive?): {e}"))
 }
 
 /// Host resources of one VMI: QEMU processes, network namespace, node-side veth, state directory.
