@@ -51,6 +51,17 @@ pub fn store_error(def: &ResourceDef, name: &str, e: StoreError) -> ApiError {
             e.retry_after_seconds = Some(1);
             e
         }
+        StoreError::NoSpace(m) => {
+            let mut e = ApiError::insufficient_storage(format!(
+                "the write was not stored: the server's disk is full ({m}); free space on it, then retry"
+            ));
+            e.retry_after_seconds = Some(5);
+            e
+        }
+        // Never served: the client learns which object, the operator gets the details in the log and events.
+        StoreError::Corrupt { key, detail } => {
+            ApiError::internal(format!("the stored object {key} is corrupt ({detail}); restore it from a snapshot"))
+        }
         StoreError::Backend(m) => ApiError::internal(format!("storage error: {m}")),
     }
 }

@@ -51,6 +51,12 @@ pub trait Store: Send + Sync + 'static {
         self.get(key).await
     }
 
+    /// Why writes are failing right now (a full disk, an fsync error), while they are; reads may still work.
+    /// `/readyz` reports it. Backends whose write failures are per request (etcd) report None.
+    fn write_failure(&self) -> Option<String> {
+        None
+    }
+
     /// Reads keys starting with `prefix`, in key order, strictly after `start_after` when given, at most `limit`
     /// of them (0 = no limit), as of `revision` (None = latest). Reading at a compacted revision fails with
     /// [`Error::Compacted`]; at a future revision with [`Error::FutureRevision`].

@@ -54,7 +54,7 @@ pub struct RangeResponse {
     pub remaining: i64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("key {0} not found")]
     NotFound(String),
@@ -74,6 +74,12 @@ pub enum Error {
     /// No answer within the deadline. A write may or may not have been applied.
     #[error("storage timed out: {0}")]
     Timeout(String),
+    /// A stored value failed its checksum (or does not decode): it is reported by key and never returned.
+    #[error("stored value of {key} is corrupt: {detail}")]
+    Corrupt { key: String, detail: String },
+    /// The disk is full: writes fail (and are not applied) until space is freed; reads go on.
+    #[error("storage is out of space: {0}")]
+    NoSpace(String),
     #[error("storage backend: {0}")]
     Backend(String),
 }

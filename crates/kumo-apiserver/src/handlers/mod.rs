@@ -73,10 +73,10 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>, 
     let query = Query::parse(parts.uri.query());
     let accept = Accept::parse(parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()));
     match path.as_str() {
-        "/healthz" | "/livez" => return plain("ok"),
+        "/healthz" | "/livez" => return plain("ok".into()),
         // Ready means able to serve: the store answers. Node agents use this to tell a control-plane outage
         // (every replica without its store) from their own isolation (see kumo_agent::fence).
-        "/readyz" => return readyz(&api).await,
+        "/readyz" => return readyz(&api, query.0.contains_key("verbose")).await,
         "/version" => return response::json_response(StatusCode::OK, &crate::discovery::version()),
         _ => {}
     }
@@ -126,18 +126,43 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>, 
     }
 }
 
-async fn readyz(api: &ApiServer) -> Resp {
-    match tokio::time::timeout(Duration::from_secs(3), api.objects.store.current_revision()).await {
-        Ok(Ok(_)) => plain("ok"),
-        Ok(Err(e)) => response::error(&ApiError::unavailable(format!("{STORE_DOWN}: {e}"))),
-        Err(_) => response::error(&ApiError::unavailable(format!("{STORE_DOWN}: no answer in 3s"))),
+/// Ready means the store answers and takes writes. `?verbose` lists each check, as Kubernetes does.
+async fn readyz(api: &ApiServer, verbose: bool) -> Resp {
+    let store = &api.objects.store;
+    let reach = match tokio::time::timeout(Duration::from_secs(3), store.current_revision()).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("no answer in 3s".to_string()),
+    };
+    let writes = store.write_failure().map(|why| format!("writes are failing: {why}"));
+    let checks = [("store", &reach), ("store-writes", &writes)];
+    let failed: Vec<String> = checks.iter().filter_map(|(_, f)| (*f).clone()).collect();
+    if failed.is_empty() {
+        if !verbose {
+            return plain("ok".into());
+        }
+        let lines: String = checks.iter().map(|(name, _)| format!("[+]{name} ok\n")).collect();
+        return plain(format!("{lines}readyz check passed\n"));
     }
+    // Agents look for STORE_DOWN: a control plane that cannot write cannot renew their Leases either.
+    let mut message = format!("{STORE_DOWN}: {}", failed.join("; "));
+    if verbose {
+        let lines: String = checks
+            .iter()
+            .map(|(name, f)| match f {
+                None => format!("[+]{name} ok\n"),
+                Some(why) => format!("[-]{name} failed: {why}\n"),
+            })
+            .collect();
+        message = format!("{lines}readyz check failed: {message}");
+    }
+    response::error(&ApiError::unavailable(message))
 }
 
 /// How `/readyz` says the store is out of reach (node agents look for it).
 pub const STORE_DOWN: &str = "storage is unavailable";
 
-fn plain(s: &'static str) -> Resp {
+fn plain(s: String) -> Resp {
     http::Response::builder()
         .header(http::header::CONTENT_TYPE, "text/plain")
         .body(response::full(s))

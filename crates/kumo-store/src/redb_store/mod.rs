@@ -4,11 +4,15 @@
 //! `writer.rs`), so a write costs one shared fsync. Reads run on tokio's blocking pool against a redb read
 //! snapshot. The table layout is described in `schema.rs`.
 
+mod migrate;
 mod read;
 mod schema;
+mod slot;
 mod watch;
 mod writer;
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -21,6 +25,7 @@ use std::thread::JoinHandle;
 
 use futures::stream::BoxStream;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+use slot::Slot;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::{Error, Event, KeyValue, RangeRequest, RangeResponse, Result, Store};
@@ -44,7 +49,7 @@ struct Shared {
 /// Share it as `Arc<RedbStore>` (or `Arc<dyn Store>`). Dropping it waits for queued writes to commit and closes
 /// the file, after which it may be opened again.
 pub struct RedbStore {
-    db: Arc<Database>,
+    slot: Arc<Slot>,
     shared: Arc<Shared>,
     /// None only while dropping, to stop the writer.
     requests: Option<mpsc::Sender<Request>>,
@@ -58,9 +63,6 @@ impl std::fmt::Debug for RedbStore {
     }
 }
 
-/// redb page cache size.
-const CACHE_BYTES: usize = 64 << 20;
-
 impl RedbStore {
     /// Opens the database at `path`, creating it if missing. Fails with [`Error::Backend`] if the file is not a
     /// redb database or was written by an unknown format version.
@@ -69,29 +71,24 @@ impl RedbStore {
     }
 
     fn open_with_capacity(path: &Path, capacity: usize) -> Result<RedbStore> {
-        // redb's default page cache is 1 GiB; the API server's watch cache already keeps hot data in memory,
-        // so a smaller cache keeps resident memory proportional to what is actually used.
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| Error::Backend(format!("opening {}: {e}", path.display())))?;
+        let db = slot::open_db(path)?;
         let (revision, compacted) = init(&db)?;
         let shared = Arc::new(Shared {
             revision: AtomicI64::new(revision),
             compacted: AtomicI64::new(compacted),
             commits: AtomicU64::new(0),
         });
-        let db = Arc::new(db);
+        let slot = Arc::new(Slot::new(path, db));
         let (requests, rx) = mpsc::channel();
         let (events, _) = broadcast::channel(capacity);
         let writer = {
-            let (db, shared, events) = (db.clone(), shared.clone(), events.clone());
+            let (slot, shared, events) = (slot.clone(), shared.clone(), events.clone());
             std::thread::Builder::new()
                 .name("kumo-store-writer".into())
-                .spawn(move || writer::run(db, shared, rx, events))
+                .spawn(move || writer::run(slot, shared, rx, events))
                 .map_err(backend)?
         };
-        Ok(RedbStore { db, shared, requests: Some(requests), events, writer: Some(writer) })
+        Ok(RedbStore { slot, shared, requests: Some(requests), events, writer: Some(writer) })
     }
 
     /// Queues a write and waits (without blocking the runtime) for its durable commit.
@@ -113,7 +110,7 @@ impl RedbStore {
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> Result<T> + Send + 'static,
     {
-        let db = self.db.clone();
+        let db = self.slot.db()?;
         tokio::task::spawn_blocking(move || f(&db.begin_read().map_err(backend)?)).await.map_err(backend)?
     }
 
@@ -148,6 +145,11 @@ fn init(db: &Database) -> Result<(i64, i64)> {
                 meta.insert(META_FORMAT_VERSION, FORMAT_VERSION).map_err(backend)?;
             }
             Some(FORMAT_VERSION) => {}
+            Some(schema::FORMAT_V1) => {
+                tracing::info!("upgrading the store from format 1 to {FORMAT_VERSION} (per-value checksums)");
+                migrate::v1_to_v2(&txn)?;
+                meta.insert(META_FORMAT_VERSION, FORMAT_VERSION).map_err(backend)?;
+            }
             Some(other) => {
                 return Err(Error::Backend(format!(
                     "unsupported kumo-store format version {other} (this build understands {FORMAT_VERSION})"
@@ -214,5 +216,9 @@ impl Store for RedbStore {
 
     async fn compact(&self, revision: i64) -> Result<()> {
         self.submit(Op::Compact { revision }).await.map(|_| ())
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        self.slot.failure().map(|f| format!("{} (for {}s)", f.error, f.since.elapsed().as_secs()))
     }
 }

@@ -108,7 +108,7 @@ fn range_history(txn: &ReadTransaction, prefix: &str, start: Bound<&str>, at: i6
             if !Version::is_tombstone(v.value()) {
                 let rev = k.value().1;
                 page.push(|| {
-                    let kv = Version::decode(v.value())?.into_kv(&key, rev);
+                    let kv = Version::decode(&key, rev, v.value())?.into_kv(&key, rev);
                     kv.ok_or_else(|| Error::Backend("tombstone decoded as value".into()))
                 })?;
             }
@@ -132,15 +132,21 @@ pub(crate) fn replay(txn: &ReadTransaction, prefix: &str, after: i64) -> Result<
             continue;
         }
         let version = match history.get((key, rev)).map_err(backend)? {
-            Some(v) => Version::decode(v.value())?,
-            None => return Err(Error::Backend(format!("history for {key}@{rev} is missing"))),
+            Some(v) => Version::decode(key, rev, v.value())?,
+            None => {
+                return Err(Error::Corrupt {
+                    key: key.to_string(),
+                    detail: format!("the log names revision {rev}, which has no history row"),
+                })
+            }
         };
         // Compaction keeps the latest non-tombstone version at or below it, so the predecessor of any
         // uncompacted event survives; None means a create.
         let prev = match history.range((key, i64::MIN)..(key, rev)).map_err(backend)?.next_back() {
             Some(entry) => {
                 let (pk, pv) = entry.map_err(backend)?;
-                Version::decode(pv.value())?.into_kv(key, pk.value().1)
+                let prev_rev = pk.value().1;
+                Version::decode(key, prev_rev, pv.value())?.into_kv(key, prev_rev)
             }
             None => None,
         };

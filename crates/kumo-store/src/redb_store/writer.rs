@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, oneshot};
 use super::schema::{
     backend, decode_current, encode_current, Version, CURRENT, HISTORY, LOG, META, META_COMPACTED, META_REVISION,
 };
+use super::slot::{Slot, RETRY_AFTER};
 use super::Shared;
 use crate::{Error, Event, EventKind, KeyValue, Result};
 
@@ -43,12 +44,23 @@ pub(crate) type EventBatch = Arc<Vec<Event>>;
 
 /// Runs until every request sender is dropped.
 pub(crate) fn run(
-    db: Arc<Database>,
+    slot: Arc<Slot>,
     shared: Arc<Shared>,
     requests: mpsc::Receiver<Request>,
     events: broadcast::Sender<EventBatch>,
 ) {
-    while let Ok(first) = requests.recv() {
+    loop {
+        let first = match requests.recv_timeout(RETRY_AFTER) {
+            Ok(req) => req,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Reads need the database open even when nobody writes.
+                if slot.db().is_err() {
+                    let _ = slot.reopen();
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match requests.try_recv() {
@@ -57,21 +69,69 @@ pub(crate) fn run(
             }
         }
         let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
-        let outcomes = match commit(&db, &shared, &events, &ops) {
-            Ok(outcomes) => outcomes,
-            // A storage failure aborts the whole transaction; retry one by one so only the culprit fails.
-            Err(err) if ops.len() > 1 => {
-                tracing::warn!(error = %err, requests = ops.len(), "group commit failed, retrying singly");
-                ops.chunks(1)
-                    .map(|op| commit(&db, &shared, &events, op).unwrap_or_else(|e| vec![Err(e)]).remove(0))
-                    .collect()
-            }
-            Err(err) => vec![Err(err)],
-        };
+        let outcomes = write(&slot, &shared, &events, &ops);
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // The caller may have given up waiting; the write stands regardless.
             let _ = reply.send(outcome);
         }
+    }
+}
+
+/// One outcome per op. While writes are failing they are refused outright, and tried again (after opening
+/// the database anew) once [`RETRY_AFTER`] has passed, so the store recovers by itself when space returns.
+fn write(slot: &Slot, shared: &Shared, events: &broadcast::Sender<EventBatch>, ops: &[Op]) -> Vec<Outcome> {
+    let refuse = |e: &Error| ops.iter().map(|_| Err(refusal(e))).collect::<Vec<_>>();
+    if let Some(f) = slot.failure() {
+        if f.tried.elapsed() < RETRY_AFTER {
+            return refuse(&f.error);
+        }
+    }
+    let db = match slot.db().or_else(|_| slot.reopen()) {
+        Ok(db) => db,
+        Err(e) => {
+            slot.fail(&e);
+            return refuse(&e);
+        }
+    };
+    match commit(&db, shared, events, ops) {
+        Ok(outcomes) => {
+            slot.healthy();
+            outcomes
+        }
+        // The file could not be written: redb now refuses everything until it is opened again.
+        Err(err) if poisons(&err) => {
+            drop(db);
+            slot.fail(&err);
+            if let Err(e) = slot.reopen() {
+                tracing::warn!(error = %e, "opening the store again failed; retrying");
+            }
+            refuse(&err)
+        }
+        // Anything else aborts this transaction only; retry one by one so only the culprit fails.
+        Err(err) if ops.len() > 1 => {
+            tracing::warn!(error = %err, requests = ops.len(), "group commit failed, retrying singly");
+            ops.chunks(1).map(|op| commit(&db, shared, events, op).unwrap_or_else(|e| vec![Err(e)]).remove(0)).collect()
+        }
+        Err(err) => vec![Err(err)],
+    }
+}
+
+/// Whether a failed commit means the file could not be written (so redb must be opened again), rather than a
+/// problem with one request's data.
+fn poisons(e: &Error) -> bool {
+    match e {
+        Error::NoSpace(_) => true,
+        Error::Backend(text) => text.contains("I/O") || text.contains("os error") || text.contains("Previous"),
+        _ => false,
+    }
+}
+
+/// What a refused write answers: a full disk stays [`Error::NoSpace`], other write failures are retryable
+/// [`Error::Unavailable`]. Either way the write was not applied.
+fn refusal(e: &Error) -> Error {
+    match e {
+        Error::NoSpace(_) | Error::Unavailable(_) => e.clone(),
+        other => Error::Unavailable(format!("writes are failing: {other}")),
     }
 }
 
@@ -179,7 +239,7 @@ impl Tables<'_> {
                 let rev = a.revision + 1;
                 self.current.remove(key.as_str()).map_err(backend)?;
                 let tomb = Version::Tombstone { create_rev: prev.create_revision };
-                self.history.insert((key.as_str(), rev), tomb.encode().as_slice()).map_err(backend)?;
+                self.history.insert((key.as_str(), rev), tomb.encode(key, rev).as_slice()).map_err(backend)?;
                 self.log.insert(rev, key.as_str()).map_err(backend)?;
                 a.revision = rev;
                 let kv = KeyValue { mod_revision: rev, ..prev.clone() };
@@ -202,10 +262,10 @@ impl Tables<'_> {
     /// Writes `kv` as the key's current value and records it in history and log.
     fn put(&mut self, kv: &KeyValue) -> Result<()> {
         let (key, rev) = (kv.key.as_str(), kv.mod_revision);
-        let row = encode_current(kv.create_revision, rev, &kv.value);
+        let row = encode_current(key, kv.create_revision, rev, &kv.value);
         self.current.insert(key, row.as_slice()).map_err(backend)?;
         let version = Version::Put { create_rev: kv.create_revision, value: kv.value.clone() };
-        self.history.insert((key, rev), version.encode().as_slice()).map_err(backend)?;
+        self.history.insert((key, rev), version.encode(key, rev).as_slice()).map_err(backend)?;
         self.log.insert(rev, key).map_err(backend)?;
         Ok(())
     }
