@@ -25,13 +25,24 @@ pub fn spawn_all(api: Arc<ApiServer>, compaction_interval: Duration, leader: wat
     let gc_api = api.clone();
     let mut gc_leader = leader.clone();
     tokio::spawn(async move {
+        // A collector that keeps failing (an unreadable object, a store that refuses writes) retries slower.
+        let mut pause = Duration::from_millis(200);
         loop {
             if gc_leader.wait_for(|l| *l).await.map(|_| ()).is_err() {
                 return;
             }
+            let started = tokio::time::Instant::now();
             tokio::select! {
-                r = run_collector(&gc_api) => if let Err(e) = r {
-                    tracing::warn!("garbage collector restarting: {e}");
+                r = run_collector(&gc_api) => match r {
+                    Err(e) => {
+                        if started.elapsed() > Duration::from_secs(60) {
+                            pause = Duration::from_millis(200);
+                        }
+                        tracing::warn!("garbage collector restarting in {pause:?}: {e}");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(30));
+                    }
+                    Ok(()) => pause = Duration::from_millis(200),
                 },
                 _ = async { gc_leader.wait_for(|l| !*l).await.map(|_| ()) } => tracing::info!("garbage collector paused: not the leader"),
             }

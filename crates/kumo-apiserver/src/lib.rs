@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod console;
+pub mod corruption;
 pub mod crypt;
 pub mod csr;
 pub mod discovery;

@@ -85,6 +85,7 @@ pub async fn run(config: Config, store: Arc<dyn Store>) -> Result<Running> {
         Arc::new(ApiServer::new(store, Arc::new(Registry::with_builtins()), cache, pki.token.clone(), ca, &config));
     state::bootstrap(&api).await?;
     state::follow_crds(api.clone());
+    crate::corruption::spawn(api.clone());
 
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let serve_api = api.clone();

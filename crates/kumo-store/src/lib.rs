@@ -20,7 +20,7 @@ mod redb_store;
 mod types;
 
 pub use etcd_store::{EtcdConfig, EtcdStore};
-pub use redb_store::RedbStore;
+pub use redb_store::{unusable, CheckReport, RedbStore};
 pub use types::*;
 
 use futures::stream::BoxStream;
@@ -55,6 +55,12 @@ pub trait Store: Send + Sync + 'static {
     /// `/readyz` reports it. Backends whose write failures are per request (etcd) report None.
     fn write_failure(&self) -> Option<String> {
         None
+    }
+
+    /// Damaged values found since the last call, each key once per process: `(key, what is wrong)`. The server
+    /// reports them as events. Backends that cannot find any (etcd checks its own data) report none.
+    fn take_corrupt(&self) -> Vec<(String, String)> {
+        vec![]
     }
 
     /// Reads keys starting with `prefix`, in key order, strictly after `start_after` when given, at most `limit`

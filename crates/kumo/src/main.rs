@@ -22,6 +22,7 @@ struct Cli {
 mod client;
 mod drain;
 mod join;
+mod store;
 mod virtctl;
 
 use kumo_controllers::leader;
@@ -114,6 +115,11 @@ enum Command {
         timeout: Duration,
         #[command(flatten)]
         target: Target,
+    },
+    /// Care of the embedded store: `kumo store check --data-dir DIR`.
+    Store {
+        #[command(subcommand)]
+        action: store::StoreAction,
     },
     /// Bootstrap tokens for joining hosts: `kumo token create` (as `kubeadm token create`).
     Token {
@@ -328,6 +334,7 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Server(args) => server(*args).await,
+        Command::Store { action } => store::run(action),
         Command::Start { name, target } => vm_verb(&target, "virtualmachines", &name, "start").await,
         Command::Stop { name, target } => vm_verb(&target, "virtualmachines", &name, "stop").await,
         Command::Restart { name, target } => vm_verb(&target, "virtualmachines", &name, "restart").await,
@@ -431,8 +438,8 @@ async fn server(args: ServerArgs) -> Result<()> {
     let store: Arc<dyn kumo_store::Store> =
         if args.etcd_servers.is_empty() {
             let db = args.data_dir.join("kumo.redb");
-            let store = kumo_store::RedbStore::open(&db)
-                .with_context(|| format!("opening the store at {} (is another kumo server using it?)", db.display()))?;
+            let store =
+                kumo_store::RedbStore::open(&db).with_context(|| format!("opening the store at {}", db.display()))?;
             // The store holds every object, Secrets included (sealed, but still): only this user may read it.
             std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                 .with_context(|| format!("making {} private", db.display()))?;

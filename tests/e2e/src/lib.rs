@@ -61,6 +61,12 @@ impl Server {
     /// or, when `KUMO_E2E_STORE=etcd` (and `args` name no store), on an etcd of its own: the same API tests
     /// then run against both backends.
     pub fn start_at(ip: &str, args: &[&str]) -> Result<Server> {
+        Self::start_prepared(ip, args, |_| Ok(()))
+    }
+
+    /// [`Server::start_at`], after `prepare` has set up the (empty) data directory, e.g. put the store file on a
+    /// small filesystem.
+    pub fn start_prepared(ip: &str, args: &[&str], prepare: impl FnOnce(&Path) -> Result<()>) -> Result<Server> {
         let mut extra_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let etcd = match std::env::var("KUMO_E2E_STORE").as_deref() {
             Ok("etcd") if !args.contains(&"--etcd-servers") => {
@@ -79,6 +85,7 @@ impl Server {
             child: None,
             _etcd: etcd,
         };
+        prepare(s.dir.path())?;
         s.spawn()?;
         Ok(s)
     }
@@ -145,6 +152,25 @@ impl Server {
 
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
+        self.spawn()
+    }
+
+    /// SIGTERM, and wait for the server to exit (it closes its store cleanly).
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let status = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
+            anyhow::ensure!(status.success(), "kill -TERM failed");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while c.try_wait()?.is_none() {
+                anyhow::ensure!(Instant::now() < deadline, "kumo server did not stop on SIGTERM: {}", self.log());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped server again on the same data directory (an error if it exits or never gets ready).
+    pub fn start_again(&mut self) -> Result<()> {
         self.spawn()
     }
 

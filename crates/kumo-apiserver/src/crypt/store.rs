@@ -81,6 +81,14 @@ impl Store for EncryptedStore {
         self.inner.get(key).await?.map(|kv| self.open_kv(kv)).transpose()
     }
 
+    fn write_failure(&self) -> Option<String> {
+        self.inner.write_failure()
+    }
+
+    fn take_corrupt(&self) -> Vec<(String, String)> {
+        self.inner.take_corrupt()
+    }
+
     async fn get_serializable(&self, key: &str) -> Result<Option<KeyValue>> {
         self.inner.get_serializable(key).await?.map(|kv| self.open_kv(kv)).transpose()
     }

@@ -4,6 +4,8 @@
 //! `writer.rs`), so a write costs one shared fsync. Reads run on tokio's blocking pool against a redb read
 //! snapshot. The table layout is described in `schema.rs`.
 
+mod check;
+mod guard;
 mod migrate;
 mod read;
 mod schema;
@@ -32,6 +34,11 @@ use crate::{Error, Event, KeyValue, RangeRequest, RangeResponse, Result, Store};
 use schema::{backend, FORMAT_VERSION, META, META_COMPACTED, META_FORMAT_VERSION, META_REVISION};
 use writer::{EventBatch, Op, Request};
 
+/// How long opening the store may spend reading rows to verify them (the structure check is always whole).
+const START_CHECK_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
+pub use check::{unusable, CheckReport};
+
 /// Live events buffered per watcher before a slow one is cut off (counted in commits, not events).
 const BROADCAST_CAPACITY: usize = 4096;
 
@@ -44,12 +51,39 @@ struct Shared {
     commits: AtomicU64,
 }
 
+/// Damaged values seen (at open or by reads), for [`Store::take_corrupt`]: each key reported once.
+#[derive(Default)]
+struct Corruption {
+    seen: std::sync::Mutex<Seen>,
+}
+
+/// Every key found damaged, and those not yet taken by [`Store::take_corrupt`].
+#[derive(Default)]
+struct Seen(std::collections::HashSet<String>, Vec<(String, String)>);
+
+impl Corruption {
+    fn note(&self, key: &str, detail: &str) {
+        let mut g = self.seen.lock().expect("lock");
+        if g.0.insert(key.to_string()) {
+            tracing::error!(key = %key, detail = %detail, "corrupt value in the store: it is not served; restore it from a snapshot");
+            g.1.push((key.to_string(), detail.to_string()));
+        }
+    }
+
+    fn note_err<T>(&self, r: &Result<T>) {
+        if let Err(Error::Corrupt { key, detail }) = r {
+            self.note(key, detail);
+        }
+    }
+}
+
 /// A [`Store`] persisted in a single redb file.
 ///
 /// Share it as `Arc<RedbStore>` (or `Arc<dyn Store>`). Dropping it waits for queued writes to commit and closes
 /// the file, after which it may be opened again.
 pub struct RedbStore {
     slot: Arc<Slot>,
+    corrupt: Arc<Corruption>,
     shared: Arc<Shared>,
     /// None only while dropping, to stop the writer.
     requests: Option<mpsc::Sender<Request>>,
@@ -71,8 +105,20 @@ impl RedbStore {
     }
 
     fn open_with_capacity(path: &Path, capacity: usize) -> Result<RedbStore> {
-        let db = slot::open_db(path)?;
-        let (revision, compacted) = init(&db)?;
+        // Damage in the file's structure stops the server here, with what to do; damaged values are only
+        // reported (a read of one fails naming it). The walk stops at a time budget.
+        let opened = guard::guarded(|| -> Result<_> {
+            let db = slot::open_db(path)?;
+            let (revision, compacted) = init(&db)?;
+            let sample = check::rows(&db, path, Some(START_CHECK_BUDGET))?;
+            Ok((db, revision, compacted, sample))
+        });
+        let (db, revision, compacted, sample) = opened.map_err(|why| unusable(path, &why))??;
+        let corrupt = Arc::new(Corruption::default());
+        for (key, detail) in &sample.corrupt {
+            corrupt.note(key, detail);
+        }
+        tracing::debug!(rows = sample.rows, complete = sample.complete, took = ?sample.took, "store checked at open");
         let shared = Arc::new(Shared {
             revision: AtomicI64::new(revision),
             compacted: AtomicI64::new(compacted),
@@ -88,7 +134,25 @@ impl RedbStore {
                 .spawn(move || writer::run(slot, shared, rx, events))
                 .map_err(backend)?
         };
-        Ok(RedbStore { slot, shared, requests: Some(requests), events, writer: Some(writer) })
+        Ok(RedbStore { slot, corrupt, shared, requests: Some(requests), events, writer: Some(writer) })
+    }
+
+    /// Checks a store file whole: structure, every row's checksum, and that the tables agree. The file must
+    /// not be open elsewhere (stop the server first).
+    pub fn check(path: &Path) -> Result<CheckReport> {
+        let mut db = redb::Builder::new().open(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Unavailable(format!(
+                "{} is open in another process: stop the kumo server using it, then check again",
+                path.display()
+            )),
+            e => unusable(path, &e.to_string()),
+        })?;
+        let checked = guard::guarded(|| -> Result<CheckReport> {
+            let mut report = check::rows(&db, path, None)?;
+            report.pages_ok = Some(check::pages(&mut db));
+            Ok(report)
+        });
+        checked.map_err(|why| unusable(path, &why))?
     }
 
     /// Queues a write and waits (without blocking the runtime) for its durable commit.
@@ -97,7 +161,9 @@ impl RedbStore {
         let (reply, rx) = oneshot::channel();
         let requests = self.requests.as_ref().ok_or_else(gone)?;
         requests.send(Request { op, reply }).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        let r = rx.await.map_err(|_| gone())?;
+        self.corrupt.note_err(&r);
+        r
     }
 
     async fn submit_kv(&self, op: Op) -> Result<KeyValue> {
@@ -111,7 +177,11 @@ impl RedbStore {
         F: FnOnce(&ReadTransaction) -> Result<T> + Send + 'static,
     {
         let db = self.slot.db()?;
-        tokio::task::spawn_blocking(move || f(&db.begin_read().map_err(backend)?)).await.map_err(backend)?
+        let read = move || guard::guarded(|| f(&db.begin_read().map_err(backend)?));
+        let r =
+            tokio::task::spawn_blocking(read).await.map_err(backend)?.unwrap_or_else(|why| Err(Error::Backend(why)));
+        self.corrupt.note_err(&r);
+        r
     }
 
     /// [`Store::watch`], awaiting `after_snapshot` between taking the replay snapshot and returning, so tests can
@@ -216,6 +286,10 @@ impl Store for RedbStore {
 
     async fn compact(&self, revision: i64) -> Result<()> {
         self.submit(Op::Compact { revision }).await.map(|_| ())
+    }
+
+    fn take_corrupt(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.corrupt.seen.lock().expect("lock").1)
     }
 
     fn write_failure(&self) -> Option<String> {

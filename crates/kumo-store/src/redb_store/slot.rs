@@ -32,10 +32,13 @@ pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub(crate) fn open_db(path: &Path) -> Result<Database> {
     // redb's default page cache is 1 GiB; the API server's watch cache already keeps hot data in memory, so a
     // smaller cache keeps resident memory proportional to what is actually used.
-    redb::Builder::new()
-        .set_cache_size(CACHE_BYTES)
-        .create(path)
-        .map_err(|e| Error::Backend(format!("opening {}: {e}", path.display())))
+    redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::Backend(format!(
+            "opening {}: {e} (is another kumo server using this data directory?)",
+            path.display()
+        )),
+        e => super::check::unusable(path, &e.to_string()),
+    })
 }
 
 impl Slot {

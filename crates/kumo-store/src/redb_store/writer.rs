@@ -93,7 +93,8 @@ fn write(slot: &Slot, shared: &Shared, events: &broadcast::Sender<EventBatch>, o
             return refuse(&e);
         }
     };
-    match commit(&db, shared, events, ops) {
+    let committed = super::guard::guarded(|| commit(&db, shared, events, ops));
+    match committed.unwrap_or_else(|why| Err(Error::Backend(why))) {
         Ok(outcomes) => {
             slot.healthy();
             outcomes
