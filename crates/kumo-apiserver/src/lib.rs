@@ -25,6 +25,7 @@ pub mod request;
 pub mod response;
 pub mod rest;
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod tls;
 pub mod watch_cache;

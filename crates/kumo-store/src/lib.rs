@@ -17,10 +17,11 @@
 pub mod conformance;
 mod etcd_store;
 mod redb_store;
+pub mod snapshot;
 mod types;
 
 pub use etcd_store::{EtcdConfig, EtcdStore};
-pub use redb_store::{unusable, CheckReport, RedbStore};
+pub use redb_store::{restore as restore_embedded, unusable, CheckReport, RedbStore};
 pub use types::*;
 
 use futures::stream::BoxStream;
@@ -61,6 +62,12 @@ pub trait Store: Send + Sync + 'static {
     /// reports them as events. Backends that cannot find any (etcd checks its own data) report none.
     fn take_corrupt(&self) -> Vec<(String, String)> {
         vec![]
+    }
+
+    /// A consistent snapshot taken while writes go on, as the bytes of a snapshot file: the embedded store's
+    /// own format ([`snapshot`]), or etcd's (its maintenance API). Values are as stored (Secrets stay sealed).
+    async fn snapshot(&self) -> Result<BoxStream<'static, Result<bytes::Bytes>>> {
+        Err(Error::Backend("this store cannot take snapshots".into()))
     }
 
     /// Reads keys starting with `prefix`, in key order, strictly after `start_after` when given, at most `limit`

@@ -116,7 +116,7 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Care of the embedded store: `kumo store check --data-dir DIR`.
+    /// Care of the store: `kumo store check`, `kumo store snapshot save|restore|status`.
     Store {
         #[command(subcommand)]
         action: store::StoreAction,
@@ -334,7 +334,7 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Server(args) => server(*args).await,
-        Command::Store { action } => store::run(action),
+        Command::Store { action } => store::run(action).await,
         Command::Start { name, target } => vm_verb(&target, "virtualmachines", &name, "start").await,
         Command::Stop { name, target } => vm_verb(&target, "virtualmachines", &name, "stop").await,
         Command::Restart { name, target } => vm_verb(&target, "virtualmachines", &name, "restart").await,

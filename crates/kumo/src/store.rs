@@ -1,8 +1,10 @@
-//! `kumo store`: offline care of the embedded store (checking it; snapshots come next to it).
+//! `kumo store`: care of the store: checking it, and snapshots (as `etcdctl snapshot save/restore/status`).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use std::path::PathBuf;
+use futures::StreamExt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub enum StoreAction {
@@ -13,12 +15,147 @@ pub enum StoreAction {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Snapshots: `save FILE` (through the API server, or offline from a data directory), `restore FILE
+    /// --data-dir NEW_DIR`, `status FILE`.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
 }
 
-pub fn run(action: StoreAction) -> Result<()> {
+#[derive(Subcommand)]
+pub enum SnapshotAction {
+    /// Save a consistent snapshot while the server keeps taking writes (through the API server, as an admin),
+    /// or from a stopped server's --data-dir.
+    Save {
+        file: PathBuf,
+        /// Admin kubeconfig of the server to snapshot (default: $KUBECONFIG or ~/.kube/config).
+        #[arg(long, conflicts_with = "data_dir")]
+        kubeconfig: Option<PathBuf>,
+        /// Snapshot a stopped server's data directory instead.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Create a new data directory from a snapshot (checked whole first). Start `kumo server --data-dir` on it
+    /// with the original server's cluster secret.
+    Restore {
+        file: PathBuf,
+        /// The new data directory (must not hold a store yet).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The original server's cluster secret (its data directory's `cluster-secret` file): it unseals the
+        /// CA and the Secrets in the snapshot. Copied into the new data directory.
+        #[arg(long)]
+        cluster_secret_file: Option<PathBuf>,
+    },
+    /// Check a snapshot file and print its revision, number of keys and size.
+    Status { file: PathBuf },
+}
+
+pub async fn run(action: StoreAction) -> Result<()> {
     match action {
         StoreAction::Check { data_dir } => check(&data_dir.join("kumo.redb")),
+        StoreAction::Snapshot { action: SnapshotAction::Save { file, kubeconfig, data_dir } } => {
+            save(&file, kubeconfig.as_deref(), data_dir.as_deref()).await
+        }
+        StoreAction::Snapshot { action: SnapshotAction::Restore { file, data_dir, cluster_secret_file } } => {
+            restore(&file, &data_dir, cluster_secret_file.as_deref())
+        }
+        StoreAction::Snapshot { action: SnapshotAction::Status { file } } => {
+            let info = status(&file)?;
+            println!("revision {}\nkeys {}\nbytes {}\nsha256 {}", info.revision, info.keys, info.bytes, info.sha256);
+            Ok(())
+        }
     }
+}
+
+fn status(file: &Path) -> Result<kumo_store::snapshot::SnapshotInfo> {
+    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    kumo_store::snapshot::verify(&data).with_context(|| format!("{} is not a usable snapshot", file.display()))
+}
+
+/// Streams the snapshot into `FILE.part`, checks it, then moves it into place.
+async fn save(file: &Path, kubeconfig: Option<&Path>, data_dir: Option<&Path>) -> Result<()> {
+    let part = file.with_extension("part");
+    let mut out = std::fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?;
+    let mut written = 0u64;
+    let mut progress = |n: usize, out: &mut std::fs::File, bytes: &[u8]| -> Result<()> {
+        out.write_all(bytes)?;
+        written += n as u64;
+        if written / (8 << 20) != (written - n as u64) / (8 << 20) {
+            eprintln!("snapshot: {} MiB…", written >> 20);
+        }
+        Ok(())
+    };
+    match data_dir {
+        Some(dir) => {
+            let store = kumo_store::RedbStore::open(&dir.join("kumo.redb"))
+                .with_context(|| format!("opening the store in {} (stop the server using it first)", dir.display()))?;
+            let mut stream = kumo_store::Store::snapshot(&store).await?;
+            while let Some(piece) = stream.next().await {
+                let piece = piece?;
+                progress(piece.len(), &mut out, &piece)?;
+            }
+        }
+        None => {
+            let client = crate::client_from(kubeconfig).await?;
+            let req = http::Request::get(kumo_apiserver::snapshot::PATH).body(Vec::<u8>::new())?;
+            let resp = client.send(req.map(Into::into)).await.context("asking the API server for a snapshot")?;
+            if !resp.status().is_success() {
+                let status = resp.status();
+                let body =
+                    http_body_util::BodyExt::collect(resp.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
+                bail!("the API server refused the snapshot ({status}): {}", String::from_utf8_lossy(&body));
+            }
+            let mut body = resp.into_body();
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                if let Ok(data) = frame.context("reading the snapshot")?.into_data() {
+                    progress(data.len(), &mut out, &data)?;
+                }
+            }
+        }
+    }
+    out.sync_all()?;
+    drop(out);
+    let info = status(&part).context("the snapshot arrived incomplete or damaged; try again")?;
+    std::fs::rename(&part, file)?;
+    println!(
+        "saved {}: revision {}, {} keys, {} bytes, sha256 {}",
+        file.display(),
+        info.revision,
+        info.keys,
+        info.bytes,
+        info.sha256
+    );
+    Ok(())
+}
+
+fn restore(file: &Path, data_dir: &Path, secret: Option<&Path>) -> Result<()> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let db = data_dir.join("kumo.redb");
+    let info = kumo_store::restore_embedded(file, &db).with_context(|| format!("restoring {}", file.display()))?;
+    std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    match secret {
+        Some(s) => {
+            let target = data_dir.join("cluster-secret");
+            std::fs::copy(s, &target).with_context(|| format!("copying the cluster secret {}", s.display()))?;
+            std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        }
+        None => eprintln!(
+            "note: start the server with the original cluster secret (--cluster-secret, or its `cluster-secret` file \
+             copied into {}): it unseals the CA and the Secrets",
+            data_dir.display()
+        ),
+    }
+    println!(
+        "restored revision {} ({} keys) into {}; start it with `kumo server --data-dir {}`",
+        info.revision,
+        info.keys,
+        data_dir.display(),
+        data_dir.display()
+    );
+    Ok(())
 }
 
 fn check(path: &std::path::Path) -> Result<()> {

@@ -89,6 +89,11 @@ impl Store for EncryptedStore {
         self.inner.take_corrupt()
     }
 
+    /// The inner store's own bytes: sealed values stay sealed in the snapshot.
+    async fn snapshot(&self) -> Result<BoxStream<'static, Result<bytes::Bytes>>> {
+        self.inner.snapshot().await
+    }
+
     async fn get_serializable(&self, key: &str) -> Result<Option<KeyValue>> {
         self.inner.get_serializable(key).await?.map(|kv| self.open_kv(kv)).transpose()
     }

@@ -85,6 +85,9 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>, 
     if anonymous && !path.starts_with("/api/v1/namespaces/kube-public/configmaps/cluster-info") {
         return response::error(&ApiError::unauthorized());
     }
+    if path == crate::snapshot::PATH {
+        return crate::snapshot::serve(&api, &user, &parts.method).await;
+    }
     if path == "/openapi/v3" || path.starts_with("/openapi/v3/") {
         return crate::openapi::serve(&api, &path);
     }

@@ -10,6 +10,7 @@ mod migrate;
 mod read;
 mod schema;
 mod slot;
+mod snapshot;
 mod watch;
 mod writer;
 
@@ -38,6 +39,7 @@ use writer::{EventBatch, Op, Request};
 const START_CHECK_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub use check::{unusable, CheckReport};
+pub use snapshot::restore;
 
 /// Live events buffered per watcher before a slow one is cut off (counted in commits, not events).
 const BROADCAST_CAPACITY: usize = 4096;
@@ -288,6 +290,18 @@ impl Store for RedbStore {
         self.submit(Op::Compact { revision }).await.map(|_| ())
     }
 
+    async fn snapshot(&self) -> Result<BoxStream<'static, Result<bytes::Bytes>>> {
+        let db = self.slot.db()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::task::spawn_blocking(move || {
+            let r = guard::guarded(|| snapshot::stream(&db, &tx)).unwrap_or_else(|why| Err(Error::Backend(why)));
+            if let Err(e) = r {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        Ok(Box::pin(tokio_stream_from(rx)))
+    }
+
     fn take_corrupt(&self) -> Vec<(String, String)> {
         std::mem::take(&mut self.corrupt.seen.lock().expect("lock").1)
     }
@@ -295,4 +309,9 @@ impl Store for RedbStore {
     fn write_failure(&self) -> Option<String> {
         self.slot.failure().map(|f| format!("{} (for {}s)", f.error, f.since.elapsed().as_secs()))
     }
+}
+
+/// The receiving half of a channel as a stream.
+fn tokio_stream_from<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }

@@ -1,0 +1,91 @@
+//! Snapshots of the embedded store: taken from one read transaction (redb keeps it consistent while the writer
+//! goes on), and restored into a new file whose history starts at the snapshot's revision.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use tokio::sync::mpsc;
+
+use super::read::revisions;
+use super::schema::{
+    backend, decode_current, encode_current, Version, CURRENT, FORMAT_VERSION, HISTORY, LOG, META, META_COMPACTED,
+    META_FORMAT_VERSION, META_REVISION,
+};
+use crate::snapshot::{self, SnapshotInfo, SnapshotWriter};
+use crate::{Error, Result};
+
+/// Bytes gathered before a piece of the file is sent.
+const CHUNK: usize = 256 << 10;
+
+/// Streams the snapshot of `db` into `out`, piece by piece (run on a blocking thread).
+pub(crate) fn stream(db: &Database, out: &mpsc::Sender<Result<Bytes>>) -> Result<()> {
+    let txn = db.begin_read().map_err(backend)?;
+    let (revision, _) = revisions(&txn)?;
+    let current = txn.open_table(CURRENT).map_err(backend)?;
+    let (mut w, mut buf) = SnapshotWriter::start(revision, current.len().map_err(backend)?);
+    let send = |buf: &mut Vec<u8>| -> Result<()> {
+        let piece = Bytes::from(std::mem::take(buf));
+        out.blocking_send(Ok(piece)).map_err(|_| Error::Backend("the snapshot's reader went away".into()))
+    };
+    for entry in current.iter().map_err(backend)? {
+        let (k, v) = entry.map_err(backend)?;
+        buf.extend(w.record(&decode_current(k.value(), v.value())?));
+        if buf.len() >= CHUNK {
+            send(&mut buf)?;
+        }
+    }
+    buf.extend(w.finish());
+    send(&mut buf)
+}
+
+/// Creates the store file `path` from the snapshot file `file`, which is verified whole first. The new store
+/// is at the snapshot's revision with history only from there: reads and watches from before it get 410 and
+/// relist. (The trait calls the compacted revision itself gone, so the record is one below the snapshot's, and
+/// the snapshot's own revision is in the log: a watch from just before it replays that last write.)
+pub fn restore(file: &Path, path: &Path) -> Result<SnapshotInfo> {
+    if path.exists() {
+        return Err(Error::AlreadyExists(format!("{} (restore into a new data directory)", path.display())));
+    }
+    let f = std::fs::File::open(file).map_err(|e| Error::Backend(format!("opening {}: {e}", file.display())))?;
+    let mut kvs = vec![];
+    let info = snapshot::read(std::io::BufReader::new(f), |kv| {
+        kvs.push(kv);
+        Ok(())
+    })?;
+    let written = (|| -> Result<()> {
+        let db = super::slot::open_db(path)?;
+        let txn = db.begin_write().map_err(backend)?;
+        {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            meta.insert(META_FORMAT_VERSION, FORMAT_VERSION).map_err(backend)?;
+            meta.insert(META_REVISION, info.revision).map_err(backend)?;
+            meta.insert(META_COMPACTED, (info.revision - 1).max(0)).map_err(backend)?;
+            let mut current = txn.open_table(CURRENT).map_err(backend)?;
+            let mut history = txn.open_table(HISTORY).map_err(backend)?;
+            let mut log = txn.open_table(LOG).map_err(backend)?;
+            for kv in &kvs {
+                if kv.mod_revision > info.revision {
+                    return Err(Error::Corrupt {
+                        key: kv.key.clone(),
+                        detail: format!("revision {} is past the snapshot's {}", kv.mod_revision, info.revision),
+                    });
+                }
+                let row = encode_current(&kv.key, kv.create_revision, kv.mod_revision, &kv.value);
+                current.insert(kv.key.as_str(), row.as_slice()).map_err(backend)?;
+                let version = Version::Put { create_rev: kv.create_revision, value: kv.value.clone() };
+                let row = version.encode(&kv.key, kv.mod_revision);
+                history.insert((kv.key.as_str(), kv.mod_revision), row.as_slice()).map_err(backend)?;
+                if kv.mod_revision == info.revision {
+                    log.insert(kv.mod_revision, kv.key.as_str()).map_err(backend)?;
+                }
+            }
+        }
+        txn.commit().map_err(backend)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(info)
+}
