@@ -223,6 +223,15 @@ struct ServerArgs {
     /// How long history is kept before compaction, e.g. 5m, 30s.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     compaction_interval: Duration,
+    /// Take a snapshot of the store this often, e.g. 6h (off when not given), as k3s does for etcd.
+    #[arg(long, value_parser = parse_duration)]
+    snapshot_interval: Option<Duration>,
+    /// How many scheduled snapshots to keep; older ones are deleted.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    snapshot_retention: u32,
+    /// Where scheduled snapshots go (default: DATA_DIR/snapshots).
+    #[arg(long)]
+    snapshot_dir: Option<PathBuf>,
     /// Events the watch cache keeps in memory.
     #[arg(long, default_value_t = 5_000)]
     watch_cache_size: usize,
@@ -478,6 +487,11 @@ async fn server(args: ServerArgs) -> Result<()> {
     let id = server_identity(&args.data_dir)?;
     let gc_leader = leader::elect(self_client.clone(), leader::Config::new(GC_LEASE).identity(&id));
     kumo_apiserver::gc::spawn_all(running.api.clone(), compaction_interval, gc_leader);
+    if let Some(every) = args.snapshot_interval {
+        let dir = args.snapshot_dir.clone().unwrap_or_else(|| args.data_dir.join("snapshots"));
+        let schedule = kumo_apiserver::snapshot::Schedule { dir, every, keep: args.snapshot_retention as usize };
+        kumo_apiserver::snapshot::spawn_schedule(running.api.objects.store.clone(), schedule)?;
+    }
     if !args.no_controllers {
         // The controllers talk to this server through the API like any other client.
         let leading = leader::elect(self_client.clone(), leader::Config::new(CONTROLLERS_LEASE).identity(&id));

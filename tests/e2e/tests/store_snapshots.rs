@@ -147,3 +147,32 @@ fn a_truncated_or_altered_snapshot_is_refused_at_restore() {
         assert!(!ok, "status refuses a {what} snapshot");
     }
 }
+
+#[test]
+fn scheduled_snapshots_are_taken_and_pruned() {
+    let s = Server::start_with(&["--snapshot-interval", "1s", "--snapshot-retention", "2"]).unwrap();
+    s.kubectl_ok(&["create", "configmap", "sched", "--from-literal=k=v"]).unwrap();
+    let dir = s.data_dir().join("snapshots");
+    let list = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        // A snapshot being written is a `.part` file until it is checked.
+        v.retain(|n| n.ends_with(".kumo"));
+        v.sort();
+        v
+    };
+    let first = kumo_e2e::eventually(Duration::from_secs(20), || Some(list()).filter(|l| l.len() == 2));
+    let first = first.unwrap_or_else(|| panic!("two snapshots were taken: {:?}\n{}", list(), s.log()));
+    // Later ones replace them: never more than the retention, and the oldest go.
+    let later = kumo_e2e::eventually(Duration::from_secs(20), || {
+        let l = list();
+        assert!(l.len() <= 2, "retention exceeded: {l:?}");
+        (!l.contains(&first[0]) && l.len() == 2).then_some(l)
+    });
+    let later = later.unwrap_or_else(|| panic!("old snapshots were pruned: {:?}", list()));
+    for name in &later {
+        let (ok, out) = kumo(&["store", "snapshot", "status", &dir.join(name).display().to_string()]);
+        assert!(ok && out.contains("keys"), "{name}: {out}");
+    }
+}
