@@ -47,6 +47,10 @@ pub enum SnapshotAction {
         /// CA and the Secrets in the snapshot. Copied into the new data directory.
         #[arg(long)]
         cluster_secret_file: Option<PathBuf>,
+        /// For an etcd snapshot: arguments for `etcdctl snapshot restore` after `--` (e.g. `-- --name m0
+        /// --initial-cluster m0=http://10.0.0.1:2380 --initial-advertise-peer-urls http://10.0.0.1:2380`).
+        #[arg(last = true)]
+        etcd_args: Vec<String>,
     },
     /// Check a snapshot file and print its revision, number of keys and size.
     Status { file: PathBuf },
@@ -58,9 +62,9 @@ pub async fn run(action: StoreAction) -> Result<()> {
         StoreAction::Snapshot { action: SnapshotAction::Save { file, kubeconfig, data_dir } } => {
             save(&file, kubeconfig.as_deref(), data_dir.as_deref()).await
         }
-        StoreAction::Snapshot { action: SnapshotAction::Restore { file, data_dir, cluster_secret_file } } => {
-            restore(&file, &data_dir, cluster_secret_file.as_deref())
-        }
+        StoreAction::Snapshot {
+            action: SnapshotAction::Restore { file, data_dir, cluster_secret_file, etcd_args },
+        } => restore(&file, &data_dir, cluster_secret_file.as_deref(), &etcd_args),
         StoreAction::Snapshot { action: SnapshotAction::Status { file } } => {
             let info = status(&file)?;
             println!("revision {}\nkeys {}\nbytes {}\nsha256 {}", info.revision, info.keys, info.bytes, info.sha256);
@@ -69,9 +73,38 @@ pub async fn run(action: StoreAction) -> Result<()> {
     }
 }
 
+/// Checks a snapshot (kumo's own format, or etcd's, through `etcdctl`) and says what it holds.
 fn status(file: &Path) -> Result<kumo_store::snapshot::SnapshotInfo> {
     let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    if is_etcd(&data) {
+        return etcd_status(file);
+    }
     kumo_store::snapshot::verify(&data).with_context(|| format!("{} is not a usable snapshot", file.display()))
+}
+
+/// etcd's snapshot is its bbolt database file: the meta page's magic follows the 16-byte page header.
+fn is_etcd(data: &[u8]) -> bool {
+    data.get(16..20) == Some(&[0xED, 0xDA, 0x0C, 0xED][..])
+}
+
+fn etcdctl(args: &[&str]) -> Result<std::process::Output> {
+    std::process::Command::new("etcdctl").env("ETCDCTL_API", "3").args(args).output().context(
+        "running etcdctl, which reads etcd snapshots (install the etcd-client package: apt-get install etcd-client)",
+    )
+}
+
+fn etcd_status(file: &Path) -> Result<kumo_store::snapshot::SnapshotInfo> {
+    let out = etcdctl(&["snapshot", "status", &file.display().to_string(), "-w", "json"])?;
+    if !out.status.success() {
+        bail!("{} is not a usable etcd snapshot: {}", file.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("etcdctl's answer is not JSON")?;
+    Ok(kumo_store::snapshot::SnapshotInfo {
+        revision: v["revision"].as_i64().unwrap_or_default(),
+        keys: v["totalKey"].as_u64().unwrap_or_default(),
+        bytes: std::fs::metadata(file)?.len(),
+        sha256: format!("(etcd hash {})", v["hash"]),
+    })
 }
 
 /// Streams the snapshot into `FILE.part`, checks it, then moves it into place.
@@ -130,7 +163,29 @@ async fn save(file: &Path, kubeconfig: Option<&Path>, data_dir: Option<&Path>) -
     Ok(())
 }
 
-fn restore(file: &Path, data_dir: &Path, secret: Option<&Path>) -> Result<()> {
+fn restore(file: &Path, data_dir: &Path, secret: Option<&Path>, etcd_args: &[String]) -> Result<()> {
+    let head = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    if is_etcd(&head) {
+        // etcd's own restore (it checks the snapshot's hash) into a new etcd data directory.
+        etcd_status(file)?;
+        let (file, dir) = (file.display().to_string(), data_dir.display().to_string());
+        let mut args = vec!["snapshot", "restore", &file, "--data-dir", &dir];
+        args.extend(etcd_args.iter().map(String::as_str));
+        let out = etcdctl(&args)?;
+        if !out.status.success() {
+            bail!("etcdctl snapshot restore failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        println!(
+            "restored an etcd member into {}: start etcd with --data-dir {} (and the member name and peer URLs given to \
+             the restore), then `kumo server --etcd-servers …` with the original cluster secret and --etcd-prefix",
+            data_dir.display(),
+            data_dir.display()
+        );
+        return Ok(());
+    }
+    if !etcd_args.is_empty() {
+        bail!("arguments after -- are for restoring etcd snapshots; {} is a kumo snapshot", file.display());
+    }
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     std::fs::set_permissions(data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let db = data_dir.join("kumo.redb");

@@ -69,6 +69,26 @@ impl EtcdCluster {
         Ok(c)
     }
 
+    /// One member whose data directory `restore(data_dir, name, initial_cluster, peer_url)` fills (from a
+    /// snapshot) before it starts.
+    pub fn start_restored(restore: impl FnOnce(&Path, &str, &str, &str) -> Result<()>) -> Result<EtcdCluster> {
+        let dir = tempfile::Builder::new().prefix("kumo-etcd-").tempdir()?;
+        let m = Member {
+            name: "m0".into(),
+            client: free_port(),
+            peer: free_port(),
+            data: dir.path().join("m0"),
+            child: None,
+        };
+        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let initial = format!("{}={peer}", m.name);
+        restore(&m.data, &m.name, &initial, &peer)?;
+        let mut c = EtcdCluster { dir, members: vec![m], initial };
+        c.spawn(0)?;
+        c.wait_healthy()?;
+        Ok(c)
+    }
+
     fn spawn(&mut self, i: usize) -> Result<()> {
         let m = &self.members[i];
         let log = std::fs::OpenOptions::new()

@@ -5,6 +5,7 @@
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
+use kumo_e2e::cluster::EtcdCluster;
 use kumo_e2e::Server;
 use std::collections::HashMap;
 use std::process::Command;
@@ -20,11 +21,17 @@ fn cm(name: &str) -> ConfigMap {
     serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "data": {"k": name}})).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_saved_under_load_restores_exactly_what_was_acknowledged() {
-    let s = Server::start().unwrap();
+/// What a snapshot saved while 8 writers ran must hold: name → (uid, resourceVersion) of every create
+/// acknowledged, and the snapshot's revision.
+struct Saved {
+    _dir: tempfile::TempDir,
+    file: std::path::PathBuf,
+    acked: HashMap<String, (String, i64)>,
+    revision: i64,
+}
+
+async fn save_under_load(s: &Server) -> Saved {
     let api: Api<ConfigMap> = Api::namespaced(s.client().await.unwrap(), "default");
-    // name → (uid, resourceVersion) of every acknowledged create.
     let acked = Arc::new(Mutex::new(HashMap::<String, (String, i64)>::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = vec![];
@@ -43,7 +50,7 @@ async fn a_snapshot_saved_under_load_restores_exactly_what_was_acknowledged() {
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("snap.kumo");
+    let file = dir.path().join("snap");
     let (file_s, kubeconfig) = (file.display().to_string(), s.kubeconfig().display().to_string());
     let (ok, out) =
         tokio::task::spawn_blocking(move || kumo(&["store", "snapshot", "save", &file_s, "--kubeconfig", &kubeconfig]))
@@ -56,17 +63,52 @@ async fn a_snapshot_saved_under_load_restores_exactly_what_was_acknowledged() {
         w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-
     let (ok, status) = kumo(&["store", "snapshot", "status", &file.display().to_string()]);
     assert!(ok, "{status}");
     let revision: i64 = status.lines().find_map(|l| l.strip_prefix("revision ")).unwrap().trim().parse().unwrap();
-    let before: Vec<_> = acked.iter().filter(|(_, (_, rv))| *rv <= revision).collect();
-    let after = acked.len() - before.len();
-    assert!(!before.is_empty() && after > 0, "writes ran on both sides of the snapshot: {} / {after}", before.len());
+    Saved { _dir: dir, file, acked, revision }
+}
 
+/// The restored server holds exactly the acknowledged creates up to the snapshot's revision, unchanged.
+async fn check_restored(restored: &Server, saved: &Saved) -> Api<ConfigMap> {
+    let before: Vec<_> = saved.acked.iter().filter(|(_, (_, rv))| *rv <= saved.revision).collect();
+    let after = saved.acked.len() - before.len();
+    assert!(!before.is_empty() && after > 0, "writes ran on both sides of the snapshot: {} / {after}", before.len());
+    let rapi: Api<ConfigMap> = Api::namespaced(restored.client().await.unwrap(), "default");
+    let got: HashMap<String, (String, i64)> = rapi
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|c| c.metadata.name.as_deref().is_some_and(|n| n.starts_with('w')))
+        .map(|c| {
+            (c.metadata.name.unwrap(), (c.metadata.uid.unwrap(), c.metadata.resource_version.unwrap().parse().unwrap()))
+        })
+        .collect();
+    for (name, want) in &before {
+        assert_eq!(
+            got.get(*name),
+            Some(*want),
+            "{name}, acknowledged at {} before the snapshot's {}",
+            want.1,
+            saved.revision
+        );
+    }
+    assert_eq!(got.len(), before.len(), "only writes up to the snapshot's revision are in it");
+    // New writes follow on after the snapshot's revision.
+    let next = rapi.create(&PostParams::default(), &cm("after-restore")).await.unwrap();
+    assert!(next.metadata.resource_version.unwrap().parse::<i64>().unwrap() > saved.revision);
+    rapi
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_saved_under_load_restores_exactly_what_was_acknowledged() {
+    let s = Server::start_with(&[]).unwrap();
+    let saved = save_under_load(&s).await;
     // Restored into a new data directory, with the original's cluster secret, and started.
     let secret = s.data_dir().join("cluster-secret");
-    let file_s = file.display().to_string();
+    let file_s = saved.file.display().to_string();
     let restored = Server::start_prepared("127.0.0.1", &["--no-agent"], |new_dir| {
         let (ok, out) = kumo(&[
             "store",
@@ -82,31 +124,57 @@ async fn a_snapshot_saved_under_load_restores_exactly_what_was_acknowledged() {
         Ok(())
     })
     .unwrap();
-    let rapi: Api<ConfigMap> = Api::namespaced(restored.client().await.unwrap(), "default");
-    let list = rapi.list(&Default::default()).await.unwrap();
-    let got: HashMap<String, (String, i64)> = list
-        .items
-        .into_iter()
-        .filter(|c| c.metadata.name.as_deref().is_some_and(|n| n.starts_with('w')))
-        .map(|c| {
-            (c.metadata.name.unwrap(), (c.metadata.uid.unwrap(), c.metadata.resource_version.unwrap().parse().unwrap()))
-        })
-        .collect();
-    for (name, want) in &before {
-        assert_eq!(got.get(*name), Some(*want), "{name}, acknowledged at {} before the snapshot's {revision}", want.1);
-    }
-    assert_eq!(got.len(), before.len(), "only writes up to the snapshot's revision are in it");
+    let rapi = check_restored(&restored, &saved).await;
     // A watch from before the snapshot must relist.
-    let old = before.iter().map(|(_, (_, rv))| *rv).min().unwrap() - 1;
+    let old = saved.acked.values().map(|(_, rv)| *rv).min().unwrap() - 1;
     let mut w = rapi.watch(&WatchParams::default(), &old.to_string()).await.unwrap().boxed();
     match tokio::time::timeout(Duration::from_secs(10), w.try_next()).await.unwrap() {
         Ok(Some(WatchEvent::Error(e))) => assert_eq!(e.code, 410, "{e:?}"),
         Err(kube::Error::Api(e)) => assert_eq!(e.code, 410, "{e:?}"),
         other => panic!("expected 410 for a watch from before the snapshot, got {other:?}"),
     }
-    // New writes follow on after the snapshot's revision.
-    let next = rapi.create(&PostParams::default(), &cm("after-restore")).await.unwrap();
-    assert!(next.metadata.resource_version.unwrap().parse::<i64>().unwrap() > revision);
+}
+
+/// On the etcd backend the same commands use etcd's snapshot API (save through the API server) and
+/// `etcdctl snapshot restore`; the restored etcd keeps its history, so old watches need no relist there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_a_snapshot_saved_under_load_restores_exactly_what_was_acknowledged() {
+    let etcd = EtcdCluster::start(1).unwrap();
+    let s = Server::start_with(&["--etcd-servers", &etcd.endpoints()]).unwrap();
+    let saved = save_under_load(&s).await;
+    let secret = saved.file.with_file_name("cluster-secret");
+    std::fs::copy(s.data_dir().join("cluster-secret"), &secret).unwrap();
+    drop(s);
+    drop(etcd);
+    let file_s = saved.file.display().to_string();
+    let restored_etcd = EtcdCluster::start_restored(|data, name, initial, peer| {
+        let data = data.display().to_string();
+        let (ok, out) = kumo(&[
+            "store",
+            "snapshot",
+            "restore",
+            &file_s,
+            "--data-dir",
+            &data,
+            "--",
+            "--name",
+            name,
+            "--initial-cluster",
+            initial,
+            "--initial-advertise-peer-urls",
+            peer,
+        ]);
+        anyhow::ensure!(ok, "restore: {out}");
+        Ok(())
+    })
+    .unwrap();
+    let restored =
+        Server::start_prepared("127.0.0.1", &["--no-agent", "--etcd-servers", &restored_etcd.endpoints()], |dir| {
+            std::fs::copy(&secret, dir.join("cluster-secret"))?;
+            Ok(())
+        });
+    let restored = restored.unwrap();
+    check_restored(&restored, &saved).await;
 }
 
 #[test]

@@ -28,7 +28,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, KvClient, TlsOptions, WatchClient};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, Identity, KvClient, MaintenanceClient, TlsOptions, WatchClient,
+};
 use futures::stream::BoxStream;
 
 use crate::{Error, Event, KeyValue, RangeRequest, RangeResponse, Result, Store};
@@ -90,6 +92,7 @@ pub struct EtcdStore {
 struct Endpoint {
     kv: KvClient,
     watch: WatchClient,
+    maintenance: MaintenanceClient,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -111,6 +114,7 @@ impl EtcdStore {
             endpoints.push(Endpoint {
                 kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES),
                 watch: client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES),
+                maintenance: client.maintenance_client(),
             });
         }
         let store = EtcdStore {
@@ -291,5 +295,28 @@ impl Store for EtcdStore {
 
     async fn compact(&self, revision: i64) -> Result<()> {
         self.compact_to(revision).await
+    }
+
+    /// etcd's own snapshot (its maintenance API) of the whole member, the file `etcdctl snapshot save` writes.
+    async fn snapshot(&self) -> Result<BoxStream<'static, Result<bytes::Bytes>>> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let stream = self
+            .failover(
+                |endpoint| {
+                    let mut m = endpoint.maintenance.clone();
+                    tokio::time::timeout_at(deadline, async move { m.snapshot().await })
+                },
+                "snapshot",
+            )
+            .await?;
+        let pieces = futures::stream::unfold(Some(stream), |stream| async move {
+            let mut stream = stream?;
+            match stream.message().await {
+                Ok(Some(piece)) => Some((Ok(bytes::Bytes::copy_from_slice(piece.blob())), Some(stream))),
+                Ok(None) => None,
+                Err(e) => Some((Err(errors::map(e)), None)),
+            }
+        });
+        Ok(Box::pin(pieces))
     }
 }
