@@ -40,6 +40,11 @@ pub async fn run(kumo: &Kumo, s: &Settings) -> Result<(Growth, usize)> {
         ));
         buckets.push(Bucket { from, to, phase, rss_after, disk_after });
     }
+    // Every object updated once: what the history of one version each costs on disk.
+    workers.iter_mut().for_each(|w| load::Worker::set_mode(w, load::Mode::Update));
+    let (workers, update_all) = load::run_phase(workers, 0..s.objects, pid).await?;
+    let disk_after_updates = procs::dir_bytes(kumo.proc.dir());
+    crate::progress(format!("{} (data dir {} MiB)", crate::show("update all", &update_all), disk_after_updates >> 20));
     drop(workers);
 
     crate::progress(format!("idle for {:?} at {} objects", s.idle, s.objects));
@@ -56,6 +61,9 @@ pub async fn run(kumo: &Kumo, s: &Settings) -> Result<(Growth, usize)> {
             idle_cpu,
             rss_after_idle,
             rss_after_restart: 0,
+            update_all,
+            disk_after_updates,
+            live_bytes: (s.objects * stored_bytes) as u64,
         },
         stored_bytes,
     ))

@@ -126,6 +126,11 @@ pub struct Growth {
     pub rss_after_idle: u64,
     /// RSS of a restarted server on the same data (after the watch phase), once ready.
     pub rss_after_restart: u64,
+    /// Every object then updated once: the phase, and the data directory's size after it.
+    pub update_all: Phase,
+    pub disk_after_updates: u64,
+    /// Bytes of live data: objects × the stored object's size.
+    pub live_bytes: u64,
 }
 
 impl Growth {
@@ -210,6 +215,10 @@ impl Results {
                                                 g.buckets.first().map_or(0.0, |b| b.phase.ops_per_sec)),
                 "idle_seconds": g.idle_secs, "idle_server_cpu_seconds": r2(g.idle_cpu),
                 "rss_after_idle_bytes": g.rss_after_idle, "rss_after_restart_bytes": g.rss_after_restart,
+                "update_all": g.update_all.json(), "data_dir_bytes_after_updates": g.disk_after_updates,
+                "live_bytes": g.live_bytes,
+                "disk_over_live_after_creates": ratio(g.buckets.last().map_or(0, |b| b.disk_after) as f64, g.live_bytes as f64),
+                "disk_over_live_after_updates": ratio(g.disk_after_updates as f64, g.live_bytes as f64),
                 "buckets": g.buckets.iter().map(|b| json!({
                     "from": b.from, "to": b.to, "create": b.phase.json(), "rss_after_bytes": b.rss_after,
                     "data_dir_bytes_after": b.disk_after,
@@ -292,6 +301,18 @@ impl Results {
                 mib(b.disk_after)
             );
         }
+        let _ = writeln!(
+            s,
+            "\nDisk use: {} MiB of live data ({} objects × their stored size); data directory {} MiB after the creates \
+             (**{:.2}×**), {} MiB after updating every object once at {:.0}/s (**{:.2}×**).",
+            mib(g.live_bytes),
+            g.total(),
+            mib(g.buckets.last().map_or(0, |b| b.disk_after)),
+            ratio(g.buckets.last().map_or(0, |b| b.disk_after) as f64, g.live_bytes as f64),
+            mib(g.disk_after_updates),
+            g.update_all.ops_per_sec,
+            ratio(g.disk_after_updates as f64, g.live_bytes as f64),
+        );
         let _ = writeln!(
             s,
             "\nLast bucket / first bucket throughput: **{:.2}**. Resident memory: {} MiB before, {} MiB at {} \

@@ -2,9 +2,11 @@
 
 use std::ops::Bound;
 
-use redb::ReadTransaction;
+use redb::{ReadTransaction, ReadableTable};
 
-use super::schema::{backend, decode_current, Version, CURRENT, HISTORY, LOG, META, META_COMPACTED, META_REVISION};
+use super::schema::{
+    backend, current_mod_revision, decode_current, Version, CURRENT, HISTORY, LOG, META, META_COMPACTED, META_REVISION,
+};
 use crate::{Error, Event, EventKind, KeyValue, RangeRequest, RangeResponse, Result};
 
 /// The snapshot's `(revision, compacted)`.
@@ -83,37 +85,57 @@ pub(crate) fn range(txn: &ReadTransaction, req: &RangeRequest) -> Result<RangeRe
     Ok(RangeResponse { more: page.remaining > 0, remaining: page.remaining, kvs: page.kvs, revision: at })
 }
 
-/// Walks history key by key, taking each key's latest version at or below `at` unless it is a tombstone.
+/// Walks the keys of both tables in order, taking each key's version at `at`: its current value when that is
+/// not newer, else its latest history entry at or below `at` unless that is a tombstone.
 fn range_history(txn: &ReadTransaction, prefix: &str, start: Bound<&str>, at: i64, page: &mut Page) -> Result<()> {
     let history = txn.open_table(HISTORY).map_err(backend)?;
-    let mut lower: Bound<(String, i64)> = match start {
-        Bound::Excluded(k) => Bound::Excluded((k.to_string(), i64::MAX)),
-        _ => Bound::Included((prefix.to_string(), i64::MIN)),
+    let current = txn.open_table(CURRENT).map_err(backend)?;
+    let mut after: Option<String> = match start {
+        Bound::Excluded(k) => Some(k.to_string()),
+        _ => None,
     };
     loop {
-        let bound = match &lower {
-            Bound::Included((k, r)) => Bound::Included((k.as_str(), *r)),
-            Bound::Excluded((k, r)) => Bound::Excluded((k.as_str(), *r)),
-            Bound::Unbounded => Bound::Unbounded,
+        let hbound = match &after {
+            Some(k) => Bound::Excluded((k.as_str(), i64::MAX)),
+            None => Bound::Included((prefix, i64::MIN)),
         };
-        let next = history.range::<(&str, i64)>((bound, Bound::Unbounded)).map_err(backend)?.next();
-        let Some(entry) = next else { break };
-        let key = entry.map_err(backend)?.0.value().0.to_string();
-        if !key.starts_with(prefix) {
-            break;
-        }
-        let latest = history.range((key.as_str(), i64::MIN)..=(key.as_str(), at)).map_err(backend)?.next_back();
-        if let Some(entry) = latest {
-            let (k, v) = entry.map_err(backend)?;
-            if !Version::is_tombstone(v.value()) {
-                let rev = k.value().1;
-                page.push(|| {
-                    let kv = Version::decode(&key, rev, v.value())?.into_kv(&key, rev);
-                    kv.ok_or_else(|| Error::Backend("tombstone decoded as value".into()))
-                })?;
+        let hnext = match history.range::<(&str, i64)>((hbound, Bound::Unbounded)).map_err(backend)?.next() {
+            Some(e) => Some(e.map_err(backend)?.0.value().0.to_string()),
+            None => None,
+        };
+        let cbound = match &after {
+            Some(k) => Bound::Excluded(k.as_str()),
+            None => Bound::Included(prefix),
+        };
+        let cnext = match current.range::<&str>((cbound, Bound::Unbounded)).map_err(backend)?.next() {
+            Some(e) => Some(e.map_err(backend)?.0.value().to_string()),
+            None => None,
+        };
+        let key = match (hnext.filter(|k| k.starts_with(prefix)), cnext.filter(|k| k.starts_with(prefix))) {
+            (Some(h), Some(c)) => h.min(c),
+            (Some(k), None) | (None, Some(k)) => k,
+            (None, None) => break,
+        };
+        let row = current.get(key.as_str()).map_err(backend)?;
+        match row {
+            Some(row) if current_mod_revision(row.value()).is_some_and(|r| r <= at) => {
+                page.push(|| decode_current(&key, row.value()))?;
+            }
+            _ => {
+                let latest = history.range((key.as_str(), i64::MIN)..=(key.as_str(), at)).map_err(backend)?.next_back();
+                if let Some(entry) = latest {
+                    let (k, v) = entry.map_err(backend)?;
+                    if !Version::is_tombstone(v.value()) {
+                        let rev = k.value().1;
+                        page.push(|| {
+                            let kv = Version::decode(&key, rev, v.value())?.into_kv(&key, rev);
+                            kv.ok_or_else(|| Error::Backend("tombstone decoded as value".into()))
+                        })?;
+                    }
+                }
             }
         }
-        lower = Bound::Excluded((key, i64::MAX));
+        after = Some(key);
     }
     Ok(())
 }
@@ -124,6 +146,7 @@ pub(crate) fn replay(txn: &ReadTransaction, prefix: &str, after: i64) -> Result<
     check_compacted(after, compacted)?;
     let log = txn.open_table(LOG).map_err(backend)?;
     let history = txn.open_table(HISTORY).map_err(backend)?;
+    let current = txn.open_table(CURRENT).map_err(backend)?;
     let mut events = Vec::new();
     for entry in log.range(after.saturating_add(1)..).map_err(backend)? {
         let (r, k) = entry.map_err(backend)?;
@@ -133,6 +156,12 @@ pub(crate) fn replay(txn: &ReadTransaction, prefix: &str, after: i64) -> Result<
         }
         let version = match history.get((key, rev)).map_err(backend)? {
             Some(v) => Version::decode(key, rev, v.value())?,
+            // The key's current value is only in `current`.
+            None if current_revision_of(&current, key)? == Some(rev) => {
+                let row = current.get(key).map_err(backend)?.expect("just read");
+                let kv = decode_current(key, row.value())?;
+                Version::Put { create_rev: kv.create_revision, value: kv.value }
+            }
             None => {
                 return Err(Error::Corrupt {
                     key: key.to_string(),
@@ -164,4 +193,12 @@ pub(crate) fn replay(txn: &ReadTransaction, prefix: &str, after: i64) -> Result<
         events.push(event);
     }
     Ok((events, current_rev))
+}
+
+/// The revision of `key`'s current value, if it has one.
+pub(crate) fn current_revision_of(
+    current: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<i64>> {
+    Ok(current.get(key).map_err(backend)?.and_then(|row| current_mod_revision(row.value())))
 }

@@ -7,8 +7,9 @@
 //! | `history` | `(key, rev)`   | `kind u8, crc u32 LE, create_rev i64 LE, value` (tombstones carry no value) |
 //! | `log`     | `rev`          | key written at that revision                                 |
 //!
-//! `current` serves latest reads; `history` holds every version (including the current one) for reads at a past
-//! revision and for watch replay; `log` orders the history by revision so a watch can replay it.
+//! `current` serves latest reads; `history` holds every superseded version and deletion (not the current value,
+//! which is stored once) for reads at a past revision and for watch replay; `log` orders every change by
+//! revision so a watch can replay it.
 //!
 //! Every row carries a CRC-32 over its key, its revisions and its value, checked on every read: redb's own page
 //! checksums are only verified by an integrity check, so a garbled value would otherwise be served.
@@ -83,6 +84,11 @@ pub(crate) fn encode_current(key: &str, create_rev: i64, mod_rev: i64, value: &[
     out.extend_from_slice(&mod_rev.to_le_bytes());
     out.extend_from_slice(value);
     out
+}
+
+/// The revision of a `current` row, without checking it (compaction must go on past a damaged value).
+pub(crate) fn current_mod_revision(bytes: &[u8]) -> Option<i64> {
+    read_i64(bytes, 12)
 }
 
 /// Decodes and verifies a `current` row into the key's [`KeyValue`].

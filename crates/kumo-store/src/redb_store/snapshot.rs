@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::read::revisions;
 use super::schema::{
-    backend, decode_current, encode_current, Version, CURRENT, FORMAT_VERSION, HISTORY, LOG, META, META_COMPACTED,
+    backend, decode_current, encode_current, CURRENT, FORMAT_VERSION, HISTORY, LOG, META, META_COMPACTED,
     META_FORMAT_VERSION, META_REVISION,
 };
 use crate::snapshot::{self, SnapshotInfo, SnapshotWriter};
@@ -62,7 +62,7 @@ pub fn restore(file: &Path, path: &Path) -> Result<SnapshotInfo> {
             meta.insert(META_REVISION, info.revision).map_err(backend)?;
             meta.insert(META_COMPACTED, (info.revision - 1).max(0)).map_err(backend)?;
             let mut current = txn.open_table(CURRENT).map_err(backend)?;
-            let mut history = txn.open_table(HISTORY).map_err(backend)?;
+            txn.open_table(HISTORY).map_err(backend)?;
             let mut log = txn.open_table(LOG).map_err(backend)?;
             for kv in &kvs {
                 if kv.mod_revision > info.revision {
@@ -73,9 +73,6 @@ pub fn restore(file: &Path, path: &Path) -> Result<SnapshotInfo> {
                 }
                 let row = encode_current(&kv.key, kv.create_revision, kv.mod_revision, &kv.value);
                 current.insert(kv.key.as_str(), row.as_slice()).map_err(backend)?;
-                let version = Version::Put { create_rev: kv.create_revision, value: kv.value.clone() };
-                let row = version.encode(&kv.key, kv.mod_revision);
-                history.insert((kv.key.as_str(), kv.mod_revision), row.as_slice()).map_err(backend)?;
                 if kv.mod_revision == info.revision {
                     log.insert(kv.mod_revision, kv.key.as_str()).map_err(backend)?;
                 }

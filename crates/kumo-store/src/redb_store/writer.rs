@@ -13,7 +13,8 @@ use redb::{Database, Durability, ReadableTable, Table};
 use tokio::sync::{broadcast, oneshot};
 
 use super::schema::{
-    backend, decode_current, encode_current, Version, CURRENT, HISTORY, LOG, META, META_COMPACTED, META_REVISION,
+    backend, current_mod_revision, decode_current, encode_current, Version, CURRENT, HISTORY, LOG, META,
+    META_COMPACTED, META_REVISION,
 };
 use super::slot::{Slot, RETRY_AFTER};
 use super::Shared;
@@ -206,7 +207,7 @@ impl Tables<'_> {
                 }
                 let rev = a.revision + 1;
                 let kv = KeyValue { key: key.clone(), value: value.clone(), create_revision: rev, mod_revision: rev };
-                self.put(&kv)?;
+                self.put(&kv, None)?;
                 a.revision = rev;
                 a.events.push(Event { kind: EventKind::Put, kv: kv.clone(), prev: None });
                 Ok(Ok(Some(kv)))
@@ -225,7 +226,7 @@ impl Tables<'_> {
                     create_revision: prev.create_revision,
                     mod_revision: rev,
                 };
-                self.put(&kv)?;
+                self.put(&kv, Some(&prev))?;
                 a.revision = rev;
                 a.events.push(Event { kind: EventKind::Put, kv: kv.clone(), prev: Some(prev) });
                 Ok(Ok(Some(kv)))
@@ -239,6 +240,7 @@ impl Tables<'_> {
                 }
                 let rev = a.revision + 1;
                 self.current.remove(key.as_str()).map_err(backend)?;
+                self.supersede(&prev)?;
                 let tomb = Version::Tombstone { create_rev: prev.create_revision };
                 self.history.insert((key.as_str(), rev), tomb.encode(key, rev).as_slice()).map_err(backend)?;
                 self.log.insert(rev, key.as_str()).map_err(backend)?;
@@ -260,19 +262,28 @@ impl Tables<'_> {
         }
     }
 
-    /// Writes `kv` as the key's current value and records it in history and log.
-    fn put(&mut self, kv: &KeyValue) -> Result<()> {
+    /// Writes `kv` as the key's current value (moving the one it replaces, `prev`, into history) and logs it.
+    fn put(&mut self, kv: &KeyValue, prev: Option<&KeyValue>) -> Result<()> {
         let (key, rev) = (kv.key.as_str(), kv.mod_revision);
+        if let Some(prev) = prev {
+            self.supersede(prev)?;
+        }
         let row = encode_current(key, kv.create_revision, rev, &kv.value);
         self.current.insert(key, row.as_slice()).map_err(backend)?;
-        let version = Version::Put { create_rev: kv.create_revision, value: kv.value.clone() };
-        self.history.insert((key, rev), version.encode(key, rev).as_slice()).map_err(backend)?;
         self.log.insert(rev, key).map_err(backend)?;
         Ok(())
     }
 
-    /// Drops log entries at or below `upto` and every history entry superseded at or below it, keeping each key's
-    /// latest entry at or below `upto` unless that is a tombstone.
+    /// Keeps a replaced current value in history, at its own revision (the current value is stored once).
+    fn supersede(&mut self, prev: &KeyValue) -> Result<()> {
+        let (key, rev) = (prev.key.as_str(), prev.mod_revision);
+        let version = Version::Put { create_rev: prev.create_revision, value: prev.value.clone() };
+        self.history.insert((key, rev), version.encode(key, rev).as_slice()).map_err(backend)?;
+        Ok(())
+    }
+
+    /// Drops log entries at or below `upto` and every history entry superseded at or below it: a key keeps its
+    /// latest version at or below `upto` (in history, unless a tombstone, when its current value is newer).
     fn compact(&mut self, previous: i64, upto: i64) -> Result<()> {
         // A key with history at or below `upto` that could now be dropped was written after the previous
         // compaction (older keys kept only their single surviving entry), so the log since then names them all.
@@ -288,8 +299,12 @@ impl Tables<'_> {
                 let (k, v) = entry.map_err(backend)?;
                 doomed.push((k.value().1, Version::is_tombstone(v.value())));
             }
+            // When the current value is at or below `upto` it is the version to keep, and history has none.
+            let current_rev =
+                self.current.get(key.as_str()).map_err(backend)?.and_then(|r| current_mod_revision(r.value()));
+            let current_is_kept = current_rev.is_some_and(|r| r <= upto);
             if let Some(&(_, tombstone)) = doomed.last() {
-                if !tombstone {
+                if !tombstone && !current_is_kept {
                     doomed.pop();
                 }
             }
