@@ -140,8 +140,9 @@ impl EtcdCluster {
                     m.client,
                     "POST /v3/maintenance/status HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
                 );
+                // A member that does not answer (killed, or not yet up) is not the leader.
                 let body = r.split("\r\n\r\n").nth(1).unwrap_or("");
-                let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else { return false };
                 v["leader"].as_str().is_some() && v["leader"] == v["header"]["member_id"]
             }
         })
@@ -157,7 +158,7 @@ impl EtcdCluster {
     }
 
     pub fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("m{i}.log"))).unwrap_or_default()
+        crate::read_log(&self.dir.path().join(format!("m{i}.log")))
     }
 
     /// Client URLs of every member, comma-separated (for `--etcd-servers`).
@@ -334,7 +335,7 @@ impl Host {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        crate::read_log(&self.log_path())
     }
 
     /// SIGKILL the agent alone (its guests and watchdog keep running).
@@ -348,7 +349,7 @@ impl Host {
     /// The host dies: its agent, its watchdog and its guests, all at once.
     pub fn kill_all(&mut self) {
         self.kill_agent();
-        let pids = sh("ip", &["netns", "pids", &self.netns]).unwrap_or_default();
+        let pids = sh("ip", &["netns", "pids", &self.netns]).expect("listing the host's processes");
         for pid in pids.split_whitespace().chain(self.qemu_pids().iter().map(String::as_str)) {
             let _ = Command::new("kill").args(["-9", pid]).status();
         }
@@ -397,7 +398,8 @@ impl Drop for Host {
 /// QEMU guests under `state/vmis/`, with the VMI each runs (`namespace_name`, from `-name guest=`).
 pub fn guests_of(state: &Path) -> Vec<(u32, String)> {
     let marker = state.join("vmis").to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    // Unreadable /proc would look like "no guests anywhere": the double-run watch must not pass on that.
+    let entries = std::fs::read_dir("/proc").expect("reading /proc");
     let mut out = vec![];
     for e in entries.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };

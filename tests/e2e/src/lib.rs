@@ -18,6 +18,17 @@ pub fn kumo_bin() -> PathBuf {
 }
 
 /// A free loopback port (bound and released; fine for tests that restart a server on a fixed port).
+/// Runs the kumo binary with `args`: whether it succeeded, and its stdout and stderr together.
+pub fn kumo_cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(kumo_bin()).args(args).output().expect("running kumo");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A log for a diagnosis, saying why when there is none.
+pub(crate) fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no log at {}: {e})", path.display()))
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -139,7 +150,7 @@ impl Server {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        read_log(&self.dir.path().join("server.log"))
     }
 
     /// SIGKILL: no chance to flush anything.

@@ -4,9 +4,9 @@
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
-use kumo_e2e::{eventually, Server};
+use kumo_e2e::{eventually, kumo_cli, Server};
+use kumo_store::conformance::SmallFs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn cm(name: &str, bytes: usize, marker: &str) -> ConfigMap {
@@ -15,28 +15,6 @@ fn cm(name: &str, bytes: usize, marker: &str) -> ConfigMap {
         serde_json::json!({"metadata": {"name": name}, "data": {"marker": marker, "filler": filler}}),
     )
     .unwrap()
-}
-
-/// A tmpfs of `mib` MiB on a fresh directory; unmounted when dropped.
-struct SmallFs(tempfile::TempDir);
-
-impl SmallFs {
-    fn mount(mib: u32) -> SmallFs {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("running mount");
-        assert!(out.status.success(), "mounting a tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
-        SmallFs(dir)
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
 }
 
 /// `/readyz?verbose` as kubectl shows it: (ready, text).
@@ -50,8 +28,8 @@ fn readyz(s: &Server) -> (bool, String) {
 async fn a_full_disk_refuses_writes_with_507_and_recovers_without_a_restart() {
     // Only the store file lives on the small filesystem (the symlink), so logs and keys are not starved.
     let fs = SmallFs::mount(24);
-    let filler = fs.0.path().join("filler");
-    let store_file = fs.0.path().join("kumo.redb");
+    let filler = fs.path().join("filler");
+    let store_file = fs.path().join("kumo.redb");
     let s = Server::start_prepared("127.0.0.1", &["--no-agent"], |dir| {
         std::os::unix::fs::symlink(&store_file, dir.join("kumo.redb"))?;
         Ok(())
@@ -116,11 +94,6 @@ fn garble_value(file: &Path, marker: &str) {
     std::fs::write(file, data).unwrap();
 }
 
-fn kumo(args: &[&str]) -> (bool, String) {
-    let out = Command::new(kumo_e2e::kumo_bin()).args(args).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbled_value_is_reported_by_key_and_never_served() {
     let mut s = Server::start().unwrap();
@@ -132,7 +105,7 @@ async fn a_garbled_value_is_reported_by_key_and_never_served() {
     garble_value(&file, "victim-marker-31337");
 
     let dir = s.data_dir().display().to_string();
-    let (ok, out) = kumo(&["store", "check", "--data-dir", &dir]);
+    let (ok, out) = kumo_cli(&["store", "check", "--data-dir", &dir]);
     assert!(!ok && out.contains("/registry/core/configmaps/default/victim"), "store check names the key: {out}");
 
     s.start_again().unwrap();
@@ -190,6 +163,6 @@ fn a_damaged_structure_stops_the_server_with_what_to_do() {
     assert!(text.contains("cannot be used") && text.contains("kumo store snapshot restore"), "{text}");
     assert!(!text.contains("panicked"), "no panic: {text}");
     assert!(started.elapsed() < Duration::from_secs(30));
-    let (ok, out) = kumo(&["store", "check", "--data-dir", &s.data_dir().display().to_string()]);
+    let (ok, out) = kumo_cli(&["store", "check", "--data-dir", &s.data_dir().display().to_string()]);
     assert!(!ok, "store check finds the damage: {out}");
 }

@@ -6,19 +6,23 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 use kumo_e2e::cluster::EtcdCluster;
-use kumo_e2e::Server;
+use kumo_e2e::{kumo_cli, Server};
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn kumo(args: &[&str]) -> (bool, String) {
-    let out = Command::new(kumo_e2e::kumo_bin()).args(args).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
 fn cm(name: &str) -> ConfigMap {
     serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "data": {"k": name}})).unwrap()
+}
+
+/// `kumo store snapshot restore FILE --data-dir DIR EXTRA…`, which must succeed.
+fn restore(file: &std::path::Path, dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<()> {
+    let (file, dir) = (file.display().to_string(), dir.display().to_string());
+    let mut args = vec!["store", "snapshot", "restore", &file, "--data-dir", &dir];
+    args.extend_from_slice(extra);
+    let (ok, out) = kumo_cli(&args);
+    anyhow::ensure!(ok, "restore: {out}");
+    Ok(())
 }
 
 /// What a snapshot saved while 8 writers ran must hold: name → (uid, resourceVersion) of every create
@@ -52,10 +56,11 @@ async fn save_under_load(s: &Server) -> Saved {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("snap");
     let (file_s, kubeconfig) = (file.display().to_string(), s.kubeconfig().display().to_string());
-    let (ok, out) =
-        tokio::task::spawn_blocking(move || kumo(&["store", "snapshot", "save", &file_s, "--kubeconfig", &kubeconfig]))
-            .await
-            .unwrap();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        kumo_cli(&["store", "snapshot", "save", &file_s, "--kubeconfig", &kubeconfig])
+    })
+    .await
+    .unwrap();
     assert!(ok, "snapshot save: {out}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -63,7 +68,7 @@ async fn save_under_load(s: &Server) -> Saved {
         w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    let (ok, status) = kumo(&["store", "snapshot", "status", &file.display().to_string()]);
+    let (ok, status) = kumo_cli(&["store", "snapshot", "status", &file.display().to_string()]);
     assert!(ok, "{status}");
     let revision: i64 = status.lines().find_map(|l| l.strip_prefix("revision ")).unwrap().trim().parse().unwrap();
     Saved { _dir: dir, file, acked, revision }
@@ -108,20 +113,8 @@ async fn a_snapshot_saved_under_load_restores_exactly_what_was_acknowledged() {
     let saved = save_under_load(&s).await;
     // Restored into a new data directory, with the original's cluster secret, and started.
     let secret = s.data_dir().join("cluster-secret");
-    let file_s = saved.file.display().to_string();
     let restored = Server::start_prepared("127.0.0.1", &["--no-agent"], |new_dir| {
-        let (ok, out) = kumo(&[
-            "store",
-            "snapshot",
-            "restore",
-            &file_s,
-            "--data-dir",
-            &new_dir.display().to_string(),
-            "--cluster-secret-file",
-            &secret.display().to_string(),
-        ]);
-        anyhow::ensure!(ok, "restore: {out}");
-        Ok(())
+        restore(&saved.file, new_dir, &["--cluster-secret-file", &secret.display().to_string()])
     })
     .unwrap();
     let rapi = check_restored(&restored, &saved).await;
@@ -146,26 +139,12 @@ async fn on_etcd_a_snapshot_saved_under_load_restores_exactly_what_was_acknowled
     std::fs::copy(s.data_dir().join("cluster-secret"), &secret).unwrap();
     drop(s);
     drop(etcd);
-    let file_s = saved.file.display().to_string();
     let restored_etcd = EtcdCluster::start_restored(|data, name, initial, peer| {
-        let data = data.display().to_string();
-        let (ok, out) = kumo(&[
-            "store",
-            "snapshot",
-            "restore",
-            &file_s,
-            "--data-dir",
-            &data,
-            "--",
-            "--name",
-            name,
-            "--initial-cluster",
-            initial,
-            "--initial-advertise-peer-urls",
-            peer,
-        ]);
-        anyhow::ensure!(ok, "restore: {out}");
-        Ok(())
+        restore(
+            &saved.file,
+            data,
+            &["--", "--name", name, "--initial-cluster", initial, "--initial-advertise-peer-urls", peer],
+        )
     })
     .unwrap();
     let restored =
@@ -183,7 +162,7 @@ fn a_truncated_or_altered_snapshot_is_refused_at_restore() {
     s.kubectl_ok(&["create", "configmap", "one", "--from-literal=k=v"]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("snap.kumo");
-    let (ok, out) = kumo(&[
+    let (ok, out) = kumo_cli(&[
         "store",
         "snapshot",
         "save",
@@ -200,7 +179,7 @@ fn a_truncated_or_altered_snapshot_is_refused_at_restore() {
         let bad = dir.path().join(format!("{what}.kumo"));
         std::fs::write(&bad, bytes).unwrap();
         let target = dir.path().join(format!("restore-{what}"));
-        let (ok, out) = kumo(&[
+        let (ok, out) = kumo_cli(&[
             "store",
             "snapshot",
             "restore",
@@ -211,7 +190,7 @@ fn a_truncated_or_altered_snapshot_is_refused_at_restore() {
         assert!(!ok, "a {what} snapshot must be refused: {out}");
         assert!(out.contains("snapshot"), "{out}");
         assert!(!target.join("kumo.redb").exists(), "nothing restored from a {what} file");
-        let (ok, _) = kumo(&["store", "snapshot", "status", &bad.display().to_string()]);
+        let (ok, _) = kumo_cli(&["store", "snapshot", "status", &bad.display().to_string()]);
         assert!(!ok, "status refuses a {what} snapshot");
     }
 }
@@ -240,7 +219,7 @@ fn scheduled_snapshots_are_taken_and_pruned() {
     });
     let later = later.unwrap_or_else(|| panic!("old snapshots were pruned: {:?}", list()));
     for name in &later {
-        let (ok, out) = kumo(&["store", "snapshot", "status", &dir.join(name).display().to_string()]);
+        let (ok, out) = kumo_cli(&["store", "snapshot", "status", &dir.join(name).display().to_string()]);
         assert!(ok && out.contains("keys"), "{name}: {out}");
     }
 }

@@ -10,6 +10,7 @@
 
 mod etcd_server;
 mod kv;
+mod small_fs;
 mod watch;
 
 use std::any::Any;
@@ -22,6 +23,7 @@ use futures::StreamExt;
 
 pub use etcd_server::{free_port, EtcdServer, EtcdTls};
 pub use kv::*;
+pub use small_fs::SmallFs;
 pub use watch::*;
 
 use crate::{Event, RangeRequest, Result, Store};

@@ -1,44 +1,11 @@
 //! A full disk, on a real (small) filesystem: writes are refused and not applied, reads go on, and the store
 //! recovers by itself once space returns. Needs root for the tmpfs mount (tests run as root here and in CI).
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::tests::open;
+use crate::conformance::SmallFs;
 use crate::{Error, Store};
-
-/// A tmpfs of `mib` MiB mounted on a fresh directory, unmounted on drop.
-struct SmallFs {
-    dir: tempfile::TempDir,
-}
-
-impl SmallFs {
-    fn mount(mib: u32) -> SmallFs {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("running mount");
-        assert!(
-            out.status.success(),
-            "mounting a small tmpfs failed (this test needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallFs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_and_recovers_when_space_returns() {
