@@ -299,7 +299,7 @@ impl Store for RedbStore {
                 let _ = tx.blocking_send(Err(e));
             }
         });
-        Ok(Box::pin(tokio_stream_from(rx)))
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     fn take_corrupt(&self) -> Vec<(String, String)> {
@@ -309,9 +309,4 @@ impl Store for RedbStore {
     fn write_failure(&self) -> Option<String> {
         self.slot.failure().map(|f| format!("{} (for {}s)", f.error, f.since.elapsed().as_secs()))
     }
-}
-
-/// The receiving half of a channel as a stream.
-fn tokio_stream_from<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }

@@ -94,8 +94,11 @@ fn write(slot: &Slot, shared: &Shared, events: &broadcast::Sender<EventBatch>, o
             return refuse(&e);
         }
     };
-    let committed = super::guard::guarded(|| commit(&db, shared, events, ops));
-    match committed.unwrap_or_else(|why| Err(Error::Backend(why))) {
+    // A damaged file can make redb panic mid-commit: that is an error for these requests, not a dead writer.
+    let guarded_commit = |ops: &[Op]| {
+        super::guard::guarded(|| commit(&db, shared, events, ops)).unwrap_or_else(|why| Err(Error::Backend(why)))
+    };
+    match guarded_commit(ops) {
         Ok(outcomes) => {
             slot.healthy();
             outcomes
@@ -112,7 +115,7 @@ fn write(slot: &Slot, shared: &Shared, events: &broadcast::Sender<EventBatch>, o
         // Anything else aborts this transaction only; retry one by one so only the culprit fails.
         Err(err) if ops.len() > 1 => {
             tracing::warn!(error = %err, requests = ops.len(), "group commit failed, retrying singly");
-            ops.chunks(1).map(|op| commit(&db, shared, events, op).unwrap_or_else(|e| vec![Err(e)]).remove(0)).collect()
+            ops.chunks(1).map(|op| guarded_commit(op).unwrap_or_else(|e| vec![Err(e)]).remove(0)).collect()
         }
         Err(err) => vec![Err(err)],
     }
