@@ -8,6 +8,34 @@ use crate::report::{Bucket, Growth};
 use anyhow::Result;
 use std::time::Duration;
 
+/// The growth server compacts this often, so that what compaction gives back shows within the run (the default
+/// is 5 minutes, as in Kubernetes).
+pub const COMPACTION_INTERVAL: &str = "5s";
+
+/// How long to wait, after the updates, for compaction to give the space of the superseded versions back.
+const RECLAIM_WAIT: Duration = Duration::from_secs(120);
+/// The data directory counts as settled once unchanged this long.
+const SETTLED: Duration = Duration::from_secs(20);
+
+/// Polls the data directory until its size has not changed for [`SETTLED`] (several compaction intervals, so a
+/// shrink would have shown); returns its size and the seconds since the updates.
+async fn wait_for_reclaim(kumo: &Kumo, from: u64) -> (u64, f64) {
+    crate::progress("waiting for compaction (and, if it pays, shrinking the file) to settle");
+    let started = std::time::Instant::now();
+    let (mut last, mut since) = (from, std::time::Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = procs::dir_bytes(kumo.proc.dir());
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        }
+        if since.elapsed() >= SETTLED || started.elapsed() > RECLAIM_WAIT {
+            crate::progress(format!("data dir {} MiB after {:.0?}", now >> 20, started.elapsed()));
+            return (now, started.elapsed().as_secs_f64());
+        }
+    }
+}
+
 pub struct Settings {
     pub objects: usize,
     pub step: usize,
@@ -45,6 +73,8 @@ pub async fn run(kumo: &Kumo, s: &Settings) -> Result<(Growth, usize)> {
     let (workers, update_all) = load::run_phase(workers, 0..s.objects, pid).await?;
     let disk_after_updates = procs::dir_bytes(kumo.proc.dir());
     crate::progress(format!("{} (data dir {} MiB)", crate::show("update all", &update_all), disk_after_updates >> 20));
+    let (disk_after_reclaim, reclaim_secs) = wait_for_reclaim(kumo, disk_after_updates).await;
+    let (workers, snapshots) = crate::snapshot::run(kumo, workers, s.objects).await?;
     drop(workers);
 
     crate::progress(format!("idle for {:?} at {} objects", s.idle, s.objects));
@@ -63,6 +93,10 @@ pub async fn run(kumo: &Kumo, s: &Settings) -> Result<(Growth, usize)> {
             rss_after_restart: 0,
             update_all,
             disk_after_updates,
+            disk_after_reclaim,
+            len_after_reclaim: procs::dir_len(kumo.proc.dir()),
+            reclaim_secs,
+            snapshots,
             live_bytes: (s.objects * stored_bytes) as u64,
         },
         stored_bytes,

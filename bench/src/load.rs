@@ -4,7 +4,7 @@
 
 use crate::http::{Conn, Endpoint};
 use crate::procs::CpuMeter;
-use crate::report::{Phase, Summary};
+use crate::report::Phase;
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use bytes::Bytes;
@@ -41,9 +41,16 @@ pub async fn run_phase_metered<W: Worker>(
     range: Range<usize>,
     cpu: CpuMeter,
 ) -> Result<(Vec<W>, Phase)> {
+    let start = Instant::now();
+    let n = workers.len();
+    let (workers, lats) = run_ops(workers, range).await?;
+    Ok((workers, Phase::of(n, lats, start.elapsed().as_secs_f64(), cpu)))
+}
+
+/// Runs operations `range` over `workers`; returns them with every operation's latency.
+pub async fn run_ops<W: Worker>(workers: Vec<W>, range: Range<usize>) -> Result<(Vec<W>, Vec<Duration>)> {
     let n = workers.len();
     let count = range.len();
-    let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for (w, mut worker) in workers.into_iter().enumerate() {
         let range = range.clone();
@@ -64,20 +71,8 @@ pub async fn run_phase_metered<W: Worker>(
         done.push((w, worker));
         lats.extend(l);
     }
-    let secs = start.elapsed().as_secs_f64();
-    let (server_cpu, client_cpu) = cpu.stop();
     done.sort_by_key(|(w, _)| *w);
-    let phase = Phase {
-        conns: n,
-        count,
-        secs,
-        ops_per_sec: count as f64 / secs,
-        latency: Summary::of(lats),
-        server_cpu,
-        client_cpu,
-        backend_cpu: cpu.backend(),
-    };
-    Ok((done.into_iter().map(|(_, w)| w).collect(), phase))
+    Ok((done.into_iter().map(|(_, w)| w).collect(), lats))
 }
 
 /// A ConfigMap whose JSON is exactly `size` bytes (the `payload` value is padded to fit). `version` varies

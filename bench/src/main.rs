@@ -9,6 +9,7 @@ mod http;
 mod load;
 mod procs;
 mod report;
+mod snapshot;
 mod watch;
 
 use anyhow::{bail, Context, Result};
@@ -194,7 +195,8 @@ async fn run(cfg: &Cfg) -> Result<Results> {
     drop((etcd, kumo));
 
     progress("starting a fresh kumo for the growth and watch phases");
-    let mut kumo = procs::start_kumo(&a.kumo_bin, &cfg.tmp, a.keep, &[]).await?;
+    let compaction = ["--compaction-interval".to_string(), growth::COMPACTION_INTERVAL.to_string()];
+    let mut kumo = procs::start_kumo(&a.kumo_bin, &cfg.tmp, a.keep, &compaction).await?;
     let settings = growth::Settings {
         objects: cfg.growth_objects,
         step: cfg.growth_step,

@@ -117,13 +117,24 @@ impl CpuMeter {
 }
 
 /// Bytes under `dir` (the server's data directory).
+/// Bytes a directory takes on disk: allocated blocks, as `du` counts them. redb extends its file by doubling,
+/// and an extension takes no disk until pages are written to it, so the files' lengths overstate it.
 pub fn dir_bytes(dir: &Path) -> u64 {
+    dir_sum(dir, &|m| std::os::unix::fs::MetadataExt::blocks(m) * 512)
+}
+
+/// The sum of the lengths of a directory's files.
+pub fn dir_len(dir: &Path) -> u64 {
+    dir_sum(dir, &|m| m.len())
+}
+
+fn dir_sum(dir: &Path, size: &dyn Fn(&std::fs::Metadata) -> u64) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .flatten()
         .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
+            Ok(m) if m.is_dir() => dir_sum(&e.path(), size),
+            Ok(m) => size(&m),
             Err(_) => 0,
         })
         .sum()
@@ -161,7 +172,7 @@ pub struct Kumo {
     pub endpoint: Endpoint,
     /// The etcd this kumo stores into (`--etcd-servers`), metered alongside it.
     pub backend_pid: Option<u32>,
-    bin: PathBuf,
+    pub bin: PathBuf,
     extra: Vec<String>,
 }
 

@@ -53,6 +53,22 @@ pub struct Phase {
 }
 
 impl Phase {
+    /// A phase of `lats.len()` operations over `conns` connections that took `secs`, with the CPU metered.
+    pub fn of(conns: usize, lats: Vec<Duration>, secs: f64, cpu: crate::procs::CpuMeter) -> Phase {
+        let count = lats.len();
+        let (server_cpu, client_cpu) = cpu.stop();
+        Phase {
+            conns,
+            count,
+            secs,
+            ops_per_sec: count as f64 / secs,
+            latency: Summary::of(lats),
+            server_cpu,
+            client_cpu,
+            backend_cpu: cpu.backend(),
+        }
+    }
+
     pub fn json(&self) -> Value {
         let mut v = json!({"connections": self.conns, "count": self.count,
                "seconds": (self.secs * 1000.0).round() / 1000.0,
@@ -129,6 +145,13 @@ pub struct Growth {
     /// Every object then updated once: the phase, and the data directory's size after it.
     pub update_all: Phase,
     pub disk_after_updates: u64,
+    /// The data directory once compaction gave the superseded versions' space back, and how long after the
+    /// updates that was.
+    pub disk_after_reclaim: u64,
+    /// The files' lengths then (the rest of the file is not yet written).
+    pub len_after_reclaim: u64,
+    pub reclaim_secs: f64,
+    pub snapshots: crate::snapshot::Snapshots,
     /// Bytes of live data: objects × the stored object's size.
     pub live_bytes: u64,
 }
@@ -219,6 +242,14 @@ impl Results {
                 "live_bytes": g.live_bytes,
                 "disk_over_live_after_creates": ratio(g.buckets.last().map_or(0, |b| b.disk_after) as f64, g.live_bytes as f64),
                 "disk_over_live_after_updates": ratio(g.disk_after_updates as f64, g.live_bytes as f64),
+                "data_dir_bytes_after_reclaim": g.disk_after_reclaim, "data_dir_file_lengths_after_reclaim": g.len_after_reclaim, "reclaim_seconds": r2(g.reclaim_secs),
+                "disk_over_live_after_reclaim": ratio(g.disk_after_reclaim as f64, g.live_bytes as f64),
+                "snapshot": {
+                    "save_seconds": r2(g.snapshots.save_secs), "file_bytes": g.snapshots.file_bytes,
+                    "restore_seconds": r2(g.snapshots.restore_secs), "restored_data_dir_bytes": g.snapshots.restored_bytes,
+                    "updates_during_save": g.snapshots.during.json(), "updates_without_snapshot": g.snapshots.without.json(),
+                    "p99_during_over_without": ratio(g.snapshots.during.latency.p99.as_secs_f64(), g.snapshots.without.latency.p99.as_secs_f64()),
+                },
                 "buckets": g.buckets.iter().map(|b| json!({
                     "from": b.from, "to": b.to, "create": b.phase.json(), "rss_after_bytes": b.rss_after,
                     "data_dir_bytes_after": b.disk_after,
@@ -304,7 +335,9 @@ impl Results {
         let _ = writeln!(
             s,
             "\nDisk use: {} MiB of live data ({} objects × their stored size); data directory {} MiB after the creates \
-             (**{:.2}×**), {} MiB after updating every object once at {:.0}/s (**{:.2}×**).",
+             (**{:.2}×**), {} MiB after updating every object once at {:.0}/s (**{:.2}×**), {} MiB once compaction \
+             (every {}) gave the superseded versions' space back, {:.0} s later (**{:.2}×**; file lengths {} MiB). \
+             Data directory sizes are allocated blocks, as `du` counts them.",
             mib(g.live_bytes),
             g.total(),
             mib(g.buckets.last().map_or(0, |b| b.disk_after)),
@@ -312,6 +345,31 @@ impl Results {
             mib(g.disk_after_updates),
             g.update_all.ops_per_sec,
             ratio(g.disk_after_updates as f64, g.live_bytes as f64),
+            mib(g.disk_after_reclaim),
+            crate::growth::COMPACTION_INTERVAL,
+            g.reclaim_secs,
+            ratio(g.disk_after_reclaim as f64, g.live_bytes as f64),
+            mib(g.len_after_reclaim),
+        );
+        let (sn, total) = (&g.snapshots, g.total());
+        let _ = writeln!(
+            s,
+            "\nSnapshot of the {total} objects through the API server, with {} connections updating meanwhile: saved \
+             in **{:.1} s** ({} MiB file); restored offline into a new data directory in **{:.1} s** ({} MiB). \
+             Updates during the save: {:.0}/s, p50 {:.2} ms, p99 **{:.2} ms**; the same number without a \
+             snapshot: {:.0}/s, p50 {:.2} ms, p99 **{:.2} ms** (p99 ratio **{:.2}**).",
+            sn.during.conns,
+            sn.save_secs,
+            mib(sn.file_bytes),
+            sn.restore_secs,
+            mib(sn.restored_bytes),
+            sn.during.ops_per_sec,
+            sn.during.latency.p50.as_secs_f64() * 1e3,
+            sn.during.latency.p99.as_secs_f64() * 1e3,
+            sn.without.ops_per_sec,
+            sn.without.latency.p50.as_secs_f64() * 1e3,
+            sn.without.latency.p99.as_secs_f64() * 1e3,
+            ratio(sn.during.latency.p99.as_secs_f64(), sn.without.latency.p99.as_secs_f64()),
         );
         let _ = writeln!(
             s,

@@ -21,7 +21,7 @@ pub mod snapshot;
 mod types;
 
 pub use etcd_store::{EtcdConfig, EtcdStore};
-pub use redb_store::{restore as restore_embedded, unusable, CheckReport, RedbStore};
+pub use redb_store::{defrag as defrag_embedded, restore as restore_embedded, unusable, CheckReport, RedbStore};
 pub use types::*;
 
 use futures::stream::BoxStream;

@@ -1,4 +1,5 @@
-//! `kumo store`: care of the store: checking it, and snapshots (as `etcdctl snapshot save/restore/status`).
+//! `kumo store`: care of the store: checking it, shrinking its file, and snapshots (as `etcdctl snapshot
+//! save/restore/status`).
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -11,6 +12,13 @@ pub enum StoreAction {
     /// Check a store whole: its structure, every value's checksum, and that its tables agree. The server using
     /// the data directory must be stopped. Exits non-zero when anything is damaged.
     Check {
+        /// The server's --data-dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Shrink a stopped server's store file to what its data needs, as `etcdctl defrag` does. A running server
+    /// does this by itself after a compaction that finds half the file unused for a whole interval.
+    Defrag {
         /// The server's --data-dir.
         #[arg(long)]
         data_dir: PathBuf,
@@ -59,6 +67,7 @@ pub enum SnapshotAction {
 pub async fn run(action: StoreAction) -> Result<()> {
     match action {
         StoreAction::Check { data_dir } => check(&data_dir.join("kumo.redb")),
+        StoreAction::Defrag { data_dir } => defrag(&data_dir.join("kumo.redb")),
         StoreAction::Snapshot { action: SnapshotAction::Save { file, kubeconfig, data_dir } } => {
             save(&file, kubeconfig.as_deref(), data_dir.as_deref()).await
         }
@@ -210,6 +219,16 @@ fn restore(file: &Path, data_dir: &Path, secret: Option<&Path>, etcd_args: &[Str
         data_dir.display(),
         data_dir.display()
     );
+    Ok(())
+}
+
+fn defrag(path: &Path) -> Result<()> {
+    if !path.exists() {
+        bail!("{} does not exist: give the server's --data-dir", path.display());
+    }
+    eprintln!("defragmenting {} (the server using it must be stopped)…", path.display());
+    let (before, after) = kumo_store::defrag_embedded(path)?;
+    println!("{} MiB → {} MiB", before >> 20, after >> 20);
     Ok(())
 }
 

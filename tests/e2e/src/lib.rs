@@ -42,6 +42,8 @@ pub struct Server {
     pub ip: String,
     pub port: u16,
     pub extra_args: Vec<String>,
+    /// Environment of the server process beyond this one's.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     /// With `KUMO_E2E_STORE=etcd`, the etcd this server stores into (started per server, gone with it).
     _etcd: Option<cluster::EtcdCluster>,
@@ -78,6 +80,16 @@ impl Server {
     /// [`Server::start_at`], after `prepare` has set up the (empty) data directory, e.g. put the store file on a
     /// small filesystem.
     pub fn start_prepared(ip: &str, args: &[&str], prepare: impl FnOnce(&Path) -> Result<()>) -> Result<Server> {
+        Self::start_custom(ip, args, &[], prepare)
+    }
+
+    /// [`Server::start_prepared`] with extra environment for the server process (e.g. `LD_PRELOAD`).
+    pub fn start_custom(
+        ip: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Server> {
         let mut extra_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let etcd = match std::env::var("KUMO_E2E_STORE").as_deref() {
             Ok("etcd") if !args.contains(&"--etcd-servers") => {
@@ -93,6 +105,7 @@ impl Server {
             ip: ip.to_string(),
             port: free_port(),
             extra_args,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: None,
             _etcd: etcd,
         };
@@ -122,6 +135,7 @@ impl Server {
             .arg("--listen")
             .arg(format!("{}:{}", self.ip, self.port))
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -248,8 +262,18 @@ impl Server {
 
     /// A kube-rs client for this server.
     pub async fn client(&self) -> Result<kube::Client> {
+        self.client_with(true).await
+    }
+
+    /// A client that does not retry 503/504 answers itself (kube-rs does by default), for tests that count them.
+    pub async fn client_without_retries(&self) -> Result<kube::Client> {
+        self.client_with(false).await
+    }
+
+    async fn client_with(&self, retries: bool) -> Result<kube::Client> {
         let kc = kube::config::Kubeconfig::read_from(self.kubeconfig())?;
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        cfg.default_retry = retries;
         Ok(kube::Client::try_from(cfg)?)
     }
 }

@@ -5,6 +5,7 @@
 //! snapshot. The table layout is described in `schema.rs`.
 
 mod check;
+mod defrag;
 mod guard;
 mod migrate;
 mod read;
@@ -39,6 +40,7 @@ use writer::{EventBatch, Op, Request};
 const START_CHECK_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub use check::{unusable, CheckReport};
+pub use defrag::defrag;
 pub use snapshot::restore;
 
 /// Live events buffered per watcher before a slow one is cut off (counted in commits, not events).

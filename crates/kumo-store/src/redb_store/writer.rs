@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableTable, Table};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table};
 use tokio::sync::{broadcast, oneshot};
 
 use super::schema::{
@@ -54,8 +54,8 @@ pub(crate) fn run(
         let first = match requests.recv_timeout(RETRY_AFTER) {
             Ok(req) => req,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Reads need the database open even when nobody writes.
-                if slot.db().is_err() {
+                // Reads need the database open even when nobody writes (and writes, opened for writing).
+                if slot.writable_db().is_err() {
                     let _ = slot.reopen();
                 }
                 continue;
@@ -70,10 +70,17 @@ pub(crate) fn run(
             }
         }
         let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
+        // What the interval before a compaction used decides whether the file is worth shrinking after it. Even a
+        // compaction with nothing to drop counts: it is how an idle store notices its space has gone unused.
+        let compacts = ops.iter().any(|op| matches!(op, Op::Compact { .. }));
+        let used_before = compacts.then(|| super::defrag::in_use(&slot)).flatten();
         let outcomes = write(&slot, &shared, &events, &ops);
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // The caller may have given up waiting; the write stands regardless.
             let _ = reply.send(outcome);
+        }
+        if let (Some(used), None) = (used_before, slot.failure()) {
+            super::defrag::after_compaction(&slot, used);
         }
     }
 }
@@ -87,7 +94,7 @@ fn write(slot: &Slot, shared: &Shared, events: &broadcast::Sender<EventBatch>, o
             return refuse(&f.error);
         }
     }
-    let db = match slot.db().or_else(|_| slot.reopen()) {
+    let db = match slot.writable_db().or_else(|_| slot.reopen()) {
         Ok(db) => db,
         Err(e) => {
             slot.fail(&e);
@@ -96,7 +103,8 @@ fn write(slot: &Slot, shared: &Shared, events: &broadcast::Sender<EventBatch>, o
     };
     // A damaged file can make redb panic mid-commit: that is an error for these requests, not a dead writer.
     let guarded_commit = |ops: &[Op]| {
-        super::guard::guarded(|| commit(&db, shared, events, ops)).unwrap_or_else(|why| Err(Error::Backend(why)))
+        super::guard::guarded(|| commit(&db, shared, events, ops))
+            .unwrap_or_else(|why| Err(Failed { error: Error::Backend(why), staged: None }))
     };
     match guarded_commit(ops) {
         Ok(outcomes) => {
@@ -104,21 +112,55 @@ fn write(slot: &Slot, shared: &Shared, events: &broadcast::Sender<EventBatch>, o
             outcomes
         }
         // The file could not be written: redb now refuses everything until it is opened again.
-        Err(err) if poisons(&err) => {
+        Err(Failed { error, staged }) if poisons(&error) => {
             drop(db);
-            slot.fail(&err);
+            slot.fail(&error);
             if let Err(e) = slot.reopen() {
-                tracing::warn!(error = %e, "opening the store again failed; retrying");
+                tracing::warn!(error = %e, "opening the store again for writes failed; retrying");
             }
-            refuse(&err)
+            // Opened for writing or, while the disk still fails, for reads only: either shows what the file holds.
+            let db = slot.db().ok();
+            if let Some(applied) = staged.filter(|a| db.is_some_and(|db| landed(&db, a.revision))) {
+                return unknown_outcome(shared, events, *applied, &error);
+            }
+            refuse(&error)
         }
         // Anything else aborts this transaction only; retry one by one so only the culprit fails.
-        Err(err) if ops.len() > 1 => {
-            tracing::warn!(error = %err, requests = ops.len(), "group commit failed, retrying singly");
-            ops.chunks(1).map(|op| guarded_commit(op).unwrap_or_else(|e| vec![Err(e)]).remove(0)).collect()
+        Err(Failed { error, .. }) if ops.len() > 1 => {
+            tracing::warn!(error = %error, requests = ops.len(), "group commit failed, retrying singly");
+            ops.chunks(1)
+                .map(|op| guarded_commit(op).map_err(|f| f.error).unwrap_or_else(|e| vec![Err(e)]).remove(0))
+                .collect()
         }
-        Err(err) => vec![Err(err)],
+        Err(Failed { error, .. }) => vec![Err(error)],
     }
+}
+
+/// Whether the file, opened again, holds the commit that reached `revision`.
+fn landed(db: &Database, revision: i64) -> bool {
+    let stored = || -> Result<i64> {
+        let txn = db.begin_read().map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        Ok(meta.get(META_REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0))
+    };
+    stored().is_ok_and(|r| r >= revision)
+}
+
+/// A commit that failed at the disk (an fsync error) yet is in the file once opened again: its writes stand, so
+/// watchers get their events like any others; but the disk said it may not have kept them, so each writer hears
+/// that the outcome is unknown (as after a timeout) rather than that it succeeded.
+fn unknown_outcome(
+    shared: &Shared,
+    events: &broadcast::Sender<EventBatch>,
+    applied: Applied,
+    error: &Error,
+) -> Vec<Outcome> {
+    tracing::warn!(error = %error, revision = applied.revision, "a failed commit reached the file: its writes stand, their writers are told the outcome is unknown");
+    let outcomes = publish(shared, events, applied);
+    let unknown = || {
+        Error::Timeout(format!("the disk reported an error while storing this write ({error}); it may have been stored: read before retrying"))
+    };
+    outcomes.into_iter().map(|o| o.and_then(|_| Err(unknown()))).collect()
 }
 
 /// Whether a failed commit means the file could not be written (so redb must be opened again), rather than a
@@ -140,9 +182,26 @@ fn refusal(e: &Error) -> Error {
     }
 }
 
-/// Applies `ops` in one durable transaction, then publishes the events. The outer error means nothing was
-/// committed.
-fn commit(db: &Database, shared: &Shared, events: &broadcast::Sender<EventBatch>, ops: &[Op]) -> Result<Vec<Outcome>> {
+/// Why a commit failed, and what it was committing when the failure came from the commit itself (whether that
+/// reached the file is then known only once it is opened again).
+struct Failed {
+    error: Error,
+    staged: Option<Box<Applied>>,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Failed {
+        Failed { error, staged: None }
+    }
+}
+
+/// Applies `ops` in one durable transaction, then publishes the events.
+fn commit(
+    db: &Database,
+    shared: &Shared,
+    events: &broadcast::Sender<EventBatch>,
+    ops: &[Op],
+) -> Result<Vec<Outcome>, Failed> {
     let mut txn = db.begin_write().map_err(backend)?;
     txn.set_durability(Durability::Immediate).map_err(backend)?;
     let mut applied = Applied::default();
@@ -162,8 +221,14 @@ fn commit(db: &Database, shared: &Shared, events: &broadcast::Sender<EventBatch>
         t.meta.insert(META_REVISION, applied.revision).map_err(backend)?;
         t.meta.insert(META_COMPACTED, applied.compacted).map_err(backend)?;
     }
-    txn.commit().map_err(backend)?;
+    if let Err(e) = txn.commit() {
+        return Err(Failed { error: backend(e), staged: Some(Box::new(applied)) });
+    }
+    Ok(publish(shared, events, applied))
+}
 
+/// Makes a committed transaction visible: counters, then live events.
+fn publish(shared: &Shared, events: &broadcast::Sender<EventBatch>, applied: Applied) -> Vec<Outcome> {
     shared.revision.store(applied.revision, Ordering::SeqCst);
     shared.compacted.store(applied.compacted, Ordering::SeqCst);
     shared.commits.fetch_add(1, Ordering::Relaxed);
@@ -171,7 +236,7 @@ fn commit(db: &Database, shared: &Shared, events: &broadcast::Sender<EventBatch>
         // No receivers is fine: nobody is watching.
         let _ = events.send(Arc::new(applied.events));
     }
-    Ok(applied.outcomes)
+    applied.outcomes
 }
 
 #[derive(Default)]
