@@ -10,4 +10,4 @@ echo "test: running"
 cargo nextest run --workspace --no-fail-fast "$@"
 echo "test: the API tests again, on the etcd backend"
 KUMO_E2E_STORE=etcd cargo nextest run -p kumo-e2e --no-fail-fast -E \
-  'binary(kubectl_basics) | binary(kubectl_lifecycle) | binary(kube_rs_clients) | binary(python_client) | binary(kubevirt_api) | binary(vm_controllers)' "$@"
+  'binary(kubectl_basics) | binary(kubectl_lifecycle) | binary(kube_rs_clients) | binary(python_client) | binary(kubevirt_api) | binary(vm_controllers) | binary(storage_api)' "$@"

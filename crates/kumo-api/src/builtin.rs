@@ -178,7 +178,76 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
         ],
     );
     csr.status_subresource = true;
-    vec![namespace, node, core_event, event, lease, configmap, secret, sa, crd, csr]
+    let mut defs = vec![namespace, node, core_event, event, lease, configmap, secret, sa, crd, csr];
+    defs.extend(storage_resources());
+    defs
+}
+
+/// PersistentVolumeClaims, PersistentVolumes and StorageClasses, with the columns `kubectl get pvc,pv,sc` prints.
+fn storage_resources() -> Vec<ResourceDef> {
+    let modes = || PrinterColumn::new("Access Modes", "string", "accessModes(.spec.accessModes)", "");
+    let attrs =
+        || PrinterColumn::new("VolumeAttributesClass", "string", "orUnset(.spec.volumeAttributesClassName)", "");
+    let volume_mode = || PrinterColumn::new("VolumeMode", "string", ".spec.volumeMode", "").wide();
+    let mut pvc = def(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        true,
+        &["pvc"],
+        Builtin::PersistentVolumeClaim,
+        vec![
+            PrinterColumn::new("Status", "string", ".status.phase", ""),
+            PrinterColumn::new("Volume", "string", "orEmpty(.spec.volumeName)", ""),
+            PrinterColumn::new("Capacity", "string", "orEmpty(.status.capacity.storage)", ""),
+            modes(),
+            PrinterColumn::new("StorageClass", "string", "orEmpty(.spec.storageClassName)", ""),
+            attrs(),
+            age(),
+            volume_mode(),
+        ],
+    );
+    pvc.status_subresource = true;
+    let mut pv = def(
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        false,
+        &["pv"],
+        Builtin::PersistentVolume,
+        vec![
+            PrinterColumn::new("Capacity", "string", "orEmpty(.spec.capacity.storage)", ""),
+            modes(),
+            PrinterColumn::new("Reclaim Policy", "string", ".spec.persistentVolumeReclaimPolicy", ""),
+            PrinterColumn::new("Status", "string", ".status.phase", ""),
+            PrinterColumn::new("Claim", "string", "claimRef(.spec.claimRef)", ""),
+            PrinterColumn::new("StorageClass", "string", "orEmpty(.spec.storageClassName)", ""),
+            attrs(),
+            PrinterColumn::new("Reason", "string", "orEmpty(.status.reason)", ""),
+            age(),
+            volume_mode(),
+        ],
+    );
+    pv.status_subresource = true;
+    let sc = def(
+        "storage.k8s.io",
+        "v1",
+        "StorageClass",
+        "storageclasses",
+        false,
+        &["sc"],
+        Builtin::StorageClass,
+        vec![
+            PrinterColumn::new("Provisioner", "string", ".provisioner", ""),
+            PrinterColumn::new("ReclaimPolicy", "string", ".reclaimPolicy", ""),
+            PrinterColumn::new("VolumeBindingMode", "string", ".volumeBindingMode", ""),
+            PrinterColumn::new("AllowVolumeExpansion", "string", "orFalse(.allowVolumeExpansion)", ""),
+            age(),
+        ],
+    );
+    vec![pvc, pv, sc]
 }
 
 /// Namespaces that always exist.

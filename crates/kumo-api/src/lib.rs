@@ -26,6 +26,7 @@ pub mod resource;
 pub mod schema;
 pub mod selector;
 pub mod status;
+pub mod storage;
 pub mod table;
 pub mod typed;
 pub mod validation;

@@ -65,6 +65,9 @@ pub enum Builtin {
     ServiceAccount,
     CustomResourceDefinition,
     CertificateSigningRequest,
+    PersistentVolumeClaim,
+    PersistentVolume,
+    StorageClass,
 }
 
 /// A kind as served at one group/version.

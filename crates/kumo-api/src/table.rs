@@ -26,7 +26,12 @@ fn columns(def: &ResourceDef) -> Vec<PrinterColumn> {
 
 /// One row for `obj`; `include_object` is `None`, `Metadata` (the default) or `Object`.
 pub fn row(def: &ResourceDef, obj: &Value, include_object: &str, now: DateTime<Utc>) -> Value {
-    let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
+    let mut name = obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+    if def.builtin == Some(crate::resource::Builtin::StorageClass) && crate::storage::is_default_class(obj) {
+        // kubectl marks the default class in the name column.
+        name = Value::String(format!("{} (default)", name.as_str().unwrap_or_default()));
+    }
+    let mut cells = vec![name];
     for c in columns(def) {
         cells.push(cell(&c, obj, now));
     }
@@ -115,6 +120,22 @@ fn computed(path: &str, obj: &Value) -> Option<Value> {
             .cloned()
             .or_else(|| obj.pointer("/metadata/creationTimestamp").cloned())
             .unwrap_or(Value::Null),
+        // Empty (not `<none>`) when unset, as kubectl prints these columns.
+        "orEmpty" => arg_values(arg).into_iter().next().unwrap_or(json!("")),
+        "orUnset" => arg_values(arg).into_iter().next().unwrap_or(json!("<unset>")),
+        "orFalse" => arg_values(arg).into_iter().next().unwrap_or(json!(false)),
+        "accessModes" => {
+            let modes = arg_values(arg).into_iter().next().unwrap_or(Value::Null);
+            json!(crate::storage::short_access_modes(modes.as_array().map(Vec::as_slice).unwrap_or_default()))
+        }
+        "claimRef" => match arg_values(arg).into_iter().next() {
+            Some(r) => json!(format!(
+                "{}/{}",
+                r.get("namespace").and_then(Value::as_str).unwrap_or_default(),
+                r.get("name").and_then(Value::as_str).unwrap_or_default()
+            )),
+            None => json!(""),
+        },
         "eventObject" => {
             let o = arg_values(arg).into_iter().next().unwrap_or(Value::Null);
             let kind = o.get("kind").and_then(Value::as_str).unwrap_or("").to_lowercase();

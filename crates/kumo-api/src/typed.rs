@@ -3,7 +3,7 @@
 //! `fieldValidation`.
 
 use crate::resource::Builtin;
-use k8s_openapi::api::{certificates, coordination, core, events};
+use k8s_openapi::api::{certificates, coordination, core, events, storage};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -21,6 +21,9 @@ pub fn check(builtin: Builtin, obj: &Value) -> Result<Vec<String>, String> {
         Builtin::ServiceAccount => unknown::<core::v1::ServiceAccount>(obj),
         Builtin::CustomResourceDefinition => unknown::<CustomResourceDefinition>(obj),
         Builtin::CertificateSigningRequest => unknown::<certificates::v1::CertificateSigningRequest>(obj),
+        Builtin::PersistentVolumeClaim => unknown::<core::v1::PersistentVolumeClaim>(obj),
+        Builtin::PersistentVolume => unknown::<core::v1::PersistentVolume>(obj),
+        Builtin::StorageClass => unknown::<storage::v1::StorageClass>(obj),
     }
 }
 

@@ -2,13 +2,15 @@
 //! `kumo server` or as an add-on against a real Kubernetes cluster.
 //!
 //! Each controller is a pure planning function — `(object, what it owns) → plan` — in its own module
-//! ([`vm::plan`], [`vmi::plan`] with [`sched::schedule`], [`nodeipam::plan`], [`nodelifecycle::plan`]), plus a
+//! ([`vm::plan`], [`vmi::plan`] with [`sched::schedule`], [`nodeipam::plan`], [`nodelifecycle::plan`],
+//! [`protection::release_claim`]), plus a
 //! thin runtime that fetches, applies the plan through the API and records events ([`runtime`],
 //! [`nodeipam::run`], [`nodelifecycle::run`]). Start reading at [`vm`].
 
 pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod protection;
 pub mod runtime;
 pub mod sched;
 pub mod vm;
@@ -26,10 +28,11 @@ pub struct Config {
 
 /// Runs every controller until the process ends.
 pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
-    let (workloads, (), lifecycle) = tokio::join!(
+    let (workloads, (), lifecycle, ()) = tokio::join!(
         runtime::run(client.clone(), cfg.scheduler),
         nodeipam::run(client.clone(), cfg.pod_network),
-        nodelifecycle::run(client, cfg.lifecycle)
+        nodelifecycle::run(client.clone(), cfg.lifecycle),
+        protection::run(client)
     );
     workloads.and(lifecycle)
 }

@@ -44,7 +44,7 @@ pub fn run_strategy(vm: &VirtualMachine) -> &str {
 }
 
 fn finished(vmi: &VirtualMachineInstance) -> bool {
-    matches!(vmi.phase(), "Succeeded" | "Failed")
+    vmi.is_final()
 }
 
 fn deleting(meta: &ObjectMeta) -> bool {

@@ -32,6 +32,16 @@ impl VirtualMachineInstance {
         self.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default()
     }
 
+    /// Whether the VMI has ended (`Succeeded` or `Failed`): nothing of it runs any more.
+    pub fn is_final(&self) -> bool {
+        matches!(self.phase(), "Succeeded" | "Failed")
+    }
+
+    /// The PersistentVolumeClaims its volumes use (in its namespace).
+    pub fn claim_names(&self) -> impl Iterator<Item = &str> {
+        self.spec.volumes.iter().flatten().filter_map(Volume::claim_name)
+    }
+
     /// `status.nodeName`: the node the VMI was scheduled to.
     pub fn node_name(&self) -> Option<&str> {
         self.status.as_ref().and_then(|s| s.node_name.as_deref())
@@ -229,6 +239,13 @@ pub struct Volume {
     pub ephemeral: Option<Ephemeral>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_disk: Option<HostDisk>,
+}
+
+impl Volume {
+    /// The PersistentVolumeClaim this volume uses, if any.
+    pub fn claim_name(&self) -> Option<&str> {
+        self.ephemeral.as_ref()?.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

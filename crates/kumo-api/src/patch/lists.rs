@@ -65,6 +65,7 @@ impl ListTypes for BuiltinLists {
             (Builtin::CustomResourceDefinition, ["spec", "versions"]) => ListType::map(&["name"]),
             (Builtin::CustomResourceDefinition, ["status", "conditions"]) => ListType::map(&["type"]),
             (Builtin::CertificateSigningRequest, ["status", "conditions"]) => ListType::map(&["type"]),
+            (Builtin::PersistentVolumeClaim, ["status", "conditions"]) => ListType::map(&["type"]),
             _ => ListType::Atomic,
         }
     }

@@ -127,6 +127,9 @@ pub fn validate(
     if def.group == kumo_api::kubevirt::GROUP {
         causes.extend(kumo_api::kubevirt::validate(&def.kind, obj));
     }
+    if def.builtin.is_some() {
+        causes.extend(kumo_api::storage::validate(&def.kind, obj));
+    }
     if !causes.is_empty() {
         return Err(ApiError::invalid(&def.group, &def.kind, &name, causes));
     }

@@ -45,6 +45,7 @@ pub async fn create(
         }
     }
     admission::on_create(api, def, &mut obj)?;
+    super::storage::on_create(api, def, &mut obj).await?;
     if applied.is_none() {
         meta::remove_meta(&mut obj, "managedFields");
         apply::track_update(None, &mut obj, &opts.manager, &meta::now_rfc3339(), &def.api_version(), &*list_types(def));

@@ -5,6 +5,7 @@
 pub mod admission;
 mod create;
 mod delete;
+mod storage;
 mod update;
 
 pub use create::create;

@@ -79,6 +79,7 @@ pub async fn update(
     admission::validate(def, &mut new, url_ns, opts.fv, &mut opts.warnings)?;
     admission::common_rules(def, &mut new)?;
     admission::on_update(def, current, &new)?;
+    super::storage::on_update(api, def, current, &new).await?;
     if meta::deletion_timestamp(current).is_some() {
         let old: Vec<String> = meta::finalizers(current);
         if let Some(added) = meta::finalizers(&new).into_iter().find(|f| !old.contains(f)) {

@@ -1,0 +1,119 @@
+//! PersistentVolumeClaims, PersistentVolumes and StorageClasses through kubectl, against the real server: the
+//! columns `kubectl get pvc,pv,sc` prints, the default class, Kubernetes' validation messages (a claim that
+//! shrinks, grows where its class forbids, or changes what is fixed), and the protection finalizers: a claim
+//! a VMI uses stays (marked for deletion) until the VMI is gone, and is then removed.
+
+use kumo_e2e::{eventually, Server};
+use std::time::Duration;
+
+const CLASSES: &str = r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: kumo.dev/local
+volumeBindingMode: WaitForFirstConsumer
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: fixed}
+provisioner: kumo.dev/local
+allowVolumeExpansion: false
+"#;
+
+fn claim(name: &str, size: &str, class: Option<&str>) -> String {
+    let class = class.map(|c| format!("  storageClassName: {c}\n")).unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}}}\nspec:\n  accessModes: [ReadWriteOnce]\n\
+         {class}  resources: {{requests: {{storage: {size}}}}}\n"
+    )
+}
+
+fn lines(out: &str) -> Vec<Vec<String>> {
+    out.lines().map(|l| l.split_whitespace().map(String::from).collect()).collect()
+}
+
+#[test]
+fn claims_volumes_and_classes_as_kubernetes_serves_them() {
+    let s = Server::start().unwrap();
+    s.apply(CLASSES).unwrap();
+    let sc = s.kubectl_ok(&["get", "sc"]).unwrap();
+    let sc = lines(&sc);
+    assert_eq!(
+        sc[0],
+        ["NAME", "PROVISIONER", "RECLAIMPOLICY", "VOLUMEBINDINGMODE", "ALLOWVOLUMEEXPANSION", "AGE"],
+        "{sc:?}"
+    );
+    assert_eq!(sc[2][..5], ["standard", "(default)", "kumo.dev/local", "Delete", "WaitForFirstConsumer"], "{sc:?}");
+    assert_eq!(sc[1][..5], ["fixed", "kumo.dev/local", "Delete", "Immediate", "false"], "{sc:?}");
+
+    // No class named: the default one; the protection finalizer; Pending; kubectl's columns.
+    s.apply(&claim("data", "1Gi", None)).unwrap();
+    let got = s
+        .kubectl_ok(&[
+            "get",
+            "pvc",
+            "data",
+            "-o",
+            "jsonpath={.spec.storageClassName} {.metadata.finalizers} {.status.phase} {.spec.volumeMode}",
+        ])
+        .unwrap();
+    assert_eq!(got, "standard [\"kubernetes.io/pvc-protection\"] Pending Filesystem");
+    let pvc = lines(&s.kubectl_ok(&["get", "pvc"]).unwrap());
+    assert_eq!(
+        pvc[0],
+        ["NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS", "MODES", "STORAGECLASS", "VOLUMEATTRIBUTESCLASS", "AGE"]
+    );
+    assert_eq!(pvc[1][..5], ["data", "Pending", "RWO", "standard", "<unset>"], "{pvc:?}");
+
+    // Kubernetes' validation, by field.
+    let bad = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: bad}\nspec:\n  resources: {requests: {storage: 0}}\n";
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], bad).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("spec.accessModes: Required value"), "{err}");
+    assert!(err.contains("spec.resources.requests[storage]: Invalid value: \"0\": must be greater than zero"), "{err}");
+    let err = s
+        .kubectl_err(&["patch", "pvc", "data", "-p", r#"{"spec":{"resources":{"requests":{"storage":"512Mi"}}}}"#])
+        .unwrap();
+    assert!(err.contains("field can not be less than previous value"), "{err}");
+    let err = s.kubectl_err(&["patch", "pvc", "data", "-p", r#"{"spec":{"accessModes":["ReadWriteMany"]}}"#]).unwrap();
+    assert!(err.contains("spec is immutable after creation"), "{err}");
+    s.apply(&claim("small", "1Gi", Some("fixed"))).unwrap();
+    s.kubectl_ok(&["patch", "pvc", "small", "--subresource=status", "-p", r#"{"status":{"phase":"Bound"}}"#]).unwrap();
+    let err = s
+        .kubectl_err(&["patch", "pvc", "small", "-p", r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#])
+        .unwrap();
+    assert!(err.contains("the storageclass that provisions the pvc must support resize"), "{err}");
+    let err = s.kubectl_err(&["patch", "sc", "fixed", "-p", r#"{"provisioner":"other"}"#]).unwrap();
+    assert!(err.contains("updates to provisioner are forbidden"), "{err}");
+
+    // A volume: exactly one source, its columns, and its finalizer.
+    let pv = "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: pv1}\nspec:\n  capacity: {storage: 2Gi}\n  \
+              accessModes: [ReadWriteOnce, ReadOnlyMany]\n  hostPath: {path: /tmp/pv1}\n  storageClassName: fixed\n";
+    s.apply(pv).unwrap();
+    let pvs = lines(&s.kubectl_ok(&["get", "pv"]).unwrap());
+    assert_eq!(pvs[1][..6], ["pv1", "2Gi", "RWO,ROX", "Retain", "Pending", "fixed"], "{pvs:?}");
+    let err = s.kubectl_stdin(&["apply", "-f", "-"], &pv.replace("  hostPath: {path: /tmp/pv1}\n", "")).unwrap();
+    assert!(String::from_utf8_lossy(&err.stderr).contains("must specify a volume type"));
+    s.kubectl_ok(&["delete", "pv", "pv1", "--timeout=30s"]).unwrap();
+
+    // A claim in use by a VMI stays until the VMI is gone.
+    let vmi =
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: user}\nspec:\n  domain:\n    \
+               devices: {disks: [{name: d, disk: {bus: virtio}}]}\n    resources: {requests: {memory: 64Mi}}\n  \
+               volumes: [{name: d, ephemeral: {persistentVolumeClaim: {claimName: data}}}]\n";
+    s.apply(vmi).unwrap();
+    s.kubectl_ok(&["delete", "pvc", "data", "--wait=false"]).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let held = s.kubectl_ok(&["get", "pvc", "data", "-o", "jsonpath={.metadata.deletionTimestamp}"]).unwrap();
+    assert!(!held.is_empty(), "the claim is marked for deletion and held");
+    s.kubectl_ok(&["delete", "vmi", "user", "--wait=false"]).unwrap();
+    let gone = eventually(Duration::from_secs(30), || {
+        let out = s.kubectl(&["get", "pvc", "data"]).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (!out.status.success()).then(|| assert!(err.contains("NotFound"), "{err}"))
+    });
+    assert!(gone.is_some(), "the claim went once no VMI used it");
+    s.kubectl_ok(&["delete", "pvc", "small", "--timeout=30s"]).unwrap();
+}
