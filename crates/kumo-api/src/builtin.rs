@@ -185,7 +185,8 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
 
 /// PersistentVolumeClaims, PersistentVolumes and StorageClasses, with the columns `kubectl get pvc,pv,sc` prints.
 fn storage_resources() -> Vec<ResourceDef> {
-    let modes = || PrinterColumn::new("Access Modes", "string", "accessModes(.spec.accessModes)", "");
+    // A claim shows the modes it got (its status), a volume those it offers.
+    let modes = |at: &str| PrinterColumn::new("Access Modes", "string", &format!("accessModes({at})"), "");
     let attrs =
         || PrinterColumn::new("VolumeAttributesClass", "string", "orUnset(.spec.volumeAttributesClassName)", "");
     let volume_mode = || PrinterColumn::new("VolumeMode", "string", ".spec.volumeMode", "").wide();
@@ -201,7 +202,7 @@ fn storage_resources() -> Vec<ResourceDef> {
             PrinterColumn::new("Status", "string", ".status.phase", ""),
             PrinterColumn::new("Volume", "string", "orEmpty(.spec.volumeName)", ""),
             PrinterColumn::new("Capacity", "string", "orEmpty(.status.capacity.storage)", ""),
-            modes(),
+            modes(".status.accessModes"),
             PrinterColumn::new("StorageClass", "string", "orEmpty(.spec.storageClassName)", ""),
             attrs(),
             age(),
@@ -219,7 +220,7 @@ fn storage_resources() -> Vec<ResourceDef> {
         Builtin::PersistentVolume,
         vec![
             PrinterColumn::new("Capacity", "string", "orEmpty(.spec.capacity.storage)", ""),
-            modes(),
+            modes(".spec.accessModes"),
             PrinterColumn::new("Reclaim Policy", "string", ".spec.persistentVolumeReclaimPolicy", ""),
             PrinterColumn::new("Status", "string", ".status.phase", ""),
             PrinterColumn::new("Claim", "string", "claimRef(.spec.claimRef)", ""),

@@ -3,10 +3,11 @@
 //!
 //! Each controller is a pure planning function — `(object, what it owns) → plan` — in its own module
 //! ([`vm::plan`], [`vmi::plan`] with [`sched::schedule`], [`nodeipam::plan`], [`nodelifecycle::plan`],
-//! [`protection::release_claim`]), plus a
+//! [`protection::release_claim`], [`binder::plan_claim`]), plus a
 //! thin runtime that fetches, applies the plan through the API and records events ([`runtime`],
 //! [`nodeipam::run`], [`nodelifecycle::run`]). Start reading at [`vm`].
 
+pub mod binder;
 pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -28,11 +29,12 @@ pub struct Config {
 
 /// Runs every controller until the process ends.
 pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
-    let (workloads, (), lifecycle, ()) = tokio::join!(
+    let (workloads, (), lifecycle, (), ()) = tokio::join!(
         runtime::run(client.clone(), cfg.scheduler),
         nodeipam::run(client.clone(), cfg.pod_network),
         nodelifecycle::run(client.clone(), cfg.lifecycle),
-        protection::run(client)
+        protection::run(client.clone()),
+        binder::run(client)
     );
     workloads.and(lifecycle)
 }

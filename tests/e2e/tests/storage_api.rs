@@ -1,7 +1,7 @@
 //! PersistentVolumeClaims, PersistentVolumes and StorageClasses through kubectl, against the real server: the
 //! columns `kubectl get pvc,pv,sc` prints, the default class, Kubernetes' validation messages (a claim that
-//! shrinks, grows where its class forbids, or changes what is fixed), and the protection finalizers: a claim
-//! a VMI uses stays (marked for deletion) until the VMI is gone, and is then removed.
+//! shrinks, grows where its class forbids, or changes what is fixed), binding a claim to a volume and releasing
+//! it, and the protection finalizers: a claim a VMI uses stays (marked for deletion) until the VMI is gone.
 
 use kumo_e2e::{eventually, Server};
 use std::time::Duration;
@@ -65,7 +65,8 @@ fn claims_volumes_and_classes_as_kubernetes_serves_them() {
         pvc[0],
         ["NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS", "MODES", "STORAGECLASS", "VOLUMEATTRIBUTESCLASS", "AGE"]
     );
-    assert_eq!(pvc[1][..5], ["data", "Pending", "RWO", "standard", "<unset>"], "{pvc:?}");
+    // Volume, capacity and access modes stay empty until bound.
+    assert_eq!(pvc[1][..4], ["data", "Pending", "standard", "<unset>"], "{pvc:?}");
 
     // Kubernetes' validation, by field.
     let bad = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: bad}\nspec:\n  resources: {requests: {storage: 0}}\n";
@@ -88,14 +89,36 @@ fn claims_volumes_and_classes_as_kubernetes_serves_them() {
     let err = s.kubectl_err(&["patch", "sc", "fixed", "-p", r#"{"provisioner":"other"}"#]).unwrap();
     assert!(err.contains("updates to provisioner are forbidden"), "{err}");
 
-    // A volume: exactly one source, its columns, and its finalizer.
+    // A class that waits for its first consumer says so.
+    let reasons = || {
+        s.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=data",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ])
+        .unwrap()
+    };
+    assert!(eventually(Duration::from_secs(20), || reasons().contains("WaitForFirstConsumer").then_some(())).is_some());
+
+    // A volume: exactly one source, its columns; a claim binds to it, and it is Released when the claim goes.
     let pv = "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: pv1}\nspec:\n  capacity: {storage: 2Gi}\n  \
-              accessModes: [ReadWriteOnce, ReadOnlyMany]\n  hostPath: {path: /tmp/pv1}\n  storageClassName: fixed\n";
-    s.apply(pv).unwrap();
-    let pvs = lines(&s.kubectl_ok(&["get", "pv"]).unwrap());
-    assert_eq!(pvs[1][..6], ["pv1", "2Gi", "RWO,ROX", "Retain", "Pending", "fixed"], "{pvs:?}");
+              accessModes: [ReadWriteOnce, ReadOnlyMany]\n  hostPath: {path: /tmp/pv1}\n  storageClassName: manual\n";
     let err = s.kubectl_stdin(&["apply", "-f", "-"], &pv.replace("  hostPath: {path: /tmp/pv1}\n", "")).unwrap();
     assert!(String::from_utf8_lossy(&err.stderr).contains("must specify a volume type"));
+    s.apply(pv).unwrap();
+    let phase = |kind: &str, name: &str| s.kubectl_ok(&["get", kind, name, "-o", "jsonpath={.status.phase}"]).unwrap();
+    assert!(eventually(Duration::from_secs(20), || (phase("pv", "pv1") == "Available").then_some(())).is_some());
+    s.apply(&claim("static", "1Gi", Some("manual"))).unwrap();
+    assert!(eventually(Duration::from_secs(20), || (phase("pvc", "static") == "Bound").then_some(())).is_some());
+    let pvc = lines(&s.kubectl_ok(&["get", "pvc", "static"]).unwrap());
+    assert_eq!(pvc[1][..6], ["static", "Bound", "pv1", "2Gi", "RWO,ROX", "manual"], "{pvc:?}");
+    let pvs = lines(&s.kubectl_ok(&["get", "pv"]).unwrap());
+    assert_eq!(pvs[1][..7], ["pv1", "2Gi", "RWO,ROX", "Retain", "Bound", "default/static", "manual"], "{pvs:?}");
+    s.kubectl_ok(&["delete", "pvc", "static", "--timeout=30s"]).unwrap();
+    assert!(eventually(Duration::from_secs(20), || (phase("pv", "pv1") == "Released").then_some(())).is_some());
     s.kubectl_ok(&["delete", "pv", "pv1", "--timeout=30s"]).unwrap();
 
     // A claim in use by a VMI stays until the VMI is gone.

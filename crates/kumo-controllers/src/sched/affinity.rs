@@ -174,7 +174,7 @@ fn term_matches(t: &PodAffinityTerm, owner_ns: &str, other: &VirtualMachineInsta
 }
 
 /// A metav1.LabelSelector; an empty one selects everything.
-pub(super) fn selects(sel: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
+pub(crate) fn selects(sel: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
     let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
     let by_label = sel.match_labels.iter().flatten().all(|(k, v)| get(k) == Some(v.as_str()));
     by_label

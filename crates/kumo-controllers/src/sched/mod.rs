@@ -13,6 +13,9 @@
 
 mod affinity;
 mod node;
+
+pub(crate) use affinity::selects;
+pub(crate) use node::term_matches;
 #[cfg(test)]
 mod tests;
 

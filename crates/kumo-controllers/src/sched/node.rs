@@ -92,7 +92,7 @@ fn selector_matches(vmi: &VirtualMachineInstance, node: &Node) -> bool {
 }
 
 /// A node selector term; an empty one matches no node (as in Kubernetes).
-pub(super) fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
+pub(crate) fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
     let exprs = term.match_expressions.as_deref().unwrap_or_default();
     let fields = term.match_fields.as_deref().unwrap_or_default();
     if exprs.is_empty() && fields.is_empty() {
