@@ -114,7 +114,11 @@ async fn write_checked(store: &dyn kumo_store::Store, part: &std::path::Path) ->
     }
     out.sync_all().await?;
     drop(out);
-    kumo_store::snapshot::verify(&tokio::fs::read(part).await?)?;
+    let part = part.to_path_buf();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        Ok(kumo_store::snapshot::verify(std::io::BufReader::new(std::fs::File::open(part)?))?)
+    })
+    .await??;
     Ok(())
 }
 

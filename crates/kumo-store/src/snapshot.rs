@@ -68,61 +68,114 @@ fn bad(why: impl Into<String>) -> Error {
     Error::Corrupt { key: "(snapshot file)".into(), detail: why.into() }
 }
 
-/// Reads a whole snapshot, verifying its checksum and structure, calling `each` for every key (in file
-/// order) only after the checksum matched — so nothing is restored from a damaged file.
-pub fn read(mut file: impl Read, mut each: impl FnMut(KeyValue) -> Result<()>) -> Result<SnapshotInfo> {
-    let mut data = Vec::new();
-    file.read_to_end(&mut data).map_err(|e| bad(format!("reading it: {e}")))?;
-    let info = verify(&data)?;
-    let mut at = 24;
-    for _ in 0..info.keys {
-        let (kv, next) = record(&data, at).ok_or_else(|| bad("a record is cut short"))?;
-        each(kv)?;
-        at = next;
+/// Longest key and value a record may claim, so a damaged length is refused rather than allocated (objects are
+/// limited to 1.5 MiB; sealed ones grow a little).
+const MAX_KEY: usize = 64 << 10;
+const MAX_VALUE: usize = 64 << 20;
+
+/// Reads a snapshot front to back, one record at a time, hashing as it goes: memory stays at one record.
+struct Walk<R> {
+    r: R,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Walk<R> {
+    fn exact(&mut self, n: usize, what: &str) -> Result<Vec<u8>> {
+        let mut buf = vec![0; n];
+        self.r.read_exact(&mut buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => bad(format!("{what} is cut short")),
+            _ => bad(format!("reading it: {e}")),
+        })?;
+        self.bytes += n as u64;
+        Ok(buf)
+    }
+
+    fn hashed(&mut self, n: usize, what: &str) -> Result<Vec<u8>> {
+        let buf = self.exact(n, what)?;
+        self.hash.update(&buf);
+        Ok(buf)
+    }
+
+    fn u32(&mut self) -> Result<usize> {
+        Ok(u32::from_le_bytes(self.hashed(4, "a record")?.try_into().expect("4 bytes")) as usize)
+    }
+
+    fn i64(&mut self) -> Result<i64> {
+        Ok(i64::from_le_bytes(self.hashed(8, "a record")?.try_into().expect("8 bytes")))
+    }
+
+    fn record(&mut self) -> Result<KeyValue> {
+        let klen = self.u32()?;
+        if klen > MAX_KEY {
+            return Err(bad("a record's key length is damaged"));
+        }
+        let key = String::from_utf8(self.hashed(klen, "a record")?).map_err(|_| bad("a key is not UTF-8"))?;
+        let (create_revision, mod_revision) = (self.i64()?, self.i64()?);
+        let vlen = self.u32()?;
+        if vlen > MAX_VALUE {
+            return Err(bad("a record's value length is damaged"));
+        }
+        let value = self.hashed(vlen, "a record")?;
+        Ok(KeyValue { key, value, create_revision, mod_revision })
+    }
+
+    /// Reads the whole file, giving each record to `each` as it comes.
+    fn run(mut self, mut each: impl FnMut(KeyValue) -> Result<()>) -> Result<SnapshotInfo> {
+        let head = self
+            .hashed(24, "the header")
+            .map_err(|_| bad("not a kumo snapshot (or cut short before its header ended)"))?;
+        if &head[..8] != MAGIC {
+            return Err(bad("not a kumo snapshot (or cut short before its header ended)"));
+        }
+        let revision = i64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+        let keys = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
+        for _ in 0..keys {
+            each(self.record()?)?;
+        }
+        let trailer =
+            self.exact(40, "the end marker").map_err(|_| bad("the end marker is missing: the file was cut short"))?;
+        if &trailer[..8] != END {
+            return Err(bad(
+                "the end marker is missing: the file was cut short (or has more records than its header says)",
+            ));
+        }
+        self.hash.update(END);
+        let sum = self.hash.finalize();
+        if sum.as_slice() != &trailer[8..] {
+            return Err(bad("its checksum does not match: the file was altered or damaged"));
+        }
+        let mut more = [0u8; 1];
+        if self.r.read(&mut more).map_err(|e| bad(format!("reading it: {e}")))? != 0 {
+            return Err(bad("bytes after the last record"));
+        }
+        let sha256 = sum.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(SnapshotInfo { revision, keys, bytes: self.bytes, sha256 })
+    }
+}
+
+fn walk<R: Read>(r: R) -> Walk<R> {
+    Walk { r, hash: Sha256::new(), bytes: 0 }
+}
+
+/// Checks a snapshot whole (magic, records, trailer, checksum), reading it once without keeping it.
+pub fn verify(r: impl Read) -> Result<SnapshotInfo> {
+    walk(r).run(|_| Ok(()))
+}
+
+/// Verifies the snapshot `open` gives, then reads it again calling `each` for every key in file order, so
+/// nothing is restored from a damaged file. The second reading is checked too: if the file changed in between,
+/// it fails at the end (the caller discards what it wrote).
+pub fn read<R: Read>(
+    mut open: impl FnMut() -> Result<R>,
+    each: impl FnMut(KeyValue) -> Result<()>,
+) -> Result<SnapshotInfo> {
+    let checked = verify(open()?)?;
+    let info = walk(open()?).run(each)?;
+    if info != checked {
+        return Err(bad("the file changed while it was being restored"));
     }
     Ok(info)
-}
-
-/// Checks the magic, the trailer and the checksum, and that the records fill the file exactly.
-pub fn verify(data: &[u8]) -> Result<SnapshotInfo> {
-    if data.len() < 24 + 40 || &data[..8] != MAGIC {
-        return Err(bad("not a kumo snapshot (or cut short before its header ended)"));
-    }
-    let (body, trailer) = data.split_at(data.len() - 40);
-    if &trailer[..8] != END {
-        return Err(bad("the end marker is missing: the file was cut short"));
-    }
-    let mut hash = Sha256::new();
-    hash.update(body);
-    hash.update(END);
-    let sum = hash.finalize();
-    if sum.as_slice() != &trailer[8..] {
-        return Err(bad("its checksum does not match: the file was altered or damaged"));
-    }
-    let revision = i64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
-    let keys = u64::from_le_bytes(data[16..24].try_into().expect("8 bytes"));
-    let mut at = 24;
-    for _ in 0..keys {
-        at = record(body, at).ok_or_else(|| bad("fewer records than its header says"))?.1;
-    }
-    if at != body.len() {
-        return Err(bad("bytes after the last record"));
-    }
-    let sha256 = sum.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(SnapshotInfo { revision, keys, bytes: data.len() as u64, sha256 })
-}
-
-fn record(data: &[u8], at: usize) -> Option<(KeyValue, usize)> {
-    let u32_at = |i: usize| Some(u32::from_le_bytes(data.get(i..i + 4)?.try_into().ok()?) as usize);
-    let i64_at = |i: usize| Some(i64::from_le_bytes(data.get(i..i + 8)?.try_into().ok()?));
-    let klen = u32_at(at)?;
-    let key = std::str::from_utf8(data.get(at + 4..at + 4 + klen)?).ok()?.to_string();
-    let mut i = at + 4 + klen;
-    let (create_revision, mod_revision) = (i64_at(i)?, i64_at(i + 8)?);
-    i += 16;
-    let vlen = u32_at(i)?;
-    let value = data.get(i + 4..i + 4 + vlen)?.to_vec();
-    Some((KeyValue { key, value, create_revision, mod_revision }, i + 4 + vlen))
 }
 
 #[cfg(test)]
@@ -146,20 +199,26 @@ mod tests {
         ];
         let data = file(&kvs, 9);
         let mut seen = vec![];
-        let info = read(&data[..], |kv| {
-            seen.push(kv);
-            Ok(())
-        })
+        let info = read(
+            || Ok(&data[..]),
+            |kv| {
+                seen.push(kv);
+                Ok(())
+            },
+        )
         .unwrap();
         assert_eq!((info.revision, info.keys, info.bytes), (9, 2, data.len() as u64));
         assert_eq!(seen, kvs);
         for cut in [1, 20, 41, data.len() - 1] {
             assert!(verify(&data[..data.len() - cut]).is_err(), "cut {cut}");
+            let mut longer = data.clone();
+            longer.push(0);
+            assert!(verify(&longer[..]).is_err(), "a byte past the end");
         }
         for i in [0, 10, 30, data.len() - 5] {
             let mut altered = data.clone();
             altered[i] ^= 1;
-            assert!(read(&altered[..], |_| panic!("nothing is read from a damaged file")).is_err(), "byte {i}");
+            assert!(read(|| Ok(&altered[..]), |_| panic!("nothing is read from a damaged file")).is_err(), "byte {i}");
         }
     }
 }

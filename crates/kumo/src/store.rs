@@ -84,16 +84,21 @@ pub async fn run(action: StoreAction) -> Result<()> {
 
 /// Checks a snapshot (kumo's own format, or etcd's, through `etcdctl`) and says what it holds.
 fn status(file: &Path) -> Result<kumo_store::snapshot::SnapshotInfo> {
-    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    if is_etcd(&data) {
+    if is_etcd(file)? {
         return etcd_status(file);
     }
-    kumo_store::snapshot::verify(&data).with_context(|| format!("{} is not a usable snapshot", file.display()))
+    let f = std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?;
+    kumo_store::snapshot::verify(std::io::BufReader::new(f))
+        .with_context(|| format!("{} is not a usable snapshot", file.display()))
 }
 
 /// etcd's snapshot is its bbolt database file: the meta page's magic follows the 16-byte page header.
-fn is_etcd(data: &[u8]) -> bool {
-    data.get(16..20) == Some(&[0xED, 0xDA, 0x0C, 0xED][..])
+fn is_etcd(file: &Path) -> Result<bool> {
+    use std::io::Read;
+    let f = std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut head = Vec::with_capacity(20);
+    f.take(20).read_to_end(&mut head).with_context(|| format!("reading {}", file.display()))?;
+    Ok(head.get(16..20) == Some(&[0xED, 0xDA, 0x0C, 0xED][..]))
 }
 
 fn etcdctl(args: &[&str]) -> Result<std::process::Output> {
@@ -173,8 +178,7 @@ async fn save(file: &Path, kubeconfig: Option<&Path>, data_dir: Option<&Path>) -
 }
 
 fn restore(file: &Path, data_dir: &Path, secret: Option<&Path>, etcd_args: &[String]) -> Result<()> {
-    let head = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    if is_etcd(&head) {
+    if is_etcd(file)? {
         // etcd's own restore (it checks the snapshot's hash) into a new etcd data directory.
         etcd_status(file)?;
         let (file, dir) = (file.display().to_string(), data_dir.display().to_string());
