@@ -10,7 +10,8 @@
 use crate::sched::{self, Cluster};
 use crate::{vm, vmi};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference};
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
@@ -42,6 +43,9 @@ pub struct Ctx {
     vmis: Store<VirtualMachineInstance>,
     nodes: Store<Node>,
     namespaces: Store<Namespace>,
+    claims: Store<PersistentVolumeClaim>,
+    volumes: Store<PersistentVolume>,
+    classes: Store<StorageClass>,
     /// Held while choosing a node and binding, so this process's choices see each other. It holds the
     /// bindings made that the VMI cache has not shown yet (by uid).
     assumed: tokio::sync::Mutex<HashMap<String, Arc<VirtualMachineInstance>>>,
@@ -59,16 +63,12 @@ pub async fn run(client: Client, sched: sched::Config) -> anyhow::Result<()> {
     let reporter = Reporter { controller: "kumo-controllers".into(), instance: std::env::var("HOSTNAME").ok() };
     let vms = Api::<VirtualMachine>::all(client.clone());
     let vmis = Api::<VirtualMachineInstance>::all(client.clone());
-    let (nodes, node_writer) = reflector::store();
-    let (namespaces, ns_writer) = reflector::store();
-    let node_events = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(node_writer)
-        .touched_objects();
-    let ns_events = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(ns_writer)
-        .touched_objects();
+    let (nodes, node_events) = cache::<Node>(&client);
+    let (namespaces, ns_events) = cache::<Namespace>(&client);
+    // Claims and volumes: a claim bound (or a volume made) may let a VMI waiting for it be placed.
+    let (claims, claim_events) = cache::<PersistentVolumeClaim>(&client);
+    let (volumes, volume_events) = cache::<PersistentVolume>(&client);
+    let (classes, class_events) = cache::<StorageClass>(&client);
     let vmi_controller = Controller::new(vmis.clone(), watcher::Config::default());
     let vmi_store = vmi_controller.store();
     // Said once the scheduler sees the cluster (tests wait for it before racing schedulers).
@@ -87,6 +87,9 @@ pub async fn run(client: Client, sched: sched::Config) -> anyhow::Result<()> {
         vmis: vmi_store.clone(),
         nodes,
         namespaces,
+        claims,
+        volumes,
+        classes,
         assumed: Default::default(),
     });
     let vm_controller = Controller::new(vms, watcher::Config::default())
@@ -99,7 +102,10 @@ pub async fn run(client: Client, sched: sched::Config) -> anyhow::Result<()> {
         });
     let vmi_controller = vmi_controller
         .watches_stream(node_events, waiting(vmi_store.clone()))
-        .watches_stream(ns_events, waiting(vmi_store))
+        .watches_stream(ns_events, waiting(vmi_store.clone()))
+        .watches_stream(claim_events, waiting(vmi_store.clone()))
+        .watches_stream(volume_events, waiting(vmi_store.clone()))
+        .watches_stream(class_events, waiting(vmi_store))
         .run(reconcile_vmi, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
@@ -108,6 +114,19 @@ pub async fn run(client: Client, sched: sched::Config) -> anyhow::Result<()> {
         });
     let (_, _, ()) = tokio::join!(vm_controller, vmi_controller, synced);
     Ok(())
+}
+
+/// A watch cache of every `K`, and the stream of the objects it sees change.
+fn cache<K>(client: &Client) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    (store, events)
 }
 
 /// A Node or Namespace change may make room (or a match) for the VMIs waiting for a node: look at those again.
@@ -244,7 +263,11 @@ async fn apply_vmi_plan(
         }
         ctx.nodes.wait_until_ready().await?;
         ctx.namespaces.wait_until_ready().await?;
+        ctx.claims.wait_until_ready().await?;
+        ctx.volumes.wait_until_ready().await?;
+        ctx.classes.wait_until_ready().await?;
         let (nodes, namespaces) = (ctx.nodes.state(), ctx.namespaces.state());
+        let (claims, volumes, classes) = (ctx.claims.state(), ctx.volumes.state(), ctx.classes.state());
         let vmis = with_assumed(ctx.vmis.state(), &mut assumed);
         let cluster = Cluster {
             nodes: nodes.iter().map(AsRef::as_ref).collect(),
@@ -252,6 +275,9 @@ async fn apply_vmi_plan(
             namespaces: namespaces.iter().map(|n| (n.name_any(), n.labels().clone())).collect(),
             config: ctx.sched.clone(),
             tiebreak: rand::random(),
+            claims: claims.iter().map(AsRef::as_ref).collect(),
+            volumes: volumes.iter().map(AsRef::as_ref).collect(),
+            classes: classes.iter().map(AsRef::as_ref).collect(),
         };
         let plan = vmi::plan(vmi, &cluster, &now());
         // Counted from now on by this process's later choices; forgotten again if the write fails.
@@ -264,6 +290,9 @@ async fn apply_vmi_plan(
     } else {
         vmi::plan(vmi, &Cluster::default(), &now())
     };
+    if let Some((node, names)) = &plan.select_node {
+        select_node(ctx, vmi, node, names).await?;
+    }
     let mut latest = vmi.clone();
     if let Some(status) = &plan.status {
         let rv = vmi.resource_version();
@@ -299,6 +328,27 @@ async fn apply_vmi_plan(
         }
     }
     Ok(Some(if plan.retry { Action::requeue(UNSCHEDULABLE_RETRY) } else { Action::requeue(Duration::from_secs(300)) }))
+}
+
+/// Tells the provisioner of each claim in `names` (the VMI's, waiting for their first consumer) to make its
+/// volume on `node`, unless a node was selected for it meanwhile.
+async fn select_node(ctx: &Ctx, vmi: &VirtualMachineInstance, node: &str, names: &[String]) -> Result<(), Error> {
+    let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &vmi.namespace().unwrap_or_default());
+    for name in names {
+        let Some(claim) = api.get_opt(name).await? else { continue };
+        if claim.annotations().contains_key(crate::binder::SELECTED_NODE) {
+            continue;
+        }
+        let patch = json!({"metadata": {"resourceVersion": claim.resource_version(),
+                                        "annotations": {crate::binder::SELECTED_NODE: node}}});
+        match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => tracing::info!(claim = %name, node, "selected the node for a claim's first consumer"),
+            // Changed meanwhile: the next pass sees it.
+            Err(e) if matches!(code(&e), Some(409 | 404)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The cached VMIs, with this process's bindings the cache has not shown yet; forgets the bindings it shows

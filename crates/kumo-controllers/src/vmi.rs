@@ -17,6 +17,9 @@ pub struct Plan {
     pub events: Vec<Event>,
     /// Try again later (no node fits yet).
     pub retry: bool,
+    /// Claims waiting for their first consumer get this node (their volumes are made there) before the VMI is
+    /// bound to it.
+    pub select_node: Option<(String, Vec<String>)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -72,8 +75,32 @@ pub fn plan(vmi: &VirtualMachineInstance, cluster: &Cluster, now: &str) -> Plan 
         }
         st
     };
-    match sched::schedule(vmi, cluster) {
-        Ok(node) => {
+    let unschedulable = |why: String, reason: &'static str, p: &mut Plan| {
+        p.retry = true;
+        p.label = label_for(vmi, None);
+        let same = vmi.conditions().iter().find(|c| c.type_ == "PodScheduled").is_some_and(|c| {
+            c.status == "False" && c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(why.as_str())
+        });
+        if !same || phase != "Scheduling" {
+            let mut st = through("Scheduling", &mut p.events);
+            let mut conds = st.conditions.take().unwrap_or_default();
+            conditions::set(&mut conds, "PodScheduled", "False", reason, &why, now);
+            st.conditions = Some(conds);
+            p.status = Some(st);
+            let event = if reason == "Unschedulable" { "FailedScheduling" } else { reason };
+            p.events.push(Event { warning: reason == "Unschedulable", reason: event, note: why });
+        }
+    };
+    match sched::place(vmi, cluster) {
+        // Its volumes are made on the node first (kube-scheduler's PreBind waits the same way).
+        Ok(place) if !place.provision.is_empty() || place.waiting => {
+            let node = &place.node;
+            let why = format!("waiting for the volumes of its PersistentVolumeClaims to be made on node {node}");
+            p.select_node = Some((node.clone(), place.provision.clone()));
+            unschedulable(why, "WaitingForVolumes", &mut p);
+        }
+        Ok(place) => {
+            let node = place.node;
             let mut st = through("Scheduled", &mut p.events);
             st.node_name = Some(node.clone());
             let mut conds = st.conditions.take().unwrap_or_default();
@@ -87,23 +114,7 @@ pub fn plan(vmi: &VirtualMachineInstance, cluster: &Cluster, now: &str) -> Plan 
                 note: format!("Successfully assigned to node {node}"),
             });
         }
-        Err(why) => {
-            p.retry = true;
-            p.label = label_for(vmi, None);
-            let same = vmi
-                .conditions()
-                .iter()
-                .find(|c| c.type_ == "PodScheduled")
-                .is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(why.as_str()));
-            if !same || phase != "Scheduling" {
-                let mut st = through("Scheduling", &mut p.events);
-                let mut conds = st.conditions.take().unwrap_or_default();
-                conditions::set(&mut conds, "PodScheduled", "False", "Unschedulable", &why, now);
-                st.conditions = Some(conds);
-                p.status = Some(st);
-                p.events.push(Event { warning: true, reason: "FailedScheduling", note: why });
-            }
-        }
+        Err(why) => unschedulable(why, "Unschedulable", &mut p),
     }
     p
 }
@@ -223,5 +234,31 @@ mod tests {
         let nodes = [down];
         let p = plan(&again, &cluster(&nodes), "t");
         assert_eq!(p.events[0].note, "0/1 nodes are available: 1 node(s) were not ready.");
+    }
+
+    #[test]
+    fn a_vmi_waits_for_the_volume_of_its_first_consumer_claim() {
+        let ns = [node("n1")];
+        let classes: Vec<k8s_openapi::api::storage::v1::StorageClass> =
+            vec![typed(json!({"metadata": {"name": "local"},
+            "provisioner": "kumo.dev/local", "volumeBindingMode": "WaitForFirstConsumer"}))];
+        let claims: Vec<k8s_openapi::api::core::v1::PersistentVolumeClaim> = vec![typed(json!({
+            "metadata": {"name": "data", "namespace": "default"}, "spec": {"storageClassName": "local"}}))];
+        let mut v = vmi_json("Pending");
+        v["metadata"]["namespace"] = json!("default");
+        v["spec"]["volumes"] = json!([{"name": "d", "ephemeral": {"persistentVolumeClaim": {"claimName": "data"}}}]);
+        let cluster = Cluster {
+            nodes: ns.iter().collect(),
+            claims: claims.iter().collect(),
+            classes: classes.iter().collect(),
+            ..Default::default()
+        };
+        let p = plan(&typed(v), &cluster, "2026-12-04T00:00:00Z");
+        assert_eq!(p.select_node, Some(("n1".to_string(), vec!["data".to_string()])));
+        let st = p.status.expect("a status");
+        assert_eq!(st.node_name, None, "not bound before its volume exists");
+        let cond = st.conditions.unwrap().into_iter().find(|c| c.type_ == "PodScheduled").unwrap();
+        assert_eq!((cond.status.as_str(), cond.reason.as_deref()), ("False", Some("WaitingForVolumes")));
+        assert!(p.retry);
     }
 }

@@ -140,3 +140,73 @@ fn claims_volumes_and_classes_as_kubernetes_serves_them() {
     assert!(gone.is_some(), "the claim went once no VMI used it");
     s.kubectl_ok(&["delete", "pvc", "small", "--timeout=30s"]).unwrap();
 }
+
+/// A Ready Node with a fresh Lease, as an agent registers one (nothing runs there: the VMI is only placed).
+fn fake_node(s: &Server, name: &str) {
+    s.apply(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}}}}}\n"
+    ))
+    .unwrap();
+    let status = r#"{"status": {"allocatable": {"cpu": "4", "memory": "8Gi"}, "conditions": [{"type": "Ready", "status": "True"}]}}"#;
+    s.kubectl_ok(&["patch", "node", name, "--subresource=status", "--type=merge", "-p", status]).unwrap();
+    let now = s.kubectl_ok(&["get", "node", name, "-o", "jsonpath={.metadata.creationTimestamp}"]).unwrap();
+    s.apply(&format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {name}, namespace: kube-node-lease}}\n\
+         spec: {{holderIdentity: {name}, leaseDurationSeconds: 300, renewTime: \"{}\"}}\n",
+        now.replace('Z', ".000000Z")
+    ))
+    .unwrap();
+}
+
+/// A claim whose class waits for its first consumer: the VMI that uses it is placed, its node is given to the
+/// claim (for the provisioner), and the VMI is bound there only once the claim has its volume.
+#[test]
+fn a_vmi_waits_for_its_claims_volume_on_the_node_chosen() {
+    let s = Server::start().unwrap();
+    s.apply(CLASSES).unwrap();
+    s.apply(&claim("data", "1Gi", None)).unwrap();
+    fake_node(&s, "n1");
+    fake_node(&s, "n2");
+    let vmi =
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: user}\nspec:\n  domain:\n    \
+               devices: {disks: [{name: d, disk: {bus: virtio}}]}\n    resources: {requests: {memory: 64Mi}}\n  \
+               volumes: [{name: d, ephemeral: {persistentVolumeClaim: {claimName: data}}}]\n";
+    s.apply(vmi).unwrap();
+    let get = |args: &[&str]| s.kubectl_ok(args).unwrap();
+    let selected = eventually(Duration::from_secs(20), || {
+        let n = get(&[
+            "get",
+            "pvc",
+            "data",
+            "-o",
+            r"jsonpath={.metadata.annotations.volume\.kubernetes\.io/selected-node}",
+        ]);
+        (!n.is_empty()).then_some(n)
+    })
+    .expect("the scheduler selected a node for the claim");
+    let waiting = get(&[
+        "get",
+        "vmi",
+        "user",
+        "-o",
+        r#"jsonpath={.status.conditions[?(@.type=="PodScheduled")].reason} {.status.nodeName}"#,
+    ]);
+    assert_eq!(waiting.trim(), "WaitingForVolumes", "not bound before its volume exists");
+
+    // What a provisioner does: a volume on that node, for that claim.
+    let uid = get(&["get", "pvc", "data", "-o", "jsonpath={.metadata.uid}"]);
+    s.apply(&format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: pv-data}}\nspec:\n  capacity: {{storage: 1Gi}}\n  \
+         accessModes: [ReadWriteOnce]\n  storageClassName: standard\n  hostPath: {{path: /tmp/pv-data}}\n  \
+         claimRef: {{namespace: default, name: data, uid: {uid}}}\n  nodeAffinity:\n    required:\n      nodeSelectorTerms:\n      \
+         - matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{selected}]}}]\n"
+    ))
+    .unwrap();
+    let node = eventually(Duration::from_secs(30), || {
+        let n = get(&["get", "vmi", "user", "-o", "jsonpath={.status.nodeName}"]);
+        (!n.is_empty()).then_some(n)
+    })
+    .expect("the VMI was bound once its claim was");
+    assert_eq!(node, selected, "on the node its volume is on");
+    assert_eq!(get(&["get", "pvc", "data", "-o", "jsonpath={.status.phase} {.spec.volumeName}"]), "Bound pv-data");
+}

@@ -13,9 +13,13 @@
 
 mod affinity;
 mod node;
+mod volumes;
 
 pub(crate) use affinity::selects;
 pub(crate) use node::term_matches;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
 #[cfg(test)]
 mod tests;
 
@@ -96,6 +100,21 @@ pub struct Cluster<'a> {
     pub config: Config,
     /// Picks among equally good nodes (random in the runtime; fixed in tests).
     pub tiebreak: u64,
+    /// PersistentVolumeClaims, PersistentVolumes and StorageClasses, for the VMIs' volumes.
+    pub claims: Vec<&'a PersistentVolumeClaim>,
+    pub volumes: Vec<&'a PersistentVolume>,
+    pub classes: Vec<&'a StorageClass>,
+}
+
+/// Where a VMI goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub node: String,
+    /// Claims that wait for their first consumer: their volumes are to be made on `node`, and the VMI is bound
+    /// there once they are (empty: bind now).
+    pub provision: Vec<String>,
+    /// A claim already waits for its volume on `node`: bind once it is bound.
+    pub waiting: bool,
 }
 
 /// A node with what is already placed on it.
@@ -109,6 +128,13 @@ pub(crate) struct NodeInfo<'a> {
 
 /// The node for `vmi`, or why none fits (Kubernetes' "0/N nodes are available: …" message).
 pub fn schedule(vmi: &VirtualMachineInstance, cluster: &Cluster) -> Result<String, String> {
+    place(vmi, cluster).map(|p| p.node)
+}
+
+/// [`schedule`], with what the VMI's volumes still need on the node chosen.
+pub fn place(vmi: &VirtualMachineInstance, cluster: &Cluster) -> Result<Placement, String> {
+    let n = cluster.nodes.len();
+    let volumes = volumes::resolve(vmi, cluster).map_err(|why| format!("0/{n} nodes are available: {why}."))?;
     let want = request(vmi, &cluster.config);
     let uid = vmi.metadata.uid.as_deref();
     let mut infos: Vec<NodeInfo> = cluster
@@ -133,7 +159,9 @@ pub fn schedule(vmi: &VirtualMachineInstance, cluster: &Cluster) -> Result<Strin
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut feasible: Vec<&NodeInfo> = vec![];
     for info in &infos {
-        let failed = node::filter(vmi, info, want).or_else(|| pods.filter(info).map(|r| vec![r.to_string()]));
+        let failed = node::filter(vmi, info, want)
+            .or_else(|| pods.filter(info).map(|r| vec![r.to_string()]))
+            .or_else(|| volumes.filter(info.node).map(|r| vec![r.to_string()]));
         match failed {
             Some(why) => why.into_iter().for_each(|r| *reasons.entry(r).or_default() += 1),
             None => feasible.push(info),
@@ -145,7 +173,8 @@ pub fn schedule(vmi: &VirtualMachineInstance, cluster: &Cluster) -> Result<Strin
         let detail = if parts.is_empty() { String::new() } else { format!(": {}", parts.join(", ")) };
         return Err(format!("0/{} nodes are available{detail}.", infos.len()));
     }
-    Ok(best(vmi, want, &feasible, &pods, cluster.tiebreak).to_string())
+    let node = best(vmi, want, &feasible, &pods, cluster.tiebreak).to_string();
+    Ok(Placement { node, waiting: volumes.pending() && volumes.waiting.is_empty(), provision: volumes.waiting })
 }
 
 /// Kubernetes' default weights for the scores kumo computes.

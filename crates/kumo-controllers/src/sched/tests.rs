@@ -372,3 +372,56 @@ fn the_message_counts_reasons_sorted_as_kubernetes_prints_them() {
     );
     assert_eq!(run(vmi_json("v"), &[], &[]), Err("0/0 nodes are available.".into()));
 }
+
+/// A VMI whose disk is the claim `data` (in `default`).
+fn with_claim() -> VirtualMachineInstance {
+    let mut v = vmi_json("v");
+    v["spec"]["volumes"] = json!([{"name": "d", "ephemeral": {"persistentVolumeClaim": {"claimName": "data"}}}]);
+    typed(v)
+}
+
+fn claim(class: &str, volume: Option<&str>, selected: Option<&str>) -> PersistentVolumeClaim {
+    let mut c = json!({"metadata": {"name": "data", "namespace": "default"},
+                       "spec": {"storageClassName": class, "volumeName": volume}});
+    if let Some(n) = selected {
+        c["metadata"]["annotations"] = json!({crate::binder::SELECTED_NODE: n});
+    }
+    typed(c)
+}
+
+#[test]
+fn claims_decide_where_and_whether_a_vmi_goes() {
+    let ns = nodes(&["a", "b"]);
+    let classes: Vec<StorageClass> = vec![
+        typed(json!({"metadata": {"name": "now"}, "provisioner": "p", "volumeBindingMode": "Immediate"})),
+        typed(json!({"metadata": {"name": "later"}, "provisioner": "p", "volumeBindingMode": "WaitForFirstConsumer"})),
+    ];
+    let pinned: PersistentVolume = typed(json!({"metadata": {"name": "pv"}, "spec": {"nodeAffinity": {"required": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["b"]}]}]}}}}));
+    let place_with = |c: Option<PersistentVolumeClaim>| {
+        let claims: Vec<PersistentVolumeClaim> = c.into_iter().collect();
+        let cluster = Cluster {
+            nodes: ns.iter().collect(),
+            claims: claims.iter().collect(),
+            volumes: vec![&pinned],
+            classes: classes.iter().collect(),
+            ..Default::default()
+        };
+        place(&with_claim(), &cluster)
+    };
+    assert_eq!(place_with(None), Err("0/2 nodes are available: persistentvolumeclaim \"data\" not found.".into()));
+    assert_eq!(
+        place_with(Some(claim("now", None, None))),
+        Err("0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims.".into())
+    );
+    let bound = place_with(Some(claim("now", Some("pv"), None))).unwrap();
+    assert_eq!(
+        (bound.node.as_str(), bound.provision.is_empty(), bound.waiting),
+        ("b", true, false),
+        "the volume pins it"
+    );
+    let first = place_with(Some(claim("later", None, None))).unwrap();
+    assert_eq!(first.provision, vec!["data".to_string()], "its volume is to be made where it goes");
+    let chosen = place_with(Some(claim("later", None, Some("a")))).unwrap();
+    assert_eq!((chosen.node.as_str(), chosen.waiting), ("a", true), "it waits on the node selected for its volume");
+}
