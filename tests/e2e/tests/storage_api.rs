@@ -210,3 +210,63 @@ fn a_vmi_waits_for_its_claims_volume_on_the_node_chosen() {
     assert_eq!(node, selected, "on the node its volume is on");
     assert_eq!(get(&["get", "pvc", "data", "-o", "jsonpath={.status.phase} {.spec.volumeName}"]), "Bound pv-data");
 }
+
+/// The server (binder included) SIGKILLed while 20 claims bind to 20 volumes, some bindings halfway (the volume
+/// names its claim, the claim not yet its volume): after the restart every claim is bound to a volume of its own,
+/// and every volume names exactly the claim bound to it.
+#[test]
+fn bindings_cut_by_a_sigkill_complete_once_and_only_once() {
+    let mut s = Server::start().unwrap();
+    let n = 20;
+    let mut yaml = String::new();
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: pv{i}}}\nspec:\n  capacity: {{storage: 1Gi}}\n  \
+             accessModes: [ReadWriteOnce]\n  storageClassName: manual\n  hostPath: {{path: /tmp/pv{i}}}\n"
+        ));
+    }
+    s.apply(&yaml).unwrap();
+    let claims: String = (0..n).map(|i| format!("---\n{}", claim(&format!("c{i}"), "1Gi", Some("manual")))).collect();
+    s.apply(&claims).unwrap();
+    // Mid-binding: some claims are bound, some not yet.
+    let bound = |s: &Server| {
+        let out = s.kubectl_ok(&["get", "pvc", "-o", "jsonpath={.items[*].status.phase}"]).unwrap();
+        out.split_whitespace().filter(|p| *p == "Bound").count()
+    };
+    let before = eventually(Duration::from_secs(20), || Some(bound(&s)).filter(|b| *b > 0)).expect("binding started");
+    s.restart().unwrap();
+    if eventually(Duration::from_secs(60), || (bound(&s) == n).then_some(())).is_none() {
+        let pvc = s.kubectl_ok(&["get", "pvc", "-o", "wide"]).unwrap();
+        let pv = s.kubectl_ok(&["get", "pv", "-o", "wide"]).unwrap();
+        panic!("not every claim was bound after the restart:\n{pvc}\n{pv}\n{}", s.log());
+    }
+    eprintln!("{before} of {n} claims were bound when the server was killed");
+
+    let pairs = s
+        .kubectl_ok(&[
+            "get",
+            "pvc",
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name}={.spec.volumeName}={.metadata.uid}{"\n"}{end}"#,
+        ])
+        .unwrap();
+    let refs = s
+        .kubectl_ok(&["get", "pv", "-o", r#"jsonpath={range .items[*]}{.metadata.name}={.spec.claimRef.name}={.spec.claimRef.uid}={.status.phase}{"\n"}{end}"#])
+        .unwrap();
+    let refs: std::collections::BTreeMap<&str, (&str, &str, &str)> = refs
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('=').collect();
+            (f[0], (f[1], f[2], f[3]))
+        })
+        .collect();
+    let mut used = std::collections::BTreeSet::new();
+    for line in pairs.lines() {
+        let f: Vec<&str> = line.split('=').collect();
+        let (claim, volume, uid) = (f[0], f[1], f[2]);
+        assert!(used.insert(volume), "volume {volume} given to two claims");
+        assert_eq!(refs[volume], (claim, uid, "Bound"), "{volume} names {claim}");
+    }
+    let named: Vec<_> = refs.iter().filter(|(_, (c, _, _))| !c.is_empty()).collect();
+    assert_eq!(named.len(), n, "no volume names a claim that is not bound to it: {refs:?}");
+}

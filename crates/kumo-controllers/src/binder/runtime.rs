@@ -115,7 +115,12 @@ async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Re
 async fn bind(ctx: &Ctx, claim: &PersistentVolumeClaim, name: &str) -> Result<Action, Error> {
     let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let Some(volume) = volumes.get_opt(name).await? else { return Ok(Action::requeue(Duration::ZERO)) };
-    if volume.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).is_none() {
+    let claimed = volume.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).is_some();
+    if claimed && !super::refers_to(&volume, claim) {
+        // Another claim took it since the plan was made (claims are reconciled concurrently): plan again.
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    if !claimed {
         let patch = json!({
             "metadata": {"resourceVersion": volume.resource_version(),
                          "annotations": {BOUND_BY_CONTROLLER: "yes"}},
