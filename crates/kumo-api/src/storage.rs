@@ -22,6 +22,9 @@ const VOLUME_MODES: &[&str] = &["Block", "Filesystem"];
 const PV_RECLAIM: &[&str] = &["Delete", "Recycle", "Retain"];
 const SC_RECLAIM: &[&str] = &["Delete", "Retain"];
 const BINDING_MODES: &[&str] = &["Immediate", "WaitForFirstConsumer"];
+/// Kubernetes' words for a claim update that changes more than it may.
+const CLAIM_SPEC_FIXED: &str =
+    "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims";
 
 fn typed<T: DeserializeOwned>(obj: &Value) -> Option<T> {
     serde_json::from_value(obj.clone()).ok()
@@ -125,11 +128,7 @@ fn claim_update(old: &PersistentVolumeClaim, new: &PersistentVolumeClaim) -> Vec
     o_cmp.resources = n.resources.clone();
     o_cmp.volume_attributes_class_name = n.volume_attributes_class_name.clone();
     if o_cmp != *n {
-        out.push(Cause::invalid(
-            "spec",
-            "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName \
-             for bound claims",
-        ));
+        out.push(Cause::invalid("spec", CLAIM_SPEC_FIXED));
     }
     match (requested_bytes(old), requested_bytes(new)) {
         (Some(was), Some(is)) if is < was => out.push(Cause::invalid(
@@ -137,11 +136,7 @@ fn claim_update(old: &PersistentVolumeClaim, new: &PersistentVolumeClaim) -> Vec
             "Forbidden: field can not be less than previous value",
         )),
         (Some(was), Some(is)) if is > was && old.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound") => {
-            out.push(Cause::invalid(
-                "spec",
-                "Forbidden: spec is immutable after creation except resources.requests and \
-                 volumeAttributesClassName for bound claims",
-            ))
+            out.push(Cause::invalid("spec", CLAIM_SPEC_FIXED))
         }
         _ => {}
     }

@@ -255,6 +255,17 @@ impl Server {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Registers a Ready Node with this much allocatable cpu and memory, as an agent would (nothing runs there).
+    pub fn fake_node(&self, name: &str, cpu: &str, memory: &str) -> Result<()> {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}}}}}\n"
+        ))?;
+        let status = serde_json::json!({"status": {"allocatable": {"cpu": cpu, "memory": memory},
+            "conditions": [{"type": "Ready", "status": "True"}]}});
+        self.kubectl_ok(&["patch", "node", name, "--subresource=status", "--type=merge", "-p", &status.to_string()])?;
+        Ok(())
+    }
+
     /// Runs the `kumo` CLI against this server.
     pub fn kumo(&self, args: &[&str]) -> Output {
         Command::new(kumo_bin()).args(args).arg("--kubeconfig").arg(self.kubeconfig()).output().expect("running kumo")

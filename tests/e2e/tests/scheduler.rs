@@ -15,15 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A Ready Node with this much allocatable cpu and memory, as an agent would register it.
 fn fake_node(s: &Server, name: &str, cpu: &str, memory: &str) {
-    s.apply(&format!(
-        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}}}}}\n"
-    ))
-    .unwrap();
-    let status = json!({"status": {"allocatable": {"cpu": cpu, "memory": memory},
-        "conditions": [{"type": "Ready", "status": "True"}]}});
-    s.kubectl_ok(&["patch", "node", name, "--subresource=status", "--type=merge", "-p", &status.to_string()]).unwrap();
+    s.fake_node(name, cpu, memory).unwrap();
 }
 
 /// Renews the fake nodes' Leases every second, as their agents would (else the node lifecycle controller

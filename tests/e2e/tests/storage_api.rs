@@ -23,7 +23,10 @@ allowVolumeExpansion: false
 "#;
 
 fn claim(name: &str, size: &str, class: Option<&str>) -> String {
-    let class = class.map(|c| format!("  storageClassName: {c}\n")).unwrap_or_default();
+    let class = match class {
+        Some(c) => format!("  storageClassName: {c}\n"),
+        None => String::new(),
+    };
     format!(
         "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}}}\nspec:\n  accessModes: [ReadWriteOnce]\n\
          {class}  resources: {{requests: {{storage: {size}}}}}\n"
@@ -143,12 +146,7 @@ fn claims_volumes_and_classes_as_kubernetes_serves_them() {
 
 /// A Ready Node with a fresh Lease, as an agent registers one (nothing runs there: the VMI is only placed).
 fn fake_node(s: &Server, name: &str) {
-    s.apply(&format!(
-        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}}}}}\n"
-    ))
-    .unwrap();
-    let status = r#"{"status": {"allocatable": {"cpu": "4", "memory": "8Gi"}, "conditions": [{"type": "Ready", "status": "True"}]}}"#;
-    s.kubectl_ok(&["patch", "node", name, "--subresource=status", "--type=merge", "-p", status]).unwrap();
+    s.fake_node(name, "4", "8Gi").unwrap();
     let now = s.kubectl_ok(&["get", "node", name, "-o", "jsonpath={.metadata.creationTimestamp}"]).unwrap();
     s.apply(&format!(
         "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {name}, namespace: kube-node-lease}}\n\

@@ -39,11 +39,11 @@ pub enum ClaimPlan {
     Lost(String),
 }
 
-fn class_name(claim: &PersistentVolumeClaim) -> &str {
+pub(crate) fn class_name(claim: &PersistentVolumeClaim) -> &str {
     claim.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()).unwrap_or_default()
 }
 
-fn volume_name(claim: &PersistentVolumeClaim) -> &str {
+pub(crate) fn volume_name(claim: &PersistentVolumeClaim) -> &str {
     claim.spec.as_ref().and_then(|s| s.volume_name.as_deref()).unwrap_or_default()
 }
 

@@ -4,8 +4,8 @@
 //! consumer is provisioned on the node chosen for the VMI, so the VMI waits for that before it is bound.
 
 use super::Cluster;
-use crate::binder::SELECTED_NODE;
-use k8s_openapi::api::core::v1::{Node, NodeSelector, PersistentVolumeClaim};
+use crate::binder::{class_name, volume_name, SELECTED_NODE};
+use k8s_openapi::api::core::v1::{Node, NodeSelector};
 use kube::ResourceExt;
 use kumo_api::kubevirt::VirtualMachineInstance;
 
@@ -18,10 +18,6 @@ pub(crate) struct Volumes<'a> {
     selected: Option<&'a str>,
     /// Claims waiting for their first consumer (and no node selected yet).
     pub(crate) waiting: Vec<String>,
-}
-
-fn volume_name(claim: &PersistentVolumeClaim) -> &str {
-    claim.spec.as_ref().and_then(|s| s.volume_name.as_deref()).unwrap_or_default()
 }
 
 /// The requirements of `vmi`'s claims, or why no node can do (kube-scheduler's words).
@@ -44,8 +40,7 @@ pub(crate) fn resolve<'a>(vmi: &VirtualMachineInstance, cluster: &Cluster<'a>) -
             out.pins.extend(pin);
             continue;
         }
-        let class = claim.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()).unwrap_or_default();
-        let class = cluster.classes.iter().find(|c| c.name_any() == class);
+        let class = cluster.classes.iter().find(|c| c.name_any() == class_name(claim));
         if class.is_none_or(|c| c.volume_binding_mode.as_deref() != Some("WaitForFirstConsumer")) {
             return Err("pod has unbound immediate PersistentVolumeClaims".into());
         }
