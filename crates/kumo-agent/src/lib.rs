@@ -15,3 +15,4 @@ pub mod node;
 pub mod outage;
 pub mod qemu;
 pub mod vmi;
+pub mod volumes;

@@ -26,6 +26,8 @@ pub struct HostInfo {
     pub console: Option<(String, String)>,
     /// The fencing period (seconds), published so the control plane knows when failing over is safe.
     pub fencing_secs: Option<u64>,
+    /// The agent mounts the shared volume directory.
+    pub shared_volumes: bool,
 }
 
 /// VMIs one node runs at most, reported as `pods` capacity (a VMI is KubeVirt's virt-launcher pod): one per
@@ -109,6 +111,7 @@ impl HostInfo {
             qemu_version: qemu_version.into(),
             console: None,
             fencing_secs: None,
+            shared_volumes: false,
         }
     }
 }
@@ -122,6 +125,9 @@ pub fn node_object(h: &HostInfo) -> Value {
             "kubevirt.io/schedulable": "true", "kumo.dev/accel": h.accel},
             "annotations": {"kumo.dev/accel": h.accel, "kumo.dev/qemu-version": h.qemu_version}},
     });
+    if h.shared_volumes {
+        node["metadata"]["labels"][kumo_api::provisioning::SHARED_VOLUMES_LABEL] = json!("true");
+    }
     if let Some(secs) = h.fencing_secs {
         node["metadata"]["annotations"][kumo_api::kubevirt::FENCING_PERIOD_ANNOTATION] = json!(secs.to_string());
     }
@@ -239,9 +245,11 @@ mod tests {
             qemu_version: "7.2.0".into(),
             console: Some(("https://10.0.0.5:1234".into(), "ab".into())),
             fencing_secs: Some(20),
+            shared_volumes: true,
         };
         let o = node_object(&h);
         assert_eq!(o["metadata"]["labels"]["kumo.dev/accel"], "tcg");
+        assert_eq!(o["metadata"]["labels"][kumo_api::provisioning::SHARED_VOLUMES_LABEL], "true");
         assert_eq!(o["metadata"]["annotations"]["kumo.dev/console-endpoint"], "https://10.0.0.5:1234");
         let s = node_status(&h, 1 << 30, "2026-01-01T00:00:00Z");
         assert_eq!(s["status"]["capacity"]["memory"], "4194304Ki");

@@ -21,6 +21,7 @@ pub mod kubevirt;
 pub mod meta;
 pub mod patch;
 pub mod protobuf;
+pub mod provisioning;
 pub mod quantity;
 pub mod resource;
 pub mod schema;

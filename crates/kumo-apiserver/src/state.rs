@@ -73,6 +73,7 @@ pub async fn bootstrap(api: &Arc<ApiServer>) -> anyhow::Result<()> {
         }
     }
     publish_cluster_info(api).await?;
+    seed_storage_classes(api).await?;
     let crd_def = api.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions").expect("built-in");
     install_crds(api, &crd_def).await?;
     let (crds, _) = api.objects.list_all(&crd_def, None).await?;
@@ -97,6 +98,24 @@ async fn publish_cluster_info(api: &Arc<ApiServer>) -> anyhow::Result<()> {
         Err(e) if e.code != 409 => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// kumo's storage classes (`local`, the default, and `shared`), when the cluster has no StorageClass at all: a
+/// cluster whose administrator replaced them keeps its own.
+async fn seed_storage_classes(api: &Arc<ApiServer>) -> anyhow::Result<()> {
+    let def = api.registry.get("storage.k8s.io", "v1", "storageclasses").expect("built-in");
+    let (existing, _) = api.objects.list_all(&def, None).await?;
+    if !existing.is_empty() {
+        return Ok(());
+    }
+    for mut class in kumo_api::provisioning::seed_classes() {
+        admission::stamp_new(&mut class);
+        match api.objects.create(&def, &class).await {
+            Err(e) if e.code != 409 => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Installs (or upgrades) the CRDs kumo itself serves: KubeVirt's kinds. Replicas starting together race here

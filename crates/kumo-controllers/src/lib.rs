@@ -3,7 +3,7 @@
 //!
 //! Each controller is a pure planning function — `(object, what it owns) → plan` — in its own module
 //! ([`vm::plan`], [`vmi::plan`] with [`sched::schedule`], [`nodeipam::plan`], [`nodelifecycle::plan`],
-//! [`protection::release_claim`], [`binder::plan_claim`]), plus a
+//! [`protection::release_claim`], [`binder::plan_claim`], [`provisioner::plan`]), plus a
 //! thin runtime that fetches, applies the plan through the API and records events ([`runtime`],
 //! [`nodeipam::run`], [`nodelifecycle::run`]). Start reading at [`vm`].
 
@@ -12,6 +12,7 @@ pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod protection;
+pub mod provisioner;
 pub mod runtime;
 pub mod sched;
 pub mod vm;
@@ -29,12 +30,13 @@ pub struct Config {
 
 /// Runs every controller until the process ends.
 pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
-    let (workloads, (), lifecycle, (), ()) = tokio::join!(
+    let (workloads, (), lifecycle, (), (), ()) = tokio::join!(
         runtime::run(client.clone(), cfg.scheduler),
         nodeipam::run(client.clone(), cfg.pod_network),
         nodelifecycle::run(client.clone(), cfg.lifecycle),
         protection::run(client.clone()),
-        binder::run(client)
+        binder::run(client.clone()),
+        provisioner::run(client)
     );
     workloads.and(lifecycle)
 }

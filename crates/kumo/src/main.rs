@@ -301,6 +301,12 @@ struct AgentArgs {
     /// Kernel booted once under KVM to find out whether KVM really works here.
     #[arg(long)]
     probe_kernel: Option<PathBuf>,
+    /// Where this node's `local` volumes (disk images) live (default: STATE_DIR/volumes).
+    #[arg(long)]
+    volume_dir: Option<PathBuf>,
+    /// A directory every node mounts from the same place (NFS, CephFS), for volumes of the `shared` class.
+    #[arg(long)]
+    shared_volume_dir: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -311,6 +317,10 @@ impl AgentArgs {
         cfg.fencing_period = Some(self.fencing_period.unwrap_or(default_fencing)).filter(|p| !p.is_zero());
         cfg.node_ip = self.node_ip;
         cfg.probe_kernel = self.probe_kernel.clone();
+        if let Some(dir) = &self.volume_dir {
+            cfg.volume_dir = dir.clone();
+        }
+        cfg.shared_volume_dir = self.shared_volume_dir.clone();
         for m in &self.registry_mirrors {
             let (registry, mirror) = m.split_once('=').with_context(|| {
                 format!("--registry-mirror {m:?}: expected REGISTRY=MIRROR, e.g. quay.io=127.0.0.1:5000")

@@ -212,10 +212,7 @@ impl Cluster {
 /// A control plane (three etcd members, two replicas with `replica_flags`) and three joined hosts whose
 /// agents fence after `fencing`; returns once every host is Ready with a pod CIDR.
 pub fn start_cluster(replica_flags: &[&str], fencing: &str) -> Result<Cluster> {
-    assert!(
-        std::net::TcpStream::connect(REGISTRY).is_ok(),
-        "no registry at {REGISTRY}: run scripts/setup.sh (it builds the test guest and starts the registry)"
-    );
+    crate::assert_registry();
     let etcd = EtcdCluster::start(3)?;
     let underlay = Underlay::create(REGISTRY)?;
     let a = replica(&underlay, &etcd, None, replica_flags)?;

@@ -33,7 +33,24 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The local registry scripts/setup.sh starts, holding the test guest as `quay.io/kumo/...`.
+pub use fleet::REGISTRY;
+
+/// Fails (saying what to run) unless the local registry answers.
+pub fn assert_registry() {
+    assert!(
+        std::net::TcpStream::connect(REGISTRY).is_ok(),
+        "no registry at {REGISTRY}: run scripts/setup.sh (it builds the test guest and starts the registry)"
+    );
+}
+
+/// Agent flags that pull `quay.io` images from the local registry.
+pub fn registry_args() -> Vec<String> {
+    ["--insecure-registry", REGISTRY, "--registry-mirror", &format!("quay.io={REGISTRY}")].map(String::from).to_vec()
+}
+
 pub mod cluster;
+pub mod console;
 pub mod fleet;
 
 pub struct Server {
@@ -64,6 +81,15 @@ impl Server {
     /// The all-in-one server, node agent included (needs root and QEMU).
     pub fn start_with_agent(args: &[&str]) -> Result<Server> {
         Self::start_raw(args)
+    }
+
+    /// The all-in-one server whose agent pulls containerDisks from the local registry (as `quay.io`), with
+    /// `args` besides.
+    pub fn start_with_guests(args: &[&str]) -> Result<Server> {
+        assert_registry();
+        let mut all: Vec<String> = registry_args();
+        all.extend(args.iter().map(|a| a.to_string()));
+        Self::start_raw(&all.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     fn start_raw(args: &[&str]) -> Result<Server> {

@@ -12,13 +12,13 @@ kind: StorageClass
 metadata:
   name: standard
   annotations: {storageclass.kubernetes.io/is-default-class: "true"}
-provisioner: kumo.dev/local
+provisioner: example.com/nfs
 volumeBindingMode: WaitForFirstConsumer
 ---
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
 metadata: {name: fixed}
-provisioner: kumo.dev/local
+provisioner: example.com/nfs
 allowVolumeExpansion: false
 "#;
 
@@ -48,8 +48,12 @@ fn claims_volumes_and_classes_as_kubernetes_serves_them() {
         ["NAME", "PROVISIONER", "RECLAIMPOLICY", "VOLUMEBINDINGMODE", "ALLOWVOLUMEEXPANSION", "AGE"],
         "{sc:?}"
     );
-    assert_eq!(sc[2][..5], ["standard", "(default)", "kumo.dev/local", "Delete", "WaitForFirstConsumer"], "{sc:?}");
-    assert_eq!(sc[1][..5], ["fixed", "kumo.dev/local", "Delete", "Immediate", "false"], "{sc:?}");
+    let row = |name: &str| sc.iter().find(|r| r[0] == name).unwrap_or_else(|| panic!("no class {name}: {sc:?}"));
+    // kumo's own classes are there from the start; the newest default class wins.
+    assert_eq!(row("local")[..6], ["local", "(default)", "kumo.dev/local", "Delete", "WaitForFirstConsumer", "true"]);
+    assert_eq!(row("shared")[..5], ["shared", "kumo.dev/shared", "Delete", "Immediate", "true"]);
+    assert_eq!(row("standard")[..5], ["standard", "(default)", "example.com/nfs", "Delete", "WaitForFirstConsumer"]);
+    assert_eq!(row("fixed")[..5], ["fixed", "example.com/nfs", "Delete", "Immediate", "false"], "{sc:?}");
 
     // No class named: the default one; the protection finalizer; Pending; kubectl's columns.
     s.apply(&claim("data", "1Gi", None)).unwrap();

@@ -6,8 +6,6 @@ use kumo_e2e::{eventually, Server};
 use std::io::{Read, Write};
 use std::time::Duration;
 
-const REGISTRY: &str = "127.0.0.1:5000";
-
 fn vm(name: &str, image: &str) -> String {
     format!(
         r#"
@@ -53,13 +51,7 @@ spec:
 }
 
 fn server() -> Server {
-    let registry_up = std::net::TcpStream::connect(REGISTRY).is_ok();
-    assert!(
-        registry_up,
-        "no registry at {REGISTRY}: run scripts/setup.sh (it builds the test guest and starts the registry)"
-    );
-    Server::start_with_agent(&["--insecure-registry", REGISTRY, "--registry-mirror", &format!("quay.io={REGISTRY}")])
-        .unwrap()
+    Server::start_with_guests(&[]).unwrap()
 }
 
 /// One plain HTTP GET; the body, or None if the guest does not answer (yet).
@@ -149,36 +141,14 @@ fn guest_boots_answers_and_leaves_nothing_behind() {
     }
 
     // `kumo console` reaches the guest's serial console through the API server; Ctrl-] leaves.
-    let mut console = std::process::Command::new(kumo_e2e::kumo_bin())
-        .args(["console", "testvm", "--kubeconfig"])
-        .arg(s.kubeconfig())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = console.stdin.take().unwrap();
-    let mut stdout = console.stdout.take().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        let seen = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = stdout.read(&mut buf) {
-                seen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        })
-    };
+    let mut console = s.console("testvm");
     // Typed before the session is up, the line waits in the pipe; Ctrl-] only once the answer is seen.
-    stdin.write_all(b"\necho CONSOLE-$((6*7))\n").unwrap();
-    let answered = eventually(Duration::from_secs(60), || seen.lock().unwrap().contains("CONSOLE-42").then_some(()));
-    stdin.write_all(&[0x1d]).unwrap();
-    let status = console.wait().unwrap();
-    reader.join().unwrap();
-    let mut stderr = String::new();
-    console.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    console.send("\necho CONSOLE-$((6*7))");
+    let answered = console.wait_for("CONSOLE-42", Duration::from_secs(60));
+    let seen = console.seen();
+    let (status, stderr) = console.close();
     assert!(status.success(), "{stderr}");
-    assert!(answered.is_some(), "the guest's shell answered on the console: {}", seen.lock().unwrap());
+    assert!(answered, "the guest's shell answered on the console: {seen}");
     assert!(stderr.contains("escape sequence is ^]"), "{stderr}");
 
     // Stop: the guest goes away with everything it had; start brings it back.
@@ -320,7 +290,7 @@ fn spawn_agent(s: &Server) -> AgentProcess {
         .arg(s.kubeconfig())
         .arg("--state-dir")
         .arg(s.data_dir().join("agent"))
-        .args(["--insecure-registry", REGISTRY, "--registry-mirror", &format!("quay.io={REGISTRY}")])
+        .args(kumo_e2e::registry_args())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
@@ -330,7 +300,7 @@ fn spawn_agent(s: &Server) -> AgentProcess {
 
 #[test]
 fn guests_survive_an_agent_kill_and_are_managed_afterwards() {
-    assert!(std::net::TcpStream::connect(REGISTRY).is_ok(), "no registry at {REGISTRY}: run scripts/setup.sh");
+    kumo_e2e::assert_registry();
     let s = Server::start().unwrap();
     let agent = spawn_agent(&s);
     for name in ["one", "two"] {

@@ -9,6 +9,7 @@ use crate::image::{ImageCache, RegistryConfig};
 use crate::net::{Ipam, NodeNet};
 use crate::node::{self, HostInfo};
 use crate::qemu::{self, Accel, RunningVm};
+use crate::volumes::{keeper, VolumeDirs};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use kube::runtime::controller::Controller;
@@ -34,6 +35,10 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Base images of containerDisks, one per digest.
     pub image_cache: PathBuf,
+    /// Where this node's `local` volumes live (default: STATE_DIR/volumes).
+    pub volume_dir: PathBuf,
+    /// The directory every node mounts from the same place, for `shared` volumes.
+    pub shared_volume_dir: Option<PathBuf>,
     pub registry: RegistryConfig,
     pub qemu_binary: Option<PathBuf>,
     /// A kernel to boot under KVM to find out whether KVM really works here.
@@ -59,6 +64,8 @@ impl AgentConfig {
             node_name: None,
             node_ip: None,
             image_cache: state_dir.join("images"),
+            volume_dir: state_dir.join("volumes"),
+            shared_volume_dir: None,
             state_dir,
             registry: RegistryConfig::default(),
             qemu_binary: None,
@@ -95,6 +102,7 @@ pub(crate) struct Agent {
     pub ipam: Ipam,
     pub vms: Mutex<HashMap<String, Arc<LocalVm>>>,
     pub recorder: Recorder,
+    pub volume_dirs: VolumeDirs,
 }
 
 /// Runs the agent until the process ends.
@@ -112,6 +120,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     if let Some(ip) = cfg.node_ip {
         host.internal_ip = ip.to_string();
     }
+    host.shared_volumes = cfg.shared_volume_dir.is_some();
     let bind: std::net::SocketAddr = format!("{}:0", host.internal_ip).parse().context("node address")?;
     let ca = cfg.cluster_ca.clone().context(
         "the console endpoint needs the cluster CA to check the API server by: use a kubeconfig that names it",
@@ -140,6 +149,14 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     let node_net = NodeNet::new(&host.name, pod_cidr)?;
     podnet::start(client.clone(), host.name.clone(), node_net.clone()).await?;
     let reporter = Reporter { controller: "kumo-agent".into(), instance: Some(host.name.clone()) };
+    let volume_dirs = VolumeDirs { local: cfg.volume_dir.clone(), shared: cfg.shared_volume_dir.clone() };
+    let keeper = Arc::new(keeper::Keeper {
+        client: client.clone(),
+        dirs: volume_dirs.clone(),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+    });
+    let node_name = host.name.clone();
+    tokio::spawn(async move { keeper::run(keeper, &node_name).await });
     let agent = Arc::new(Agent {
         client: client.clone(),
         node: host.name.clone(),
@@ -150,6 +167,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
         ipam: Ipam::for_cidr(cfg.state_dir.join("ipam"), pod_cidr)?,
         vms: Mutex::new(HashMap::new()),
         recorder: Recorder::new(client.clone(), reporter),
+        volume_dirs,
         cfg,
     });
     // Only this node's VMIs, selected by the server: KubeVirt's node label, which the scheduler sets when it

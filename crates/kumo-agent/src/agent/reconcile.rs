@@ -180,6 +180,7 @@ fn prepare_ctx(agent: &Agent) -> PrepareCtx<'_> {
         node_net: &agent.node_net,
         ipam: &agent.ipam,
         tap_owner: agent.cfg.run_as,
+        volume_dirs: &agent.volume_dirs,
     }
 }
 

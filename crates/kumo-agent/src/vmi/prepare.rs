@@ -7,6 +7,7 @@ use crate::image::{create_empty_disk, create_overlay, ImageCache, PullPolicy, Re
 use crate::net::ipam::OutsideRange;
 use crate::net::{Binding, GuestLink, Ipam, NodeNet, Proto, VmiNetwork, VmiSpec};
 use crate::qemu::{DiskFormat, KernelBoot};
+use crate::volumes::{attach::claim_disk, VolumeDirs};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kumo_api::kubevirt::{CloudInitSource, HostDisk, Interface, VirtualMachineInstance};
@@ -33,6 +34,7 @@ pub struct PrepareCtx<'a> {
     pub node_net: &'a NodeNet,
     pub ipam: &'a Ipam,
     pub tap_owner: Option<(u32, u32)>,
+    pub volume_dirs: &'a VolumeDirs,
 }
 
 /// The guest's host name, as KubeVirt gives it: `spec.hostname`, else the VMI's name.
@@ -53,6 +55,10 @@ fn binding(iface: &Interface) -> Binding {
         ports.push((p.port, proto));
     }
     Binding::Masquerade { ports }
+}
+
+fn namespace(vmi: &VirtualMachineInstance) -> &str {
+    vmi.metadata.namespace.as_deref().unwrap_or("default")
 }
 
 fn uid(vmi: &VirtualMachineInstance) -> &str {
@@ -147,11 +153,19 @@ pub async fn volumes(ctx: &PrepareCtx<'_>, vmi: &VirtualMachineInstance, dir: &P
             std::fs::write(&path, iso)
                 .map_err(|e| PrepareError::new("DiskError", format!("writing {}: {e}", path.display())))?;
             (path, DiskFormat::Raw)
-        } else if v.ephemeral.is_some() {
-            return Err(PrepareError::new(
-                "UnsupportedVolume",
-                format!("volume {name}: ephemeral volumes need PersistentVolumeClaims, which kumo does not serve yet"),
-            ));
+        } else if let Some(claim) = &v.persistent_volume_claim {
+            let disk = claim_disk(ctx.client, ctx.volume_dirs, namespace(vmi), &claim.claim_name).await?;
+            (disk.path, disk.format)
+        } else if let Some(claim) = v.ephemeral.as_ref().and_then(|e| e.persistent_volume_claim.as_ref()) {
+            // The claim's image read-only under a throw-away overlay, as KubeVirt's ephemeral volumes.
+            let disk = claim_disk(ctx.client, ctx.volume_dirs, namespace(vmi), &claim.claim_name).await?;
+            let overlay = disks.join(format!("{name}.qcow2"));
+            if !overlay.exists() {
+                create_overlay(&disk.path, disk.format.as_str(), &overlay)
+                    .await
+                    .map_err(|e| PrepareError::new("DiskError", format!("volume {name}: {e:#}")))?;
+            }
+            (overlay, DiskFormat::Qcow2)
         } else {
             return Err(PrepareError::new("UnsupportedVolume", format!("volume {name}: no supported volume source")));
         };

@@ -102,6 +102,14 @@ pub fn launch_config(
             let dd = d.disk.clone().unwrap_or_default();
             (DeviceKind::Disk, bus(dd.bus.as_deref(), Bus::Virtio, &field)?, dd.readonly.unwrap_or(false))
         };
+        // A claim mounted readOnly is read-only whatever the disk says.
+        let claim_ro = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == dname)
+            .is_some_and(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.read_only == Some(true)));
+        let readonly = readonly || claim_ro;
         cfg.disks.push(DiskConfig {
             name: dname.to_string(),
             path,

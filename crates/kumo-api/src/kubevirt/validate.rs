@@ -98,6 +98,7 @@ fn validate_vmi_spec(spec: &VirtualMachineInstanceSpec, p: &str) -> Vec<Cause> {
             ("emptyDisk", v.empty_disk.is_some()),
             ("ephemeral", v.ephemeral.is_some()),
             ("hostDisk", v.host_disk.is_some()),
+            ("persistentVolumeClaim", v.persistent_volume_claim.is_some()),
         ];
         one_of(&sources, &path, "volume source", &mut c);
         for (key, cfg) in

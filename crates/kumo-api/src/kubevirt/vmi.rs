@@ -239,12 +239,17 @@ pub struct Volume {
     pub ephemeral: Option<Ephemeral>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_disk: Option<HostDisk>,
+    /// A PersistentVolumeClaim's disk, used directly (what the guest writes stays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
 }
 
 impl Volume {
     /// The PersistentVolumeClaim this volume uses, if any.
     pub fn claim_name(&self) -> Option<&str> {
-        self.ephemeral.as_ref()?.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str())
+        let claim = self.persistent_volume_claim.as_ref();
+        let claim = claim.or_else(|| self.ephemeral.as_ref()?.persistent_volume_claim.as_ref());
+        claim.map(|c| c.claim_name.as_str())
     }
 }
 

@@ -34,10 +34,17 @@ pub enum Decision {
     IfEventAboutNode {
         node: String,
     },
+    /// Allowed if the named PersistentVolume is kept by `node` (its files are there), or, when `or_used`, a VMI
+    /// bound to `node` uses its claim.
+    IfVolumeOfNode {
+        node: String,
+        or_used: bool,
+    },
 }
 
 /// The label KubeVirt puts on a VMI naming its node; nodes may only list and watch VMIs selected by it.
 pub use kumo_api::kubevirt::NODE_NAME_LABEL;
+use kumo_api::provisioning::VOLUME_NODE_LABEL;
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
 pub fn decide(user: &User, a: &Attributes) -> Decision {
@@ -74,11 +81,20 @@ fn node_rules(node: &str, a: &Attributes) -> Decision {
             a.namespace == Some(NODE_LEASE_NAMESPACE) && own && (write || a.verb == "get")
         }
         ("kubevirt.io", "virtualmachineinstances") => match a.verb {
-            "list" | "watch" => selects_node(a.label_selector, node),
+            "list" | "watch" => selects(a.label_selector, NODE_NAME_LABEL, node),
             "get" | "update" | "patch" => return Decision::IfVmiOnNode { node: node.into() },
             _ => false,
         },
-        ("", "secrets") | ("", "configmaps") if a.verb == "get" => return Decision::IfUsedOnNode { node: node.into() },
+        ("", "secrets") | ("", "configmaps") | ("", "persistentvolumeclaims") if a.verb == "get" => {
+            return Decision::IfUsedOnNode { node: node.into() }
+        }
+        // The volumes whose files it keeps (it makes and removes them), and those its guests use.
+        ("", "persistentvolumes") => match a.verb {
+            "list" | "watch" => selects(a.label_selector, VOLUME_NODE_LABEL, node),
+            "get" => return Decision::IfVolumeOfNode { node: node.into(), or_used: true },
+            "update" | "patch" => return Decision::IfVolumeOfNode { node: node.into(), or_used: false },
+            _ => false,
+        },
         ("", "events") | ("events.k8s.io", "events") if write => {
             return Decision::IfEventAboutNode { node: node.into() }
         }
@@ -107,15 +123,15 @@ fn bootstrap_rules(a: &Attributes) -> Decision {
     }
 }
 
-/// Whether `selector` requires `kubevirt.io/nodeName=node` (as `=` or `==`).
-fn selects_node(selector: Option<&str>, node: &str) -> bool {
+/// Whether `selector` requires `label=node` (as `=` or `==`).
+fn selects(selector: Option<&str>, label: &str, node: &str) -> bool {
     selector.into_iter().flat_map(|s| s.split(',')).any(|req| {
         let req = req.trim();
         let (k, v) = match req.split_once("==").or_else(|| req.split_once('=')) {
             Some(kv) => kv,
             None => return false,
         };
-        k.trim() == NODE_NAME_LABEL && v.trim() == node
+        k.trim() == label && v.trim() == node
     })
 }
 
@@ -190,6 +206,20 @@ mod tests {
             decide(&n, &at("get", "", "secrets", Some("d"), Some("s"))),
             Decision::IfUsedOnNode { node: "a".into() }
         );
+        assert_eq!(
+            decide(&n, &at("get", "", "persistentvolumeclaims", Some("d"), Some("c"))),
+            Decision::IfUsedOnNode { node: "a".into() }
+        );
+        assert!(matches!(decide(&n, &at("list", "", "persistentvolumeclaims", Some("d"), None)), Decision::Deny(_)));
+        let mut volumes = at("watch", "", "persistentvolumes", None, None);
+        assert!(matches!(decide(&n, &volumes), Decision::Deny(_)), "watching every volume is refused");
+        volumes.label_selector = Some("kumo.dev/volume-node=a");
+        assert_eq!(decide(&n, &volumes), Decision::Allow);
+        assert_eq!(
+            decide(&n, &at("patch", "", "persistentvolumes", None, Some("pvc-1"))),
+            Decision::IfVolumeOfNode { node: "a".into(), or_used: false }
+        );
+        assert!(matches!(decide(&n, &at("delete", "", "persistentvolumes", None, Some("pvc-1"))), Decision::Deny(_)));
     }
 
     #[test]

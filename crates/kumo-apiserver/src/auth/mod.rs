@@ -54,6 +54,7 @@ pub async fn check(api: &ApiServer, user: &User, a: &Attributes<'_>, body: &[u8]
         Decision::IfVmiOnNode { node } => vmi_on_node(api, a.namespace, a.name.unwrap_or(""), &node).await?,
         Decision::IfUsedOnNode { node } => used_on_node(api, a, &node).await?,
         Decision::IfEventAboutNode { node } => event_about_node(api, a, body, &node).await?,
+        Decision::IfVolumeOfNode { node, or_used } => volume_of_node(api, a, &node, or_used).await?,
     };
     if allowed {
         Ok(())
@@ -78,18 +79,44 @@ async fn vmi_on_node(api: &ApiServer, ns: Option<&str>, name: &str, node: &str) 
     Ok(vmi.node_name() == Some(node))
 }
 
-/// A Secret or ConfigMap that a VMI bound to `node` (in the same namespace) uses for cloud-init.
+/// A Secret or ConfigMap that a VMI bound to `node` (in the same namespace) uses for cloud-init, or a
+/// PersistentVolumeClaim it uses.
 async fn used_on_node(api: &ApiServer, a: &Attributes<'_>, node: &str) -> Result<bool, ApiError> {
     let name = a.name.unwrap_or("");
+    let claims = a.resource == "persistentvolumeclaims";
     let (all, _) = api.objects.list_all(&*vmis(api)?, a.namespace).await?;
     Ok(all.into_iter().filter_map(|v| serde_json::from_value::<VirtualMachineInstance>(v).ok()).any(|vmi| {
         vmi.node_name() == Some(node)
             && vmi.spec.volumes.iter().flatten().any(|vol| {
+                if claims {
+                    return vol.claim_name() == Some(name);
+                }
                 [&vol.cloud_init_no_cloud, &vol.cloud_init_config_drive].into_iter().flatten().any(|src| {
                     [&src.secret_ref, &src.network_data_secret_ref].into_iter().flatten().any(|r| r.name == name)
                 })
             })
     }))
+}
+
+/// A PersistentVolume whose files `node` keeps, or (`or_used`) whose claim a VMI bound to `node` uses.
+async fn volume_of_node(api: &ApiServer, a: &Attributes<'_>, node: &str, or_used: bool) -> Result<bool, ApiError> {
+    let def = api.registry.get("", "v1", "persistentvolumes").ok_or_else(|| ApiError::internal("no volumes"))?;
+    let Some(pv) = api.objects.try_get(&def, None, a.name.unwrap_or("")).await? else { return Ok(false) };
+    let label = pv.pointer("/metadata/labels").and_then(|l| l.get(kumo_api::provisioning::VOLUME_NODE_LABEL));
+    if label.and_then(Value::as_str) == Some(node) {
+        return Ok(true);
+    }
+    let claim_ref = pv.pointer("/spec/claimRef");
+    let field = |k: &str| claim_ref.and_then(|r| r.get(k)).and_then(Value::as_str);
+    let (Some(ns), Some(claim), true) = (field("namespace"), field("name"), or_used) else { return Ok(false) };
+    let claim_attrs = Attributes {
+        verb: "get",
+        resource: "persistentvolumeclaims",
+        namespace: Some(ns),
+        name: Some(claim),
+        ..Default::default()
+    };
+    used_on_node(api, &claim_attrs, node).await
 }
 
 /// An event (new, or the stored one being patched) about `node` or a VMI bound to it.

@@ -16,7 +16,7 @@ mod node;
 mod volumes;
 
 pub(crate) use affinity::selects;
-pub(crate) use node::term_matches;
+pub(crate) use node::{ready, term_matches};
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;

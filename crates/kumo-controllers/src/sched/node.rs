@@ -45,7 +45,7 @@ pub(super) fn filter(vmi: &VirtualMachineInstance, n: &NodeInfo, want: Request) 
     (!short.is_empty()).then_some(short)
 }
 
-fn ready(n: &Node) -> bool {
+pub(crate) fn ready(n: &Node) -> bool {
     let conds = n.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
     conds.iter().find(|c| c.type_ == "Ready").is_some_and(|c| c.status == "True")
 }

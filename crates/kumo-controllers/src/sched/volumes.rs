@@ -1,13 +1,15 @@
 //! A VMI's PersistentVolumeClaims in scheduling, as kube-scheduler's VolumeBinding plugin weighs a Pod's:
 //! a claim that is missing, being deleted, or unbound in a class that binds at once keeps the VMI off every node;
 //! a bound claim's volume may pin it to some nodes (its node affinity); a claim whose class waits for its first
-//! consumer is provisioned on the node chosen for the VMI, so the VMI waits for that before it is bound.
+//! consumer is provisioned on the node chosen for the VMI, so the VMI waits for that before it is bound; and a
+//! volume kumo provisioned is used once its node made the image.
 
 use super::Cluster;
 use crate::binder::{class_name, volume_name, SELECTED_NODE};
 use k8s_openapi::api::core::v1::{Node, NodeSelector};
 use kube::ResourceExt;
 use kumo_api::kubevirt::VirtualMachineInstance;
+use kumo_api::provisioning as prov;
 
 /// What a VMI's claims require of a node.
 #[derive(Default)]
@@ -18,6 +20,8 @@ pub(crate) struct Volumes<'a> {
     selected: Option<&'a str>,
     /// Claims waiting for their first consumer (and no node selected yet).
     pub(crate) waiting: Vec<String>,
+    /// A bound volume whose image its node has not made yet.
+    unmade: bool,
 }
 
 /// The requirements of `vmi`'s claims, or why no node can do (kube-scheduler's words).
@@ -38,6 +42,17 @@ pub(crate) fn resolve<'a>(vmi: &VirtualMachineInstance, cluster: &Cluster<'a>) -
             let volume = cluster.volumes.iter().find(|v| v.name_any() == bound);
             let pin = volume.and_then(|v| v.spec.as_ref()?.node_affinity.as_ref()?.required.as_ref());
             out.pins.extend(pin);
+            match volume.and_then(|v| prov::state(v)) {
+                Some(prov::FAILED) => {
+                    let why = volume.and_then(|v| v.annotations().get(prov::VOLUME_MESSAGE)).cloned();
+                    return Err(format!(
+                        "persistentvolume \"{bound}\" of claim \"{name}\" could not be made: {}",
+                        why.unwrap_or_default()
+                    ));
+                }
+                Some(state) if state != prov::READY => out.unmade = true,
+                _ => {}
+            }
             continue;
         }
         let class = cluster.classes.iter().find(|c| c.name_any() == class_name(claim));
@@ -65,6 +80,6 @@ impl Volumes<'_> {
 
     /// Whether some claim still waits for a volume on the node picked (the VMI is bound once it is there).
     pub(crate) fn pending(&self) -> bool {
-        !self.waiting.is_empty() || self.selected.is_some()
+        !self.waiting.is_empty() || self.selected.is_some() || self.unmade
     }
 }

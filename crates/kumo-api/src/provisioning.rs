@@ -1,0 +1,68 @@
+//! kumo's own volume provisioners, as a contract between the parts that play a role in them: the control
+//! plane creates a PersistentVolume for a claim (a CSI volume of driver [`LOCAL`] or [`SHARED`], labelled with
+//! the node that keeps its files), the node agent named by [`VOLUME_NODE_LABEL`] makes the disk image and says
+//! so in [`VOLUME_STATE`], and removes the files before the volume object goes ([`CLEANUP_FINALIZER`]).
+
+use k8s_openapi::api::core::v1::PersistentVolume;
+use serde_json::{json, Value};
+
+/// Disk images on the node a volume's first consumer was scheduled to; the volume is pinned there.
+pub const LOCAL: &str = "kumo.dev/local";
+/// Disk images in a directory every node mounts from the same place (NFS, CephFS; one directory in tests).
+pub const SHARED: &str = "kumo.dev/shared";
+/// On a volume: the node whose agent makes, fills and removes its files. Nodes may watch only theirs.
+pub const VOLUME_NODE_LABEL: &str = "kumo.dev/volume-node";
+/// On a Node: its agent mounts the shared volume directory.
+pub const SHARED_VOLUMES_LABEL: &str = "kumo.dev/shared-volumes";
+/// On a volume kumo provisioned: `Pending` until its agent made the image, then `Ready` (or `Failed`).
+pub const VOLUME_STATE: &str = "kumo.dev/volume-state";
+/// On a volume whose state is `Failed`: why.
+pub const VOLUME_MESSAGE: &str = "kumo.dev/volume-message";
+/// Held by a volume kumo provisioned until its agent removed the files.
+pub const CLEANUP_FINALIZER: &str = "kumo.dev/volume-cleanup";
+
+pub const PENDING: &str = "Pending";
+pub const READY: &str = "Ready";
+pub const FAILED: &str = "Failed";
+
+/// Whether a provisioner name is one of kumo's.
+pub fn is_ours(provisioner: &str) -> bool {
+    provisioner == LOCAL || provisioner == SHARED
+}
+
+/// The CSI driver and handle of a volume kumo provisioned.
+pub fn csi_of(pv: &PersistentVolume) -> Option<(&str, &str)> {
+    let csi = pv.spec.as_ref()?.csi.as_ref()?;
+    is_ours(&csi.driver).then_some((csi.driver.as_str(), csi.volume_handle.as_str()))
+}
+
+/// The state annotation of a volume kumo provisioned (None for any other volume, which is ready as it is).
+pub fn state(pv: &PersistentVolume) -> Option<&str> {
+    csi_of(pv)?;
+    Some(pv.metadata.annotations.as_ref().and_then(|a| a.get(VOLUME_STATE)).map_or(PENDING, String::as_str))
+}
+
+/// The image file inside a volume's directory: qcow2 for a filesystem volume, raw for a block volume.
+pub fn image_file(pv: &PersistentVolume) -> &'static str {
+    if is_block(pv) {
+        "disk.raw"
+    } else {
+        "disk.qcow2"
+    }
+}
+
+pub fn is_block(pv: &PersistentVolume) -> bool {
+    pv.spec.as_ref().and_then(|s| s.volume_mode.as_deref()) == Some("Block")
+}
+
+/// The classes a server offers from its first start: `local` (the default) and `shared`.
+pub fn seed_classes() -> Vec<Value> {
+    let class = |name: &str, provisioner: &str, mode: &str| {
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
+               "provisioner": provisioner, "reclaimPolicy": "Delete", "volumeBindingMode": mode,
+               "allowVolumeExpansion": true})
+    };
+    let mut local = class("local", LOCAL, "WaitForFirstConsumer");
+    local["metadata"]["annotations"] = json!({crate::storage::DEFAULT_CLASS_ANNOTATION: "true"});
+    vec![local, class("shared", SHARED, "Immediate")]
+}

@@ -1,0 +1,175 @@
+//! Persistent disks with real guests: claims in kumo's `local` (the default) and `shared` classes are
+//! provisioned on the node the VM lands on, what the guest writes stays across stop/start and a restart of
+//! the server and its agent, and deleting the claims removes the images. Needs root, QEMU and the test guest +
+//! registry that scripts/setup.sh prepares.
+
+use kumo_e2e::{eventually, Server};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn manifests(shared: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: data}}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {{requests: {{storage: 64Mi}}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {shared}}}
+spec:
+  storageClassName: shared
+  volumeMode: Block
+  accessModes: [ReadWriteMany]
+  resources: {{requests: {{storage: 32Mi}}}}
+---
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata: {{name: keeper}}
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      terminationGracePeriodSeconds: 5
+      domain:
+        memory: {{guest: 256Mi}}
+        devices:
+          disks:
+          - {{name: root, disk: {{bus: virtio}}}}
+          - {{name: data, serial: data, disk: {{bus: virtio}}}}
+          - {{name: scratch, serial: scratch, disk: {{bus: virtio}}}}
+      volumes:
+      - name: root
+        containerDisk: {{image: quay.io/kumo/test-guest:latest}}
+      - name: data
+        persistentVolumeClaim: {{claimName: data}}
+      - name: scratch
+        persistentVolumeClaim: {{claimName: {shared}}}
+"#
+    )
+}
+
+fn get(s: &Server, args: &[&str]) -> String {
+    s.kubectl_ok(args).unwrap_or_else(|e| panic!("kubectl {args:?} failed (is the server alive?): {e}"))
+}
+
+fn wait_running(s: &Server) {
+    let out = s.kubectl(&["wait", "vmi", "keeper", "--for=condition=Ready", "--timeout=180s"]).unwrap();
+    let describe = || get(s, &["describe", "vmi", "keeper"]);
+    assert!(out.status.success(), "not Ready: {}\n{}", String::from_utf8_lossy(&out.stderr), describe());
+}
+
+/// The guest's device whose virtio serial is `serial`.
+const FIND: &str =
+    r#"for d in /sys/block/vd*; do [ "$(cat $d/serial 2>/dev/null)" = SERIAL ] && echo /dev/${d##*/}; done"#;
+
+/// Writes `text` at the start of the disk with `serial`, through the guest's console.
+fn write_disk(s: &Server, serial: &str, text: &str) {
+    let mut c = s.console("keeper");
+    let find = FIND.replace("SERIAL", serial);
+    let out = c.run(&format!("dev=$({find}); echo $dev; echo {text} > $dev && sync && echo written"), secs(90));
+    let seen = c.seen();
+    let (_, stderr) = c.close();
+    let out = out.unwrap_or_else(|| panic!("the guest did not answer on its console: {stderr}\n{seen}"));
+    assert!(out.ends_with("written") && out.starts_with("/dev/vd"), "writing {serial}: {out}");
+}
+
+/// The first line of the disk with `serial`, read in the guest.
+fn read_disk(s: &Server, serial: &str) -> String {
+    let mut c = s.console("keeper");
+    let find = FIND.replace("SERIAL", serial);
+    let out = c.run(&format!("head -n 1 $({find})"), secs(90));
+    let seen = c.seen();
+    let (_, stderr) = c.close();
+    out.unwrap_or_else(|| panic!("the guest did not answer on its console: {stderr}\n{seen}"))
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn volume_of(s: &Server, claim: &str) -> String {
+    get(s, &["get", "pvc", claim, "-o", "jsonpath={.spec.volumeName}"])
+}
+
+fn stop_start(s: &Server) {
+    assert!(s.kumo(&["stop", "keeper"]).status.success());
+    let gone = eventually(secs(60), || get(s, &["get", "vmi", "-o", "name"]).is_empty().then_some(()));
+    assert!(gone.is_some(), "the VMI did not go: {}", get(s, &["get", "vmi"]));
+    assert!(s.kumo(&["start", "keeper"]).status.success());
+    wait_running(s);
+}
+
+#[test]
+fn what_the_guest_writes_stays_and_deleting_the_claims_leaves_no_image() {
+    let shared_dir = tempfile::tempdir().unwrap();
+    let shared_arg = shared_dir.path().to_str().unwrap().to_string();
+    let mut s = Server::start_with_guests(&["--shared-volume-dir", &shared_arg]).unwrap();
+    let classes = get(&s, &["get", "sc"]);
+    assert!(classes.contains("local (default)") && classes.contains("kumo.dev/local"), "{classes}");
+    assert!(classes.contains("WaitForFirstConsumer") && classes.contains("kumo.dev/shared"), "{classes}");
+
+    s.apply(&manifests("scratch")).unwrap();
+    // SIGKILL the server (and its agent) just as the first consumer's node was chosen: the provisioner, the
+    // binder and the agent's image making all happen across the restart, each exactly once.
+    let selected = eventually(secs(60), || {
+        let a = get(&s, &["get", "pvc", "data", "-o", "jsonpath={.metadata.annotations}"]);
+        a.contains("volume.kubernetes.io/selected-node").then_some(())
+    });
+    assert!(selected.is_some(), "no node selected for the claim: {}", get(&s, &["describe", "pvc", "data"]));
+    s.restart().unwrap();
+    wait_running(&s);
+    let table = get(&s, &["get", "pvc"]);
+    assert_eq!(table.matches("Bound").count(), 2, "{table}");
+    let pvs = get(&s, &["get", "pv", "-o", "name"]);
+    assert_eq!(pvs.lines().count(), 2, "one volume per claim: {pvs}");
+    let (data_pv, scratch_pv) = (volume_of(&s, "data"), volume_of(&s, "scratch"));
+    let node = s.node_name();
+    let pinned = get(&s, &["get", "pv", &data_pv, "-o", "jsonpath={.spec.nodeAffinity.required}"]);
+    assert!(pinned.contains(&node), "a local volume is pinned to its node: {pinned}");
+    let local_image: PathBuf = s.data_dir().join("agent/volumes").join(&data_pv).join("disk.qcow2");
+    let shared_image: PathBuf = shared_dir.path().join(&scratch_pv).join("disk.raw");
+    for image in [&local_image, &shared_image] {
+        assert!(image.exists(), "{} missing", image.display());
+    }
+    assert_eq!(std::fs::metadata(&shared_image).unwrap().len(), 32 << 20, "raw, sized to the request");
+
+    write_disk(&s, "data", "KUMO-LOCAL-7");
+    write_disk(&s, "scratch", "KUMO-SHARED-9");
+    stop_start(&s);
+    assert_eq!(read_disk(&s, "data"), "KUMO-LOCAL-7", "after stop/start");
+    assert_eq!(read_disk(&s, "scratch"), "KUMO-SHARED-9");
+
+    // The server and its agent restarted (the guest keeps running and is reattached), then the VM stopped and
+    // started on what is on disk.
+    s.restart().unwrap();
+    wait_running(&s);
+    assert_eq!(read_disk(&s, "data"), "KUMO-LOCAL-7", "after a server restart");
+    stop_start(&s);
+    assert_eq!(read_disk(&s, "data"), "KUMO-LOCAL-7", "after a server restart and stop/start");
+    assert_eq!(read_disk(&s, "scratch"), "KUMO-SHARED-9");
+
+    // A claim in use is held (kubernetes.io/pvc-protection) until its VM is gone; then reclaim Delete removes
+    // the volumes and their images.
+    get(&s, &["delete", "pvc", "data", "scratch", "--wait=false"]);
+    std::thread::sleep(secs(2));
+    let held = get(&s, &["get", "pvc", "data", "-o", "jsonpath={.metadata.deletionTimestamp}"]);
+    assert!(!held.is_empty(), "deleting: {}", get(&s, &["get", "pvc"]));
+    assert_eq!(read_disk(&s, "data"), "KUMO-LOCAL-7", "the guest keeps its disk while the claim is held");
+    get(&s, &["delete", "vm", "keeper"]);
+    let cleaned = eventually(secs(90), || {
+        let left = get(&s, &["get", "pvc,pv", "-o", "name"]);
+        (left.is_empty() && !local_image.exists() && !shared_image.exists()).then_some(())
+    });
+    let dirs: Vec<&Path> = vec![local_image.parent().unwrap(), shared_image.parent().unwrap()];
+    assert!(
+        cleaned.is_some(),
+        "left: {} ({:?} exist: {:?})",
+        get(&s, &["get", "pvc,pv"]),
+        dirs,
+        dirs.iter().map(|d| d.exists()).collect::<Vec<_>>()
+    );
+}
