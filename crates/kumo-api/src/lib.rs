@@ -12,6 +12,7 @@ pub mod apply;
 pub mod bearer;
 pub mod builtin;
 pub mod builtin_schema;
+pub mod cdi;
 pub mod cidr;
 pub mod conditions;
 pub mod convert;

@@ -21,7 +21,15 @@ pub const VOLUME_MESSAGE: &str = "kumo.dev/volume-message";
 /// Held by a volume kumo provisioned until its agent removed the files.
 pub const CLEANUP_FINALIZER: &str = "kumo.dev/volume-cleanup";
 
+/// On a volume being filled from a source: how far (CDI's format, "47.30%"), how many tries failed, and when
+/// the next try may start (RFC 3339).
+pub const PROGRESS: &str = "kumo.dev/populate-progress";
+pub const RESTARTS: &str = "kumo.dev/populate-restarts";
+pub const RETRY_AFTER: &str = "kumo.dev/populate-retry-after";
+
 pub const PENDING: &str = "Pending";
+/// Being filled from its source (a DataVolume's).
+pub const POPULATING: &str = "Populating";
 pub const READY: &str = "Ready";
 pub const FAILED: &str = "Failed";
 
@@ -39,7 +47,12 @@ pub fn csi_of(pv: &PersistentVolume) -> Option<(&str, &str)> {
 /// The state annotation of a volume kumo provisioned (None for any other volume, which is ready as it is).
 pub fn state(pv: &PersistentVolume) -> Option<&str> {
     csi_of(pv)?;
-    Some(pv.metadata.annotations.as_ref().and_then(|a| a.get(VOLUME_STATE)).map_or(PENDING, String::as_str))
+    Some(annotation(pv, VOLUME_STATE).unwrap_or(PENDING))
+}
+
+/// One of a volume's annotations.
+pub fn annotation<'a>(pv: &'a PersistentVolume, key: &str) -> Option<&'a str> {
+    pv.metadata.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
 /// The image file inside a volume's directory: qcow2 for a filesystem volume, raw for a block volume.

@@ -8,6 +8,7 @@
 //! [`nodeipam::run`], [`nodelifecycle::run`]). Start reading at [`vm`].
 
 pub mod binder;
+pub mod datavolume;
 pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -30,13 +31,14 @@ pub struct Config {
 
 /// Runs every controller until the process ends.
 pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
-    let (workloads, (), lifecycle, (), (), ()) = tokio::join!(
+    let (workloads, (), lifecycle, (), (), (), ()) = tokio::join!(
         runtime::run(client.clone(), cfg.scheduler),
         nodeipam::run(client.clone(), cfg.pod_network),
         nodelifecycle::run(client.clone(), cfg.lifecycle),
         protection::run(client.clone()),
         binder::run(client.clone()),
-        provisioner::run(client)
+        provisioner::run(client.clone()),
+        datavolume::run(client)
     );
     workloads.and(lifecycle)
 }

@@ -51,6 +51,7 @@ pub fn registry_args() -> Vec<String> {
 
 pub mod cluster;
 pub mod console;
+pub mod files;
 pub mod fleet;
 
 pub struct Server {

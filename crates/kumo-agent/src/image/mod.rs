@@ -15,7 +15,7 @@ pub mod cache;
 pub mod disk;
 pub mod reference;
 pub mod registry;
-mod transport;
+pub(crate) mod transport;
 
 #[cfg(test)]
 mod tests;

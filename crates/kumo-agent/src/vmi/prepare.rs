@@ -153,8 +153,8 @@ pub async fn volumes(ctx: &PrepareCtx<'_>, vmi: &VirtualMachineInstance, dir: &P
             std::fs::write(&path, iso)
                 .map_err(|e| PrepareError::new("DiskError", format!("writing {}: {e}", path.display())))?;
             (path, DiskFormat::Raw)
-        } else if let Some(claim) = &v.persistent_volume_claim {
-            let disk = claim_disk(ctx.client, ctx.volume_dirs, namespace(vmi), &claim.claim_name).await?;
+        } else if let Some(claim) = v.direct_claim() {
+            let disk = claim_disk(ctx.client, ctx.volume_dirs, namespace(vmi), claim).await?;
             (disk.path, disk.format)
         } else if let Some(claim) = v.ephemeral.as_ref().and_then(|e| e.persistent_volume_claim.as_ref()) {
             // The claim's image read-only under a throw-away overlay, as KubeVirt's ephemeral volumes.

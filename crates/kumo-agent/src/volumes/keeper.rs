@@ -4,7 +4,7 @@
 //! Making an image is atomic: it is written under a temporary name and renamed, so an agent killed midway
 //! leaves either no image (made again on restart) or a whole one; only then is the volume marked Ready.
 
-use super::VolumeDirs;
+use super::{import, VolumeDirs};
 use crate::image::create_empty_disk;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolume;
@@ -13,6 +13,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
+use kumo_api::cdi::POPULATE_SOURCE;
 use kumo_api::provisioning::{self as prov, CLEANUP_FINALIZER, VOLUME_NODE_LABEL};
 use serde_json::json;
 use std::path::Path;
@@ -63,10 +64,10 @@ fn step(pv: &PersistentVolume) -> Step {
     if pv.metadata.deletion_timestamp.is_some() {
         return if pv.finalizers().iter().any(|f| f == CLEANUP_FINALIZER) { Step::Remove } else { Step::Nothing };
     }
-    if prov::state(pv) == Some(prov::PENDING) {
-        Step::Make
-    } else {
-        Step::Nothing
+    // Populating: an agent stopped midway; the import starts again.
+    match prov::state(pv) {
+        Some(prov::PENDING | prov::POPULATING) => Step::Make,
+        _ => Step::Nothing,
     }
 }
 
@@ -75,6 +76,7 @@ async fn reconcile(pv: Arc<PersistentVolume>, keeper: Arc<Keeper>) -> Result<Act
     let name = pv.name_any();
     match step(&pv) {
         Step::Nothing => {}
+        Step::Make if populate_source(&pv).is_some() => return populate(&keeper, &pv).await,
         Step::Make => {
             let (state, message) = match make(&keeper.dirs, &pv).await {
                 Ok(()) => (prov::READY, None),
@@ -100,6 +102,98 @@ async fn reconcile(pv: Arc<PersistentVolume>, keeper: Arc<Keeper>) -> Result<Act
         }
     }
     Ok(Action::await_change())
+}
+
+/// The source a volume is filled from (a DataVolume's), unless it is blank.
+fn populate_source(pv: &PersistentVolume) -> Option<serde_json::Value> {
+    let source: serde_json::Value = serde_json::from_str(prov::annotation(pv, POPULATE_SOURCE)?).ok()?;
+    source.get("blank").is_none().then_some(source)
+}
+
+/// How long a failed import waits before its next try, after `restarts` failures (as a crash-looping
+/// importer pod backs off in CDI).
+fn backoff(restarts: u32) -> Duration {
+    Duration::from_secs(10u64.saturating_mul(1 << restarts.saturating_sub(1).min(5)).min(300))
+}
+
+/// Fills the volume from its source, reporting progress on it; a failure is counted and tried again later.
+async fn populate(keeper: &Keeper, pv: &PersistentVolume) -> Result<Action, Error> {
+    let api = Api::<PersistentVolume>::all(keeper.client.clone());
+    let name = pv.name_any();
+    let now = chrono::Utc::now();
+    if let Some(at) = prov::annotation(pv, prov::RETRY_AFTER).and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    {
+        if let Ok(wait) = (at.with_timezone(&chrono::Utc) - now).to_std() {
+            return Ok(Action::requeue(wait));
+        }
+    }
+    let set = |annotations: serde_json::Value| {
+        let api = api.clone();
+        let name = name.clone();
+        async move {
+            let patch = json!({"metadata": {"annotations": annotations}});
+            conditional(api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await)
+        }
+    };
+    set(json!({prov::VOLUME_STATE: prov::POPULATING, prov::PROGRESS: "0.00%"})).await?;
+    let result = fill(keeper, pv, &set).await;
+    let restarts: u32 = prov::annotation(pv, prov::RESTARTS).and_then(|r| r.parse().ok()).unwrap_or(0);
+    match result {
+        Ok(()) => {
+            tracing::info!(volume = %name, "volume filled from its source");
+            set(json!({prov::VOLUME_STATE: prov::READY, prov::PROGRESS: kumo_api::cdi::progress(1.0),
+                prov::VOLUME_MESSAGE: null, prov::RETRY_AFTER: null}))
+            .await?;
+            Ok(Action::await_change())
+        }
+        Err(why) => {
+            let wait = backoff(restarts + 1);
+            tracing::warn!(volume = %name, "filling the volume failed (try {}): {why}", restarts + 1);
+            let at = (now + chrono::Duration::from_std(wait).unwrap_or_default()).to_rfc3339();
+            set(json!({prov::RESTARTS: (restarts + 1).to_string(), prov::VOLUME_MESSAGE: why,
+                prov::RETRY_AFTER: at}))
+            .await?;
+            Ok(Action::requeue(wait))
+        }
+    }
+}
+
+/// One try at filling the volume, with its progress written on the volume at most once a second.
+async fn fill<F, Fut>(keeper: &Keeper, pv: &PersistentVolume, set: &F) -> Result<(), String>
+where
+    F: Fn(serde_json::Value) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    let image = keeper.dirs.image_of(pv)?;
+    if image.exists() {
+        return Ok(()); // filled before the agent stopped, not yet marked
+    }
+    let source = populate_source(pv).unwrap_or_default();
+    let url = source.pointer("/http/url").and_then(|u| u.as_str());
+    let url = url.ok_or_else(|| format!("unsupported DataVolume source {source}: kumo imports from http"))?;
+    let dir = keeper.dirs.dir_of(pv)?;
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let target = import::Target { image: &image, bytes: capacity(pv)?, block: prov::is_block(pv) };
+    let fraction = std::sync::Mutex::new(None::<f64>);
+    let report = |f: f64| *fraction.lock().unwrap() = Some(f);
+    let import = import::http(url, &target, &report);
+    tokio::pin!(import);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut shown = None;
+    loop {
+        tokio::select! {
+            r = &mut import => return r,
+            _ = tick.tick() => {
+                let now = *fraction.lock().unwrap();
+                if let Some(f) = now.filter(|_| now != shown) {
+                    shown = now;
+                    if let Err(e) = set(json!({prov::PROGRESS: kumo_api::cdi::progress(f)})).await {
+                        tracing::debug!("reporting progress: {e}");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A conflict or a vanished volume: the watch brings the newer state.

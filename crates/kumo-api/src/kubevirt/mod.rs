@@ -5,7 +5,7 @@
 //! implement are neither in the schemas nor in the types, and the CRDs carry [`REJECT_UNKNOWN_ANNOTATION`], so
 //! such a field is refused by name instead of being pruned.
 
-mod object;
+pub(crate) mod object;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -41,33 +41,46 @@ pub const FENCING_PERIOD_ANNOTATION: &str = "kumo.dev/fencing-period-seconds";
 const VMI_SPEC: &str = include_str!("../../crds/kubevirt-vmi-spec.yaml");
 const VMI_STATUS: &str = include_str!("../../crds/kubevirt-vmi-status.yaml");
 
-fn yaml(text: &str) -> Value {
+pub(crate) fn yaml(text: &str) -> Value {
     serde_saphyr::from_str(text).expect("embedded CRD schema is valid YAML")
 }
 
-fn condition_list() -> Value {
+pub(crate) fn condition_list() -> Value {
     json!({"type": "array", "items": {"type": "object", "required": ["type", "status"], "properties": {
         "type": {"type": "string"}, "status": {"type": "string"}, "reason": {"type": "string"},
         "message": {"type": "string"}, "lastProbeTime": {"type": "string", "nullable": true},
         "lastTransitionTime": {"type": "string", "nullable": true}}}})
 }
 
-fn col(name: &str, type_: &str, path: &str, priority: i64) -> Value {
+pub(crate) fn col(name: &str, type_: &str, path: &str, priority: i64) -> Value {
     json!({"name": name, "type": type_, "jsonPath": path, "priority": priority})
 }
 
 fn crd(kind: &str, plural: &str, short: &[&str], schema: Value, columns: Vec<Value>) -> Value {
+    crd_in(GROUP, VERSION, kind, plural, short, schema, columns)
+}
+
+/// A namespaced CRD kumo serves, with a status subresource, refusing fields it does not implement by name.
+pub(crate) fn crd_in(
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+    short: &[&str],
+    schema: Value,
+    columns: Vec<Value>,
+) -> Value {
     json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": format!("{plural}.{GROUP}"), "labels": {"app.kubernetes.io/managed-by": "kumo"},
+        "metadata": {"name": format!("{plural}.{group}"), "labels": {"app.kubernetes.io/managed-by": "kumo"},
             "annotations": {REJECT_UNKNOWN_ANNOTATION: "true"}},
         "spec": {
-            "group": GROUP,
+            "group": group,
             "scope": "Namespaced",
             "names": {"kind": kind, "listKind": format!("{kind}List"), "plural": plural,
                 "singular": kind.to_lowercase(), "shortNames": short, "categories": ["all"]},
-            "versions": [{"name": "v1", "served": true, "storage": true,
+            "versions": [{"name": version, "served": true, "storage": true,
                 "schema": {"openAPIV3Schema": schema},
                 "subresources": {"status": {}},
                 "additionalPrinterColumns": columns}],
@@ -134,6 +147,7 @@ pub fn vm_crd() -> Value {
     )
 }
 
+/// Every CRD kumo installs: KubeVirt's and CDI's.
 pub fn crds() -> Vec<Value> {
-    vec![vm_crd(), vmi_crd()]
+    vec![vm_crd(), vmi_crd(), crate::cdi::datavolume_crd()]
 }

@@ -5,41 +5,40 @@
 use super::vm::VirtualMachine;
 use super::vmi::VirtualMachineInstance;
 use super::{GROUP, VERSION};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::ser::{SerializeStruct, Serializer};
-use serde::Serialize;
-use std::borrow::Cow;
 
-macro_rules! kubevirt_kind {
-    ($ty:ident, $kind:literal, $plural:literal) => {
+/// A namespaced custom kind with `spec` and an optional `status`, as a kube-rs resource that writes its own
+/// `apiVersion` and `kind`.
+macro_rules! custom_kind {
+    ($ty:ident, $kind:literal, $plural:literal, $group:expr, $version:expr) => {
         impl kube_core::Resource for $ty {
             type DynamicType = ();
             type Scope = kube_core::NamespaceResourceScope;
 
-            fn kind(_: &()) -> Cow<'_, str> {
+            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
                 $kind.into()
             }
-            fn group(_: &()) -> Cow<'_, str> {
-                GROUP.into()
+            fn group(_: &()) -> std::borrow::Cow<'_, str> {
+                $group.into()
             }
-            fn version(_: &()) -> Cow<'_, str> {
-                VERSION.into()
+            fn version(_: &()) -> std::borrow::Cow<'_, str> {
+                $version.into()
             }
-            fn plural(_: &()) -> Cow<'_, str> {
+            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
                 $plural.into()
             }
-            fn meta(&self) -> &ObjectMeta {
+            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 &self.metadata
             }
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
+            fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 &mut self.metadata
             }
         }
 
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStruct;
                 let mut o = s.serialize_struct($kind, 5)?;
-                o.serialize_field("apiVersion", &format!("{GROUP}/{VERSION}"))?;
+                o.serialize_field("apiVersion", &format!("{}/{}", $group, $version))?;
                 o.serialize_field("kind", $kind)?;
                 o.serialize_field("metadata", &self.metadata)?;
                 o.serialize_field("spec", &self.spec)?;
@@ -53,8 +52,10 @@ macro_rules! kubevirt_kind {
     };
 }
 
-kubevirt_kind!(VirtualMachine, "VirtualMachine", "virtualmachines");
-kubevirt_kind!(VirtualMachineInstance, "VirtualMachineInstance", "virtualmachineinstances");
+pub(crate) use custom_kind;
+
+custom_kind!(VirtualMachine, "VirtualMachine", "virtualmachines", GROUP, VERSION);
+custom_kind!(VirtualMachineInstance, "VirtualMachineInstance", "virtualmachineinstances", GROUP, VERSION);
 
 #[cfg(test)]
 mod tests {

@@ -99,6 +99,7 @@ fn validate_vmi_spec(spec: &VirtualMachineInstanceSpec, p: &str) -> Vec<Cause> {
             ("ephemeral", v.ephemeral.is_some()),
             ("hostDisk", v.host_disk.is_some()),
             ("persistentVolumeClaim", v.persistent_volume_claim.is_some()),
+            ("dataVolume", v.data_volume.is_some()),
         ];
         one_of(&sources, &path, "volume source", &mut c);
         for (key, cfg) in

@@ -242,14 +242,31 @@ pub struct Volume {
     /// A PersistentVolumeClaim's disk, used directly (what the guest writes stays).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
+    /// A CDI DataVolume's disk: its claim (of the same name) once the DataVolume is filled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_volume: Option<DataVolumeSource>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct DataVolumeSource {
+    pub name: String,
 }
 
 impl Volume {
-    /// The PersistentVolumeClaim this volume uses, if any.
+    /// The PersistentVolumeClaim this volume uses, if any (a DataVolume's claim has its name).
     pub fn claim_name(&self) -> Option<&str> {
+        if let Some(dv) = &self.data_volume {
+            return Some(dv.name.as_str());
+        }
         let claim = self.persistent_volume_claim.as_ref();
         let claim = claim.or_else(|| self.ephemeral.as_ref()?.persistent_volume_claim.as_ref());
         claim.map(|c| c.claim_name.as_str())
+    }
+
+    /// The disk itself (not under an overlay): `persistentVolumeClaim` or `dataVolume`.
+    pub fn direct_claim(&self) -> Option<&str> {
+        (self.persistent_volume_claim.is_some() || self.data_volume.is_some()).then(|| self.claim_name()).flatten()
     }
 }
 

@@ -112,6 +112,9 @@ pub fn plan(
             "csi": {"driver": asked, "volumeHandle": name},
         },
     });
+    if let Some(source) = claim.annotations().get(kumo_api::cdi::POPULATE_SOURCE) {
+        pv["metadata"]["annotations"][kumo_api::cdi::POPULATE_SOURCE] = json!(source);
+    }
     if asked == prov::LOCAL {
         pv["spec"]["nodeAffinity"] = json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
             {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}});

@@ -1,0 +1,180 @@
+//! CDI DataVolumes with real imports and guests: the test guest, served by a local HTTP server this test
+//! starts, is imported into a `local` volume with its progress in the DataVolume's status, and a VM boots
+//! from it; bad sources (404, a host that does not answer, a garbled image, a cut-off download) are retried
+//! with the reason in the status and events, and hurt nothing else. Needs root, QEMU and the test guest +
+//! registry that scripts/setup.sh prepares.
+
+use kumo_e2e::files::HttpFiles;
+use kumo_e2e::{eventually, Server};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn guest_image() -> PathBuf {
+    let home = std::env::var("HOME").expect("HOME");
+    let p = PathBuf::from(home).join(".cache/kumo/images/guest.qcow2");
+    assert!(p.exists(), "{} missing: run scripts/setup.sh (it builds the test guest)", p.display());
+    p
+}
+
+fn datavolume(name: &str, url: &str, size: &str, immediate: bool) -> String {
+    let annotations =
+        if immediate { "\n  annotations: {cdi.kubevirt.io/storage.bind.immediate.requested: \"true\"}" } else { "" };
+    format!(
+        "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: {name}{annotations}\nspec:\n  \
+         source:\n    http:\n      url: {url}\n  storage:\n    resources:\n      requests:\n        storage: {size}\n"
+    )
+}
+
+const VM: &str = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata: {name: imported}
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      terminationGracePeriodSeconds: 5
+      domain:
+        memory: {guest: 256Mi}
+        devices:
+          disks:
+          - {name: root, disk: {bus: virtio}}
+      volumes:
+      - name: root
+        dataVolume: {name: guest}
+"#;
+
+fn get(s: &Server, args: &[&str]) -> String {
+    s.kubectl_ok(args).unwrap_or_else(|e| panic!("kubectl {args:?} failed (is the server alive?): {e}"))
+}
+
+fn field(s: &Server, dv: &str, path: &str) -> String {
+    get(s, &["get", "dv", dv, "-o", &format!("jsonpath={path}")])
+}
+
+#[test]
+fn an_http_import_shows_progress_and_a_vm_boots_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest_image(), dir.path().join("guest.qcow2")).unwrap();
+    // ~19 MiB at 4 MiB/s: a few seconds of progress to watch.
+    let http = HttpFiles::start(dir.path(), 4 << 20);
+    let mut s = Server::start_with_guests(&[]).unwrap();
+    s.apply(&datavolume("guest", &http.url("guest.qcow2"), "256Mi", false)).unwrap();
+    // The default class waits for a first consumer: nothing is imported before a VM uses it.
+    let waiting = eventually(Duration::from_secs(20), || {
+        (field(&s, "guest", "{.status.phase}") == "WaitForFirstConsumer").then_some(())
+    });
+    assert!(waiting.is_some(), "{}", get(&s, &["get", "dv", "guest", "-o", "yaml"]));
+    let header = get(&s, &["get", "dv"]);
+    assert!(header.starts_with("NAME") && header.contains("PHASE") && header.contains("PROGRESS"), "{header}");
+    assert!(header.contains("RESTARTS") && header.contains("N/A"), "{header}");
+
+    s.apply(VM).unwrap();
+    // Midway through the import the server and its agent are SIGKILLed: the half-written image is never
+    // marked done, and the import starts again after the restart.
+    let mut seen: Vec<String> = Vec::new();
+    let mut killed = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let now = field(&s, "guest", "{.status.phase} {.status.progress}");
+        if seen.last() != Some(&now) {
+            seen.push(now.clone());
+        }
+        if now.starts_with("Succeeded") {
+            break;
+        }
+        if !killed && now.starts_with("ImportInProgress") && now != "ImportInProgress 0.00%" {
+            s.restart().unwrap();
+            killed = true;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not imported: {seen:?}\n{}",
+            get(&s, &["describe", "dv", "guest"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(killed, "the import was seen in progress (and the server killed then): {seen:?}");
+    assert!(
+        seen.iter().any(|p| p.starts_with("ImportInProgress") && p.ends_with('%') && !p.ends_with(" 100.00%")),
+        "progress was seen midway: {seen:?}"
+    );
+    assert_eq!(seen.last().unwrap(), "Succeeded 100.00%");
+    let ready = field(&s, "guest", r#"{.status.conditions[?(@.type=="Ready")].status}"#);
+    assert_eq!(ready, "True");
+
+    // The VM boots from the imported disk: its shell answers on the console.
+    let out = s.kubectl(&["wait", "vmi", "imported", "--for=condition=Ready", "--timeout=180s"]).unwrap();
+    assert!(out.status.success(), "{}", get(&s, &["describe", "vmi", "imported"]));
+    let mut console = s.console("imported");
+    let answer = console.run("echo booted-$((40+2))", Duration::from_secs(90));
+    let (_, stderr) = console.close();
+    assert_eq!(answer.as_deref(), Some("booted-42"), "the imported guest's console: {stderr}");
+    // The volume holds the image as qcow2, grown to what was asked.
+    let pv = get(&s, &["get", "pvc", "guest", "-o", "jsonpath={.spec.volumeName}"]);
+    let image = s.data_dir().join("agent/volumes").join(&pv).join("disk.qcow2");
+    let info =
+        std::process::Command::new("qemu-img").args(["info", "-U", "--output=json"]).arg(&image).output().unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("qemu-img info of the volume");
+    assert_eq!((info["format"].as_str(), info["virtual-size"].as_u64()), (Some("qcow2"), Some(256 << 20)));
+    let check = std::process::Command::new("qemu-img").args(["check", "-U"]).arg(&image).output().unwrap();
+    assert!(check.status.success(), "a whole image: {}", String::from_utf8_lossy(&check.stdout));
+    let files: Vec<_> = std::fs::read_dir(image.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(files, ["disk.qcow2"], "no scratch or partial files left");
+
+    // Deleting the VM leaves the DataVolume (it is not the VM's); deleting the DataVolume removes its claim,
+    // volume and image.
+    get(&s, &["delete", "vm", "imported"]);
+    get(&s, &["delete", "dv", "guest"]);
+    let gone = eventually(Duration::from_secs(60), || {
+        (get(&s, &["get", "pvc,pv", "-o", "name"]).is_empty() && !image.exists()).then_some(())
+    });
+    assert!(gone.is_some(), "left: {} image exists: {}", get(&s, &["get", "pvc,pv"]), image.exists());
+}
+
+#[test]
+fn bad_sources_are_retried_with_the_reason_and_hurt_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest_image(), dir.path().join("guest.qcow2")).unwrap();
+    // A qcow2 whose header is garbled past its magic: qemu-img cannot read it.
+    let mut garbled = std::fs::read(guest_image()).unwrap();
+    garbled[4..64].fill(0xff);
+    std::fs::write(dir.path().join("garbled.qcow2"), garbled).unwrap();
+    let http = HttpFiles::start(dir.path(), 64 << 20);
+    let s = Server::start_with_guests(&[]).unwrap();
+    // A port nothing listens on: the connection is refused at once, as from a host that is down.
+    let dead = format!("http://127.0.0.1:{}/guest.qcow2", kumo_e2e::free_port());
+    let cases = [
+        ("missing", http.url("nothing-here.qcow2"), "404"),
+        ("unreachable", dead, "connecting to"),
+        ("garbled", http.url("garbled.qcow2"), "qemu-img"),
+        ("cutoff", http.url("truncated/guest.qcow2"), "cut short"),
+        ("toosmall", http.url("guest.qcow2"), "larger than the volume"),
+    ];
+    for (name, url, _) in &cases {
+        let size = if *name == "toosmall" { "8Mi" } else { "64Mi" };
+        s.apply(&datavolume(name, url, size, true)).unwrap();
+    }
+    s.apply(&datavolume("good", &http.url("guest.qcow2"), "64Mi", true)).unwrap();
+    for (name, _, why) in &cases {
+        let failed = eventually(Duration::from_secs(90), || {
+            let restarts: u32 = field(&s, name, "{.status.restartCount}").parse().unwrap_or(0);
+            let running = field(&s, name, r#"{.status.conditions[?(@.type=="Running")].message}"#);
+            (restarts >= 1 && running.contains(why)).then_some(running)
+        });
+        let describe = get(&s, &["describe", "dv", name]);
+        assert!(failed.is_some(), "{name}: no retry saying {why:?}: {describe}");
+        assert_eq!(field(&s, name, "{.status.phase}"), "ImportInProgress", "{name}: still being tried");
+        let events = get(&s, &["get", "events", "--field-selector", &format!("involvedObject.name={name}")]);
+        assert!(events.contains("Error") && events.contains(why), "{name}: a warning event says why: {events}");
+    }
+    // A failing try comes again, later each time (restartCount grows).
+    let again = eventually(Duration::from_secs(60), || {
+        (field(&s, "missing", "{.status.restartCount}").parse::<u32>().unwrap_or(0) >= 2).then_some(())
+    });
+    assert!(again.is_some(), "retried: {}", get(&s, &["describe", "dv", "missing"]));
+    let good =
+        eventually(Duration::from_secs(60), || (field(&s, "good", "{.status.phase}") == "Succeeded").then_some(()));
+    assert!(good.is_some(), "the good import is unaffected: {}", get(&s, &["describe", "dv", "good"]));
+    assert!(s.kubectl(&["get", "--raw", "/readyz"]).unwrap().status.success(), "the server is fine");
+}
