@@ -18,6 +18,7 @@ use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
+use kumo_api::cdi::DataVolume;
 use kumo_api::kubevirt::{VirtualMachine, VirtualMachineInstance, NODE_NAME_LABEL};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -191,6 +192,21 @@ async fn reconcile_vm(vm_obj: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Acti
     let vms = Api::<VirtualMachine>::namespaced(ctx.client.clone(), &ns);
     let vmis = Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), &ns);
     let vmi = vmis.get_opt(&name).await?;
+    let dvs = Api::<DataVolume>::namespaced(ctx.client.clone(), &ns);
+    let mut existing = std::collections::HashSet::new();
+    for t in vm_obj.spec.data_volume_templates.iter().flatten() {
+        let Some(n) = t.metadata.as_ref().and_then(|m| m.name.clone()) else { continue };
+        if dvs.get_opt(&n).await?.is_some() {
+            existing.insert(n);
+        }
+    }
+    for dv in vm::missing_data_volumes(&vm_obj, |n| existing.contains(n)) {
+        match dvs.create(&PostParams::default(), &dv).await {
+            Ok(_) => tracing::info!(vm = %name, datavolume = %dv.name_any(), "created the VM's DataVolume"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let plan = vm::plan(&vm_obj, vmi.as_ref(), &now());
     for action in &plan.actions {
         match action {

@@ -3,6 +3,7 @@
 //! Pure: no I/O, so every case is a unit test.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kumo_api::cdi::DataVolume;
 use kumo_api::conditions;
 use kumo_api::kubevirt::{StartFailure, VirtualMachine, VirtualMachineInstance, VirtualMachineStatus};
 
@@ -81,6 +82,41 @@ pub fn vmi_from_template(vm: &VirtualMachine) -> VirtualMachineInstance {
         spec: vm.spec.template.spec.clone(),
         status: None,
     }
+}
+
+/// The DataVolumes of `vm`'s `dataVolumeTemplates` that do not exist yet (`exists` says which do), owned by
+/// the VM so they go with it. Made whatever the run strategy, as KubeVirt makes them.
+pub fn missing_data_volumes(vm: &VirtualMachine, exists: impl Fn(&str) -> bool) -> Vec<DataVolume> {
+    if deleting(&vm.metadata) {
+        return vec![];
+    }
+    let owner = OwnerReference {
+        api_version: "kubevirt.io/v1".into(),
+        kind: "VirtualMachine".into(),
+        name: vm.metadata.name.clone().unwrap_or_default(),
+        uid: uid(&vm.metadata),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let templates = vm.spec.data_volume_templates.iter().flatten();
+    templates
+        .filter_map(|t| {
+            let meta = t.metadata.clone().unwrap_or_default();
+            let name = meta.name.clone().filter(|n| !exists(n))?;
+            Some(DataVolume {
+                metadata: ObjectMeta {
+                    name: Some(name),
+                    namespace: vm.metadata.namespace.clone(),
+                    labels: meta.labels,
+                    annotations: meta.annotations,
+                    owner_references: Some(vec![owner.clone()]),
+                    ..Default::default()
+                },
+                spec: t.spec.clone(),
+                status: None,
+            })
+        })
+        .collect()
 }
 
 /// What should happen for `vm`, whose VMI (same name) is `vmi`.
@@ -323,6 +359,26 @@ mod tests {
 
     fn vmi(phase: &str) -> VirtualMachineInstance {
         typed(vmi_json(phase))
+    }
+
+    #[test]
+    fn data_volume_templates_become_datavolumes_the_vm_owns() {
+        let mut v = vm_json("Halted");
+        v["spec"]["dataVolumeTemplates"] = json!([
+            {"metadata": {"name": "root", "labels": {"a": "b"}},
+             "spec": {"source": {"blank": {}}, "storage": {"resources": {"requests": {"storage": "1Gi"}}}}},
+            {"metadata": {"name": "data"}, "spec": {"source": {"blank": {}}}}]);
+        let v: VirtualMachine = typed(v);
+        let made = missing_data_volumes(&v, |n| n == "data");
+        assert_eq!(made.len(), 1, "only the missing one, even for a halted VM");
+        let dv = &made[0];
+        assert_eq!(dv.metadata.name.as_deref(), Some("root"));
+        assert_eq!(dv.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(dv.metadata.owner_references.as_ref().unwrap()[0].uid, "vm-uid");
+        assert_eq!(dv.metadata.labels.as_ref().unwrap()["a"], "b");
+        let mut gone = v.clone();
+        gone.metadata.deletion_timestamp = typed(json!("2026-01-01T00:00:00Z"));
+        assert!(missing_data_volumes(&gone, |_| false).is_empty(), "not for a VM being deleted");
     }
 
     /// `vm` with the status a previous plan wrote.

@@ -178,3 +178,55 @@ fn bad_sources_are_retried_with_the_reason_and_hurt_nothing_else() {
     assert!(good.is_some(), "the good import is unaffected: {}", get(&s, &["describe", "dv", "good"]));
     assert!(s.kubectl(&["get", "--raw", "/readyz"]).unwrap().status.success(), "the server is fine");
 }
+
+const TEMPLATED: &str = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata: {name: templated}
+spec:
+  runStrategy: Always
+  dataVolumeTemplates:
+  - metadata: {name: templated-root}
+    spec:
+      source:
+        registry: {url: "docker://quay.io/kumo/test-guest:latest"}
+      storage:
+        resources: {requests: {storage: 128Mi}}
+  template:
+    spec:
+      terminationGracePeriodSeconds: 5
+      domain:
+        memory: {guest: 256Mi}
+        devices:
+          disks:
+          - {name: root, disk: {bus: virtio}}
+      volumes:
+      - name: root
+        dataVolume: {name: templated-root}
+"#;
+
+/// A VM's `dataVolumeTemplates` with a registry source (a containerDisk, through the local registry): the VM
+/// makes and owns the DataVolume, boots from it, and takes it, its claim and its image along when deleted.
+#[test]
+fn a_vm_boots_from_its_registry_datavolume_template_and_takes_it_along() {
+    let s = Server::start_with_guests(&[]).unwrap();
+    s.apply(TEMPLATED).unwrap();
+    let out = s.kubectl(&["wait", "vmi", "templated", "--for=condition=Ready", "--timeout=180s"]).unwrap();
+    assert!(out.status.success(), "{}\n{}", get(&s, &["describe", "vmi", "templated"]), get(&s, &["describe", "dv"]));
+    assert_eq!(field(&s, "templated-root", "{.status.phase} {.status.progress}"), "Succeeded 100.00%");
+    let owner = field(&s, "templated-root", "{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}");
+    assert_eq!(owner, "VirtualMachine/templated");
+    let mut console = s.console("templated");
+    let answer = console.run("echo registry-$((40+2))", Duration::from_secs(90));
+    let (_, stderr) = console.close();
+    assert_eq!(answer.as_deref(), Some("registry-42"), "the guest's console: {stderr}");
+    let pv = get(&s, &["get", "pvc", "templated-root", "-o", "jsonpath={.spec.volumeName}"]);
+    let image = s.data_dir().join("agent/volumes").join(&pv).join("disk.qcow2");
+    assert!(image.exists(), "{} missing", image.display());
+
+    get(&s, &["delete", "vm", "templated"]);
+    let gone = eventually(Duration::from_secs(90), || {
+        (get(&s, &["get", "dv,pvc,pv", "-o", "name"]).is_empty() && !image.exists()).then_some(())
+    });
+    assert!(gone.is_some(), "left: {} image exists: {}", get(&s, &["get", "dv,pvc,pv"]), image.exists());
+}

@@ -97,7 +97,7 @@ pub(crate) struct Agent {
     pub node: String,
     pub accel: Accel,
     pub qemu: PathBuf,
-    pub images: ImageCache,
+    pub images: Arc<ImageCache>,
     pub node_net: NodeNet,
     pub ipam: Ipam,
     pub vms: Mutex<HashMap<String, Arc<LocalVm>>>,
@@ -150,9 +150,12 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     podnet::start(client.clone(), host.name.clone(), node_net.clone()).await?;
     let reporter = Reporter { controller: "kumo-agent".into(), instance: Some(host.name.clone()) };
     let volume_dirs = VolumeDirs { local: cfg.volume_dir.clone(), shared: cfg.shared_volume_dir.clone() };
+    let images = Arc::new(ImageCache::new(cfg.image_cache.clone()));
     let keeper = Arc::new(keeper::Keeper {
         client: client.clone(),
         dirs: volume_dirs.clone(),
+        images: images.clone(),
+        registry: cfg.registry.clone(),
         recorder: Recorder::new(client.clone(), reporter.clone()),
     });
     let node_name = host.name.clone();
@@ -162,7 +165,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
         node: host.name.clone(),
         accel,
         qemu,
-        images: ImageCache::new(cfg.image_cache.clone()),
+        images,
         node_net,
         ipam: Ipam::for_cidr(cfg.state_dir.join("ipam"), pod_cidr)?,
         vms: Mutex::new(HashMap::new()),

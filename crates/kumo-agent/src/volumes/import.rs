@@ -103,8 +103,8 @@ fn write_decoded(mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>, path: &Path)
     Ok(())
 }
 
-/// Converts the downloaded image into the volume's format and size.
-async fn convert(scratch: &Path, target: &Target<'_>) -> Result<(), String> {
+/// Converts an image (a download, a cached containerDisk) into the volume's format and size.
+pub async fn convert(scratch: &Path, target: &Target<'_>) -> Result<(), String> {
     let info = crate::image::image_info(scratch)
         .await
         .map_err(|e| format!("the downloaded file is not a disk image qemu-img can read: {e:#}"))?;

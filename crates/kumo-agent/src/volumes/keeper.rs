@@ -5,7 +5,7 @@
 //! leaves either no image (made again on restart) or a whole one; only then is the volume marked Ready.
 
 use super::{import, VolumeDirs};
-use crate::image::create_empty_disk;
+use crate::image::{create_empty_disk, ImageCache, PullPolicy, RegistryConfig};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{Patch, PatchParams};
@@ -23,6 +23,9 @@ use std::time::Duration;
 pub struct Keeper {
     pub client: Client,
     pub dirs: VolumeDirs,
+    /// containerDisks a `registry` source is pulled into (the agent's cache, shared with its VMIs).
+    pub images: Arc<ImageCache>,
+    pub registry: RegistryConfig,
     pub recorder: Recorder,
 }
 
@@ -169,11 +172,19 @@ where
         return Ok(()); // filled before the agent stopped, not yet marked
     }
     let source = populate_source(pv).unwrap_or_default();
-    let url = source.pointer("/http/url").and_then(|u| u.as_str());
-    let url = url.ok_or_else(|| format!("unsupported DataVolume source {source}: kumo imports from http"))?;
     let dir = keeper.dirs.dir_of(pv)?;
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let target = import::Target { image: &image, bytes: capacity(pv)?, block: prov::is_block(pv) };
+    if let Some(url) = source.pointer("/registry/url").and_then(|u| u.as_str()) {
+        // A containerDisk: pulled into the image cache as a VMI's would be, then converted from there.
+        let reference = url.strip_prefix("docker://").unwrap_or(url);
+        let policy = PullPolicy::for_image(None, reference);
+        let disk = keeper.images.disk_for(reference, &keeper.registry, policy).await;
+        let disk = disk.map_err(|e| format!("pulling {reference}: {e:#}"))?;
+        return import::convert(&disk.path, &target).await;
+    }
+    let url = source.pointer("/http/url").and_then(|u| u.as_str());
+    let url = url.ok_or_else(|| format!("unsupported DataVolume source {source}: kumo imports http and registry"))?;
     let fraction = std::sync::Mutex::new(None::<f64>);
     let report = |f: f64| *fraction.lock().unwrap() = Some(f);
     let import = import::http(url, &target, &report);

@@ -20,6 +20,11 @@ pub const POPULATE_SOURCE: &str = "kumo.dev/populate-source";
 
 const SCHEMA: &str = include_str!("../../crds/cdi-datavolume.yaml");
 
+/// The schema of a DataVolume's spec (also a VM's `dataVolumeTemplates[].spec`).
+pub fn spec_schema() -> Value {
+    yaml(SCHEMA)["properties"]["spec"].clone()
+}
+
 /// The DataVolume CRD.
 pub fn datavolume_crd() -> Value {
     crd_in(
@@ -94,24 +99,30 @@ pub struct DataVolumeCondition {
 
 /// The semantic checks CDI's webhook makes: one source, one of `storage`/`pvc`, a size.
 pub fn validate(obj: &Value) -> Vec<crate::status::Cause> {
+    validate_spec(obj.get("spec").unwrap_or(&Value::Null), "spec")
+}
+
+/// [`validate`] for a spec at `path` (a DataVolume's, or a VM's template's).
+pub fn validate_spec(spec: &Value, path: &str) -> Vec<crate::status::Cause> {
     use crate::status::Cause;
+    let obj = &serde_json::json!({"spec": spec});
     let mut c = Vec::new();
     let sources: Vec<&String> =
         obj.pointer("/spec/source").and_then(Value::as_object).into_iter().flatten().map(|(k, _)| k).collect();
     if sources.len() != 1 {
-        c.push(Cause::invalid("spec.source", "exactly one source must be set (http or blank)"));
+        c.push(Cause::invalid(format!("{path}.source"), "exactly one source must be set (http, registry or blank)"));
     }
     let storage = obj.pointer("/spec/storage");
     let pvc = obj.pointer("/spec/pvc");
     let (claim, field) = match (storage, pvc) {
         (Some(_), Some(_)) => {
-            c.push(Cause::invalid("spec", "only one of spec.storage and spec.pvc may be set"));
+            c.push(Cause::invalid(path, "only one of storage and pvc may be set"));
             return c;
         }
-        (Some(s), None) => (s, "spec.storage"),
-        (None, Some(p)) => (p, "spec.pvc"),
+        (Some(s), None) => (s, format!("{path}.storage")),
+        (None, Some(p)) => (p, format!("{path}.pvc")),
         (None, None) => {
-            c.push(Cause::invalid("spec.storage", "one of spec.storage and spec.pvc is required"));
+            c.push(Cause::invalid(format!("{path}.storage"), "one of storage and pvc is required"));
             return c;
         }
     };
@@ -124,8 +135,8 @@ pub fn validate(obj: &Value) -> Vec<crate::status::Cause> {
         }
         Some(Ok(_)) => {}
     }
-    if field == "spec.pvc" && claim.get("accessModes").and_then(Value::as_array).is_none_or(|m| m.is_empty()) {
-        c.push(Cause::invalid("spec.pvc.accessModes", "at least 1 access mode is required"));
+    if field.ends_with(".pvc") && claim.get("accessModes").and_then(Value::as_array).is_none_or(|m| m.is_empty()) {
+        c.push(Cause::invalid(format!("{field}.accessModes"), "at least 1 access mode is required"));
     }
     c
 }

@@ -120,6 +120,10 @@ pub fn vm_crd() -> Value {
         "template": {"type": "object", "required": ["spec"], "properties": {
             "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
             "spec": yaml(VMI_SPEC)}},
+        "dataVolumeTemplates": {"type": "array", "description": "DataVolumes the VM owns.",
+            "items": {"type": "object", "required": ["spec"], "properties": {
+                "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                "spec": crate::cdi::spec_schema()}}},
     }});
     let status = json!({"type": "object", "properties": {
         "printableStatus": {"type": "string"}, "ready": {"type": "boolean"}, "created": {"type": "boolean"},

@@ -17,6 +17,15 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
                     c.push(Cause::invalid("spec.running", "running and runStrategy are mutually exclusive"));
                 }
                 c.extend(validate_vmi_spec(&spec.template.spec, "spec.template.spec"));
+                for (i, t) in
+                    obj.pointer("/spec/dataVolumeTemplates").and_then(Value::as_array).into_iter().flatten().enumerate()
+                {
+                    let path = format!("spec.dataVolumeTemplates[{i}]");
+                    if t.pointer("/metadata/name").and_then(Value::as_str).is_none_or(str::is_empty) {
+                        c.push(Cause::required(format!("{path}.metadata.name")));
+                    }
+                    c.extend(crate::cdi::validate_spec(t.get("spec").unwrap_or(&Value::Null), &format!("{path}.spec")));
+                }
                 c
             }
             Err(c) => vec![c],

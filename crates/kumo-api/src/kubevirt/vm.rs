@@ -26,6 +26,17 @@ pub struct VirtualMachineSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_strategy: Option<String>,
     pub template: VirtualMachineInstanceTemplateSpec,
+    /// DataVolumes the VM owns (made with it, deleted with it), named by their metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_volume_templates: Option<Vec<DataVolumeTemplateSpec>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DataVolumeTemplateSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMeta>,
+    pub spec: crate::cdi::DataVolumeSpec,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
