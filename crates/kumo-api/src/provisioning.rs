@@ -27,6 +27,10 @@ pub const PROGRESS: &str = "kumo.dev/populate-progress";
 pub const RESTARTS: &str = "kumo.dev/populate-restarts";
 pub const RETRY_AFTER: &str = "kumo.dev/populate-retry-after";
 
+/// On a volume kumo provisioned: the size its image was made or grown to (bytes); less than the capacity
+/// when the claim was expanded and the image not yet grown.
+pub const IMAGE_BYTES: &str = "kumo.dev/image-bytes";
+
 pub const PENDING: &str = "Pending";
 /// Being filled from its source (a DataVolume's).
 pub const POPULATING: &str = "Populating";

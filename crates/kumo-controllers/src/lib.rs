@@ -14,6 +14,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod protection;
 pub mod provisioner;
+pub mod resizer;
 pub mod runtime;
 pub mod sched;
 pub mod vm;
@@ -31,14 +32,15 @@ pub struct Config {
 
 /// Runs every controller until the process ends.
 pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
-    let (workloads, (), lifecycle, (), (), (), ()) = tokio::join!(
+    let (workloads, (), lifecycle, (), (), (), (), ()) = tokio::join!(
         runtime::run(client.clone(), cfg.scheduler),
         nodeipam::run(client.clone(), cfg.pod_network),
         nodelifecycle::run(client.clone(), cfg.lifecycle),
         protection::run(client.clone()),
         binder::run(client.clone()),
         provisioner::run(client.clone()),
-        datavolume::run(client)
+        datavolume::run(client.clone()),
+        resizer::run(client)
     );
     workloads.and(lifecycle)
 }

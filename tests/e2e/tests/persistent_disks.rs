@@ -79,9 +79,13 @@ fn write_disk(s: &Server, serial: &str, text: &str) {
 
 /// The first line of the disk with `serial`, read in the guest.
 fn read_disk(s: &Server, serial: &str) -> String {
-    let mut c = s.console("keeper");
-    let find = FIND.replace("SERIAL", serial);
-    let out = c.run(&format!("head -n 1 $({find})"), secs(90));
+    in_guest(s, "keeper", &format!("head -n 1 $({})", FIND.replace("SERIAL", serial)))
+}
+
+/// What `cmd` prints in `vm`'s guest.
+fn in_guest(s: &Server, vm: &str, cmd: &str) -> String {
+    let mut c = s.console(vm);
+    let out = c.run(cmd, secs(90));
     let seen = c.seen();
     let (_, stderr) = c.close();
     out.unwrap_or_else(|| panic!("the guest did not answer on its console: {stderr}\n{seen}"))
@@ -172,4 +176,60 @@ fn what_the_guest_writes_stays_and_deleting_the_claims_leaves_no_image() {
         dirs,
         dirs.iter().map(|d| d.exists()).collect::<Vec<_>>()
     );
+}
+
+const GROWING: &str = r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: growing}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 64Mi}}
+---
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata: {name: grower}
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      terminationGracePeriodSeconds: 5
+      domain:
+        memory: {guest: 256Mi}
+        devices:
+          disks:
+          - {name: root, disk: {bus: virtio}}
+          - {name: data, serial: growing, disk: {bus: virtio}}
+      volumes:
+      - name: root
+        containerDisk: {image: quay.io/kumo/test-guest:latest}
+      - name: data
+        persistentVolumeClaim: {claimName: growing}
+"#;
+
+/// Expanding a claim (`kubectl patch pvc`) grows its image under the running guest, which sees the new size
+/// (QMP block_resize); the claim's capacity follows; shrinking it back is refused.
+#[test]
+fn a_running_guest_sees_its_claim_grow() {
+    let s = Server::start_with_guests(&[]).unwrap();
+    s.apply(GROWING).unwrap();
+    let out = s.kubectl(&["wait", "vmi", "grower", "--for=condition=Ready", "--timeout=180s"]).unwrap();
+    assert!(out.status.success(), "{}", get(&s, &["describe", "vmi", "grower"]));
+    let sectors = |s: &Server| {
+        let dev = FIND.replace("SERIAL", "growing");
+        in_guest(s, "grower", &format!("d=$({dev}); cat /sys/block/${{d##*/}}/size"))
+    };
+    assert_eq!(sectors(&s), (64u64 << 20 >> 9).to_string(), "64Mi to begin with");
+    get(&s, &["patch", "pvc", "growing", "-p", r#"{"spec":{"resources":{"requests":{"storage":"128Mi"}}}}"#]);
+    let grown = eventually(secs(60), || {
+        (get(&s, &["get", "pvc", "growing", "-o", "jsonpath={.status.capacity.storage}"]) == "128Mi").then_some(())
+    });
+    assert!(grown.is_some(), "the claim's capacity: {}", get(&s, &["describe", "pvc", "growing"]));
+    assert_eq!(sectors(&s), (128u64 << 20 >> 9).to_string(), "the running guest sees 128Mi");
+    let events = get(&s, &["get", "events", "--field-selector", "involvedObject.name=growing"]);
+    assert!(events.contains("VolumeResizeSuccessful"), "{events}");
+    let err = s
+        .kubectl_err(&["patch", "pvc", "growing", "-p", r#"{"spec":{"resources":{"requests":{"storage":"64Mi"}}}}"#])
+        .unwrap();
+    assert!(err.contains("spec.resources.requests.storage"), "shrinking is refused: {err}");
 }

@@ -150,22 +150,12 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     podnet::start(client.clone(), host.name.clone(), node_net.clone()).await?;
     let reporter = Reporter { controller: "kumo-agent".into(), instance: Some(host.name.clone()) };
     let volume_dirs = VolumeDirs { local: cfg.volume_dir.clone(), shared: cfg.shared_volume_dir.clone() };
-    let images = Arc::new(ImageCache::new(cfg.image_cache.clone()));
-    let keeper = Arc::new(keeper::Keeper {
-        client: client.clone(),
-        dirs: volume_dirs.clone(),
-        images: images.clone(),
-        registry: cfg.registry.clone(),
-        recorder: Recorder::new(client.clone(), reporter.clone()),
-    });
-    let node_name = host.name.clone();
-    tokio::spawn(async move { keeper::run(keeper, &node_name).await });
     let agent = Arc::new(Agent {
         client: client.clone(),
         node: host.name.clone(),
         accel,
         qemu,
-        images,
+        images: Arc::new(ImageCache::new(cfg.image_cache.clone())),
         node_net,
         ipam: Ipam::for_cidr(cfg.state_dir.join("ipam"), pod_cidr)?,
         vms: Mutex::new(HashMap::new()),
@@ -173,6 +163,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
         volume_dirs,
         cfg,
     });
+    tokio::spawn(keeper::run(agent.clone()));
     // Only this node's VMIs, selected by the server: KubeVirt's node label, which the scheduler sets when it
     // binds and keeps on the VMI until it is gone (deleting and finished ones included, so their cleanup is
     // seen here). A node's credential may list and watch VMIs only with this selector.

@@ -2,17 +2,19 @@
 //! images are made when the volume is new, and removed before the volume object goes.
 //!
 //! Making an image is atomic: it is written under a temporary name and renamed, so an agent killed midway
-//! leaves either no image (made again on restart) or a whole one; only then is the volume marked Ready.
+//! leaves either no image (made again on restart) or a whole one; only then is the volume marked Ready. A
+//! volume whose capacity grew (its claim was expanded) has its image grown ([`super::grow`]).
 
-use super::{import, VolumeDirs};
-use crate::image::{create_empty_disk, ImageCache, PullPolicy, RegistryConfig};
+use super::{grow, import, VolumeDirs};
+use crate::agent::Agent as Keeper;
+use crate::image::{create_empty_disk, PullPolicy};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use kumo_api::cdi::POPULATE_SOURCE;
 use kumo_api::provisioning::{self as prov, CLEANUP_FINALIZER, VOLUME_NODE_LABEL};
 use serde_json::json;
@@ -20,24 +22,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub struct Keeper {
-    pub client: Client,
-    pub dirs: VolumeDirs,
-    /// containerDisks a `registry` source is pulled into (the agent's cache, shared with its VMIs).
-    pub images: Arc<ImageCache>,
-    pub registry: RegistryConfig,
-    pub recorder: Recorder,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Other(String),
 }
 
 /// Keeps this node's volumes until the process ends.
-pub async fn run(keeper: Arc<Keeper>, node: &str) {
-    let mine = format!("{VOLUME_NODE_LABEL}={node}");
+pub(crate) async fn run(keeper: Arc<Keeper>) {
+    let mine = format!("{VOLUME_NODE_LABEL}={}", keeper.node);
     let api = Api::<PersistentVolume>::all(keeper.client.clone());
     Controller::new(api, watcher::Config::default().labels(&mine))
         .run(
@@ -58,6 +53,8 @@ enum Step {
     Nothing,
     Make,
     Remove,
+    /// The volume's capacity grew past its image's size (bytes).
+    Grow(u64),
 }
 
 fn step(pv: &PersistentVolume) -> Step {
@@ -70,6 +67,13 @@ fn step(pv: &PersistentVolume) -> Step {
     // Populating: an agent stopped midway; the import starts again.
     match prov::state(pv) {
         Some(prov::PENDING | prov::POPULATING) => Step::Make,
+        Some(prov::READY) => {
+            let made: Option<u64> = prov::annotation(pv, prov::IMAGE_BYTES).and_then(|b| b.parse().ok());
+            match (capacity(pv), made) {
+                (Ok(want), Some(have)) if want > have => Step::Grow(want),
+                _ => Step::Nothing,
+            }
+        }
         _ => Step::Nothing,
     }
 }
@@ -80,8 +84,22 @@ async fn reconcile(pv: Arc<PersistentVolume>, keeper: Arc<Keeper>) -> Result<Act
     match step(&pv) {
         Step::Nothing => {}
         Step::Make if populate_source(&pv).is_some() => return populate(&keeper, &pv).await,
+        Step::Grow(bytes) => {
+            let image = keeper.volume_dirs.image_of(&pv).map_err(Error::Other)?;
+            match grow::grow(&keeper, &image, bytes).await {
+                Ok(how) => {
+                    tracing::info!(volume = %name, bytes, how, "volume image grown");
+                    let patch = json!({"metadata": {"annotations": {prov::IMAGE_BYTES: bytes.to_string()}}});
+                    conditional(api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await)?;
+                }
+                Err(why) => {
+                    event(&keeper, &pv, "VolumeResizeFailed", why).await;
+                    return Ok(Action::requeue(Duration::from_secs(15)));
+                }
+            }
+        }
         Step::Make => {
-            let (state, message) = match make(&keeper.dirs, &pv).await {
+            let (state, message) = match make(&keeper.volume_dirs, &pv).await {
                 Ok(()) => (prov::READY, None),
                 Err(why) => {
                     event(&keeper, &pv, "VolumeFailed", why.clone()).await;
@@ -89,12 +107,13 @@ async fn reconcile(pv: Arc<PersistentVolume>, keeper: Arc<Keeper>) -> Result<Act
                 }
             };
             tracing::info!(volume = %name, state, "volume image");
+            let bytes = (state == prov::READY).then(|| capacity(&pv).ok()).flatten().map(|b| b.to_string());
             let patch = json!({"metadata": {"resourceVersion": pv.resource_version(), "annotations": {
-                prov::VOLUME_STATE: state, prov::VOLUME_MESSAGE: message}}});
+                prov::VOLUME_STATE: state, prov::VOLUME_MESSAGE: message, prov::IMAGE_BYTES: bytes}}});
             conditional(api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await)?;
         }
         Step::Remove => {
-            if let Err(why) = remove(&keeper.dirs, &pv) {
+            if let Err(why) = remove(&keeper.volume_dirs, &pv) {
                 event(&keeper, &pv, "VolumeFailedDelete", why).await;
                 return Ok(Action::requeue(Duration::from_secs(10)));
             }
@@ -144,8 +163,9 @@ async fn populate(keeper: &Keeper, pv: &PersistentVolume) -> Result<Action, Erro
     match result {
         Ok(()) => {
             tracing::info!(volume = %name, "volume filled from its source");
+            let bytes = capacity(pv).ok().map(|b| b.to_string());
             set(json!({prov::VOLUME_STATE: prov::READY, prov::PROGRESS: kumo_api::cdi::progress(1.0),
-                prov::VOLUME_MESSAGE: null, prov::RETRY_AFTER: null}))
+                prov::VOLUME_MESSAGE: null, prov::RETRY_AFTER: null, prov::IMAGE_BYTES: bytes}))
             .await?;
             Ok(Action::await_change())
         }
@@ -167,19 +187,19 @@ where
     F: Fn(serde_json::Value) -> Fut,
     Fut: std::future::Future<Output = Result<(), Error>>,
 {
-    let image = keeper.dirs.image_of(pv)?;
+    let image = keeper.volume_dirs.image_of(pv)?;
     if image.exists() {
         return Ok(()); // filled before the agent stopped, not yet marked
     }
     let source = populate_source(pv).unwrap_or_default();
-    let dir = keeper.dirs.dir_of(pv)?;
+    let dir = keeper.volume_dirs.dir_of(pv)?;
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let target = import::Target { image: &image, bytes: capacity(pv)?, block: prov::is_block(pv) };
     if let Some(url) = source.pointer("/registry/url").and_then(|u| u.as_str()) {
         // A containerDisk: pulled into the image cache as a VMI's would be, then converted from there.
         let reference = url.strip_prefix("docker://").unwrap_or(url);
         let policy = PullPolicy::for_image(None, reference);
-        let disk = keeper.images.disk_for(reference, &keeper.registry, policy).await;
+        let disk = keeper.images.disk_for(reference, &keeper.cfg.registry, policy).await;
         let disk = disk.map_err(|e| format!("pulling {reference}: {e:#}"))?;
         return import::convert(&disk.path, &target).await;
     }

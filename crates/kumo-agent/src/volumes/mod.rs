@@ -8,6 +8,7 @@
 //! or `hostPath` source is used as KubeVirt uses one: the file itself, or `disk.img` in the directory.
 
 pub mod attach;
+mod grow;
 pub mod import;
 pub mod keeper;
 
