@@ -1,5 +1,5 @@
 //! KubeVirt's `subresources.kubevirt.io/v1` API (what KubeVirt's virt-api serves and virtctl calls):
-//! VM start/stop/restart and VMI pause/unpause. They translate into ordinary writes the controllers and the
+//! VM start/stop/restart, VMI pause/unpause and volume hotplug ([`crate::hotplug`]). They translate into ordinary writes the controllers and the
 //! node agent act on — a runStrategy change or a stateChangeRequest on the VM, a pause annotation on the VMI.
 
 use crate::handlers::Call;
@@ -14,8 +14,10 @@ use std::sync::Arc;
 pub const GROUP: &str = "subresources.kubevirt.io";
 use kumo_api::kubevirt::PAUSE_ANNOTATION;
 
-const VERBS: &[(&str, &[&str])] =
-    &[("virtualmachines", &["start", "stop", "restart"]), ("virtualmachineinstances", &["pause", "unpause"])];
+const VERBS: &[(&str, &[&str])] = &[
+    ("virtualmachines", &["start", "stop", "restart", "addvolume", "removevolume"]),
+    ("virtualmachineinstances", &["pause", "unpause", "addvolume", "removevolume"]),
+];
 
 /// The discovery document for `subresources.kubevirt.io/v1`.
 pub fn discovery() -> Value {
@@ -56,6 +58,26 @@ pub async fn serve(api: &Arc<ApiServer>, call: &Call) -> Result<Resp, ApiError> 
         .ok_or_else(|| ApiError::internal("kubevirt.io CRDs missing"))?;
     let (ns, name) = (call.namespace(), call.name());
     match sub {
+        "addvolume" | "removevolume" => {
+            let vmi = api.objects.try_get(&vmi_def, ns, name).await?;
+            let running =
+                vmi.as_ref().filter(|i| i.pointer("/status/phase").and_then(Value::as_str) == Some("Running"));
+            if p.resource == "virtualmachines" {
+                // The VM's template keeps the volume; a running instance gets it now too.
+                let mut vm = api.objects.get(&vm_def, ns, name).await?;
+                crate::hotplug::apply(sub, &mut vm["spec"]["template"]["spec"], &call.body)?;
+                crate::hotplug::check("VirtualMachine", name, &vm)?;
+                api.objects.update(&vm_def, &vm, parse_rv(meta::resource_version(&vm))?).await?;
+            } else if running.is_none() {
+                return Err(conflict(&vmi_def, name, "VMI is not running"));
+            }
+            if let Some(i) = running {
+                let mut next = i.clone();
+                crate::hotplug::apply(sub, &mut next["spec"], &call.body)?;
+                crate::hotplug::check("VirtualMachineInstance", name, &next)?;
+                api.objects.update(&vmi_def, &next, parse_rv(meta::resource_version(i))?).await?;
+            }
+        }
         "start" | "stop" | "restart" => {
             let vm = api.objects.get(&vm_def, ns, name).await?;
             let vmi = api.objects.try_get(&vmi_def, ns, name).await?;

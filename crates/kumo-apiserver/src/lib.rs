@@ -17,6 +17,7 @@ pub mod csr;
 pub mod discovery;
 pub mod gc;
 pub mod handlers;
+pub mod hotplug;
 pub mod kubevirt;
 pub mod objects;
 pub mod openapi;

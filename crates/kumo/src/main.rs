@@ -74,6 +74,32 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Hot-plug a DataVolume or PersistentVolumeClaim into a running VMI (as `virtctl addvolume`).
+    Addvolume {
+        /// The VMI (and with --persist, its VM).
+        name: String,
+        /// The DataVolume or claim to plug in.
+        #[arg(long)]
+        volume_name: String,
+        /// The disk's serial number in the guest.
+        #[arg(long)]
+        serial: Option<String>,
+        /// Add it to the VM's template too, so it stays across restarts.
+        #[arg(long)]
+        persist: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Unplug a hot-plugged volume from a running VMI (as `virtctl removevolume`).
+    Removevolume {
+        name: String,
+        #[arg(long)]
+        volume_name: String,
+        #[arg(long)]
+        persist: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Resume a paused guest: `kumo unpause vmi NAME`.
     Unpause {
         kind: String,
@@ -357,6 +383,18 @@ async fn main() -> Result<()> {
         Command::Start { name, target } => vm_verb(&target, "virtualmachines", &name, "start").await,
         Command::Stop { name, target } => vm_verb(&target, "virtualmachines", &name, "stop").await,
         Command::Restart { name, target } => vm_verb(&target, "virtualmachines", &name, "restart").await,
+        Command::Addvolume { name, volume_name, serial, persist, target } => {
+            let (client, ns) = target_client(&target).await?;
+            virtctl::add_volume(&client, &ns, &name, &volume_name, serial.as_deref(), persist).await?;
+            println!("Successfully submitted add volume request to VM {name} for volume {volume_name}");
+            Ok(())
+        }
+        Command::Removevolume { name, volume_name, persist, target } => {
+            let (client, ns) = target_client(&target).await?;
+            virtctl::remove_volume(&client, &ns, &name, &volume_name, persist).await?;
+            println!("Successfully submitted remove volume request to VM {name} for volume {volume_name}");
+            Ok(())
+        }
         Command::Pause { kind, name, target } => {
             virtctl::kind_plural(&kind)?;
             vm_verb(&target, "virtualmachineinstances", &name, "pause").await
@@ -424,9 +462,15 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn vm_verb(target: &Target, plural: &str, name: &str, verb: &str) -> Result<()> {
+/// The client and namespace a virtctl-like verb works in.
+async fn target_client(target: &Target) -> Result<(kube::Client, String)> {
     let client = client_from(target.kubeconfig.as_deref()).await?;
     let ns = target.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    Ok((client, ns))
+}
+
+async fn vm_verb(target: &Target, plural: &str, name: &str, verb: &str) -> Result<()> {
+    let (client, ns) = target_client(target).await?;
     virtctl::put_subresource(&client, &ns, plural, name, verb).await?;
     let what = if plural == "virtualmachines" { "VM" } else { "VMI" };
     println!("{what} {name} was scheduled to {verb}");

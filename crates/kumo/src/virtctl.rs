@@ -1,17 +1,63 @@
-//! virtctl-like verbs: `kumo start|stop|restart VM`, `kumo pause|unpause vmi|vm NAME`. Each is one PUT to
+//! virtctl-like verbs: `kumo start|stop|restart VM`, `kumo pause|unpause vmi|vm NAME`,
+//! `kumo addvolume|removevolume VMI --volume-name NAME`. Each is one PUT to
 //! KubeVirt's `subresources.kubevirt.io/v1` API, so they work against kumo or a real KubeVirt.
 
 use anyhow::{bail, Context, Result};
 
 /// PUTs `/apis/subresources.kubevirt.io/v1/namespaces/{ns}/{plural}/{name}/{verb}`.
 pub async fn put_subresource(client: &kube::Client, ns: &str, plural: &str, name: &str, verb: &str) -> Result<()> {
+    put_subresource_with(client, ns, plural, name, verb, &serde_json::json!({})).await
+}
+
+/// [`put_subresource`] with a body.
+pub async fn put_subresource_with(
+    client: &kube::Client,
+    ns: &str,
+    plural: &str,
+    name: &str,
+    verb: &str,
+    body: &serde_json::Value,
+) -> Result<()> {
     let url = format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/{plural}/{name}/{verb}");
-    let req = http::Request::put(&url).header("content-type", "application/json").body(b"{}".to_vec())?;
+    let req =
+        http::Request::put(&url).header("content-type", "application/json").body(body.to_string().into_bytes())?;
     match client.request_text(req).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) => bail!("{verb} {name}: {} ({})", e.message, e.reason),
         Err(e) => Err(e).with_context(|| format!("{verb} {name}: talking to the API server")),
     }
+}
+
+/// `kumo addvolume VMI --volume-name=NAME` (as `virtctl addvolume`): a DataVolume of that name is plugged in as
+/// a dataVolume, else the claim of that name; with `persist`, the VM's template keeps it too.
+pub async fn add_volume(
+    client: &kube::Client,
+    ns: &str,
+    vmi: &str,
+    volume: &str,
+    serial: Option<&str>,
+    persist: bool,
+) -> Result<()> {
+    let dvs: kube::Api<kumo_api::cdi::DataVolume> = kube::Api::namespaced(client.clone(), ns);
+    let is_dv = dvs.get_opt(volume).await.with_context(|| format!("looking up DataVolume {volume}"))?.is_some();
+    let source = if is_dv {
+        serde_json::json!({"dataVolume": {"name": volume, "hotpluggable": true}})
+    } else {
+        serde_json::json!({"persistentVolumeClaim": {"claimName": volume, "hotpluggable": true}})
+    };
+    let mut disk = serde_json::json!({"name": volume, "disk": {"bus": "scsi"}});
+    if let Some(s) = serial {
+        disk["serial"] = serde_json::json!(s);
+    }
+    let body = serde_json::json!({"name": volume, "disk": disk, "volumeSource": source});
+    let plural = if persist { "virtualmachines" } else { "virtualmachineinstances" };
+    put_subresource_with(client, ns, plural, vmi, "addvolume", &body).await
+}
+
+/// `kumo removevolume VMI --volume-name=NAME` (as `virtctl removevolume`).
+pub async fn remove_volume(client: &kube::Client, ns: &str, vmi: &str, volume: &str, persist: bool) -> Result<()> {
+    let plural = if persist { "virtualmachines" } else { "virtualmachineinstances" };
+    put_subresource_with(client, ns, plural, vmi, "removevolume", &serde_json::json!({"name": volume})).await
 }
 
 /// `vmi`/`vm` (and KubeVirt's long names) to a plural resource.

@@ -233,3 +233,76 @@ fn a_running_guest_sees_its_claim_grow() {
         .unwrap();
     assert!(err.contains("spec.resources.requests.storage"), "shrinking is refused: {err}");
 }
+
+const PLUGGER: &str = r#"
+apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata: {name: hot}
+spec:
+  source: {blank: {}}
+  storage:
+    resources: {requests: {storage: 48Mi}}
+---
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata: {name: plugger}
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      terminationGracePeriodSeconds: 5
+      domain:
+        memory: {guest: 256Mi}
+        devices:
+          disks:
+          - {name: root, disk: {bus: virtio}}
+      volumes:
+      - name: root
+        containerDisk: {image: quay.io/kumo/test-guest:latest}
+"#;
+
+/// `kumo addvolume` hot-plugs a DataVolume (of the default class, which waits for a first consumer: the running
+/// VMI is it) into a running guest, which sees a new SCSI disk of its size and can write it; `kumo
+/// removevolume` takes it out again while the guest keeps running.
+#[test]
+fn a_hot_plugged_disk_appears_in_and_disappears_from_the_guest() {
+    let s = Server::start_with_guests(&[]).unwrap();
+    s.apply(PLUGGER).unwrap();
+    let out = s.kubectl(&["wait", "vmi", "plugger", "--for=condition=Ready", "--timeout=180s"]).unwrap();
+    assert!(out.status.success(), "{}", get(&s, &["describe", "vmi", "plugger"]));
+    let scsi = |s: &Server| {
+        in_guest(s, "plugger", "for d in /sys/block/sd*; do [ -e $d ] && echo ${d##*/}=$(cat $d/size); done; true")
+    };
+    assert_eq!(scsi(&s), "", "no SCSI disk to begin with");
+    let out = s.kumo(&["addvolume", "plugger", "--volume-name=hot", "--serial=hot"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ready = eventually(secs(90), || {
+        let st = get(&s, &["get", "vmi", "plugger", "-o", "jsonpath={.status.volumeStatus[0].phase}"]);
+        (st == "Ready").then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "not attached: {}\n{}",
+        get(&s, &["get", "vmi", "plugger", "-o", "yaml"]),
+        get(&s, &["describe", "dv", "hot"])
+    );
+    let seen = eventually(secs(30), || {
+        let d = scsi(&s);
+        (!d.is_empty()).then_some(d)
+    });
+    assert_eq!(seen.as_deref(), Some(format!("sda={}", 48u64 << 20 >> 9).as_str()), "the guest sees the disk");
+    let wrote = in_guest(&s, "plugger", "echo HOT-1 > /dev/sda && sync && head -n 1 /dev/sda");
+    assert_eq!(wrote, "HOT-1");
+    // Plugging in what is already there, or unplugging what was not hot-plugged, is refused by name.
+    let again = s.kumo(&["addvolume", "plugger", "--volume-name=hot"]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let root = s.kumo(&["removevolume", "plugger", "--volume-name=root"]);
+    assert!(!root.status.success() && String::from_utf8_lossy(&root.stderr).contains("not hotpluggable"));
+
+    let out = s.kumo(&["removevolume", "plugger", "--volume-name=hot"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gone = eventually(secs(60), || scsi(&s).is_empty().then_some(()));
+    assert!(gone.is_some(), "the disk left the guest: {}", scsi(&s));
+    let status = get(&s, &["get", "vmi", "plugger", "-o", "jsonpath={.status.phase} {.status.volumeStatus}"]);
+    assert_eq!(status, "Running ", "the guest runs on; no volume status left");
+}

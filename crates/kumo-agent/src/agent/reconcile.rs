@@ -122,9 +122,10 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, agent: Arc<Agent>) -> R
             // After an agent restart: reattach to the guest if it is still running.
             match reattach(&agent, &vmi, &uid).await {
                 Ok(l) => {
-                    // A pause asked for while the agent was away applies now.
+                    // A pause (or a hotplug) asked for while the agent was away applies now.
                     sync_pause(&agent, &vmi, &l).await?;
-                    Ok(Action::requeue(Duration::from_secs(60)))
+                    let plugged = super::hotplug::sync(&agent, &vmi, &l).await?;
+                    Ok(Action::requeue(Duration::from_secs(if plugged { 60 } else { 3 })))
                 }
                 Err(e) => {
                     // The Failed arm below then cleans up, on the object this write produces.
@@ -136,7 +137,8 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, agent: Arc<Agent>) -> R
         }
         ("Running", Some(l)) => {
             sync_pause(&agent, &vmi, &l).await?;
-            Ok(Action::requeue(Duration::from_secs(60)))
+            let plugged = super::hotplug::sync(&agent, &vmi, &l).await?;
+            Ok(Action::requeue(Duration::from_secs(if plugged { 60 } else { 3 })))
         }
         // A finished guest: clean the host once, then let deletion go ahead.
         ("Succeeded" | "Failed", _) if vmi.finalizers().iter().any(|f| f == FINALIZER) => {

@@ -150,11 +150,10 @@ fn confinement(a: &mut Args, cfg: &LaunchConfig) {
 }
 
 /// Disks: a protocol node (`file`) and a format node per disk, then a frontend device by bus. SATA devices
-/// sit on q35's built-in AHCI ports `ide.0`…`ide.5`; SCSI devices share one `virtio-scsi-pci` controller.
+/// sit on q35's built-in AHCI ports `ide.0`…`ide.5`; SCSI devices share one `virtio-scsi-pci` controller,
+/// which every guest has (as KubeVirt gives every guest one): volumes are hot-plugged onto it.
 fn disks(a: &mut Args, disks: &[DiskConfig]) {
-    if disks.iter().any(|d| d.bus == Bus::Scsi) {
-        a.push("-device", "virtio-scsi-pci,id=scsi0");
-    }
+    a.push("-device", "virtio-scsi-pci,id=scsi0");
     let (mut sata_port, mut scsi_lun) = (0, 0);
     for (i, d) in disks.iter().enumerate() {
         blockdev(a, i, d);

@@ -80,6 +80,30 @@ impl Shared {
     }
 }
 
+/// Writes `data` with `fd` attached (SCM_RIGHTS) on the QMP socket; the message is small, so one sendmsg
+/// carries it whole (a partial write is reported as an error rather than leaving half a command).
+async fn send_with_fd(w: &OwnedWriteHalf, data: &[u8], fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::{AsFd, AsRawFd};
+    let stream: &UnixStream = w.as_ref();
+    let fds = [fd.as_raw_fd()];
+    loop {
+        stream.writable().await?;
+        let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            let iov = [std::io::IoSlice::new(data)];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(stream.as_fd().as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(n) if n == data.len() => return Ok(()),
+            Ok(n) => return Err(std::io::Error::other(format!("QMP command cut short: {n} of {} bytes", data.len()))),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A connected, capabilities-negotiated QMP session.
 pub struct QmpClient {
     shared: Arc<Shared>,
@@ -146,6 +170,26 @@ impl QmpClient {
 
     /// Run `cmd` with optional `arguments` and return its `return` value.
     pub async fn execute(&self, cmd: &str, args: Option<Value>) -> Result<Value, QmpError> {
+        self.execute_passing(cmd, args, None).await
+    }
+
+    /// [`Self::execute`], passing `fd` along with the command (SCM_RIGHTS), as `add-fd` and `getfd` take one:
+    /// QEMU gets an open file it could not open itself once it dropped its privileges.
+    pub async fn execute_with_fd(
+        &self,
+        cmd: &str,
+        args: Option<Value>,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
+        self.execute_passing(cmd, args, Some(fd)).await
+    }
+
+    async fn execute_passing(
+        &self,
+        cmd: &str,
+        args: Option<Value>,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<Value, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         match self.shared.pending.lock().unwrap().as_mut() {
@@ -160,9 +204,12 @@ impl QmpClient {
         line.push('\n');
         let written = {
             let mut w = self.writer.lock().await;
-            match w.write_all(line.as_bytes()).await {
-                Ok(()) => w.flush().await,
-                Err(e) => Err(e),
+            match fd {
+                Some(fd) => send_with_fd(&w, line.as_bytes(), fd).await,
+                None => match w.write_all(line.as_bytes()).await {
+                    Ok(()) => w.flush().await,
+                    Err(e) => Err(e),
+                },
             }
         };
         if let Err(e) = written {

@@ -114,7 +114,8 @@ pub async fn volumes(ctx: &PrepareCtx<'_>, vmi: &VirtualMachineInstance, dir: &P
     std::fs::create_dir_all(&disks)
         .map_err(|e| PrepareError::new("DiskError", format!("creating {}: {e}", disks.display())))?;
     let mut prepared = Prepared::default();
-    for v in vmi.spec.volumes.iter().flatten() {
+    // Hot-plugged volumes are attached once the guest runs (crate::agent::hotplug), also after a restart.
+    for v in vmi.spec.volumes.iter().flatten().filter(|v| !v.is_hotplugged()) {
         let name = v.name.clone();
         let entry = if let Some(cd) = &v.container_disk {
             let image = cd.image.as_str();

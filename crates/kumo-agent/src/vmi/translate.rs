@@ -87,6 +87,9 @@ pub fn launch_config(
     cfg.run_as = host.run_as;
     cfg.kernel_boot = prepared.kernel_boot.clone();
     for (i, d) in spec.domain.devices.disks.iter().flatten().enumerate() {
+        if spec.volumes.iter().flatten().any(|v| v.name == d.name && v.is_hotplugged()) {
+            continue; // attached to the running guest instead
+        }
         let field = format!("spec.domain.devices.disks[{i}]");
         let dname = d.name.as_str();
         let (path, format) = prepared

@@ -29,6 +29,27 @@ pub struct VirtualMachineInstanceStatus {
     pub interfaces: Option<Vec<InterfaceStatus>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<Condition>>,
+    /// Hot-plugged volumes and how far their attachment got (the node agent reports them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_status: Option<Vec<VolumeStatus>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct VolumeStatus {
+    pub name: String,
+    /// The guest device (e.g. `sda`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Present (empty) for a hot-plugged volume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hotplug_volume: Option<Value>,
 }
 
 impl VirtualMachineInstanceStatus {

@@ -76,6 +76,13 @@ fn validate_vmi_spec(spec: &VirtualMachineInstanceSpec, p: &str) -> Vec<Cause> {
                 format!("Invalid value: \"{name}\": no volume of that name (each disk must match a volume)"),
             ));
         }
+        let hotplugged = spec.volumes.iter().flatten().any(|v| v.name == *name && v.is_hotplugged());
+        if hotplugged && d.disk.as_ref().and_then(|x| x.bus.as_deref()) != Some("scsi") {
+            c.push(Cause::invalid(
+                format!("{p}.domain.devices.disks[{i}].disk.bus"),
+                "a hot-plugged volume's disk must be a disk on bus scsi (the guest's SCSI controller takes it live)",
+            ));
+        }
         if [d.disk.is_some(), d.cdrom.is_some(), d.lun.is_some()].iter().filter(|set| **set).count() > 1 {
             c.push(Cause::invalid(format!("{p}.domain.devices.disks[{i}]"), "only one of disk, cdrom, lun may be set"));
         }

@@ -241,7 +241,7 @@ pub struct Volume {
     pub host_disk: Option<HostDisk>,
     /// A PersistentVolumeClaim's disk, used directly (what the guest writes stays).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
+    pub persistent_volume_claim: Option<ClaimVolumeSource>,
     /// A CDI DataVolume's disk: its claim (of the same name) once the DataVolume is filled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_volume: Option<DataVolumeSource>,
@@ -251,6 +251,20 @@ pub struct Volume {
 #[serde(default, rename_all = "camelCase")]
 pub struct DataVolumeSource {
     pub name: String,
+    /// Attached to the running guest (by `addvolume`) rather than at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hotpluggable: Option<bool>,
+}
+
+/// KubeVirt's `persistentVolumeClaim` volume: a claim, read-only or not, hot-plugged or not.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ClaimVolumeSource {
+    pub claim_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hotpluggable: Option<bool>,
 }
 
 impl Volume {
@@ -259,9 +273,16 @@ impl Volume {
         if let Some(dv) = &self.data_volume {
             return Some(dv.name.as_str());
         }
-        let claim = self.persistent_volume_claim.as_ref();
-        let claim = claim.or_else(|| self.ephemeral.as_ref()?.persistent_volume_claim.as_ref());
-        claim.map(|c| c.claim_name.as_str())
+        if let Some(c) = &self.persistent_volume_claim {
+            return Some(c.claim_name.as_str());
+        }
+        self.ephemeral.as_ref()?.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str())
+    }
+
+    /// Attached to the running guest rather than at start.
+    pub fn is_hotplugged(&self) -> bool {
+        let pvc = self.persistent_volume_claim.as_ref().and_then(|c| c.hotpluggable);
+        pvc.or(self.data_volume.as_ref().and_then(|d| d.hotpluggable)) == Some(true)
     }
 
     /// The disk itself (not under an overlay): `persistentVolumeClaim` or `dataVolume`.

@@ -171,6 +171,22 @@ pub fn plan_claim(
     }
 }
 
+/// The node of a running consumer of `claim` that was scheduled before the claim was added (a hot-plugged
+/// claim): a claim waiting for its first consumer gets that VMI's node, as the scheduler gives it a new VMI's.
+pub fn hotplug_consumer_node(
+    claim: &PersistentVolumeClaim,
+    vmis: &[kumo_api::kubevirt::VirtualMachineInstance],
+) -> Option<String> {
+    if claim.annotations().contains_key(SELECTED_NODE) || !volume_name(claim).is_empty() {
+        return None;
+    }
+    let name = claim.metadata.name.as_deref()?;
+    vmis.iter()
+        .filter(|v| !v.is_final() && v.metadata.namespace == claim.metadata.namespace)
+        .filter(|v| v.claim_names().any(|c| c == name))
+        .find_map(|v| v.node_name().map(str::to_string))
+}
+
 /// What to do about a volume.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VolumePlan {

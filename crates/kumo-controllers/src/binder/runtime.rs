@@ -11,6 +11,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use kumo_api::kubevirt::VirtualMachineInstance;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,11 @@ pub async fn run(client: Client) {
         .watches(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default(), |pv| {
             let r = pv.spec.as_ref().and_then(|s| s.claim_ref.clone());
             r.and_then(|r| Some(ObjectRef::new(r.name.as_deref()?).within(r.namespace.as_deref()?)))
+        })
+        // A VMI that starts using a claim (hot-plugged into a running guest) may be its first consumer.
+        .watches(Api::<VirtualMachineInstance>::all(client.clone()), watcher::Config::default(), |vmi| {
+            let ns = vmi.metadata.namespace.clone().unwrap_or_default();
+            vmi.claim_names().map(|c| ObjectRef::new(c).within(&ns)).collect::<Vec<_>>()
         })
         .run(reconcile_claim, retry, ctx.clone())
         .for_each(|_| async {});
@@ -74,6 +80,20 @@ async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Re
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let volumes = Api::<PersistentVolume>::all(ctx.client.clone()).list(&ListParams::default()).await?.items;
     let classes = Api::<StorageClass>::all(ctx.client.clone()).list(&ListParams::default()).await?.items;
+    let classes_wait = classes.iter().any(|c| {
+        c.name_any() == super::class_name(&claim) && c.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer")
+    });
+    if classes_wait && !claim.annotations().contains_key(super::SELECTED_NODE) {
+        let vmis =
+            Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default()).await?;
+        if let Some(node) = super::hotplug_consumer_node(&claim, &vmis.items) {
+            let patch = json!({"metadata": {"annotations": {super::SELECTED_NODE: node}}});
+            if let Err(e) = claims.patch(&claim.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+                return stale(e);
+            }
+            return Ok(Action::requeue(Duration::ZERO));
+        }
+    }
     let node = match claim.annotations().get(super::SELECTED_NODE) {
         Some(n) => Api::<Node>::all(ctx.client.clone()).get_opt(n).await?,
         None => None,
