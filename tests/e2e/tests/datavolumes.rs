@@ -230,3 +230,60 @@ fn a_vm_boots_from_its_registry_datavolume_template_and_takes_it_along() {
     });
     assert!(gone.is_some(), "left: {} image exists: {}", get(&s, &["get", "dv,pvc,pv"]), image.exists());
 }
+
+fn sha256_of(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// A DataVolume cloned from another's claim (`source.pvc`) is a copy a VM boots from; what that guest writes
+/// changes the copy only.
+#[test]
+fn a_clone_boots_an_independent_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest_image(), dir.path().join("guest.qcow2")).unwrap();
+    let http = HttpFiles::start(dir.path(), 64 << 20);
+    let s = Server::start_with_guests(&[]).unwrap();
+    s.apply(&datavolume("golden", &http.url("guest.qcow2"), "64Mi", true)).unwrap();
+    let done = |name: &str| {
+        eventually(Duration::from_secs(120), || (field(&s, name, "{.status.phase}") == "Succeeded").then_some(()))
+            .is_some()
+    };
+    assert!(done("golden"), "{}", get(&s, &["describe", "dv", "golden"]));
+    s.apply(
+        "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata: {name: copy}\nspec:\n  source:\n    \
+         pvc: {name: golden}\n  storage:\n    resources: {requests: {storage: 64Mi}}\n",
+    )
+    .unwrap();
+    assert!(done("copy"), "{}", get(&s, &["describe", "dv", "copy"]));
+    let events = get(&s, &["get", "events", "--field-selector", "involvedObject.name=copy"]);
+    assert!(events.contains("CloneSucceeded"), "{events}");
+    let image = |claim: &str| {
+        let pv = get(&s, &["get", "pvc", claim, "-o", "jsonpath={.spec.volumeName}"]);
+        s.data_dir().join("agent/volumes").join(pv).join("disk.qcow2")
+    };
+    let golden_before = sha256_of(&image("golden"));
+    s.apply(&VM.replace("name: imported", "name: cloned").replace("name: guest}", "name: copy}")).unwrap();
+    let out = s.kubectl(&["wait", "vmi", "cloned", "--for=condition=Ready", "--timeout=180s"]).unwrap();
+    assert!(out.status.success(), "{}", get(&s, &["describe", "vmi", "cloned"]));
+    // Past the guest's own files (about 19 MiB), near the end of the 64 MiB disk.
+    let mut console = s.console("cloned");
+    let wrote = console.run(
+        "echo CLONE-WRITE | dd of=/dev/vda bs=512 seek=120000 2>/dev/null && sync && echo ok",
+        Duration::from_secs(90),
+    );
+    let (_, stderr) = console.close();
+    assert_eq!(wrote.as_deref(), Some("ok"), "{stderr}");
+    get(&s, &["delete", "vm", "cloned"]);
+    let stopped =
+        eventually(Duration::from_secs(60), || get(&s, &["get", "vmi", "-o", "name"]).is_empty().then_some(()));
+    assert!(stopped.is_some());
+    assert_eq!(sha256_of(&image("golden")), golden_before, "the source is untouched");
+    let copy = std::process::Command::new("qemu-img")
+        .args(["compare", "-U"])
+        .arg(image("golden"))
+        .arg(image("copy"))
+        .output()
+        .unwrap();
+    assert_eq!(copy.status.code(), Some(1), "the copy differs now: {}", String::from_utf8_lossy(&copy.stdout));
+}

@@ -195,6 +195,14 @@ where
     let dir = keeper.volume_dirs.dir_of(pv)?;
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let target = import::Target { image: &image, bytes: capacity(pv)?, block: prov::is_block(pv) };
+    if let Some(from) = source.get("volume") {
+        // A clone: the source volume's image (kept by this node, or in the shared directory), copied whole.
+        let pv: PersistentVolume = serde_json::from_value(json!({"spec": {"csi": {
+            "driver": from["driver"], "volumeHandle": from["volumeHandle"]}, "volumeMode": from["volumeMode"]}}))
+        .map_err(|e| format!("the clone source {from}: {e}"))?;
+        let src = keeper.volume_dirs.image_of(&pv)?;
+        return import::convert(&src, &target).await;
+    }
     if let Some(url) = source.pointer("/registry/url").and_then(|u| u.as_str()) {
         // A containerDisk: pulled into the image cache as a VMI's would be, then converted from there.
         let reference = url.strip_prefix("docker://").unwrap_or(url);

@@ -110,7 +110,10 @@ pub fn validate_spec(spec: &Value, path: &str) -> Vec<crate::status::Cause> {
     let sources: Vec<&String> =
         obj.pointer("/spec/source").and_then(Value::as_object).into_iter().flatten().map(|(k, _)| k).collect();
     if sources.len() != 1 {
-        c.push(Cause::invalid(format!("{path}.source"), "exactly one source must be set (http, registry or blank)"));
+        c.push(Cause::invalid(
+            format!("{path}.source"),
+            "exactly one source must be set (http, registry, pvc or blank)",
+        ));
     }
     let storage = obj.pointer("/spec/storage");
     let pvc = obj.pointer("/spec/pvc");

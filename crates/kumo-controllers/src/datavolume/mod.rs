@@ -13,6 +13,7 @@ use kumo_api::cdi::{self, DataVolume, DataVolumeCondition, DataVolumeStatus, BIN
 use kumo_api::provisioning as prov;
 use serde_json::json;
 
+pub mod clone;
 mod runtime;
 pub use runtime::run;
 
@@ -108,8 +109,8 @@ pub fn status(dv: &DataVolume, seen: &Observed, now: &str) -> (DataVolumeStatus,
                 "volume {} was not made by kumo's provisioners, so it cannot be filled: use a class of kumo.dev/local or kumo.dev/shared",
                 v.name_any()
             ))),
-            Some(prov::PENDING) => ("ImportScheduled", None),
-            Some(prov::POPULATING) => ("ImportInProgress", None),
+            Some(prov::PENDING) => (kind_phases(dv).0, None),
+            Some(prov::POPULATING) => (kind_phases(dv).1, None),
             Some(prov::READY) => ("Succeeded", None),
             Some(_) => ("Failed", message.clone()),
         },
@@ -117,9 +118,10 @@ pub fn status(dv: &DataVolume, seen: &Observed, now: &str) -> (DataVolumeStatus,
     if detail.is_none() && restarts > 0 && phase != "Succeeded" {
         detail = message.clone();
     }
+    let running = phase == kind_phases(dv).1;
     let progress = match phase {
         "Succeeded" => cdi::progress(1.0),
-        "ImportInProgress" => annotation(prov::PROGRESS).unwrap_or("N/A").to_string(),
+        _ if running => annotation(prov::PROGRESS).unwrap_or("N/A").to_string(),
         _ => "N/A".to_string(),
     };
     let cond = |type_: &str, status: bool, reason: &str, message: String| {
@@ -135,7 +137,6 @@ pub fn status(dv: &DataVolume, seen: &Observed, now: &str) -> (DataVolumeStatus,
             last_heartbeat_time: Some(now.to_string()),
         }
     };
-    let running = phase == "ImportInProgress";
     let (run_reason, run_message) = match (phase, &detail) {
         ("Succeeded", _) => ("Completed", "Import Complete".to_string()),
         (_, Some(m)) => ("Error", m.clone()),
@@ -159,7 +160,9 @@ pub fn status(dv: &DataVolume, seen: &Observed, now: &str) -> (DataVolumeStatus,
     let event = if restarts > old.restart_count.unwrap_or(0) {
         Some((true, "Error".to_string(), detail.clone().unwrap_or_else(|| "the import failed; retrying".into())))
     } else if old.phase.as_deref() != Some(phase) {
+        let clone = dv.source_kind() == "pvc";
         let (warning, reason) = match phase {
+            "Succeeded" if clone => (false, "CloneSucceeded"),
             "Succeeded" => (false, "ImportSucceeded"),
             "Failed" => (true, "ImportFailed"),
             p => (false, p),
@@ -170,6 +173,14 @@ pub fn status(dv: &DataVolume, seen: &Observed, now: &str) -> (DataVolumeStatus,
         None
     };
     (new, event)
+}
+
+/// CDI's phase names while a volume waits to be filled and while it is being filled, by source.
+fn kind_phases(dv: &DataVolume) -> (&'static str, &'static str) {
+    match dv.source_kind().as_ref() {
+        "pvc" => ("CloneScheduled", "CloneInProgress"),
+        _ => ("ImportScheduled", "ImportInProgress"),
+    }
 }
 
 /// Whether two statuses differ in more than heartbeat times (so an unchanged DataVolume is not rewritten).

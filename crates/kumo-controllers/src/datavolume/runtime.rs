@@ -13,6 +13,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use kumo_api::cdi::DataVolume;
+use kumo_api::kubevirt::VirtualMachineInstance;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,22 @@ pub async fn run(client: Client) {
         .await;
 }
 
+/// The clone source's claim, volume and users, resolved (or why the clone waits).
+async fn resolve_clone(
+    ctx: &Ctx,
+    dv: &DataVolume,
+    ns: &str,
+    name: &str,
+) -> Result<Result<super::clone::Resolved, (&'static str, String)>, Error> {
+    let claim = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), ns).get_opt(name).await?;
+    let volume = match claim.as_ref().map(volume_name).filter(|v| !v.is_empty()) {
+        Some(v) => Api::<PersistentVolume>::all(ctx.client.clone()).get_opt(v).await?,
+        None => None,
+    };
+    let users = Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), ns).list(&ListParams::default()).await?;
+    Ok(super::clone::resolve(dv, claim.as_ref(), volume.as_ref(), &users.items))
+}
+
 async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if dv.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -56,7 +73,26 @@ async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let mut claim = claims.get_opt(&dv.name_any()).await?;
     if claim.is_none() {
-        match claims.create(&PostParams::default(), &claim_for(&dv)).await {
+        let new = match super::clone::source_of(&dv) {
+            None => claim_for(&dv),
+            Some((sns, sname)) => match resolve_clone(&ctx, &dv, &sns, &sname).await? {
+                Ok(resolved) => super::clone::claim_for(&dv, &resolved),
+                Err((reason, why)) => {
+                    let ev = Event {
+                        type_: EventType::Warning,
+                        reason: reason.into(),
+                        note: Some(why),
+                        action: "Clone".into(),
+                        secondary: None,
+                    };
+                    if let Err(e) = ctx.recorder.publish(&ev, &dv.object_ref(&())).await {
+                        tracing::warn!("recording a DataVolume event: {e}");
+                    }
+                    return Ok(Action::requeue(Duration::from_secs(5)));
+                }
+            },
+        };
+        match claims.create(&PostParams::default(), &new).await {
             Ok(c) => claim = Some(c),
             Err(kube::Error::Api(s)) if s.code == 409 => return Ok(Action::requeue(Duration::ZERO)),
             Err(e) => return Err(e.into()),
