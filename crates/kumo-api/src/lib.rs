@@ -27,6 +27,7 @@ pub mod quantity;
 pub mod resource;
 pub mod schema;
 pub mod selector;
+pub mod snapshot;
 pub mod status;
 pub mod storage;
 pub mod table;

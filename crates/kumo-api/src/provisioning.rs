@@ -31,6 +31,15 @@ pub const RETRY_AFTER: &str = "kumo.dev/populate-retry-after";
 /// when the claim was expanded and the image not yet grown.
 pub const IMAGE_BYTES: &str = "kumo.dev/image-bytes";
 
+/// On a volume kumo provisioned: the snapshots of its image wanted (by VirtualMachineSnapshots) and made (by
+/// its node), as JSON lists of names; the last snapshot error; and a revert asked for
+/// (`RESTORE-UID/SNAPSHOT`) and done (`RESTORE-UID`).
+pub const SNAPSHOTS_WANTED: &str = "kumo.dev/snapshots";
+pub const SNAPSHOTS_MADE: &str = "kumo.dev/snapshots-made";
+pub const SNAPSHOT_ERROR: &str = "kumo.dev/snapshot-error";
+pub const REVERT: &str = "kumo.dev/revert";
+pub const REVERTED: &str = "kumo.dev/reverted";
+
 pub const PENDING: &str = "Pending";
 /// Being filled from its source (a DataVolume's).
 pub const POPULATING: &str = "Populating";
@@ -57,6 +66,11 @@ pub fn state(pv: &PersistentVolume) -> Option<&str> {
 /// One of a volume's annotations.
 pub fn annotation<'a>(pv: &'a PersistentVolume, key: &str) -> Option<&'a str> {
     pv.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// A JSON list of names in one of a volume's annotations (empty when absent or unreadable).
+pub fn names(pv: &PersistentVolume, key: &str) -> Vec<String> {
+    annotation(pv, key).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default()
 }
 
 /// The image file inside a volume's directory: qcow2 for a filesystem volume, raw for a block volume.

@@ -17,6 +17,7 @@ pub mod provisioner;
 pub mod resizer;
 pub mod runtime;
 pub mod sched;
+pub mod snapshot;
 pub mod vm;
 pub mod vmi;
 
@@ -32,7 +33,7 @@ pub struct Config {
 
 /// Runs every controller until the process ends.
 pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
-    let (workloads, (), lifecycle, (), (), (), (), ()) = tokio::join!(
+    let (workloads, (), lifecycle, (), (), (), (), (), ()) = tokio::join!(
         runtime::run(client.clone(), cfg.scheduler),
         nodeipam::run(client.clone(), cfg.pod_network),
         nodelifecycle::run(client.clone(), cfg.lifecycle),
@@ -40,7 +41,8 @@ pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
         binder::run(client.clone()),
         provisioner::run(client.clone()),
         datavolume::run(client.clone()),
-        resizer::run(client)
+        resizer::run(client.clone()),
+        snapshot::run(client)
     );
     workloads.and(lifecycle)
 }

@@ -306,3 +306,121 @@ fn a_hot_plugged_disk_appears_in_and_disappears_from_the_guest() {
     let status = get(&s, &["get", "vmi", "plugger", "-o", "jsonpath={.status.phase} {.status.volumeStatus}"]);
     assert_eq!(status, "Running ", "the guest runs on; no volume status left");
 }
+
+const SNAPPER: &str = r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: snapdisk}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 64Mi}}
+---
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata: {name: snapper}
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      terminationGracePeriodSeconds: 5
+      domain:
+        memory: {guest: 256Mi}
+        devices:
+          disks:
+          - {name: root, disk: {bus: virtio}}
+          - {name: data, serial: snap, disk: {bus: virtio}}
+      volumes:
+      - name: root
+        containerDisk: {image: quay.io/kumo/test-guest:latest}
+      - name: data
+        persistentVolumeClaim: {claimName: snapdisk}
+"#;
+
+fn snapshot_yaml(kind: &str, name: &str, body: &str) -> String {
+    format!("apiVersion: snapshot.kubevirt.io/v1beta1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec:\n{body}")
+}
+
+fn write_in(s: &Server, vm: &str, text: &str) {
+    let find = FIND.replace("SERIAL", "snap");
+    let out = in_guest(s, vm, &format!("echo {text} > $({find}) && sync && echo written"));
+    assert_eq!(out, "written", "writing in {vm}");
+}
+
+fn read_in(s: &Server, vm: &str) -> String {
+    in_guest(s, vm, &format!("head -n 1 $({})", FIND.replace("SERIAL", "snap")))
+}
+
+fn wait_vmi(s: &Server, vm: &str) {
+    let out = s.kubectl(&["wait", "vmi", vm, "--for=condition=Ready", "--timeout=180s"]).unwrap();
+    assert!(out.status.success(), "{}", get(s, &["describe", "vmi", vm]));
+}
+
+/// A snapshot of a running VM's disk; the disk changed; a restore onto the running VM refused; the VM
+/// stopped and restored: the old content is back; restored into a new VM too; deleting the snapshot removes
+/// it from the image.
+#[test]
+fn a_snapshot_brings_old_content_back_in_place_and_in_a_new_vm() {
+    let s = Server::start_with_guests(&[]).unwrap();
+    s.apply(SNAPPER).unwrap();
+    wait_vmi(&s, "snapper");
+    write_in(&s, "snapper", "SNAP-A");
+    let source = "  source: {apiGroup: kubevirt.io, kind: VirtualMachine, name: snapper}\n";
+    s.apply(&snapshot_yaml("VirtualMachineSnapshot", "s1", source)).unwrap();
+    let ready = eventually(secs(60), || {
+        (get(&s, &["get", "vmsnapshot", "s1", "-o", "jsonpath={.status.readyToUse}"]) == "true").then_some(())
+    });
+    assert!(ready.is_some(), "{}", get(&s, &["get", "vmsnapshot", "s1", "-o", "yaml"]));
+    let table = get(&s, &["get", "vmsnapshot"]);
+    assert!(table.contains("SOURCEKIND") && table.contains("Succeeded") && table.contains("snapper"), "{table}");
+    let st = get(&s, &["get", "vmsnapshot", "s1", "-o", "jsonpath={.status.indications} {.status.snapshotVolumes}"]);
+    assert!(st.contains("Online") && st.contains("\"includedVolumes\":[\"data\"]") && st.contains("root"), "{st}");
+    write_in(&s, "snapper", "SNAP-B");
+
+    let target = |vm: &str| {
+        format!(
+            "  target: {{apiGroup: kubevirt.io, kind: VirtualMachine, name: {vm}}}\n  virtualMachineSnapshotName: s1\n"
+        )
+    };
+    s.apply(&snapshot_yaml("VirtualMachineRestore", "r-running", &target("snapper"))).unwrap();
+    let refused = eventually(secs(30), || {
+        let m = get(
+            &s,
+            &["get", "vmrestore", "r-running", "-o", r#"jsonpath={.status.conditions[?(@.type=="Failure")].message}"#],
+        );
+        m.contains("running").then_some(m)
+    });
+    assert!(refused.is_some(), "{}", get(&s, &["get", "vmrestore", "r-running", "-o", "yaml"]));
+    assert_eq!(read_in(&s, "snapper"), "SNAP-B", "a refused restore changes nothing");
+    get(&s, &["delete", "vmrestore", "r-running"]);
+
+    assert!(s.kumo(&["stop", "snapper"]).status.success());
+    let gone = eventually(secs(60), || get(&s, &["get", "vmi", "-o", "name"]).is_empty().then_some(()));
+    assert!(gone.is_some());
+    s.apply(&snapshot_yaml("VirtualMachineRestore", "r-back", &target("snapper"))).unwrap();
+    s.apply(&snapshot_yaml("VirtualMachineRestore", "r-new", &target("snapcopy"))).unwrap();
+    for r in ["r-back", "r-new"] {
+        let done = eventually(secs(60), || {
+            (get(&s, &["get", "vmrestore", r, "-o", "jsonpath={.status.complete}"]) == "true").then_some(())
+        });
+        assert!(done.is_some(), "{}", get(&s, &["get", "vmrestore", r, "-o", "yaml"]));
+    }
+    assert!(s.kumo(&["start", "snapper"]).status.success());
+    wait_vmi(&s, "snapper");
+    assert_eq!(read_in(&s, "snapper"), "SNAP-A", "restored in place");
+    wait_vmi(&s, "snapcopy");
+    assert_eq!(read_in(&s, "snapcopy"), "SNAP-A", "restored into a new VM");
+    write_in(&s, "snapcopy", "COPY-C");
+    assert_eq!(read_in(&s, "snapper"), "SNAP-A", "the new VM's disk is its own");
+
+    get(&s, &["delete", "vmsnapshot", "s1"]);
+    let pv = get(&s, &["get", "pvc", "snapdisk", "-o", "jsonpath={.spec.volumeName}"]);
+    let image = s.data_dir().join("agent/volumes").join(&pv).join("disk.qcow2");
+    let dropped = eventually(secs(60), || {
+        let out = std::process::Command::new("qemu-img").args(["snapshot", "-U", "-l"]).arg(&image).output().ok()?;
+        let list = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.success() && !list.contains("vmsnapshot-")).then_some(())
+    });
+    assert!(dropped.is_some(), "the image's snapshot is deleted with the VirtualMachineSnapshot");
+    let left = get(&s, &["get", "vmsnapshot,vmsnapshotcontent", "-o", "name"]);
+    assert!(left.is_empty(), "{left}");
+}

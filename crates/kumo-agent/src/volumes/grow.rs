@@ -8,15 +8,10 @@ use std::path::Path;
 /// Grows `image` to `bytes`; says how.
 pub(crate) async fn grow(agent: &Agent, image: &Path, bytes: u64) -> Result<&'static str, String> {
     let path = image.to_str().ok_or_else(|| format!("{} is not valid UTF-8", image.display()))?;
-    let running: Vec<_> = agent.vms.lock().await.values().cloned().collect();
-    for vm in running {
-        let qmp = vm.vm.qmp();
-        let Ok(nodes) = qmp.execute("query-named-block-nodes", None).await else { continue };
-        if let Some(node) = format_node_of(&nodes, path) {
-            let args = json!({"node-name": node, "size": bytes});
-            qmp.execute("block_resize", Some(args)).await.map_err(|e| format!("block_resize of {path}: {e}"))?;
-            return Ok("in the running guest (block_resize)");
-        }
+    if let Some((vm, node)) = running_node(agent, path).await {
+        let args = json!({"node-name": node, "size": bytes});
+        vm.vm.qmp().execute("block_resize", Some(args)).await.map_err(|e| format!("block_resize of {path}: {e}"))?;
+        return Ok("in the running guest (block_resize)");
     }
     let info = crate::image::image_info(image).await.map_err(|e| format!("{e:#}"))?;
     if info.virtual_size >= bytes {
@@ -32,6 +27,18 @@ pub(crate) async fn grow(agent: &Agent, image: &Path, bytes: u64) -> Result<&'st
         return Err(format!("qemu-img resize {path}: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     Ok("offline (qemu-img resize)")
+}
+
+/// A guest on this node that has the image at `path` open, and its format node for it.
+pub(crate) async fn running_node(agent: &Agent, path: &str) -> Option<(std::sync::Arc<crate::agent::LocalVm>, String)> {
+    let running: Vec<_> = agent.vms.lock().await.values().cloned().collect();
+    for vm in running {
+        let Ok(nodes) = vm.vm.qmp().execute("query-named-block-nodes", None).await else { continue };
+        if let Some(node) = format_node_of(&nodes, path) {
+            return Some((vm, node));
+        }
+    }
+    None
 }
 
 /// The format node (qcow2 or raw, not the protocol node under it) whose file is `path`.

@@ -105,6 +105,11 @@ fn write_decoded(mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>, path: &Path)
 
 /// Converts an image (a download, a cached containerDisk) into the volume's format and size.
 pub async fn convert(scratch: &Path, target: &Target<'_>) -> Result<(), String> {
+    convert_from(scratch, None, target).await
+}
+
+/// [`convert`], from one of the image's internal snapshots when `snapshot` names one.
+pub async fn convert_from(scratch: &Path, snapshot: Option<&str>, target: &Target<'_>) -> Result<(), String> {
     let info = crate::image::image_info(scratch)
         .await
         .map_err(|e| format!("the downloaded file is not a disk image qemu-img can read: {e:#}"))?;
@@ -124,7 +129,14 @@ pub async fn convert(scratch: &Path, target: &Target<'_>) -> Result<(), String> 
     let part = target.image.with_extension("part");
     let _ = std::fs::remove_file(&part);
     let (src, dst) = (path_str(scratch)?, path_str(&part)?);
-    qemu_img(&["convert", "-q", "-f", &info.format, "-O", out_format, src, dst]).await?;
+    let mut args = vec!["convert", "-q", "-f", &info.format, "-O", out_format];
+    let from = snapshot.map(|s| format!("snapshot.name={s}"));
+    if let Some(f) = &from {
+        // A snapshot's clusters never change, so it can be read while a guest writes the image.
+        args.extend(["-U", "-l", f.as_str()]);
+    }
+    args.extend([src, dst]);
+    qemu_img(&args).await?;
     qemu_img(&["resize", "-q", "-f", out_format, dst, &target.bytes.to_string()]).await?;
     std::fs::rename(&part, target.image).map_err(|e| format!("renaming {}: {e}", part.display()))
 }

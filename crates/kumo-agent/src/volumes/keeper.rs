@@ -5,7 +5,7 @@
 //! leaves either no image (made again on restart) or a whole one; only then is the volume marked Ready. A
 //! volume whose capacity grew (its claim was expanded) has its image grown ([`super::grow`]).
 
-use super::{grow, import, VolumeDirs};
+use super::{grow, import, snapshots, VolumeDirs};
 use crate::agent::Agent as Keeper;
 use crate::image::{create_empty_disk, PullPolicy};
 use futures::StreamExt;
@@ -55,6 +55,8 @@ enum Step {
     Remove,
     /// The volume's capacity grew past its image's size (bytes).
     Grow(u64),
+    /// Snapshots to make or delete, or a revert.
+    Snapshots,
 }
 
 fn step(pv: &PersistentVolume) -> Step {
@@ -71,6 +73,7 @@ fn step(pv: &PersistentVolume) -> Step {
             let made: Option<u64> = prov::annotation(pv, prov::IMAGE_BYTES).and_then(|b| b.parse().ok());
             match (capacity(pv), made) {
                 (Ok(want), Some(have)) if want > have => Step::Grow(want),
+                _ if snapshots::pending(pv) => Step::Snapshots,
                 _ => Step::Nothing,
             }
         }
@@ -84,6 +87,16 @@ async fn reconcile(pv: Arc<PersistentVolume>, keeper: Arc<Keeper>) -> Result<Act
     match step(&pv) {
         Step::Nothing => {}
         Step::Make if populate_source(&pv).is_some() => return populate(&keeper, &pv).await,
+        Step::Snapshots => {
+            let image = keeper.volume_dirs.image_of(&pv).map_err(Error::Other)?;
+            let annotations = snapshots::sync(&keeper, &pv, &image).await;
+            let failed = annotations.get(prov::SNAPSHOT_ERROR).is_some_and(|e| !e.is_null());
+            let patch = json!({"metadata": {"annotations": annotations}});
+            conditional(api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await)?;
+            if failed {
+                return Ok(Action::requeue(Duration::from_secs(5)));
+            }
+        }
         Step::Grow(bytes) => {
             let image = keeper.volume_dirs.image_of(&pv).map_err(Error::Other)?;
             match grow::grow(&keeper, &image, bytes).await {
@@ -201,7 +214,8 @@ where
             "driver": from["driver"], "volumeHandle": from["volumeHandle"]}, "volumeMode": from["volumeMode"]}}))
         .map_err(|e| format!("the clone source {from}: {e}"))?;
         let src = keeper.volume_dirs.image_of(&pv)?;
-        return import::convert(&src, &target).await;
+        let snapshot = source.get("snapshot").and_then(|s| s.as_str());
+        return import::convert_from(&src, snapshot, &target).await;
     }
     if let Some(url) = source.pointer("/registry/url").and_then(|u| u.as_str()) {
         // A containerDisk: pulled into the image cache as a VMI's would be, then converted from there.

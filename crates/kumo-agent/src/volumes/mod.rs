@@ -11,6 +11,7 @@ pub mod attach;
 mod grow;
 pub mod import;
 pub mod keeper;
+mod snapshots;
 
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kumo_api::provisioning as prov;

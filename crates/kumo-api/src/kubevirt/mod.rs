@@ -151,7 +151,9 @@ pub fn vm_crd() -> Value {
     )
 }
 
-/// Every CRD kumo installs: KubeVirt's and CDI's.
+/// Every CRD kumo installs: KubeVirt's (snapshots included) and CDI's.
 pub fn crds() -> Vec<Value> {
-    vec![vm_crd(), vmi_crd(), crate::cdi::datavolume_crd()]
+    let mut all = vec![vm_crd(), vmi_crd(), crate::cdi::datavolume_crd()];
+    all.extend(crate::snapshot::crds());
+    all
 }
