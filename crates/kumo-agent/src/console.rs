@@ -25,8 +25,17 @@ pub struct ConsoleEndpoint {
 /// The common name of the API server's client certificate towards nodes.
 pub const APISERVER_CLIENT_CN: &str = "kumo-apiserver";
 
-/// Serves consoles of the VMIs under `vmis_dir/<uid>/run/serial.sock` on `bind`, to the API server only.
-pub async fn serve(bind: SocketAddr, vmis_dir: PathBuf, cluster_ca: &str) -> Result<ConsoleEndpoint> {
+/// Where uploads into volumes go once the agent is up (`POST /upload/<volume>`).
+pub(crate) type Uploads = Arc<std::sync::OnceLock<Arc<crate::agent::Agent>>>;
+
+/// Serves consoles of the VMIs under `vmis_dir/<uid>/run/serial.sock` on `bind`, and uploads into this node's
+/// volumes, to the API server only.
+pub(crate) async fn serve(
+    bind: SocketAddr,
+    vmis_dir: PathBuf,
+    cluster_ca: &str,
+    uploads: Uploads,
+) -> Result<ConsoleEndpoint> {
     let key = rcgen::KeyPair::generate()?;
     let params = rcgen::CertificateParams::new(vec!["kumo-agent".to_string()])?;
     let cert = params.self_signed(&key)?;
@@ -50,7 +59,7 @@ pub async fn serve(bind: SocketAddr, vmis_dir: PathBuf, cluster_ca: &str) -> Res
     let listener =
         tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding the console endpoint {bind}"))?;
     let addr = listener.local_addr()?;
-    let ctx = Arc::new(vmis_dir);
+    let ctx = Arc::new((vmis_dir, uploads));
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else { continue };
@@ -60,9 +69,14 @@ pub async fn serve(bind: SocketAddr, vmis_dir: PathBuf, cluster_ca: &str) -> Res
                 // The CA also issues node certificates: only the API server's may open consoles.
                 let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
                 let is_apiserver = peer.as_deref().is_some_and(is_apiserver_cert);
-                let svc = hyper::service::service_fn(move |req| {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let ctx = ctx.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(req, &ctx, is_apiserver)) }
+                    async move {
+                        if !req.uri().path().starts_with("/upload/") {
+                            return Ok::<_, std::convert::Infallible>(handle(req, &ctx.0, is_apiserver));
+                        }
+                        Ok(upload(req, ctx.1.get().cloned(), is_apiserver).await)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), svc)
@@ -82,6 +96,23 @@ fn is_apiserver_cert(der: &[u8]) -> bool {
     x509_parser::parse_x509_certificate(der).is_ok_and(|(_, c)| {
         c.subject().iter_common_name().next().and_then(|n| n.as_str().ok()) == Some(APISERVER_CLIENT_CN)
     })
+}
+
+async fn upload(
+    req: Request<hyper::body::Incoming>,
+    agent: Option<Arc<crate::agent::Agent>>,
+    is_apiserver: bool,
+) -> Response<Full<Bytes>> {
+    if !is_apiserver {
+        return reply(StatusCode::FORBIDDEN, "only the API server may upload");
+    }
+    let Some(agent) = agent else { return reply(StatusCode::SERVICE_UNAVAILABLE, "the agent is starting") };
+    let name = req.uri().path().trim_start_matches("/upload/").to_string();
+    let length = crate::volumes::import::content_length(req.headers());
+    match crate::volumes::upload::receive(&agent, &name, req.into_body(), length).await {
+        Ok(()) => reply(StatusCode::OK, "uploaded"),
+        Err((code, why)) => reply(code, &why),
+    }
 }
 
 fn handle(

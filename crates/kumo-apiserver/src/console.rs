@@ -54,43 +54,7 @@ async fn open(
         ));
     }
     let node_name = vmi.pointer("/status/nodeName").and_then(Value::as_str).unwrap_or_default();
-    let node = api.objects.get(&*def(api, "", "nodes")?, None, node_name).await?;
-    let ann = |k: &str| {
-        node.pointer(&format!("/metadata/annotations/{}", k.replace('/', "~1")))
-            .and_then(Value::as_str)
-            .map(String::from)
-    };
-    let unavailable = |m: String| {
-        let mut e = ApiError::new(503, "ServiceUnavailable", m);
-        e.retry_after_seconds = Some(1);
-        e
-    };
-    let (Some(endpoint), Some(fingerprint)) = (ann(ENDPOINT_ANNOTATION), ann(FINGERPRINT_ANNOTATION)) else {
-        return Err(unavailable(format!("node {node_name} publishes no console endpoint; is its agent running?")));
-    };
-    let addr = endpoint.strip_prefix("https://").unwrap_or(&endpoint).to_string();
-    let tcp = tokio::net::TcpStream::connect(&addr)
-        .await
-        .map_err(|e| unavailable(format!("connecting to the agent of node {node_name} at {addr}: {e}")))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned { fingerprint, provider }))
-        .with_client_auth_cert(client_certs(api)?, client_key(api)?)
-        .map_err(|e| ApiError::internal(format!("the API server's client certificate: {e}")))?;
-    let server_name = rustls::pki_types::ServerName::try_from("kumo-agent").expect("valid name");
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| unavailable(format!("TLS to the agent of node {node_name}: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| unavailable(format!("talking to the agent of node {node_name}: {e}")))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
+    let mut sender = connect_agent::<http_body_util::Empty<bytes::Bytes>>(api, node_name).await?;
     let uid = vmi.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
     let mut upstream = Request::get(format!("/console/{uid}"))
         .header(header::HOST, "kumo-agent")
@@ -126,6 +90,58 @@ async fn open(
         let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(c)).await;
     });
     Ok(answer.body(response::full(bytes::Bytes::new())).expect("response"))
+}
+
+pub(crate) fn unavailable(m: String) -> ApiError {
+    let mut e = ApiError::new(503, "ServiceUnavailable", m);
+    e.retry_after_seconds = Some(1);
+    e
+}
+
+/// An HTTP/1.1 connection to the agent of `node_name`: TLS pinned to the certificate fingerprint the agent
+/// published on its Node, authenticated with the API server's client certificate (upgrades allowed).
+pub(crate) async fn connect_agent<B>(
+    api: &Arc<ApiServer>,
+    node_name: &str,
+) -> Result<hyper::client::conn::http1::SendRequest<B>, ApiError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let node = api.objects.get(&*def(api, "", "nodes")?, None, node_name).await?;
+    let ann = |k: &str| {
+        node.pointer(&format!("/metadata/annotations/{}", k.replace('/', "~1")))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    let (Some(endpoint), Some(fingerprint)) = (ann(ENDPOINT_ANNOTATION), ann(FINGERPRINT_ANNOTATION)) else {
+        return Err(unavailable(format!("node {node_name} publishes no agent endpoint; is its agent running?")));
+    };
+    let addr = endpoint.strip_prefix("https://").unwrap_or(&endpoint).to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .map_err(|e| unavailable(format!("connecting to the agent of node {node_name} at {addr}: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned { fingerprint, provider }))
+        .with_client_auth_cert(client_certs(api)?, client_key(api)?)
+        .map_err(|e| ApiError::internal(format!("the API server's client certificate: {e}")))?;
+    let server_name = rustls::pki_types::ServerName::try_from("kumo-agent").expect("valid name");
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| unavailable(format!("TLS to the agent of node {node_name}: {e}")))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unavailable(format!("talking to the agent of node {node_name}: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
 }
 
 /// Trusts exactly the certificate whose SHA-256 the agent published on its Node (a Node only the agent

@@ -29,6 +29,7 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod tls;
+pub mod upload;
 pub mod watch_cache;
 
 pub use server::{run, Config, Running};

@@ -84,6 +84,7 @@ pub async fn run(config: Config, store: Arc<dyn Store>) -> Result<Running> {
     let api =
         Arc::new(ApiServer::new(store, Arc::new(Registry::with_builtins()), cache, pki.token.clone(), ca, &config));
     state::bootstrap(&api).await?;
+    state::publish_upload_proxy(&api, &server_url).await?;
     state::follow_crds(api.clone());
     crate::corruption::spawn(api.clone());
 

@@ -100,6 +100,38 @@ async fn publish_cluster_info(api: &Arc<ApiServer>) -> anyhow::Result<()> {
     }
 }
 
+/// `CDIConfig/config` with this replica's upload proxy URL (where `virtctl image-upload` finds it), unless an
+/// administrator set `spec.uploadProxyURLOverride`, which is published instead.
+pub async fn publish_upload_proxy(api: &Arc<ApiServer>, server_url: &str) -> anyhow::Result<()> {
+    let Some(def) = api.registry.get(kumo_api::cdi::GROUP, kumo_api::cdi::VERSION, "cdiconfigs") else {
+        return Ok(());
+    };
+    let current = api.objects.try_get(&def, None, "config").await?;
+    let over = current.as_ref().and_then(|c| c.pointer("/spec/uploadProxyURLOverride")).and_then(Value::as_str);
+    let url = over.map(str::to_string).unwrap_or_else(|| format!("{server_url}{}", crate::upload::PREFIX));
+    match current {
+        None => {
+            let mut obj = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "CDIConfig",
+                "metadata": {"name": "config"}, "spec": {}, "status": {"uploadProxyURL": url}});
+            admission::stamp_new(&mut obj);
+            match api.objects.create(&def, &obj).await {
+                Err(e) if e.code != 409 => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Some(mut c) if c.pointer("/status/uploadProxyURL").and_then(Value::as_str) != Some(url.as_str()) => {
+            let rv = crate::objects::parse_rv(kumo_api::meta::resource_version(&c))?;
+            c["status"] = json!({"uploadProxyURL": url});
+            match api.objects.update(&def, &c, rv).await {
+                Err(e) if e.code != 409 => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
 /// kumo's storage classes (`local`, the default, and `shared`), when the cluster has no StorageClass at all: a
 /// cluster whose administrator replaced them keeps its own.
 async fn seed_storage_classes(api: &Arc<ApiServer>) -> anyhow::Result<()> {

@@ -23,6 +23,7 @@ mod client;
 mod drain;
 mod join;
 mod store;
+mod upload;
 mod virtctl;
 
 use kumo_controllers::leader;
@@ -71,6 +72,14 @@ enum Command {
     /// Open a VMI's serial console (interactive; Ctrl-] leaves).
     Console {
         name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Upload a local disk image into a new DataVolume, with a progress bar (as `virtctl image-upload`):
+    /// `kumo image-upload dv NAME --image-path FILE --size 10Gi`.
+    ImageUpload {
+        #[command(flatten)]
+        args: upload::UploadArgs,
         #[command(flatten)]
         target: Target,
     },
@@ -383,6 +392,11 @@ async fn main() -> Result<()> {
         Command::Start { name, target } => vm_verb(&target, "virtualmachines", &name, "start").await,
         Command::Stop { name, target } => vm_verb(&target, "virtualmachines", &name, "stop").await,
         Command::Restart { name, target } => vm_verb(&target, "virtualmachines", &name, "restart").await,
+        Command::ImageUpload { args, target } => {
+            let config = kube_config(target.kubeconfig.as_deref()).await?;
+            let ns = target.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+            upload::image_upload(config, &ns, &args).await
+        }
         Command::Addvolume { name, volume_name, serial, persist, target } => {
             let (client, ns) = target_client(&target).await?;
             virtctl::add_volume(&client, &ns, &name, &volume_name, serial.as_deref(), persist).await?;

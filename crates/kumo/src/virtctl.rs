@@ -69,6 +69,72 @@ pub fn kind_plural(kind: &str) -> Result<&'static str> {
     })
 }
 
+/// A TLS connection to `url`'s host, trusting the kubeconfig's CA (or, with `insecure`, any certificate).
+pub async fn connect_tls(
+    config: &kube::Config,
+    url: &http::Uri,
+    insecure: bool,
+) -> Result<(String, u16, tokio_rustls::client::TlsStream<tokio::net::TcpStream>)> {
+    let host = url.host().context("the URL has no host")?.to_string();
+    let port = url.port_u16().unwrap_or(443);
+    let mut roots = rustls::RootCertStore::empty();
+    for der in config.root_cert.clone().unwrap_or_default() {
+        roots.add(rustls::pki_types::CertificateDer::from(der)).context("the kubeconfig's CA certificate")?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let tls = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert(provider)))
+            .with_no_client_auth()
+    } else {
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    let tcp =
+        tokio::net::TcpStream::connect((host.as_str(), port)).await.with_context(|| format!("connecting to {url}"))?;
+    let server_name = rustls::pki_types::ServerName::try_from(host.clone())?;
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(server_name, tcp).await?;
+    Ok((host, port, stream))
+}
+
+/// `--insecure`: any server certificate (the handshake's signatures are still checked).
+#[derive(Debug)]
+struct AnyCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// `kumo console NAME`: the VMI's serial console through the API server, interactive until Ctrl-].
 pub async fn console(config: kube::Config, ns: &str, name: &str) -> Result<()> {
     use futures::{SinkExt, StreamExt};
@@ -77,21 +143,7 @@ pub async fn console(config: kube::Config, ns: &str, name: &str) -> Result<()> {
     use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
     let url = &config.cluster_url;
-    let host = url.host().context("the kubeconfig's server has no host")?.to_string();
-    let port = url.port_u16().unwrap_or(443);
-    let mut roots = rustls::RootCertStore::empty();
-    for der in config.root_cert.clone().unwrap_or_default() {
-        roots.add(rustls::pki_types::CertificateDer::from(der)).context("the kubeconfig's CA certificate")?;
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp =
-        tokio::net::TcpStream::connect((host.as_str(), port)).await.with_context(|| format!("connecting to {url}"))?;
-    let server_name = rustls::pki_types::ServerName::try_from(host.clone())?;
-    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(server_name, tcp).await?;
+    let (host, port, stream) = connect_tls(&config, url, false).await?;
     let path = format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/console");
     let mut req = format!("wss://{host}:{port}{path}").into_client_request()?;
     if let Some(t) = &config.auth_info.token {

@@ -287,3 +287,66 @@ fn a_clone_boots_an_independent_copy() {
         .unwrap();
     assert_eq!(copy.status.code(), Some(1), "the copy differs now: {}", String::from_utf8_lossy(&copy.stdout));
 }
+
+/// `kumo image-upload` (as `virtctl image-upload`): a DataVolume taking an upload, a token from an
+/// UploadTokenRequest, the file streamed through the upload proxy CDIConfig names, with a progress bar. A
+/// garbled image is refused and the DataVolume waits for another upload; the real one boots.
+#[test]
+fn an_uploaded_image_boots_and_a_bad_upload_can_be_redone() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("guest.qcow2");
+    std::fs::copy(guest_image(), &good).unwrap();
+    let bad = dir.path().join("garbled.qcow2");
+    let mut garbled = std::fs::read(&good).unwrap();
+    garbled[4..64].fill(0xff);
+    std::fs::write(&bad, garbled).unwrap();
+    let s = Server::start_with_guests(&[]).unwrap();
+    let proxy = get(&s, &["get", "cdiconfig", "config", "-o", "jsonpath={.status.uploadProxyURL}"]);
+    assert!(proxy.starts_with("https://") && proxy.ends_with("/kumo/upload-proxy"), "{proxy}");
+
+    let upload = |image: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["image-upload", "dv", "uploaded", "--image-path", image.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        s.kumo(&args)
+    };
+    let out = upload(&bad, &["--size", "128Mi"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && text.contains("qemu-img"), "a garbled image is refused: {text}");
+    assert_eq!(field(&s, "uploaded", "{.status.phase}"), "UploadReady", "and the DataVolume waits for another");
+    // Without a token the proxy answers 401; a token is for one claim and comes from an UploadTokenRequest.
+    let post = "import ssl, sys, urllib.request, urllib.error\n\
+        req = urllib.request.Request(sys.argv[1], data=b'x', method='POST')\n\
+        try:\n    urllib.request.urlopen(req, context=ssl._create_unverified_context()); print(200)\n\
+        except urllib.error.HTTPError as e:\n    print(e.code)\n";
+    let anonymous = std::process::Command::new("python3")
+        .args(["-c", post, &format!("{proxy}/v1beta1/upload")])
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&anonymous.stdout).trim(),
+        "401",
+        "{}",
+        String::from_utf8_lossy(&anonymous.stderr)
+    );
+    let token = s
+        .kubectl_stdin(
+            &["create", "-f", "-", "-o", "jsonpath={.status.token}"],
+            "apiVersion: upload.cdi.kubevirt.io/v1beta1\nkind: UploadTokenRequest\nmetadata: {name: t}\nspec: {pvcName: uploaded}\n",
+        )
+        .unwrap();
+    assert!(token.status.success() && token.stdout.len() > 40, "{}", String::from_utf8_lossy(&token.stderr));
+
+    let out = upload(&good, &["--no-create"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("Processing completed successfully"), "{stdout}");
+    assert!(stderr.contains("100.00%") && stderr.contains("MiB/s"), "a progress bar: {stderr}");
+    assert_eq!(field(&s, "uploaded", "{.status.phase} {.status.progress}"), "Succeeded 100.00%");
+    s.apply(&VM.replace("name: imported", "name: fromupload").replace("name: guest}", "name: uploaded}")).unwrap();
+    let out = s.kubectl(&["wait", "vmi", "fromupload", "--for=condition=Ready", "--timeout=180s"]).unwrap();
+    assert!(out.status.success(), "{}", get(&s, &["describe", "vmi", "fromupload"]));
+    let mut console = s.console("fromupload");
+    let answer = console.run("echo uploaded-$((40+2))", Duration::from_secs(90));
+    let (_, stderr) = console.close();
+    assert_eq!(answer.as_deref(), Some("uploaded-42"), "{stderr}");
+}

@@ -126,7 +126,8 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     let ca = cfg.cluster_ca.clone().context(
         "the console endpoint needs the cluster CA to check the API server by: use a kubeconfig that names it",
     )?;
-    let console = crate::console::serve(bind, cfg.state_dir.join("vmis"), &ca).await?;
+    let uploads: crate::console::Uploads = Arc::default();
+    let console = crate::console::serve(bind, cfg.state_dir.join("vmis"), &ca, uploads.clone()).await?;
     host.console = Some((format!("https://{}", console.addr), console.fingerprint));
     // Rounded up: the control plane must never wait less than the watchdog does.
     host.fencing_secs = cfg.fencing_period.map(|p| p.as_secs() + u64::from(p.subsec_nanos() > 0));
@@ -164,6 +165,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
         volume_dirs,
         cfg,
     });
+    let _ = uploads.set(agent.clone());
     tokio::spawn(keeper::run(agent.clone()));
     // Only this node's VMIs, selected by the server: KubeVirt's node label, which the scheduler sets when it
     // binds and keeps on the VMI until it is gone (deleting and finished ones included, so their cleanup is

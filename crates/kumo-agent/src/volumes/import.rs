@@ -29,18 +29,25 @@ pub async fn http(url: &str, target: &Target<'_>, progress: &(dyn Fn(f64) + Sync
     if !status.is_success() {
         return Err(format!("HTTP {} from {url}", status));
     }
-    let total = resp
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let total = content_length(resp.headers());
+    stream(resp.into_body(), total, &format!("the download of {url}"), target, progress).await
+}
+
+/// Writes a body of `total` bytes (when known) into `target`, as [`http`] does: to scratch (gzip and xz
+/// undone on the way), then converted. `what` names it in errors ("the download of URL", "the upload").
+pub async fn stream(
+    mut body: hyper::body::Incoming,
+    total: Option<u64>,
+    what: &str,
+    target: &Target<'_>,
+    progress: &(dyn Fn(f64) + Sync),
+) -> Result<(), String> {
     let scratch = scratch_of(target.image);
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(IN_FLIGHT);
     let writer = {
         let scratch = scratch.clone();
         tokio::task::spawn_blocking(move || write_decoded(rx, &scratch))
     };
-    let mut body = resp.into_body();
     let mut got = 0u64;
     let mut failed = None;
     loop {
@@ -57,8 +64,8 @@ pub async fn http(url: &str, target: &Target<'_>, progress: &(dyn Fn(f64) + Sync
             Ok(None) => break,
             Err(e) => {
                 failed = Some(match total {
-                    Some(t) if got < t => format!("the download of {url} was cut short at {got} of {t} bytes: {e:#}"),
-                    _ => format!("downloading {url}: {e:#} after {got} bytes"),
+                    Some(t) if got < t => format!("{what} was cut short at {got} of {t} bytes: {e:#}"),
+                    _ => format!("{what}: {e:#} after {got} bytes"),
                 });
                 break;
             }
@@ -69,12 +76,17 @@ pub async fn http(url: &str, target: &Target<'_>, progress: &(dyn Fn(f64) + Sync
     let result = match (failed, written) {
         (Some(e), _) | (None, Err(e)) => Err(e),
         (None, Ok(())) if total.is_some_and(|t| got < t) => {
-            Err(format!("the download of {url} was cut short: {got} of {} bytes", total.unwrap_or(0)))
+            Err(format!("{what} was cut short: {got} of {} bytes", total.unwrap_or(0)))
         }
         (None, Ok(())) => convert(&scratch, target).await,
     };
     let _ = std::fs::remove_file(&scratch);
     result
+}
+
+/// A message's `Content-Length`, when it has one.
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
 }
 
 fn scratch_of(image: &Path) -> PathBuf {

@@ -140,7 +140,7 @@ async fn reconcile(pv: Arc<PersistentVolume>, keeper: Arc<Keeper>) -> Result<Act
 }
 
 /// The source a volume is filled from (a DataVolume's), unless it is blank.
-fn populate_source(pv: &PersistentVolume) -> Option<serde_json::Value> {
+pub(super) fn populate_source(pv: &PersistentVolume) -> Option<serde_json::Value> {
     let source: serde_json::Value = serde_json::from_str(prov::annotation(pv, POPULATE_SOURCE)?).ok()?;
     source.get("blank").is_none().then_some(source)
 }
@@ -153,7 +153,6 @@ fn backoff(restarts: u32) -> Duration {
 
 /// Fills the volume from its source, reporting progress on it; a failure is counted and tried again later.
 async fn populate(keeper: &Keeper, pv: &PersistentVolume) -> Result<Action, Error> {
-    let api = Api::<PersistentVolume>::all(keeper.client.clone());
     let name = pv.name_any();
     let now = chrono::Utc::now();
     if let Some(at) = prov::annotation(pv, prov::RETRY_AFTER).and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
@@ -162,24 +161,22 @@ async fn populate(keeper: &Keeper, pv: &PersistentVolume) -> Result<Action, Erro
             return Ok(Action::requeue(wait));
         }
     }
-    let set = |annotations: serde_json::Value| {
-        let api = api.clone();
-        let name = name.clone();
-        async move {
-            let patch = json!({"metadata": {"annotations": annotations}});
-            conditional(api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await)
+    let set = annotator(keeper, &name);
+    let upload = populate_source(pv).is_some_and(|s| s.get("upload").is_some());
+    if upload && !keeper.volume_dirs.image_of(pv).map_err(Error::Other)?.exists() {
+        // Filled by whoever uploads (through the API server's upload proxy, to crate::volumes::upload).
+        if prov::state(pv) != Some(prov::POPULATING) {
+            set(json!({prov::VOLUME_STATE: prov::POPULATING, prov::PROGRESS: "N/A"})).await?;
         }
-    };
+        return Ok(Action::await_change());
+    }
     set(json!({prov::VOLUME_STATE: prov::POPULATING, prov::PROGRESS: "0.00%"})).await?;
     let result = fill(keeper, pv, &set).await;
     let restarts: u32 = prov::annotation(pv, prov::RESTARTS).and_then(|r| r.parse().ok()).unwrap_or(0);
     match result {
         Ok(()) => {
             tracing::info!(volume = %name, "volume filled from its source");
-            let bytes = capacity(pv).ok().map(|b| b.to_string());
-            set(json!({prov::VOLUME_STATE: prov::READY, prov::PROGRESS: kumo_api::cdi::progress(1.0),
-                prov::VOLUME_MESSAGE: null, prov::RETRY_AFTER: null, prov::IMAGE_BYTES: bytes}))
-            .await?;
+            set(filled(pv)).await?;
             Ok(Action::await_change())
         }
         Err(why) => {
@@ -192,6 +189,29 @@ async fn populate(keeper: &Keeper, pv: &PersistentVolume) -> Result<Action, Erro
             Ok(Action::requeue(wait))
         }
     }
+}
+
+/// Merge-patches annotations of the volume `name` (a conflict or a vanished volume is left to the watch).
+pub(super) fn annotator(
+    keeper: &Keeper,
+    name: &str,
+) -> impl Fn(serde_json::Value) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send>> {
+    let api = Api::<PersistentVolume>::all(keeper.client.clone());
+    let name = name.to_string();
+    move |annotations| {
+        let (api, name) = (api.clone(), name.clone());
+        Box::pin(async move {
+            let patch = json!({"metadata": {"annotations": annotations}});
+            conditional(api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await)
+        })
+    }
+}
+
+/// The annotations of a volume whose image is whole.
+pub(super) fn filled(pv: &PersistentVolume) -> serde_json::Value {
+    let bytes = capacity(pv).ok().map(|b| b.to_string());
+    json!({prov::VOLUME_STATE: prov::READY, prov::PROGRESS: kumo_api::cdi::progress(1.0),
+        prov::VOLUME_MESSAGE: null, prov::RETRY_AFTER: null, prov::IMAGE_BYTES: bytes})
 }
 
 /// One try at filling the volume, with its progress written on the volume at most once a second.
@@ -229,13 +249,26 @@ where
     let url = url.ok_or_else(|| format!("unsupported DataVolume source {source}: kumo imports http and registry"))?;
     let fraction = std::sync::Mutex::new(None::<f64>);
     let report = |f: f64| *fraction.lock().unwrap() = Some(f);
-    let import = import::http(url, &target, &report);
-    tokio::pin!(import);
+    with_progress(import::http(url, &target, &report), &fraction, set).await
+}
+
+/// Runs `work`, writing the fraction it reports on the volume at most once a second.
+pub(super) async fn with_progress<W, F, Fut>(
+    work: W,
+    fraction: &std::sync::Mutex<Option<f64>>,
+    set: &F,
+) -> Result<(), String>
+where
+    W: std::future::Future<Output = Result<(), String>>,
+    F: Fn(serde_json::Value) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    tokio::pin!(work);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut shown = None;
     loop {
         tokio::select! {
-            r = &mut import => return r,
+            r = &mut work => return r,
             _ = tick.tick() => {
                 let now = *fraction.lock().unwrap();
                 if let Some(f) = now.filter(|_| now != shown) {
@@ -271,7 +304,7 @@ async fn event(keeper: &Keeper, pv: &PersistentVolume, reason: &str, note: Strin
     }
 }
 
-fn capacity(pv: &PersistentVolume) -> Result<u64, String> {
+pub(super) fn capacity(pv: &PersistentVolume) -> Result<u64, String> {
     let q = pv.spec.as_ref().and_then(|s| s.capacity.as_ref()).and_then(|c| c.get("storage"));
     let q = q.ok_or("the volume has no capacity")?;
     kumo_api::quantity::parse(&q.0).map_err(|e| format!("capacity {}: {e}", q.0))

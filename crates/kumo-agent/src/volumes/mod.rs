@@ -12,6 +12,7 @@ mod grow;
 pub mod import;
 pub mod keeper;
 mod snapshots;
+pub(crate) mod upload;
 
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kumo_api::provisioning as prov;

@@ -25,6 +25,34 @@ pub fn spec_schema() -> Value {
     yaml(SCHEMA)["properties"]["spec"].clone()
 }
 
+/// CDI's cluster-wide settings (`CDIConfig` named `config`): kumo publishes its upload proxy's URL in
+/// `status.uploadProxyURL`, where `virtctl image-upload` looks for it.
+pub fn cdiconfig_crd() -> Value {
+    let schema = serde_json::json!({"type": "object", "properties": {
+        "spec": {"type": "object", "properties": {"uploadProxyURLOverride": {"type": "string"}}},
+        "status": {"type": "object", "properties": {"uploadProxyURL": {"type": "string"}}}}});
+    let mut crd = crd_in(
+        GROUP,
+        VERSION,
+        "CDIConfig",
+        "cdiconfigs",
+        &[],
+        schema,
+        vec![col("Age", "date", ".metadata.creationTimestamp", 0)],
+    );
+    crd["spec"]["scope"] = serde_json::json!("Cluster");
+    crd
+}
+
+/// `UploadTokenRequest` (upload.cdi.kubevirt.io): asks for a token to upload into one claim; the answer
+/// carries it in `status.token` and nothing is stored.
+pub fn upload_token_request_crd() -> Value {
+    let schema = serde_json::json!({"type": "object", "required": ["spec"], "properties": {
+        "spec": {"type": "object", "required": ["pvcName"], "properties": {"pvcName": {"type": "string"}}},
+        "status": {"type": "object", "properties": {"token": {"type": "string"}}}}});
+    crd_in("upload.cdi.kubevirt.io", VERSION, "UploadTokenRequest", "uploadtokenrequests", &[], schema, vec![])
+}
+
 /// The DataVolume CRD.
 pub fn datavolume_crd() -> Value {
     crd_in(
@@ -112,7 +140,7 @@ pub fn validate_spec(spec: &Value, path: &str) -> Vec<crate::status::Cause> {
     if sources.len() != 1 {
         c.push(Cause::invalid(
             format!("{path}.source"),
-            "exactly one source must be set (http, registry, pvc or blank)",
+            "exactly one source must be set (http, registry, pvc, upload or blank)",
         ));
     }
     let storage = obj.pointer("/spec/storage");

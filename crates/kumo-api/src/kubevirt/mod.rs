@@ -153,7 +153,13 @@ pub fn vm_crd() -> Value {
 
 /// Every CRD kumo installs: KubeVirt's (snapshots included) and CDI's.
 pub fn crds() -> Vec<Value> {
-    let mut all = vec![vm_crd(), vmi_crd(), crate::cdi::datavolume_crd()];
+    let mut all = vec![
+        vm_crd(),
+        vmi_crd(),
+        crate::cdi::datavolume_crd(),
+        crate::cdi::cdiconfig_crd(),
+        crate::cdi::upload_token_request_crd(),
+    ];
     all.extend(crate::snapshot::crds());
     all
 }

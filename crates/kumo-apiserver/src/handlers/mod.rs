@@ -80,6 +80,10 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>, 
         "/version" => return response::json_response(StatusCode::OK, &crate::discovery::version()),
         _ => {}
     }
+    if path.starts_with(crate::upload::PREFIX) {
+        // The upload proxy takes its own bearer tokens (UploadTokenRequest), not API credentials.
+        return crate::upload::serve(&api, Request::from_parts(parts, body)).await;
+    }
     let user = authenticate(&api, &parts.headers, cert_user).await.unwrap_or(User::Anonymous);
     let anonymous = user == User::Anonymous;
     if anonymous && !path.starts_with("/api/v1/namespaces/kube-public/configmaps/cluster-info") {

@@ -31,6 +31,11 @@ pub async fn create(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<R
     }
     let mut opts = write_options(call)?;
     let mut obj = body::decode_object(call)?;
+    if def.group == crate::upload::GROUP && def.kind == "UploadTokenRequest" {
+        // A request, answered at once and never stored (as a TokenRequest).
+        let out = crate::upload::token_request(&api.token, call.namespace().unwrap_or("default"), obj)?;
+        return Ok(respond(StatusCode::CREATED, def, out, call, &opts.warnings));
+    }
     if def.builtin == Some(kumo_api::resource::Builtin::CertificateSigningRequest) {
         crate::csr::admit(api, &call.user, &mut obj).await?;
     }

@@ -64,7 +64,8 @@ pub fn immediate_node(
     class: Option<&StorageClass>,
     nodes: &[Node],
 ) -> Option<String> {
-    let asked = dv.annotations().get(BIND_IMMEDIATE).is_some_and(|v| v == "true");
+    // An upload has no consumer to wait for: the upload is it (as CDI's upload pod is).
+    let asked = dv.annotations().get(BIND_IMMEDIATE).is_some_and(|v| v == "true") || dv.source_kind() == "upload";
     let waits = class.is_some_and(|c| c.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer"));
     if !asked || !waits || claim.annotations().contains_key(SELECTED_NODE) || !volume_name(claim).is_empty() {
         return None;
@@ -99,7 +100,8 @@ pub fn status(dv: &DataVolume, seen: &Observed, now: &str) -> (DataVolumeStatus,
         }
         (Some(c), _) if !bound => {
             let waits = seen.class.is_some_and(|k| k.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer"));
-            let first = waits && !c.annotations().contains_key(SELECTED_NODE) && !dv.annotations().contains_key(BIND_IMMEDIATE);
+            let now = dv.annotations().contains_key(BIND_IMMEDIATE) || dv.source_kind() == "upload";
+            let first = waits && !c.annotations().contains_key(SELECTED_NODE) && !now;
             (if first { "WaitForFirstConsumer" } else { "Pending" }, None)
         }
         (Some(_), None) => ("PVCBound", None),
@@ -179,8 +181,24 @@ pub fn status(dv: &DataVolume, seen: &Observed, now: &str) -> (DataVolumeStatus,
 fn kind_phases(dv: &DataVolume) -> (&'static str, &'static str) {
     match dv.source_kind().as_ref() {
         "pvc" => ("CloneScheduled", "CloneInProgress"),
+        "upload" => ("UploadScheduled", "UploadReady"),
         _ => ("ImportScheduled", "ImportInProgress"),
     }
+}
+
+/// The annotations CDI's upload and import pods leave on the claim, which `virtctl image-upload` waits on:
+/// whether the upload server is ready, and the pod's phase.
+pub fn pod_annotations(dv: &DataVolume, phase: &str) -> serde_json::Value {
+    let (scheduled, running) = kind_phases(dv);
+    let pod = match phase {
+        "Succeeded" => "Succeeded",
+        "Failed" => "Failed",
+        p if p == running => "Running",
+        p if p == scheduled => "Pending",
+        _ => return json!({}),
+    };
+    json!({"cdi.kubevirt.io/storage.pod.phase": pod,
+        "cdi.kubevirt.io/storage.pod.ready": (phase == running).to_string()})
 }
 
 /// Whether two statuses differ in more than heartbeat times (so an unchanged DataVolume is not rewritten).

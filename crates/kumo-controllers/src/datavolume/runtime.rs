@@ -117,6 +117,14 @@ async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let now = kumo_api::meta::now_rfc3339();
     let seen = Observed { claim: claim.as_ref(), volume: volume.as_ref(), class };
     let (st, event) = status(&dv, &seen, &now);
+    let pod = super::pod_annotations(&dv, st.phase.as_deref().unwrap_or_default());
+    if let (Some(c), Some(want)) = (claim.as_ref().filter(|c| super::owns(&dv, c)), pod.as_object()) {
+        let stale = want.iter().any(|(k, v)| c.annotations().get(k).map(String::as_str) != v.as_str());
+        if stale {
+            let patch = json!({"metadata": {"annotations": pod}});
+            claims.patch(&c.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+        }
+    }
     if dv.status.as_ref().is_none_or(|old| changed(old, &st)) {
         let api: Api<DataVolume> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({"status": st});
