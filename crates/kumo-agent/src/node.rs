@@ -28,6 +28,9 @@ pub struct HostInfo {
     pub fencing_secs: Option<u64>,
     /// The agent mounts the shared volume directory.
     pub shared_volumes: bool,
+    /// The size of the filesystem that holds this node's `local` volumes (bytes), reported as the extended
+    /// resource [`kumo_api::provisioning::LOCAL_VOLUME_RESOURCE`] so no claim bigger than it lands here.
+    pub volume_bytes: Option<u64>,
 }
 
 /// VMIs one node runs at most, reported as `pods` capacity (a VMI is KubeVirt's virt-launcher pod): one per
@@ -112,6 +115,7 @@ impl HostInfo {
             console: None,
             fencing_secs: None,
             shared_volumes: false,
+            volume_bytes: None,
         }
     }
 }
@@ -143,7 +147,7 @@ pub fn node_object(h: &HostInfo) -> Value {
 pub fn node_status(h: &HostInfo, reserved_bytes: u64, ready_since: &str) -> Value {
     let ts = kumo_api::meta::now_rfc3339();
     let kvm = if h.accel == "kvm" { "1k" } else { "0" };
-    json!({
+    let mut status = json!({
         "apiVersion": "v1", "kind": "Node", "metadata": {"name": h.name},
         "status": {
             "capacity": {"cpu": h.cpus.to_string(), "memory": format!("{}Ki", h.memory_bytes / 1024),
@@ -160,7 +164,13 @@ pub fn node_status(h: &HostInfo, reserved_bytes: u64, ready_since: &str) -> Valu
                 "containerRuntimeVersion": format!("qemu://{}", h.qemu_version), "machineID": h.machine_id,
                 "systemUUID": h.machine_id, "bootID": h.boot_id},
         }
-    })
+    });
+    if let Some(bytes) = h.volume_bytes {
+        for list in ["capacity", "allocatable"] {
+            status["status"][list][kumo_api::provisioning::LOCAL_VOLUME_RESOURCE] = json!(bytes.to_string());
+        }
+    }
+    status
 }
 
 const MANAGER: &str = "kumo-agent";
@@ -246,6 +256,7 @@ mod tests {
             console: Some(("https://10.0.0.5:1234".into(), "ab".into())),
             fencing_secs: Some(20),
             shared_volumes: true,
+            volume_bytes: Some(1 << 30),
         };
         let o = node_object(&h);
         assert_eq!(o["metadata"]["labels"]["kumo.dev/accel"], "tcg");

@@ -12,6 +12,8 @@ pub const LOCAL: &str = "kumo.dev/local";
 pub const SHARED: &str = "kumo.dev/shared";
 /// On a volume: the node whose agent makes, fills and removes its files. Nodes may watch only theirs.
 pub const VOLUME_NODE_LABEL: &str = "kumo.dev/volume-node";
+/// On a Node (capacity and allocatable): the size of the filesystem holding its `local` volumes, in bytes.
+pub const LOCAL_VOLUME_RESOURCE: &str = "kumo.dev/local-volumes";
 /// On a Node: its agent mounts the shared volume directory.
 pub const SHARED_VOLUMES_LABEL: &str = "kumo.dev/shared-volumes";
 /// On a volume kumo provisioned: `Pending` until its agent made the image, then `Ready` (or `Failed`).
@@ -45,6 +47,12 @@ pub const PENDING: &str = "Pending";
 pub const POPULATING: &str = "Populating";
 pub const READY: &str = "Ready";
 pub const FAILED: &str = "Failed";
+
+/// How many bytes of `local` volumes a Node can hold, when its agent says.
+pub fn node_volume_bytes(node: &k8s_openapi::api::core::v1::Node) -> Option<u64> {
+    let q = node.status.as_ref()?.allocatable.as_ref()?.get(LOCAL_VOLUME_RESOURCE)?;
+    crate::quantity::parse(&q.0).ok()
+}
 
 /// Whether a provisioner name is one of kumo's.
 pub fn is_ours(provisioner: &str) -> bool {

@@ -350,3 +350,72 @@ fn an_uploaded_image_boots_and_a_bad_upload_can_be_redone() {
     let (_, stderr) = console.close();
     assert_eq!(answer.as_deref(), Some("uploaded-42"), "{stderr}");
 }
+
+/// A small filesystem, mounted for one test (tmpfs) and unmounted after it.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "kumo-test", dir.to_str().unwrap()])
+            .output()
+            .expect("mount (the test runs as root)");
+        assert!(out.status.success(), "mounting a tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        SmallFs(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A claim bigger than any node can hold stays Pending, and the VM that wants it says why (kube-scheduler's
+/// words); an import onto a class whose filesystem fills up is retried with "No space left on device" in its
+/// status and events. The server and other volumes carry on.
+#[test]
+fn a_claim_too_big_for_any_node_and_a_full_filesystem_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest_image(), dir.path().join("guest.qcow2")).unwrap();
+    let http = HttpFiles::start(dir.path(), 64 << 20);
+    let small = SmallFs::mount(&dir.path().join("shared"), "24m");
+    let s = Server::start_with_guests(&["--shared-volume-dir", small.0.to_str().unwrap()]).unwrap();
+    let capacity = get(&s, &["get", "node", "-o", r"jsonpath={.items[0].status.allocatable.kumo\.dev/local-volumes}"]);
+    assert!(capacity.parse::<u64>().is_ok_and(|b| b > 0), "the node says how much it holds: {capacity:?}");
+
+    s.apply(&datavolume("huge", &http.url("guest.qcow2"), "1Ei", false)).unwrap();
+    s.apply(&VM.replace("name: imported", "name: toobig").replace("name: guest}", "name: huge}")).unwrap();
+    let why = eventually(Duration::from_secs(30), || {
+        let m = get(
+            &s,
+            &["get", "vmi", "toobig", "-o", r#"jsonpath={.status.conditions[?(@.type=="PodScheduled")].message}"#],
+        );
+        m.contains("did not have enough free storage").then_some(m)
+    });
+    assert!(why.is_some(), "{}", get(&s, &["describe", "vmi", "toobig"]));
+    assert_eq!(get(&s, &["get", "pvc", "huge", "-o", "jsonpath={.status.phase}"]), "Pending");
+
+    s.apply(
+        &datavolume("filling", &http.url("guest.qcow2"), "64Mi", false)
+            .replace("  storage:\n", "  storage:\n    storageClassName: shared\n"),
+    )
+    .unwrap();
+    let full = eventually(Duration::from_secs(90), || {
+        let m = field(&s, "filling", r#"{.status.conditions[?(@.type=="Running")].message}"#);
+        m.contains("No space left on device").then_some(m)
+    });
+    assert!(full.is_some(), "{}", get(&s, &["describe", "dv", "filling"]));
+    let events = get(&s, &["get", "events", "--field-selector", "involvedObject.name=filling"]);
+    assert!(events.contains("No space left on device"), "{events}");
+    // A small volume on the same filesystem still works.
+    s.apply(
+        "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata: {name: tiny}\nspec:\n  source: {blank: {}}\n  \
+         storage:\n    storageClassName: shared\n    resources: {requests: {storage: 1Mi}}\n",
+    )
+    .unwrap();
+    let tiny =
+        eventually(Duration::from_secs(60), || (field(&s, "tiny", "{.status.phase}") == "Succeeded").then_some(()));
+    assert!(tiny.is_some(), "{}", get(&s, &["describe", "dv", "tiny"]));
+}

@@ -122,6 +122,8 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
         host.internal_ip = ip.to_string();
     }
     host.shared_volumes = cfg.shared_volume_dir.is_some();
+    std::fs::create_dir_all(&cfg.volume_dir).with_context(|| format!("creating {}", cfg.volume_dir.display()))?;
+    host.volume_bytes = crate::volumes::filesystem_bytes(&cfg.volume_dir).ok();
     let bind: std::net::SocketAddr = format!("{}:0", host.internal_ip).parse().context("node address")?;
     let ca = cfg.cluster_ca.clone().context(
         "the console endpoint needs the cluster CA to check the API server by: use a kubeconfig that names it",

@@ -319,7 +319,7 @@ async fn make(dirs: &VolumeDirs, pv: &PersistentVolume) -> Result<(), String> {
     }
     let bytes = capacity(pv)?;
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let total = filesystem_bytes(&dir)?;
+    let total = super::filesystem_bytes(&dir)?;
     if bytes > total {
         return Err(format!(
             "the volume needs {bytes} bytes but the filesystem of {} holds {total} bytes",
@@ -345,11 +345,6 @@ fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
-}
-
-fn filesystem_bytes(dir: &Path) -> Result<u64, String> {
-    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| format!("statvfs {}: {e}", dir.display()))?;
-    Ok(st.blocks() as u64 * st.fragment_size() as u64)
 }
 
 fn remove(dirs: &VolumeDirs, pv: &PersistentVolume) -> Result<(), String> {

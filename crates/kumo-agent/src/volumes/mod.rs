@@ -58,3 +58,9 @@ pub fn static_image(pv: &PersistentVolume) -> Option<PathBuf> {
     let path = Path::new(path);
     Some(if path.is_dir() { path.join("disk.img") } else { path.to_path_buf() })
 }
+
+/// The size of the filesystem holding `dir`, in bytes.
+pub fn filesystem_bytes(dir: &Path) -> Result<u64, String> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| format!("statvfs {}: {e}", dir.display()))?;
+    Ok(st.blocks() as u64 * st.fragment_size() as u64)
+}

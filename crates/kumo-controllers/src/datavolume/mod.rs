@@ -70,9 +70,12 @@ pub fn immediate_node(
     if !asked || !waits || claim.annotations().contains_key(SELECTED_NODE) || !volume_name(claim).is_empty() {
         return None;
     }
+    let want = kumo_api::storage::requested_bytes(claim).unwrap_or(0);
+    let local = class.is_some_and(|c| c.provisioner == prov::LOCAL);
     let usable: Vec<&Node> = nodes
         .iter()
         .filter(|n| crate::sched::ready(n) && !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false))
+        .filter(|n| !local || prov::node_volume_bytes(n).is_none_or(|have| have >= want))
         .collect();
     let spread = dv.uid().unwrap_or_default().bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
     (!usable.is_empty()).then(|| usable[spread % usable.len()].name_any())

@@ -76,7 +76,16 @@ pub fn plan(
             ))
         }
         (prov::LOCAL, Some(n)) => match nodes.iter().find(|node| node.name_any() == *n) {
-            Some(node) => node.name_any(),
+            Some(node) => {
+                let want = kumo_api::storage::requested_bytes(claim).unwrap_or(0);
+                if let Some(have) = prov::node_volume_bytes(node).filter(|have| *have < want) {
+                    return Plan::Fail(format!(
+                        "node {n} holds {have} bytes of local volumes; the claim asks for {want}: ask for less, or \
+                         use a node with a bigger --volume-dir"
+                    ));
+                }
+                node.name_any()
+            }
             None => return Plan::Fail(format!("the selected node \"{n}\" does not exist")),
         },
         (_, selected) => match shared_keeper(claim, selected.map(String::as_str), nodes) {

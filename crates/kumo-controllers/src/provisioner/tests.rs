@@ -88,3 +88,28 @@ fn a_shared_volume_is_kept_by_a_ready_node_that_mounts_the_directory() {
     assert_eq!(plan_cleanup(&local, &alone), Cleanup::Release);
     assert_eq!(plan_cleanup(&local, &nodes), Cleanup::Nothing, "its node removes the files");
 }
+
+#[test]
+fn a_local_claim_bigger_than_its_node_can_hold_is_refused_with_the_sizes() {
+    let mut n = node("a", false, true);
+    n.status.as_mut().unwrap().allocatable = Some(
+        [(
+            prov::LOCAL_VOLUME_RESOURCE.to_string(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity("2147483648".into()),
+        )]
+        .into(),
+    );
+    assert!(matches!(plan(&claim("local", prov::LOCAL, Some("a")), &classes(), &[n.clone()], None), Plan::Create(_)));
+    let mut big = claim("local", prov::LOCAL, Some("a"));
+    big.spec
+        .as_mut()
+        .unwrap()
+        .resources
+        .as_mut()
+        .unwrap()
+        .requests
+        .as_mut()
+        .unwrap()
+        .insert("storage".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("3Gi".into()));
+    assert!(matches!(plan(&big, &classes(), &[n], None), Plan::Fail(m) if m.contains("holds 2147483648 bytes")));
+}

@@ -22,6 +22,8 @@ pub(crate) struct Volumes<'a> {
     pub(crate) waiting: Vec<String>,
     /// A bound volume whose image its node has not made yet.
     unmade: bool,
+    /// The largest `local` volume still to be made on the chosen node (bytes).
+    local_bytes: u64,
 }
 
 /// The requirements of `vmi`'s claims, or why no node can do (kube-scheduler's words).
@@ -59,6 +61,9 @@ pub(crate) fn resolve<'a>(vmi: &VirtualMachineInstance, cluster: &Cluster<'a>) -
         if class.is_none_or(|c| c.volume_binding_mode.as_deref() != Some("WaitForFirstConsumer")) {
             return Err("pod has unbound immediate PersistentVolumeClaims".into());
         }
+        if class.is_some_and(|c| c.provisioner == prov::LOCAL) {
+            out.local_bytes = out.local_bytes.max(kumo_api::storage::requested_bytes(claim).unwrap_or(0));
+        }
         match claim.annotations().get(SELECTED_NODE) {
             Some(node) => out.selected = Some(node.as_str()),
             None => out.waiting.push(name.to_string()),
@@ -73,6 +78,10 @@ impl Volumes<'_> {
         let name = node.metadata.name.as_deref().unwrap_or_default();
         if self.selected.is_some_and(|s| s != name) {
             return Some("node(s) did not match the node selected for the pod's volumes");
+        }
+        // kube-scheduler's words when a CSI driver's published capacity is too small.
+        if prov::node_volume_bytes(node).is_some_and(|have| have < self.local_bytes) {
+            return Some("node(s) did not have enough free storage");
         }
         let reachable = |sel: &&NodeSelector| sel.node_selector_terms.iter().any(|t| super::term_matches(t, node));
         (!self.pins.iter().all(reachable)).then_some("node(s) had volume node affinity conflict")
