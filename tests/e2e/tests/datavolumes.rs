@@ -419,3 +419,32 @@ fn a_claim_too_big_for_any_node_and_a_full_filesystem_say_why() {
         eventually(Duration::from_secs(60), || (field(&s, "tiny", "{.status.phase}") == "Succeeded").then_some(()));
     assert!(tiny.is_some(), "{}", get(&s, &["describe", "dv", "tiny"]));
 }
+
+/// gzip- and xz-compressed images are undone while they stream, and hold what the image holds.
+#[test]
+fn compressed_images_are_imported_as_they_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = guest_image();
+    let compress = "import gzip, lzma, shutil, sys\n\
+        src = open(sys.argv[1], 'rb').read()\n\
+        open(sys.argv[2] + '/guest.qcow2.gz', 'wb').write(gzip.compress(src))\n\
+        open(sys.argv[2] + '/guest.qcow2.xz', 'wb').write(lzma.compress(src))\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", compress, image.to_str().unwrap(), dir.path().to_str().unwrap()])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let http = HttpFiles::start(dir.path(), 64 << 20);
+    let s = Server::start_with_guests(&[]).unwrap();
+    for (name, file) in [("gz", "guest.qcow2.gz"), ("xz", "guest.qcow2.xz")] {
+        s.apply(&datavolume(name, &http.url(file), "64Mi", true)).unwrap();
+    }
+    for name in ["gz", "xz"] {
+        let done = eventually(Duration::from_secs(90), || (field(&s, name, "{.status.phase}") == "Succeeded").then_some(()));
+        assert!(done.is_some(), "{}", get(&s, &["describe", "dv", name]));
+        let pv = get(&s, &["get", "pvc", name, "-o", "jsonpath={.spec.volumeName}"]);
+        let imported = s.data_dir().join("agent/volumes").join(pv).join("disk.qcow2");
+        let same = std::process::Command::new("qemu-img").args(["compare", "-U"]).arg(&image).arg(&imported).output().unwrap();
+        assert!(same.status.success(), "{name}: {}", String::from_utf8_lossy(&same.stdout));
+    }
+}
