@@ -448,3 +448,38 @@ fn compressed_images_are_imported_as_they_stream() {
         assert!(same.status.success(), "{name}: {}", String::from_utf8_lossy(&same.stdout));
     }
 }
+
+/// Manifests written as CDI's and KubeVirt's guides write them apply unchanged (only the image URLs point at
+/// the test's servers): standalone DataVolumes wait for a first consumer as CDI's do on such a class, one
+/// asked to bind at once is filled, and a halted VM's template makes its DataVolume.
+#[test]
+fn documented_manifests_apply_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guest_image(), dir.path().join("guest.qcow2")).unwrap();
+    let http = HttpFiles::start(dir.path(), 64 << 20);
+    let s = Server::start_with_guests(&[]).unwrap();
+    let manifests = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/storage-manifests.yaml"))
+        .unwrap()
+        .replace("HTTP_URL", &http.url("guest.qcow2"))
+        .replace("REGISTRY_URL", "docker://quay.io/kumo/test-guest:latest");
+    let out = s.apply(&manifests).unwrap();
+    for created in ["docs-http-dv", "docs-registry-dv", "docs-blank-dv", "docs-pvc", "docs-vm-datavolume"] {
+        assert!(out.contains(&format!("{created} created")), "{out}");
+    }
+    let phases = |want: &[(&str, &str)]| {
+        eventually(Duration::from_secs(90), || {
+            want.iter().all(|(dv, phase)| field(&s, dv, "{.status.phase}") == *phase).then_some(())
+        })
+        .is_some()
+    };
+    let want = [
+        ("docs-http-dv", "WaitForFirstConsumer"),
+        ("docs-blank-dv", "WaitForFirstConsumer"),
+        ("docs-template-dv", "WaitForFirstConsumer"),
+        ("docs-registry-dv", "Succeeded"),
+    ];
+    assert!(phases(&want), "{}", get(&s, &["get", "dv"]));
+    let owner = field(&s, "docs-template-dv", "{.metadata.ownerReferences[0].name}");
+    assert_eq!(owner, "docs-vm-datavolume");
+    assert_eq!(get(&s, &["get", "vm", "docs-vm-datavolume", "-o", "jsonpath={.status.printableStatus}"]), "Stopped");
+}
