@@ -9,7 +9,7 @@ import argparse, json, os, shutil, signal, socket, statistics, subprocess, tempf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("KUMO_CACHE", os.path.expanduser("~/.cache/kumo"))
-KUMO = os.path.join(ROOT, "target", "release", "kumo")
+KUMO = os.environ.get("KUMO_BIN", os.path.join(ROOT, "target", "release", "kumo"))
 REGISTRY = "127.0.0.1:5000"
 
 

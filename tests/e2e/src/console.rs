@@ -81,7 +81,7 @@ impl Console {
             let seen = self.seen.lock().unwrap();
             let after = &seen[seen.rfind(&start)? + start.len()..];
             let out = &after[..after.find(&end)?];
-            Some(out.trim().replace('\r', ""))
+            Some(without_guest_messages(out))
         })
     }
 
@@ -98,4 +98,15 @@ impl Console {
         }
         (status, stderr)
     }
+}
+
+/// A command's output without what the guest prints on its console by itself meanwhile: the test guest's
+/// progress lines (`KUMO-GUEST: ...`) and kernel messages (`[   12.345678] ...`).
+fn without_guest_messages(out: &str) -> String {
+    let kernel = |l: &str| {
+        l.strip_prefix('[').and_then(|r| r.split_once(']')).is_some_and(|(t, _)| t.trim().parse::<f64>().is_ok())
+    };
+    let lines: Vec<&str> =
+        out.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.starts_with("KUMO-GUEST:") && !kernel(l)).collect();
+    lines.join("\n").trim().to_string()
 }

@@ -349,6 +349,16 @@ fn an_uploaded_image_boots_and_a_bad_upload_can_be_redone() {
     let answer = console.run("echo uploaded-$((40+2))", Duration::from_secs(90));
     let (_, stderr) = console.close();
     assert_eq!(answer.as_deref(), Some("uploaded-42"), "{stderr}");
+
+    // virtctl's own sequence (UploadTokenRequest, CDIConfig, HEAD upload-async, POST, the claim's pod phase),
+    // spoken by the Python kubernetes client.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/virtctl_upload.py");
+    let out = std::process::Command::new("python3")
+        .args([script, s.kubeconfig().to_str().unwrap(), "by-virtctl", good.to_str().unwrap(), "64Mi"])
+        .output()
+        .expect("python3 with the kubernetes client (scripts/setup.sh installs python3-kubernetes)");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(field(&s, "by-virtctl", "{.status.phase}"), "Succeeded");
 }
 
 /// A small filesystem, mounted for one test (tmpfs) and unmounted after it.
@@ -382,8 +392,11 @@ fn a_claim_too_big_for_any_node_and_a_full_filesystem_say_why() {
     let http = HttpFiles::start(dir.path(), 64 << 20);
     let small = SmallFs::mount(&dir.path().join("shared"), "24m");
     let s = Server::start_with_guests(&["--shared-volume-dir", small.0.to_str().unwrap()]).unwrap();
-    let capacity = get(&s, &["get", "node", "-o", r"jsonpath={.items[0].status.allocatable.kumo\.dev/local-volumes}"]);
-    assert!(capacity.parse::<u64>().is_ok_and(|b| b > 0), "the node says how much it holds: {capacity:?}");
+    let capacity = eventually(Duration::from_secs(30), || {
+        let c = get(&s, &["get", "node", "-o", r"jsonpath={.items[*].status.allocatable.kumo\.dev/local-volumes}"]);
+        c.parse::<u64>().ok().filter(|b| *b > 0)
+    });
+    assert!(capacity.is_some(), "the node says how much it holds: {}", get(&s, &["get", "node", "-o", "yaml"]));
 
     s.apply(&datavolume("huge", &http.url("guest.qcow2"), "1Ei", false)).unwrap();
     s.apply(&VM.replace("name: imported", "name: toobig").replace("name: guest}", "name: huge}")).unwrap();
@@ -440,11 +453,13 @@ fn compressed_images_are_imported_as_they_stream() {
         s.apply(&datavolume(name, &http.url(file), "64Mi", true)).unwrap();
     }
     for name in ["gz", "xz"] {
-        let done = eventually(Duration::from_secs(90), || (field(&s, name, "{.status.phase}") == "Succeeded").then_some(()));
+        let done =
+            eventually(Duration::from_secs(90), || (field(&s, name, "{.status.phase}") == "Succeeded").then_some(()));
         assert!(done.is_some(), "{}", get(&s, &["describe", "dv", name]));
         let pv = get(&s, &["get", "pvc", name, "-o", "jsonpath={.spec.volumeName}"]);
         let imported = s.data_dir().join("agent/volumes").join(pv).join("disk.qcow2");
-        let same = std::process::Command::new("qemu-img").args(["compare", "-U"]).arg(&image).arg(&imported).output().unwrap();
+        let same =
+            std::process::Command::new("qemu-img").args(["compare", "-U"]).arg(&image).arg(&imported).output().unwrap();
         assert!(same.status.success(), "{name}: {}", String::from_utf8_lossy(&same.stdout));
     }
 }

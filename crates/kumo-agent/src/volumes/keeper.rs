@@ -81,9 +81,15 @@ fn step(pv: &PersistentVolume) -> Step {
     }
 }
 
-async fn reconcile(pv: Arc<PersistentVolume>, keeper: Arc<Keeper>) -> Result<Action, Error> {
+async fn reconcile(cached: Arc<PersistentVolume>, keeper: Arc<Keeper>) -> Result<Action, Error> {
     let api = Api::<PersistentVolume>::all(keeper.client.clone());
-    let name = pv.name_any();
+    let name = cached.name_any();
+    if step(&cached) == Step::Nothing {
+        return Ok(Action::await_change());
+    }
+    // The work below (an import, a snapshot, a revert) must not be redone from an older copy of the volume
+    // than this agent's own last write: read it afresh.
+    let Some(pv) = api.get_opt(&name).await? else { return Ok(Action::await_change()) };
     match step(&pv) {
         Step::Nothing => {}
         Step::Make if populate_source(&pv).is_some() => return populate(&keeper, &pv).await,
@@ -166,11 +172,14 @@ async fn populate(keeper: &Keeper, pv: &PersistentVolume) -> Result<Action, Erro
     if upload && !keeper.volume_dirs.image_of(pv).map_err(Error::Other)?.exists() {
         // Filled by whoever uploads (through the API server's upload proxy, to crate::volumes::upload).
         if prov::state(pv) != Some(prov::POPULATING) {
-            set(json!({prov::VOLUME_STATE: prov::POPULATING, prov::PROGRESS: "N/A"})).await?;
+            starting(keeper, pv, json!({prov::VOLUME_STATE: prov::POPULATING, prov::PROGRESS: "N/A"})).await?;
         }
         return Ok(Action::await_change());
     }
-    set(json!({prov::VOLUME_STATE: prov::POPULATING, prov::PROGRESS: "0.00%"})).await?;
+    // Only from the volume as read: a reconcile of an older copy (the volume was filled since) stops here.
+    if !starting(keeper, pv, json!({prov::VOLUME_STATE: prov::POPULATING, prov::PROGRESS: "0.00%"})).await? {
+        return Ok(Action::await_change());
+    }
     let result = fill(keeper, pv, &set).await;
     let restarts: u32 = prov::annotation(pv, prov::RESTARTS).and_then(|r| r.parse().ok()).unwrap_or(0);
     match result {
@@ -188,6 +197,17 @@ async fn populate(keeper: &Keeper, pv: &PersistentVolume) -> Result<Action, Erro
             .await?;
             Ok(Action::requeue(wait))
         }
+    }
+}
+
+/// Writes `annotations` on `pv` only if it is unchanged since it was read; false when it was not.
+async fn starting(keeper: &Keeper, pv: &PersistentVolume, annotations: serde_json::Value) -> Result<bool, Error> {
+    let patch = json!({"metadata": {"resourceVersion": pv.resource_version(), "annotations": annotations}});
+    let api = Api::<PersistentVolume>::all(keeper.client.clone());
+    match api.patch(&pv.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
