@@ -283,7 +283,19 @@ async fn apply_vmi_plan(
         ctx.volumes.wait_until_ready().await?;
         ctx.classes.wait_until_ready().await?;
         let (nodes, namespaces) = (ctx.nodes.state(), ctx.namespaces.state());
-        let (claims, volumes, classes) = (ctx.claims.state(), ctx.volumes.state(), ctx.classes.state());
+        let (claims, mut volumes, classes) = (ctx.claims.state(), ctx.volumes.state(), ctx.classes.state());
+        // The volumes of the VMI's bound claims, read afresh: one made since the cache last heard of it must not
+        // keep the VMI waiting (the cache has been seen to lag behind a volume's last write).
+        for claim in claims.iter().filter(|c| c.metadata.namespace == vmi.metadata.namespace) {
+            let bound = crate::binder::volume_name(claim);
+            if bound.is_empty() || !vmi.claim_names().any(|n| Some(n) == claim.metadata.name.as_deref()) {
+                continue;
+            }
+            if let Some(pv) = Api::<PersistentVolume>::all(ctx.client.clone()).get_opt(bound).await? {
+                volumes.retain(|v| v.metadata.name.as_deref() != Some(bound));
+                volumes.push(Arc::new(pv));
+            }
+        }
         let vmis = with_assumed(ctx.vmis.state(), &mut assumed);
         let cluster = Cluster {
             nodes: nodes.iter().map(AsRef::as_ref).collect(),

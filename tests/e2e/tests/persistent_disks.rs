@@ -303,8 +303,15 @@ fn a_hot_plugged_disk_appears_in_and_disappears_from_the_guest() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let gone = eventually(secs(60), || scsi(&s).is_empty().then_some(()));
     assert!(gone.is_some(), "the disk left the guest: {}", scsi(&s));
-    let status = get(&s, &["get", "vmi", "plugger", "-o", "jsonpath={.status.phase} {.status.volumeStatus}"]);
-    assert_eq!(status, "Running ", "the guest runs on; no volume status left");
+    let settled = eventually(secs(30), || {
+        let st = get(&s, &["get", "vmi", "plugger", "-o", "jsonpath={.status.phase} {.status.volumeStatus}"]);
+        (st == "Running ").then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "the guest runs on; no volume status left: {}",
+        get(&s, &["get", "vmi", "plugger", "-o", "yaml"])
+    );
 }
 
 const SNAPPER: &str = r#"
