@@ -283,16 +283,24 @@ async fn apply_vmi_plan(
         ctx.volumes.wait_until_ready().await?;
         ctx.classes.wait_until_ready().await?;
         let (nodes, namespaces) = (ctx.nodes.state(), ctx.namespaces.state());
-        let (claims, mut volumes, classes) = (ctx.claims.state(), ctx.volumes.state(), ctx.classes.state());
-        // The volumes of the VMI's bound claims, read afresh: one made since the cache last heard of it must not
-        // keep the VMI waiting (the cache has been seen to lag behind a volume's last write).
-        for claim in claims.iter().filter(|c| c.metadata.namespace == vmi.metadata.namespace) {
-            let bound = crate::binder::volume_name(claim);
-            if bound.is_empty() || !vmi.claim_names().any(|n| Some(n) == claim.metadata.name.as_deref()) {
+        let (mut claims, mut volumes, classes) = (ctx.claims.state(), ctx.volumes.state(), ctx.classes.state());
+        // The VMI's own claims and their volumes, read afresh: a claim bound or a volume made since the caches
+        // last heard of it must not keep the VMI waiting (they have been seen lagging after a restart).
+        let ns = vmi.metadata.namespace.clone().unwrap_or_default();
+        let names: Vec<String> = vmi.claim_names().map(str::to_string).collect();
+        for name in &names {
+            let Some(claim) = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns).get_opt(name).await?
+            else {
+                continue;
+            };
+            let bound = crate::binder::volume_name(&claim).to_string();
+            claims.retain(|c| !(c.metadata.namespace.as_deref() == Some(ns.as_str()) && c.name_any() == *name));
+            claims.push(Arc::new(claim));
+            if bound.is_empty() {
                 continue;
             }
-            if let Some(pv) = Api::<PersistentVolume>::all(ctx.client.clone()).get_opt(bound).await? {
-                volumes.retain(|v| v.metadata.name.as_deref() != Some(bound));
+            if let Some(pv) = Api::<PersistentVolume>::all(ctx.client.clone()).get_opt(&bound).await? {
+                volumes.retain(|v| v.metadata.name.as_deref() != Some(bound.as_str()));
                 volumes.push(Arc::new(pv));
             }
         }
