@@ -11,10 +11,10 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use kumo_api::provisioning as prov;
 use kumo_api::{quantity, storage};
 use serde_json::json;
@@ -117,16 +117,7 @@ async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result<A
             )
         }
     };
-    let ev = Event {
-        type_: EventType::Normal,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Resize".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &claim.object_ref(&())).await {
-        tracing::warn!("recording event {reason}: {e}");
-    }
+    crate::runtime::record(&ctx.recorder, &*claim, EventType::Normal, reason, "Resize", note).await;
     Ok(Action::await_change())
 }
 

@@ -155,6 +155,21 @@ async fn publish(ctx: &Ctx, reference: &ObjectReference, events: &[vm::Event]) {
     }
 }
 
+/// Records an event about `obj` (a failure to record is logged: an event is never worth failing the work for).
+pub(crate) async fn record<K: Resource<DynamicType = ()>>(
+    recorder: &Recorder,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = KEvent { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
+        tracing::warn!("recording event {reason}: {e}");
+    }
+}
+
 /// Merge-patches `status` from `old` to `new`, nulling keys that disappeared (a merge patch only removes what
 /// it names). With `resource_version`, the write is a compare-and-swap: 409 if the object changed since.
 /// Returns the object written, or None when there was nothing to write.

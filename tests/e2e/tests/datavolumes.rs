@@ -233,7 +233,9 @@ fn a_vm_boots_from_its_registry_datavolume_template_and_takes_it_along() {
 
 fn sha256_of(path: &std::path::Path) -> String {
     let out = std::process::Command::new("sha256sum").arg(path).output().expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+    assert!(out.status.success(), "sha256sum {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let sum = String::from_utf8_lossy(&out.stdout).split_whitespace().next().map(str::to_string);
+    sum.unwrap_or_else(|| panic!("sha256sum printed no sum for {}", path.display()))
 }
 
 /// A DataVolume cloned from another's claim (`source.pvc`) is a copy a VM boots from; what that guest writes

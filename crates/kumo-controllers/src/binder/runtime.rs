@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -61,10 +61,7 @@ fn retry<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Ctx>) -> Action {
 }
 
 async fn event<K: Resource<DynamicType = ()>>(ctx: &Ctx, obj: &K, type_: EventType, reason: &str, note: String) {
-    let ev = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
-        tracing::warn!("recording event {reason}: {e}");
-    }
+    crate::runtime::record(&ctx.recorder, obj, type_, reason, reason, note).await;
 }
 
 /// A conflict or a vanished object means the plan was made from stale reads: plan again now.

@@ -8,10 +8,10 @@ use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use kumo_api::cdi::DataVolume;
 use kumo_api::kubevirt::VirtualMachineInstance;
 use serde_json::json;
@@ -78,16 +78,7 @@ async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> 
             Some((sns, sname)) => match resolve_clone(&ctx, &dv, &sns, &sname).await? {
                 Ok(resolved) => super::clone::claim_for(&dv, &resolved),
                 Err((reason, why)) => {
-                    let ev = Event {
-                        type_: EventType::Warning,
-                        reason: reason.into(),
-                        note: Some(why),
-                        action: "Clone".into(),
-                        secondary: None,
-                    };
-                    if let Err(e) = ctx.recorder.publish(&ev, &dv.object_ref(&())).await {
-                        tracing::warn!("recording a DataVolume event: {e}");
-                    }
+                    crate::runtime::record(&ctx.recorder, &*dv, EventType::Warning, reason, "Clone", why).await;
                     return Ok(Action::requeue(Duration::from_secs(5)));
                 }
             },
@@ -135,10 +126,7 @@ async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     }
     if let Some((warning, reason, note)) = event {
         let type_ = if warning { EventType::Warning } else { EventType::Normal };
-        let ev = Event { type_, reason: reason.clone(), note: Some(note), action: reason, secondary: None };
-        if let Err(e) = ctx.recorder.publish(&ev, &dv.object_ref(&())).await {
-            tracing::warn!("recording a DataVolume event: {e}");
-        }
+        crate::runtime::record(&ctx.recorder, &*dv, type_, &reason, &reason, note).await;
     }
     // A class or node may appear that lets a waiting DataVolume go on.
     Ok(Action::requeue(Duration::from_secs(30)))
