@@ -143,7 +143,9 @@ def bare_io(work, accel, image, script):
     port = free_port()
     p = subprocess.Popen(["qemu-system-x86_64", "-machine", "q35", *ACCEL_ARGS[accel], "-m", "256M",
                           "-nodefaults", "-nographic", "-display", "none", "-serial", "null",
-                          "-drive", f"file={overlay},if=virtio,format=qcow2",
+                          # bootindex: SeaBIOS would otherwise try the bench disk first and find nothing to boot
+                          "-drive", f"file={overlay},if=none,id=root,format=qcow2",
+                          "-device", "virtio-blk-pci,drive=root,bootindex=1",
                           "-drive", f"file={image},if=none,id=bench,format=qcow2",
                           "-device", "virtio-blk-pci,drive=bench,serial=bench",
                           "-drive", f"file={iso},if=virtio,format=raw,readonly=on",

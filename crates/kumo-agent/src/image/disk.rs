@@ -24,6 +24,10 @@ pub struct ImageInfo {
     pub backing_file: Option<String>,
     /// A qcow2 external data file, if any.
     pub data_file: Option<String>,
+    /// Whether the image is encrypted (it cannot be used without a secret kumo does not have).
+    pub encrypted: bool,
+    /// How many internal snapshots the image holds.
+    pub snapshots: usize,
 }
 
 /// Runs `qemu-img info --output=json -U` on `path`. `-U` allows inspecting an image a running QEMU has open.
@@ -37,6 +41,10 @@ pub async fn image_info(path: &Path) -> Result<ImageInfo> {
         backing_filename: Option<String>,
         #[serde(rename = "format-specific")]
         format_specific: Option<serde_json::Value>,
+        #[serde(default)]
+        encrypted: bool,
+        #[serde(default)]
+        snapshots: Vec<serde_json::Value>,
     }
     let path_arg = path.to_str().ok_or_else(|| anyhow!("{} is not valid UTF-8", path.display()))?;
     let out = qemu_img(&["info", "--output=json", "-U", path_arg])
@@ -54,6 +62,8 @@ pub async fn image_info(path: &Path) -> Result<ImageInfo> {
         virtual_size: info.virtual_size,
         backing_file: info.backing_filename,
         data_file,
+        encrypted: info.encrypted,
+        snapshots: info.snapshots.len(),
     })
 }
 

@@ -2,7 +2,8 @@
 //! to the image (gzip and xz are undone on the way; nothing is held in memory beyond a few chunks), then
 //! `qemu-img convert` writes the volume's format (qcow2, or raw for a block volume) and the image is grown to
 //! the volume's size. A qcow2 needs random access, so it cannot be converted while it streams — CDI also
-//! goes through scratch space for it.
+//! goes through scratch space for it. A download already in the volume's format, whole and self-contained,
+//! is kept as it is instead of being written a second time.
 
 use crate::image::transport;
 use std::io::Write;
@@ -78,7 +79,7 @@ pub async fn stream(
         (None, Ok(())) if total.is_some_and(|t| got < t) => {
             Err(format!("{what} was cut short: {got} of {} bytes", total.unwrap_or(0)))
         }
-        (None, Ok(())) => convert(&scratch, target).await,
+        (None, Ok(())) => adopt_or_convert(&scratch, target).await,
     };
     let _ = std::fs::remove_file(&scratch);
     result
@@ -120,9 +121,28 @@ pub async fn convert(scratch: &Path, target: &Target<'_>) -> Result<(), String> 
     convert_from(scratch, None, target).await
 }
 
-/// [`convert`], from one of the image's internal snapshots when `snapshot` names one.
-pub async fn convert_from(scratch: &Path, snapshot: Option<&str>, target: &Target<'_>) -> Result<(), String> {
-    let info = crate::image::image_info(scratch)
+/// Makes a downloaded `scratch` the volume's image. When it already is what [`convert_from`] would write —
+/// the volume's format, no internal snapshots (kumo's own snapshots live there), and consistent by
+/// `qemu-img check` — it is renamed into place and grown; otherwise it is converted.
+async fn adopt_or_convert(scratch: &Path, target: &Target<'_>) -> Result<(), String> {
+    let info = checked_info(scratch, target).await?;
+    let out_format = if target.block { "raw" } else { "qcow2" };
+    if info.format != out_format || info.snapshots > 0 {
+        return convert(scratch, target).await;
+    }
+    let src = path_str(scratch)?;
+    if out_format == "qcow2" {
+        qemu_img(&["check", "-q", "-f", "qcow2", src])
+            .await
+            .map_err(|e| format!("the downloaded qcow2 is damaged: {e}"))?;
+    }
+    qemu_img(&["resize", "-q", "-f", out_format, src, &target.bytes.to_string()]).await?;
+    std::fs::rename(scratch, target.image).map_err(|e| format!("renaming {}: {e}", scratch.display()))
+}
+
+/// The image's `qemu-img info`, refused when kumo cannot use it as a volume of `target`'s size.
+async fn checked_info(image: &Path, target: &Target<'_>) -> Result<crate::image::ImageInfo, String> {
+    let info = crate::image::image_info(image)
         .await
         .map_err(|e| format!("the downloaded file is not a disk image qemu-img can read: {e:#}"))?;
     if !["qcow2", "raw"].contains(&info.format.as_str()) {
@@ -131,12 +151,21 @@ pub async fn convert_from(scratch: &Path, snapshot: Option<&str>, target: &Targe
     if info.backing_file.is_some() || info.data_file.is_some() {
         return Err("the image refers to other files (a backing or data file): import a self-contained one".into());
     }
+    if info.encrypted {
+        return Err("the image is encrypted: import an unencrypted one".into());
+    }
     if info.virtual_size > target.bytes {
         return Err(format!(
             "the image's virtual size ({} bytes) is larger than the volume ({} bytes): request more storage",
             info.virtual_size, target.bytes
         ));
     }
+    Ok(info)
+}
+
+/// [`convert`], from one of the image's internal snapshots when `snapshot` names one.
+pub async fn convert_from(scratch: &Path, snapshot: Option<&str>, target: &Target<'_>) -> Result<(), String> {
+    let info = checked_info(scratch, target).await?;
     let out_format = if target.block { "raw" } else { "qcow2" };
     let part = target.image.with_extension("part");
     let _ = std::fs::remove_file(&part);
