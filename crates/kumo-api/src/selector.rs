@@ -120,6 +120,25 @@ impl LabelSelector {
     }
 }
 
+/// The selector in the string form `?labelSelector=` takes (and `status.labelSelector` shows).
+impl std::fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|r| match r {
+                Req::Eq(k, v) => format!("{k}={v}"),
+                Req::NotEq(k, v) => format!("{k}!={v}"),
+                Req::In(k, vs) => format!("{k} in ({})", vs.join(",")),
+                Req::NotIn(k, vs) => format!("{k} notin ({})", vs.join(",")),
+                Req::Exists(k) => k.clone(),
+                Req::NotExists(k) => format!("!{k}"),
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
 fn split_set(part: &str, op: &str) -> Option<(String, Result<Vec<String>, String>)> {
     let (k, rest) = part.split_once(op)?;
     let rest = rest.trim();
@@ -193,6 +212,12 @@ mod tests {
         assert!(!m("missing"));
         assert!(m("tier in (front),app notin (db)"));
         assert!(LabelSelector::parse("app in web").is_err());
+        let sel = serde_json::json!({"matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]},
+                                 {"key": "old", "operator": "DoesNotExist"}]});
+        let text = LabelSelector::from_object(&sel).unwrap().to_string();
+        assert_eq!(text, "app=web,tier in (a,b),!old");
+        assert_eq!(LabelSelector::parse(&text).unwrap(), LabelSelector::from_object(&sel).unwrap(), "round trip");
         assert!(LabelSelector::parse("a=b c").is_err());
     }
 

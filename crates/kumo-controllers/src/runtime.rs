@@ -173,7 +173,7 @@ pub(crate) async fn record<K: Resource<DynamicType = ()>>(
 /// Merge-patches `status` from `old` to `new`, nulling keys that disappeared (a merge patch only removes what
 /// it names). With `resource_version`, the write is a compare-and-swap: 409 if the object changed since.
 /// Returns the object written, or None when there was nothing to write.
-async fn patch_status<K, S>(
+pub(crate) async fn patch_status<K, S>(
     api: &Api<K>,
     name: &str,
     old: Option<&S>,

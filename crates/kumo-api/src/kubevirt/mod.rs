@@ -6,6 +6,7 @@
 //! such a field is refused by name instead of being pruned.
 
 pub(crate) mod object;
+mod replicaset;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -13,6 +14,7 @@ mod validate;
 mod vm;
 mod vmi;
 
+pub use replicaset::*;
 pub use status::*;
 pub use validate::validate;
 pub use vm::*;
@@ -156,6 +158,7 @@ pub fn crds() -> Vec<Value> {
     let mut all = vec![
         vm_crd(),
         vmi_crd(),
+        vmirs_crd(),
         crate::cdi::datavolume_crd(),
         crate::cdi::cdiconfig_crd(),
         crate::cdi::upload_token_request_crd(),

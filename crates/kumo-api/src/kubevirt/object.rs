@@ -2,6 +2,7 @@
 //! wire form: `apiVersion` and `kind` are written from the type, as k8s-openapi's types do, so an object
 //! built in code (a VMI a controller creates) is complete.
 
+use super::replicaset::VirtualMachineInstanceReplicaSet;
 use super::vm::VirtualMachine;
 use super::vmi::VirtualMachineInstance;
 use super::{GROUP, VERSION};
@@ -56,6 +57,13 @@ pub(crate) use custom_kind;
 
 custom_kind!(VirtualMachine, "VirtualMachine", "virtualmachines", GROUP, VERSION);
 custom_kind!(VirtualMachineInstance, "VirtualMachineInstance", "virtualmachineinstances", GROUP, VERSION);
+custom_kind!(
+    VirtualMachineInstanceReplicaSet,
+    "VirtualMachineInstanceReplicaSet",
+    "virtualmachineinstancereplicasets",
+    GROUP,
+    VERSION
+);
 
 #[cfg(test)]
 mod tests {

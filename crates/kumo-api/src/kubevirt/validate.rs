@@ -1,5 +1,6 @@
 //! KubeVirt's semantic checks (what its validating webhooks refuse), on the typed spec.
 
+use super::replicaset::VirtualMachineInstanceReplicaSetSpec;
 use super::vm::VirtualMachineSpec;
 use super::vmi::{KernelBoot, VirtualMachineInstanceSpec};
 use crate::status::Cause;
@@ -32,6 +33,18 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
         },
         "VirtualMachineInstance" => match spec::<VirtualMachineInstanceSpec>(obj) {
             Ok(spec) => validate_vmi_spec(&spec, "spec"),
+            Err(c) => vec![c],
+        },
+        "VirtualMachineInstanceReplicaSet" => match spec::<VirtualMachineInstanceReplicaSetSpec>(obj) {
+            Ok(spec) => {
+                let mut c = super::replicaset::validate_selector(
+                    obj.pointer("/spec/selector"),
+                    obj.pointer("/spec/template/metadata/labels"),
+                    "spec",
+                );
+                c.extend(validate_vmi_spec(&spec.template.spec, "spec.template.spec"));
+                c
+            }
             Err(c) => vec![c],
         },
         _ => vec![],

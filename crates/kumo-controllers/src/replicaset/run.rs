@@ -1,0 +1,142 @@
+//! Applying the replica set's plan through the API: a fresh list of the namespace's VMIs, creates, deletes,
+//! adoption (a merge patch guarded by the VMI's uid and resourceVersion), events and the status.
+
+use super::{controller_uid, plan};
+use futures::StreamExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use kumo_api::kubevirt::{Condition, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Ctx {
+    client: Client,
+    recorder: Recorder,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Error(#[from] kube::Error);
+
+/// Runs the controller until the process ends.
+pub async fn run(client: Client) {
+    let reporter = Reporter { controller: "virtualmachineinstancereplicaset-controller".into(), instance: None };
+    let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone() });
+    Controller::new(Api::<VirtualMachineInstanceReplicaSet>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<VirtualMachineInstance>::all(client), watcher::Config::default())
+        .run(
+            reconcile,
+            |_, err: &Error, _| {
+                tracing::warn!("replica set controller: {err}");
+                Action::requeue(Duration::from_secs(2))
+            },
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+fn not_found_or_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(a) if a.code == 404 || a.code == 409)
+}
+
+async fn reconcile(rs: Arc<VirtualMachineInstanceReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = rs.namespace().unwrap_or_default();
+    let api = Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), &ns);
+    let vmis = api.list(&ListParams::default()).await?.items;
+    let mut plan = plan(&rs, &vmis, &kumo_api::meta::now_rfc3339());
+    let mut failure: Option<(&str, String)> = None;
+    let rs_uid = rs.metadata.uid.clone().unwrap_or_default();
+    for (name, uid) in &plan.adopt {
+        // Guarded by uid and "still nobody's": a VMI another controller took meanwhile is left alone.
+        let Some(cur) = api.get_opt(name).await? else { continue };
+        if cur.metadata.uid.as_deref() != Some(uid.as_str()) || controller_uid(&cur.metadata).is_some() {
+            continue;
+        }
+        let mut owners = cur.metadata.owner_references.clone().unwrap_or_default();
+        owners.push(super::owner_ref(&rs));
+        let patch = json!({"metadata": {"ownerReferences": owners, "resourceVersion": cur.metadata.resource_version}});
+        match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => tracing::info!(replicaset = %rs.name_any(), vmi = %name, "adopted"),
+            Err(e) if not_found_or_conflict(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for (name, uid) in &plan.release {
+        let Some(cur) = api.get_opt(name).await? else { continue };
+        if cur.metadata.uid.as_deref() != Some(uid.as_str()) {
+            continue;
+        }
+        let owners: Vec<_> = cur.metadata.owner_references.iter().flatten().filter(|o| o.uid != rs_uid).collect();
+        let patch = json!({"metadata": {"ownerReferences": owners, "resourceVersion": cur.metadata.resource_version}});
+        match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => tracing::info!(replicaset = %rs.name_any(), vmi = %name, "released"),
+            Err(e) if not_found_or_conflict(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for vmi in &plan.create {
+        match api.create(&PostParams::default(), vmi).await {
+            Ok(made) => {
+                let note = format!("Created virtual machine instance: {}", made.name_any());
+                crate::runtime::record(&ctx.recorder, &*rs, EventType::Normal, "SuccessfulCreate", "Create", note)
+                    .await;
+            }
+            Err(kube::Error::Api(e)) if e.code >= 400 && e.code < 500 && e.code != 409 && e.code != 429 => {
+                // Refused (the template no longer passes admission, a quota): say so and try again later.
+                failure = Some(("FailedCreate", e.message.clone()));
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for (name, uid) in &plan.delete {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+            ..Default::default()
+        };
+        match api.delete(name, &dp).await {
+            Ok(_) => {
+                let note = format!("Deleted virtual machine instance: {name}");
+                crate::runtime::record(&ctx.recorder, &*rs, EventType::Normal, "SuccessfulDelete", "Delete", note)
+                    .await;
+            }
+            Err(e) if not_found_or_conflict(&e) => {}
+            Err(kube::Error::Api(e)) if e.code >= 400 && e.code < 500 && e.code != 429 => {
+                failure = Some(("FailedDelete", e.message.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let conditions = plan.status.conditions.get_or_insert_with(Vec::new);
+    let before = rs.status.as_ref().and_then(|s| s.conditions.as_ref());
+    let old_failure = before.and_then(|cs| cs.iter().find(|c| c.type_ == "ReplicaFailure"));
+    conditions.retain(|c| c.type_ != "ReplicaFailure");
+    if let Some((reason, message)) = &failure {
+        let since = old_failure.and_then(|c| c.last_transition_time.clone());
+        conditions.push(Condition {
+            type_: "ReplicaFailure".into(),
+            status: "True".into(),
+            reason: Some(reason.to_string()),
+            message: Some(message.clone()),
+            last_probe_time: None,
+            last_transition_time: since.or_else(|| Some(kumo_api::meta::now_rfc3339())),
+        });
+        let note = format!("Error creating or deleting a VMI: {message}");
+        crate::runtime::record(&ctx.recorder, &*rs, EventType::Warning, reason, "Reconcile", note).await;
+    }
+    if conditions.is_empty() {
+        plan.status.conditions = None;
+    }
+    if rs.metadata.deletion_timestamp.is_none() {
+        let rss = Api::<VirtualMachineInstanceReplicaSet>::namespaced(ctx.client.clone(), &ns);
+        crate::runtime::patch_status(&rss, &rs.name_any(), rs.status.as_ref(), &plan.status, None).await?;
+    }
+    let acted = !(plan.create.is_empty() && plan.delete.is_empty() && plan.adopt.is_empty());
+    // Soon after acting (to see the result) or failing; otherwise now and then, which also finds orphans.
+    Ok(Action::requeue(Duration::from_secs(if acted || failure.is_some() { 1 } else { 30 })))
+}
