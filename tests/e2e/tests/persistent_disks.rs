@@ -371,6 +371,20 @@ fn a_snapshot_brings_old_content_back_in_place_and_in_a_new_vm() {
     s.apply(SNAPPER).unwrap();
     wait_vmi(&s, "snapper");
     write_in(&s, "snapper", "SNAP-A");
+    // The guest agent answers, so the snapshot is taken with the guest's filesystems frozen.
+    let agent = eventually(secs(120), || {
+        let c = get(
+            &s,
+            &["get", "vmi", "snapper", "-o", r#"jsonpath={.status.conditions[?(@.type=="AgentConnected")].status}"#],
+        );
+        (c == "True").then_some(())
+    });
+    assert!(agent.is_some(), "no AgentConnected: {}", get(&s, &["get", "vmi", "snapper", "-o", "yaml"]));
+    let os = get(
+        &s,
+        &["get", "vmi", "snapper", "-o", "jsonpath={.status.guestOSInfo.name} {.status.guestOSInfo.kernelRelease}"],
+    );
+    assert!(os.split_whitespace().count() >= 2, "guestOSInfo from the agent: {os:?}");
     let source = "  source: {apiGroup: kubevirt.io, kind: VirtualMachine, name: snapper}\n";
     s.apply(&snapshot_yaml("VirtualMachineSnapshot", "s1", source)).unwrap();
     let ready = eventually(secs(60), || {
@@ -381,6 +395,9 @@ fn a_snapshot_brings_old_content_back_in_place_and_in_a_new_vm() {
     assert!(table.contains("SOURCEKIND") && table.contains("Succeeded") && table.contains("snapper"), "{table}");
     let st = get(&s, &["get", "vmsnapshot", "s1", "-o", "jsonpath={.status.indications} {.status.snapshotVolumes}"]);
     assert!(st.contains("Online") && st.contains("\"includedVolumes\":[\"data\"]") && st.contains("root"), "{st}");
+    assert!(st.contains("\"GuestAgent\""), "frozen through the guest agent: {st}");
+    assert!(s.log().contains("froze the guest's filesystems"), "the agent froze the guest: {}", s.log());
+    // Thawed again: the guest writes on.
     write_in(&s, "snapper", "SNAP-B");
 
     let target = |vm: &str| {

@@ -137,6 +137,7 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, agent: Arc<Agent>) -> R
         }
         ("Running", Some(l)) => {
             sync_pause(&agent, &vmi, &l).await?;
+            sync_guest_agent(&agent, &vmi, &l).await?;
             let plugged = super::hotplug::sync(&agent, &vmi, &l).await?;
             Ok(Action::requeue(Duration::from_secs(if plugged { 60 } else { 3 })))
         }
@@ -301,6 +302,23 @@ async fn reattach(agent: &Arc<Agent>, vmi: &VirtualMachineInstance, uid: &str) -
     };
     tracing::info!(vmi = %vmi.name_any(), pid = vm.pid(), "reattached to running guest");
     Ok(register(agent, vmi, uid, vm, dhcp_stop, guest_iface(&net)).await)
+}
+
+/// Reports whether the guest agent answers (`AgentConnected`) and what it says of the guest's OS.
+async fn sync_guest_agent(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) -> Result<(), Error> {
+    let seen = super::guest::look(vmi, l).await;
+    let Some(st) = super::guest::status_with(vmi, &seen, &status::now()) else { return Ok(()) };
+    let was = vmi.conditions().iter().any(|c| c.type_ == super::guest::AGENT_CONNECTED && c.status == "True");
+    patch_status(agent, vmi, st).await?;
+    if was != seen.connected {
+        let (reason, note) = if seen.connected {
+            ("AgentConnected", "The guest agent is connected")
+        } else {
+            ("AgentDisconnected", "The guest agent stopped answering")
+        };
+        event(agent, vmi, !seen.connected, reason, note.into()).await;
+    }
+    Ok(())
 }
 
 async fn sync_pause(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) -> Result<(), Error> {

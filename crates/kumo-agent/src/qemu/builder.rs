@@ -116,7 +116,7 @@ fn identity(a: &mut Args, cfg: &LaunchConfig) {
     }
 }
 
-/// QMP and the serial console on unix sockets in the run directory, the pid file. The console chardev also
+/// QMP, the serial console and the guest agent's channel on unix sockets in the run directory, the pid file. The console chardev also
 /// logs to `console.log`, so output is kept while nobody is attached.
 fn control_and_console(a: &mut Args, cfg: &LaunchConfig) {
     let p = cfg.paths();
@@ -132,6 +132,10 @@ fn control_and_console(a: &mut Args, cfg: &LaunchConfig) {
     );
     a.push("-serial", "chardev:serial0");
     a.push("-pidfile", p.pid_file().to_string_lossy());
+    // The guest agent's channel, on every VM as KubeVirt gives it: probes, freezes and guest info use it.
+    a.push("-chardev", format!("socket,id=qga0,path={},server=on,wait=off", path_str(&p.guest_agent_socket())));
+    a.push("-device", "virtio-serial-pci,id=virtio-serial0");
+    a.push("-device", format!("virtserialport,bus=virtio-serial0.0,chardev=qga0,name={}", super::qga::PORT_NAME));
 }
 
 /// Seccomp sandbox and privilege drop.

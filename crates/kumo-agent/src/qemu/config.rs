@@ -337,6 +337,10 @@ impl RunPaths {
     pub fn qmp_socket(&self) -> PathBuf {
         self.dir.join("qmp.sock")
     }
+    /// The guest agent's virtio-serial port (`org.qemu.guest_agent.0`), one client at a time.
+    pub fn guest_agent_socket(&self) -> PathBuf {
+        self.dir.join("qga.sock")
+    }
     /// Serial console socket, for interactive `virtctl console`.
     pub fn serial_socket(&self) -> PathBuf {
         self.dir.join("serial.sock")

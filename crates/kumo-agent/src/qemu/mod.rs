@@ -10,6 +10,7 @@
 pub mod builder;
 pub mod config;
 pub mod process;
+pub mod qga;
 pub mod qmp;
 
 pub use builder::command_line;
@@ -18,6 +19,7 @@ pub use config::{
     QemuVersion, RunPaths, DEFAULT_NIC_MODEL,
 };
 pub use process::{attach, detect_accel, find_qemu_binary, launch, qemu_version, RunningVm, ShutdownOutcome};
+pub use qga::{GuestAgent, QgaError};
 pub use qmp::{QmpClient, QmpError, QmpEvent, VmStatus};
 
 #[cfg(test)]

@@ -1,12 +1,18 @@
 //! Snapshots of a volume's image, as qcow2 internal snapshots: made and deleted to match what the volume's
-//! annotations want (through the running guest's QEMU when a guest on this node has the image open, else with
-//! `qemu-img`), and a revert to one of them (only while no guest uses the volume).
+//! annotations want (through the running guest's QEMU when a guest on this node has the image open, its
+//! filesystems frozen by its guest agent meanwhile when it has one, else with `qemu-img`), and a revert to one
+//! of them (only while no guest uses the volume).
 
 use crate::agent::Agent;
+use crate::qemu::GuestAgent;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kumo_api::provisioning as prov;
 use serde_json::{json, Value};
 use std::path::Path;
+use std::time::Duration;
+
+/// How long a freeze or thaw may take (the guest flushes its caches first).
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether the volume's snapshots or a revert need work.
 pub fn pending(pv: &PersistentVolume) -> bool {
@@ -27,7 +33,12 @@ pub(crate) async fn sync(agent: &Agent, pv: &PersistentVolume, image: &Path) -> 
     let mut made = prov::names(pv, prov::SNAPSHOTS_MADE);
     let mut error = None;
     let running = super::grow::running_node(agent, &path).await;
-    for name in wanted.iter().filter(|w| !made.contains(w)).cloned().collect::<Vec<_>>() {
+    let to_make: Vec<String> = wanted.iter().filter(|w| !made.contains(w)).cloned().collect();
+    let frozen = match &running {
+        Some((vm, _)) if !to_make.is_empty() => freeze(&crate::agent::guest_agent_of(vm)).await,
+        _ => None,
+    };
+    for name in to_make {
         let done = match &running {
             Some((vm, node)) => vm
                 .vm
@@ -42,6 +53,9 @@ pub(crate) async fn sync(agent: &Agent, pv: &PersistentVolume, image: &Path) -> 
             Ok(()) => made.push(name),
             Err(e) => error = Some(format!("snapshot {name}: {e}")),
         }
+    }
+    if let Some(agent) = frozen {
+        thaw(&agent).await;
     }
     for name in made.clone().iter().filter(|m| !wanted.contains(m)) {
         let done = match &running {
@@ -72,6 +86,35 @@ pub(crate) async fn sync(agent: &Agent, pv: &PersistentVolume, image: &Path) -> 
         }
     }
     out
+}
+
+/// Freezes the guest's filesystems through its agent, so the snapshot holds them consistent; None when the guest
+/// has no agent answering (the snapshot is then crash-consistent, as KubeVirt's `NoGuestAgent` says).
+async fn freeze(agent: &GuestAgent) -> Option<GuestAgent> {
+    match agent.execute("guest-fsfreeze-freeze", None, FREEZE_TIMEOUT).await {
+        Ok(n) => {
+            tracing::info!(filesystems = %n, "froze the guest's filesystems for a snapshot");
+            Some(agent.clone())
+        }
+        Err(e) => {
+            tracing::info!("snapshot without freezing the guest: {e}");
+            // A freeze that timed out may still happen in the guest: thawing is harmless when nothing froze.
+            if matches!(e, crate::qemu::QgaError::Timeout(..)) {
+                thaw(agent).await;
+            }
+            None
+        }
+    }
+}
+
+/// Thaws the guest's filesystems, trying a few times: a guest left frozen would hang every writer in it.
+async fn thaw(agent: &GuestAgent) {
+    for _ in 0..3 {
+        match agent.execute("guest-fsfreeze-thaw", None, FREEZE_TIMEOUT).await {
+            Ok(_) => return,
+            Err(e) => tracing::warn!("thawing the guest's filesystems: {e}"),
+        }
+    }
 }
 
 async fn qemu_img(args: &[&str]) -> Result<(), String> {

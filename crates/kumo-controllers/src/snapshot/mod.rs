@@ -94,6 +94,8 @@ pub struct Observed {
     pub ready: bool,
     /// The VM was running when the snapshot was taken.
     pub online: bool,
+    /// The guest's agent was connected, so its filesystems were frozen for the snapshot.
+    pub guest_agent: bool,
     pub included: Vec<String>,
     pub excluded: Vec<String>,
     pub error: Option<String>,
@@ -101,14 +103,15 @@ pub struct Observed {
 
 /// The snapshot's status: KubeVirt's phases (InProgress, Succeeded), readyToUse, indications and conditions.
 pub fn status(snap: &VirtualMachineSnapshot, vm: &VirtualMachine, seen: &Observed, now: &str) -> Value {
-    let Observed { ready, online, included, excluded, error } = seen;
+    let Observed { ready, online, guest_agent, included, excluded, error } = seen;
     let (ready, online) = (*ready, *online);
     let old = snap.status.clone().unwrap_or(json!({}));
     let created = old.get("creationTime").cloned().filter(|t| !t.is_null()).or_else(|| ready.then(|| json!(now)));
     let mut indications = vec![];
     if online {
-        // kumo does not talk to guest agents yet: an online snapshot is crash-consistent.
-        indications.extend(["Online", "NoGuestAgent"]);
+        // Without a guest agent an online snapshot is only crash-consistent; with one, the node agent froze the
+        // guest's filesystems around it.
+        indications.extend(["Online", if *guest_agent { "GuestAgent" } else { "NoGuestAgent" }]);
     }
     let cond = |t: &str, on: bool, reason: &str| json!({"type": t, "status": if on {"True"} else {"False"}, "reason": reason, "lastTransitionTime": now});
     json!({

@@ -141,15 +141,25 @@ async fn reconcile_snapshot(snap: Arc<VirtualMachineSnapshot>, ctx: Arc<Ctx>) ->
     }
     let (ready, error) = progress(&name, &included);
     let vmi = Api::<VirtualMachineInstance>::namespaced(client.clone(), &ns).get_opt(vm_name).await?;
-    let online = snap
+    // What the snapshot was taken from is fixed at its start: indications once written stay.
+    let said: Vec<&str> = snap
         .status
         .as_ref()
         .and_then(|s| s.get("indications"))
         .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty())
-        || vmi.is_some_and(|i| i.phase() == "Running");
-    let seen =
-        Observed { ready, online, included: included.iter().map(|i| i.volume.clone()).collect(), excluded, error };
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let (online, guest_agent) = if said.is_empty() {
+        let running = vmi.as_ref().is_some_and(|i| i.phase() == "Running");
+        let agent = vmi
+            .as_ref()
+            .is_some_and(|i| i.conditions().iter().any(|c| c.type_ == "AgentConnected" && c.status == "True"));
+        (running, running && agent)
+    } else {
+        (true, said.contains(&"GuestAgent"))
+    };
+    let included_names = included.iter().map(|i| i.volume.clone()).collect();
+    let seen = Observed { ready, online, guest_agent, included: included_names, excluded, error };
     let now = kumo_api::meta::now_rfc3339();
     let st = status(&snap, &vm, &seen, &now);
     snaps.patch_status(&snap.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": st}))).await?;

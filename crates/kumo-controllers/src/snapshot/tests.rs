@@ -46,10 +46,21 @@ fn qcow2_claims_are_snapshotted_and_the_rest_listed_as_excluded() {
     let c = content(&snap(), &vm(), &inc);
     assert_eq!(c["spec"]["volumeBackups"][0]["volumeSnapshotName"], "vmsnapshot-u1-data");
     assert_eq!(backups(&c), [("data".into(), "data".into(), "pvc-data".into(), "vmsnapshot-u1".into())]);
-    let seen = Observed { ready: true, online: true, included: vec!["data".into()], excluded: vec![], error: None };
+    let seen = Observed {
+        ready: true,
+        online: true,
+        guest_agent: false,
+        included: vec!["data".into()],
+        excluded: vec![],
+        error: None,
+    };
     let st = status(&snap(), &vm(), &seen, "t");
     assert_eq!((st["phase"].as_str(), st["readyToUse"].as_bool()), (Some("Succeeded"), Some(true)));
     assert_eq!(st["indications"], json!(["Online", "NoGuestAgent"]));
+    let frozen = Observed { guest_agent: true, ..seen };
+    assert_eq!(status(&snap(), &vm(), &frozen, "t")["indications"], json!(["Online", "GuestAgent"]));
+    let offline = Observed { online: false, guest_agent: false, ..frozen };
+    assert_eq!(status(&snap(), &vm(), &offline, "t")["indications"], json!([]));
 }
 
 #[test]

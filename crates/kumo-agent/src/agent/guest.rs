@@ -1,0 +1,110 @@
+//! What a running guest's agent says about it, reported as KubeVirt does: the `AgentConnected` condition while
+//! the agent answers `guest-ping`, and `status.guestOSInfo` from `guest-get-osinfo`. Looked at with each
+//! reconcile of a running VMI (every few seconds); a guest without an agent costs one short timeout.
+
+use super::LocalVm;
+use crate::qemu::GuestAgent;
+use kumo_api::conditions::set as set_condition;
+use kumo_api::kubevirt::{VirtualMachineInstance, VirtualMachineInstanceStatus};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// A ping must come back within this (the guest may be busy under TCG; the next look tries again).
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+const INFO_TIMEOUT: Duration = Duration::from_secs(5);
+pub const AGENT_CONNECTED: &str = "AgentConnected";
+
+/// What the guest agent said: whether it answered, and its OS info when asked for.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GuestView {
+    pub connected: bool,
+    pub os_info: Option<Value>,
+}
+
+pub fn agent_of(l: &LocalVm) -> GuestAgent {
+    GuestAgent::new(l.vm.paths().guest_agent_socket())
+}
+
+fn connected(vmi: &VirtualMachineInstance) -> bool {
+    vmi.conditions().iter().any(|c| c.type_ == AGENT_CONNECTED && c.status == "True")
+}
+
+/// Asks the guest agent; the OS info only when the VMI does not show it yet (it does not change while the
+/// guest runs).
+pub async fn look(vmi: &VirtualMachineInstance, l: &LocalVm) -> GuestView {
+    let agent = agent_of(l);
+    if agent.execute("guest-ping", None, PING_TIMEOUT).await.is_err() {
+        return GuestView::default();
+    }
+    let known = vmi.status.as_ref().and_then(|s| s.guest_os_info.as_ref()).is_some_and(|o| o.get("name").is_some());
+    let os_info = if known && connected(vmi) {
+        None
+    } else {
+        agent.execute("guest-get-osinfo", None, INFO_TIMEOUT).await.ok().map(|v| os_info(&v))
+    };
+    GuestView { connected: true, os_info }
+}
+
+/// KubeVirt's `guestOSInfo` from the agent's `guest-get-osinfo` (its kebab-case keys in camelCase).
+pub fn os_info(reply: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for (from, to) in [
+        ("id", "id"),
+        ("name", "name"),
+        ("pretty-name", "prettyName"),
+        ("version", "version"),
+        ("version-id", "versionId"),
+        ("kernel-release", "kernelRelease"),
+        ("kernel-version", "kernelVersion"),
+        ("machine", "machine"),
+    ] {
+        if let Some(v) = reply.get(from).and_then(Value::as_str) {
+            out.insert(to.into(), json!(v));
+        }
+    }
+    Value::Object(out)
+}
+
+/// The VMI's status with what the guest agent said, or None when nothing changes. The condition goes while the
+/// agent is silent (as KubeVirt drops it); the OS info stays, as the last the guest told.
+pub fn status_with(vmi: &VirtualMachineInstance, seen: &GuestView, now: &str) -> Option<VirtualMachineInstanceStatus> {
+    let mut st = vmi.status.clone().unwrap_or_default();
+    let mut conditions = st.conditions.clone().unwrap_or_default();
+    if seen.connected {
+        set_condition(&mut conditions, AGENT_CONNECTED, "True", "", "", now);
+    } else {
+        conditions.retain(|c| c.type_ != AGENT_CONNECTED);
+    }
+    st.conditions = Some(conditions);
+    if let Some(info) = &seen.os_info {
+        st.guest_os_info = Some(info.clone());
+    }
+    (Some(&st) != vmi.status.as_ref()).then_some(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_condition_follows_the_agent_and_os_info_is_kubevirts() {
+        let vmi: VirtualMachineInstance = serde_json::from_value(json!({"status": {"phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}]}}))
+        .unwrap();
+        let info = os_info(&json!({"id": "kumo", "name": "Kumo Test Guest", "pretty-name": "Kumo Test Guest 1",
+            "kernel-release": "6.1.0", "machine": "x86_64", "unexpected": "x"}));
+        assert_eq!(
+            info,
+            json!({"id": "kumo", "name": "Kumo Test Guest", "prettyName": "Kumo Test Guest 1",
+            "kernelRelease": "6.1.0", "machine": "x86_64"})
+        );
+        let up = status_with(&vmi, &GuestView { connected: true, os_info: Some(info.clone()) }, "t1").unwrap();
+        assert!(up.conditions.iter().flatten().any(|c| c.type_ == AGENT_CONNECTED && c.status == "True"));
+        assert_eq!(up.guest_os_info.as_ref(), Some(&info));
+        let vmi = VirtualMachineInstance { status: Some(up), ..vmi };
+        assert_eq!(status_with(&vmi, &GuestView { connected: true, os_info: None }, "t2"), None, "no change");
+        let down = status_with(&vmi, &GuestView::default(), "t3").unwrap();
+        assert!(!down.conditions.iter().flatten().any(|c| c.type_ == AGENT_CONNECTED));
+        assert_eq!(down.guest_os_info, Some(info), "the last OS info stays");
+    }
+}
