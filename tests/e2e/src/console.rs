@@ -42,6 +42,18 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Runs `cmd` in the guest of `vmi` over its console and returns what it printed; panics (with what the
+    /// console showed) if the guest does not answer within `timeout`.
+    pub fn in_guest(&self, vmi: &str, cmd: &str, timeout: Duration) -> String {
+        let mut c = self.console(vmi);
+        let out = c.run(cmd, timeout);
+        let seen = c.seen();
+        let (_, stderr) = c.close();
+        out.unwrap_or_else(|| panic!("the guest of {vmi} did not answer on its console: {stderr}\n{seen}"))
+    }
+}
+
 impl Console {
     /// Everything the console printed so far.
     pub fn seen(&self) -> String {

@@ -84,11 +84,7 @@ fn read_disk(s: &Server, serial: &str) -> String {
 
 /// What `cmd` prints in `vm`'s guest.
 fn in_guest(s: &Server, vm: &str, cmd: &str) -> String {
-    let mut c = s.console(vm);
-    let out = c.run(cmd, secs(90));
-    let seen = c.seen();
-    let (_, stderr) = c.close();
-    out.unwrap_or_else(|| panic!("the guest did not answer on its console: {stderr}\n{seen}"))
+    s.in_guest(vm, cmd, secs(90))
 }
 
 fn secs(n: u64) -> Duration {

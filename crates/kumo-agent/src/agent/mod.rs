@@ -5,6 +5,7 @@ mod guest;
 pub(crate) use guest::agent_of as guest_agent_of;
 mod hotplug;
 pub mod podnet;
+mod probes;
 mod reconcile;
 mod status;
 
@@ -104,6 +105,8 @@ pub(crate) struct Agent {
     pub node_net: NodeNet,
     pub ipam: Ipam,
     pub vms: Mutex<HashMap<String, Arc<LocalVm>>>,
+    /// The probers of guests with readiness or liveness probes, by VMI uid.
+    pub probers: std::sync::Mutex<HashMap<String, probes::Prober>>,
     pub recorder: Recorder,
     pub volume_dirs: VolumeDirs,
 }
@@ -165,6 +168,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
         node_net,
         ipam: Ipam::for_cidr(cfg.state_dir.join("ipam"), pod_cidr)?,
         vms: Mutex::new(HashMap::new()),
+        probers: Default::default(),
         recorder: Recorder::new(client.clone(), reporter),
         volume_dirs,
         cfg,

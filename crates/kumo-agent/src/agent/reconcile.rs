@@ -42,11 +42,24 @@ fn dir(agent: &Agent, uid: &str) -> PathBuf {
 }
 
 async fn event(agent: &Agent, vmi: &VirtualMachineInstance, warning: bool, reason: &str, note: String) {
+    event_of(agent, vmi, warning, reason, reason, note).await
+}
+
+/// An event with its own action: events are folded into a series by (reason, action), so two kinds of
+/// trouble with one reason (readiness and liveness probes are both `Unhealthy`) need different actions.
+async fn event_of(
+    agent: &Agent,
+    vmi: &VirtualMachineInstance,
+    warning: bool,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let ev = Event {
         type_: if warning { EventType::Warning } else { EventType::Normal },
         reason: reason.into(),
         note: Some(note),
-        action: reason.into(),
+        action: action.into(),
         secondary: None,
     };
     if let Err(e) = agent.recorder.publish(&ev, &vmi.object_ref(&())).await {
@@ -138,8 +151,14 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, agent: Arc<Agent>) -> R
         ("Running", Some(l)) => {
             sync_pause(&agent, &vmi, &l).await?;
             sync_guest_agent(&agent, &vmi, &l).await?;
+            let probed = match sync_probes(&agent, &vmi, &l).await? {
+                Probed::Dead => return Ok(Action::await_change()),
+                Probed::Yes => true,
+                Probed::No => false,
+            };
             let plugged = super::hotplug::sync(&agent, &vmi, &l).await?;
-            Ok(Action::requeue(Duration::from_secs(if plugged { 60 } else { 3 })))
+            // Probe results are reported on this beat: keep it short while the guest has probes.
+            Ok(Action::requeue(Duration::from_secs(if plugged && !probed { 60 } else { PROBE_BEAT })))
         }
         // A finished guest: clean the host once, then let deletion go ahead.
         ("Succeeded" | "Failed", _) if vmi.finalizers().iter().any(|f| f == FINALIZER) => {
@@ -304,6 +323,53 @@ async fn reattach(agent: &Arc<Agent>, vmi: &VirtualMachineInstance, uid: &str) -
     Ok(register(agent, vmi, uid, vm, dhcp_stop, guest_iface(&net)).await)
 }
 
+/// How often a running VMI is looked at while it has probes (their results are reported then).
+const PROBE_BEAT: u64 = 2;
+
+enum Probed {
+    No,
+    Yes,
+    /// The liveness probe failed: the VMI was failed (the guest is stopped by the Failed arm).
+    Dead,
+}
+
+/// Starts the guest's prober if it has probes, and reports what it found: Ready per the readiness probe, and
+/// a failed liveness probe fails the VMI.
+async fn sync_probes(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) -> Result<Probed, Error> {
+    let uid = vmi.uid().unwrap_or_default();
+    let health = {
+        let mut probers = agent.probers.lock().expect("probers lock");
+        if !probers.contains_key(&uid) {
+            match super::probes::start(vmi, l) {
+                Some(p) => {
+                    probers.insert(uid.clone(), p);
+                }
+                None => return Ok(Probed::No),
+            }
+        }
+        let health = probers[&uid].health.lock().expect("health lock").clone();
+        health
+    };
+    if let Some(why) = health.dead_because {
+        let message = format!("Liveness probe failed: {why}");
+        l.stopping.store(true, Ordering::SeqCst);
+        patch_status(agent, vmi, status::failed(vmi, "LivenessProbeFailed", &message, &status::now())).await?;
+        event_of(agent, vmi, true, "Unhealthy", "LivenessProbe", message).await;
+        return Ok(Probed::Dead);
+    }
+    if let Some(ready) = health.ready {
+        let why = health.not_ready_because.unwrap_or_default();
+        if let Some(st) = status::probed(vmi, ready, &why, &status::now()) {
+            patch_status(agent, vmi, st).await?;
+            if !ready && why != super::probes::WAITING {
+                event_of(agent, vmi, true, "Unhealthy", "ReadinessProbe", format!("Readiness probe failed: {why}"))
+                    .await;
+            }
+        }
+    }
+    Ok(Probed::Yes)
+}
+
 /// Reports whether the guest agent answers (`AgentConnected`) and what it says of the guest's OS.
 async fn sync_guest_agent(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) -> Result<(), Error> {
     let seen = super::guest::look(vmi, l).await;
@@ -371,6 +437,7 @@ pub(crate) async fn sweep_orphans(agent: &Agent) -> anyhow::Result<()> {
 
 /// Removes everything the VMI had on this host: QEMU, DHCP, network namespace and links, pod IP, files.
 async fn cleanup(agent: &Agent, uid: &str) {
+    agent.probers.lock().expect("probers lock").remove(uid);
     if let Some(l) = agent.vms.lock().await.remove(uid) {
         l.stopping.store(true, Ordering::SeqCst);
         if l.vm.is_alive() {

@@ -31,7 +31,7 @@ pub fn running(
         }]);
     }
     let mut c = conditions(vmi);
-    set_condition(&mut c, "Ready", "True", "", "", now);
+    set_ready(vmi, &mut c, now);
     set_condition(
         &mut c,
         "LiveMigratable",
@@ -44,6 +44,32 @@ pub fn running(
     st.qos_class = Some("Burstable".into());
     st.launcher_container_image_version = Some(format!("kumo-agent/{} ({accel})", env!("CARGO_PKG_VERSION")));
     st
+}
+
+/// A running, unpaused guest is Ready — at once without a readiness probe; with one, once it passes (the
+/// agent's prober says so, see [`probed`]).
+fn set_ready(vmi: &VirtualMachineInstance, c: &mut Vec<Condition>, now: &str) {
+    if vmi.spec.readiness_probe.is_some() {
+        set_condition(c, "Ready", "False", "ReadinessProbe", super::probes::WAITING, now);
+    } else {
+        set_condition(c, "Ready", "True", "", "", now);
+    }
+}
+
+/// The Ready condition as the readiness probe has it; None when the VMI already shows that.
+pub fn probed(vmi: &VirtualMachineInstance, ready: bool, why: &str, now: &str) -> Option<VirtualMachineInstanceStatus> {
+    let mut st = vmi.status.clone().unwrap_or_default();
+    let mut c = conditions(vmi);
+    if c.iter().any(|x| x.type_ == "Paused" && x.status == "True") {
+        return None; // a paused guest is not Ready, whatever its probe said last
+    }
+    if ready {
+        set_condition(&mut c, "Ready", "True", "", "", now);
+    } else {
+        set_condition(&mut c, "Ready", "False", "ReadinessProbeFailed", why, now);
+    }
+    st.conditions = Some(c);
+    (Some(&st) != vmi.status.as_ref()).then_some(st)
 }
 
 /// Something on the node failed: Failed, not Ready, with the reason.
@@ -83,7 +109,7 @@ pub fn paused(vmi: &VirtualMachineInstance, paused: bool, now: &str) -> VirtualM
         set_condition(&mut c, "Ready", "False", "Paused", "the guest is paused", now);
     } else {
         c.retain(|x| x.type_ != "Paused");
-        set_condition(&mut c, "Ready", "True", "", "", now);
+        set_ready(vmi, &mut c, now);
     }
     st.conditions = Some(c);
     st

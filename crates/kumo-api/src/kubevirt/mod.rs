@@ -6,6 +6,7 @@
 //! such a field is refused by name instead of being pruned.
 
 pub(crate) mod object;
+mod probe;
 mod replicaset;
 mod status;
 #[cfg(test)]
@@ -14,6 +15,7 @@ mod validate;
 mod vm;
 mod vmi;
 
+pub use probe::*;
 pub use replicaset::*;
 pub use status::*;
 pub use validate::validate;

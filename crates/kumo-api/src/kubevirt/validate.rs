@@ -71,7 +71,7 @@ fn one_of(set: &[(&str, bool)], path: &str, what: &str, c: &mut Vec<Cause>) {
 }
 
 fn validate_vmi_spec(spec: &VirtualMachineInstanceSpec, p: &str) -> Vec<Cause> {
-    let mut c = Vec::new();
+    let mut c = super::probe::validate(spec, p);
     let volumes: Vec<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
     let networks: Vec<&str> = spec.networks.iter().flatten().map(|n| n.name.as_str()).collect();
     let mut seen = HashSet::new();

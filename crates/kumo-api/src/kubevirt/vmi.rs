@@ -67,6 +67,10 @@ pub struct VirtualMachineInstanceSpec {
     pub tolerations: Option<Vec<Toleration>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<super::probe::Probe>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<super::probe::Probe>,
 }
 
 /// The virtual hardware.
