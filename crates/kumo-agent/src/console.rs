@@ -72,6 +72,11 @@ pub(crate) async fn serve(
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let ctx = ctx.clone();
                     async move {
+                        if req.uri().path().starts_with("/guest/") {
+                            return Ok::<_, std::convert::Infallible>(
+                                guest_info(req.uri().path(), &ctx.0, is_apiserver).await,
+                            );
+                        }
                         if !req.uri().path().starts_with("/upload/") {
                             return Ok::<_, std::convert::Infallible>(handle(req, &ctx.0, is_apiserver));
                         }
@@ -112,6 +117,31 @@ async fn upload(
     match crate::volumes::upload::receive(&agent, &name, req.into_body(), length).await {
         Ok(()) => reply(StatusCode::OK, "uploaded"),
         Err((code, why)) => reply(code, &why),
+    }
+}
+
+/// `GET /guest/<uid>/<what>`: what the guest agent of that VMI says (see [`crate::agent::guest::info`]).
+async fn guest_info(path: &str, vmis_dir: &std::path::Path, is_apiserver: bool) -> Response<Full<Bytes>> {
+    if !is_apiserver {
+        return reply(StatusCode::FORBIDDEN, "only the API server may ask guests");
+    }
+    let mut parts = path.trim_start_matches("/guest/").splitn(2, '/');
+    let (Some(uid), Some(what)) = (parts.next(), parts.next()) else {
+        return reply(StatusCode::NOT_FOUND, "expected /guest/<uid>/<what>");
+    };
+    if uid.is_empty() || uid.contains("..") || what.contains('/') {
+        return reply(StatusCode::NOT_FOUND, "no such guest");
+    }
+    let socket = vmis_dir.join(uid).join("run").join("qga.sock");
+    if !socket.exists() {
+        return reply(StatusCode::NOT_FOUND, "this VMI has no running guest on this node");
+    }
+    match crate::agent::guest::info(&socket, what).await {
+        Ok(v) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(v.to_string())))
+            .expect("response"),
+        Err(e) => reply(StatusCode::CONFLICT, &format!("the guest agent: {e}")),
     }
 }
 

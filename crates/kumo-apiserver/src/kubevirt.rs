@@ -28,9 +28,12 @@ pub fn discovery() -> Value {
                 "kind": "", "verbs": ["update"]}));
         }
     }
-    // The console is a WebSocket GET, proxied to the node agent (crate::console).
-    resources.push(json!({"name": "virtualmachineinstances/console", "singularName": "", "namespaced": true,
-        "kind": "", "verbs": ["get"]}));
+    // The console is a WebSocket GET, proxied to the node agent (crate::console); the guest's agent is asked
+    // through it too (crate::guestinfo).
+    for sub in std::iter::once(&"console").chain(crate::guestinfo::SUBRESOURCES) {
+        resources.push(json!({"name": format!("virtualmachineinstances/{sub}"), "singularName": "",
+            "namespaced": true, "kind": "", "verbs": ["get"]}));
+    }
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{GROUP}/v1"), "resources": resources})
 }
 
@@ -41,6 +44,15 @@ fn conflict(def: &ResourceDef, name: &str, why: &str) -> ApiError {
 pub async fn serve(api: &Arc<ApiServer>, call: &Call) -> Result<Resp, ApiError> {
     let p = &call.path;
     let sub = p.subresource.as_deref().unwrap_or("");
+    if p.resource == "virtualmachineinstances" && crate::guestinfo::SUBRESOURCES.contains(&sub) && p.version == "v1" {
+        if call.method != Method::GET {
+            return Err(ApiError::method_not_allowed(call.method.as_str(), &format!("{}/{sub}", p.resource)));
+        }
+        return match (p.namespace.as_deref(), p.name.as_deref()) {
+            (Some(ns), Some(name)) => crate::guestinfo::get(api, ns, name, sub).await,
+            _ => Err(ApiError::path_not_found(&format!("{GROUP}/v1/{}/{sub}", p.resource))),
+        };
+    }
     let known = VERBS.iter().any(|(plural, subs)| *plural == p.resource && subs.contains(&sub));
     if !known || p.name.is_none() || p.namespace.is_none() || p.version != "v1" {
         return Err(ApiError::path_not_found(&format!("{GROUP}/{}/{}/{sub}", p.version, p.resource)));

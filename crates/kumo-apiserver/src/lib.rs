@@ -16,6 +16,7 @@ pub mod crypt;
 pub mod csr;
 pub mod discovery;
 pub mod gc;
+pub mod guestinfo;
 pub mod handlers;
 pub mod hotplug;
 pub mod kubevirt;

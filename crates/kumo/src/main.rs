@@ -99,6 +99,24 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// What a running guest's agent says of its OS, host name and time zone (as `virtctl guestosinfo`).
+    Guestosinfo {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The users logged in to a running guest (as `virtctl userlist`).
+    Userlist {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A running guest's filesystems (as `virtctl fslist`).
+    Fslist {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Unplug a hot-plugged volume from a running VMI (as `virtctl removevolume`).
     Removevolume {
         name: String,
@@ -409,6 +427,9 @@ async fn main() -> Result<()> {
             println!("Successfully submitted remove volume request to VM {name} for volume {volume_name}");
             Ok(())
         }
+        Command::Guestosinfo { name, target } => guest_info(&target, &name, "guestosinfo").await,
+        Command::Userlist { name, target } => guest_info(&target, &name, "userlist").await,
+        Command::Fslist { name, target } => guest_info(&target, &name, "filesystemlist").await,
         Command::Pause { kind, name, target } => {
             virtctl::kind_plural(&kind)?;
             vm_verb(&target, "virtualmachineinstances", &name, "pause").await
@@ -616,4 +637,12 @@ fn cluster_ca_pem(config: &kube::Config) -> Result<String> {
 /// The node name a host joins under by default, as the agent registers it.
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_lowercase()
+}
+
+/// Prints a guest-agent subresource of the VMI as indented JSON, as virtctl does.
+async fn guest_info(target: &Target, name: &str, what: &str) -> anyhow::Result<()> {
+    let (client, ns) = target_client(target).await?;
+    let v = virtctl::get_subresource(&client, &ns, "virtualmachineinstances", name, what).await?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
 }

@@ -28,6 +28,23 @@ pub async fn put_subresource_with(
     }
 }
 
+/// GETs `/apis/subresources.kubevirt.io/v1/namespaces/{ns}/{plural}/{name}/{what}` (guestosinfo, userlist, ...).
+pub async fn get_subresource(
+    client: &kube::Client,
+    ns: &str,
+    plural: &str,
+    name: &str,
+    what: &str,
+) -> Result<serde_json::Value> {
+    let url = format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/{plural}/{name}/{what}");
+    let req = http::Request::get(&url).body(Vec::new())?;
+    match client.request_text(req).await {
+        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{what} {name}: the answer is not JSON")),
+        Err(kube::Error::Api(e)) => bail!("{what} {name}: {} ({})", e.message, e.reason),
+        Err(e) => Err(e).with_context(|| format!("{what} {name}: talking to the API server")),
+    }
+}
+
 /// `kumo addvolume VMI --volume-name=NAME` (as `virtctl addvolume`): a DataVolume of that name is plugged in as
 /// a dataVolume, else the claim of that name; with `persist`, the VM's template keeps it too.
 pub async fn add_volume(

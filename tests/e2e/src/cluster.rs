@@ -3,7 +3,7 @@
 //! `kumo agent` joined with a bootstrap token. Traffic stays inside: loopback, the underlay bridge this harness
 //! creates, and the namespaces it creates.
 
-use crate::{eventually, free_port, kumo_bin, Server};
+use crate::{free_port, kumo_bin, Server};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -49,6 +49,17 @@ impl EtcdCluster {
         if Command::new("etcd").arg("--version").output().is_err() {
             bail!("etcd not found: install Debian etcd-server (scripts/setup.sh does)");
         }
+        // A free port can be taken by another test between picking and binding it: try again on new ones.
+        let mut tries = 0;
+        loop {
+            match Self::start_on_free_ports(n) {
+                Err(e) if tries < 3 && format!("{e:#}").contains("address already in use") => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn start_on_free_ports(n: usize) -> Result<EtcdCluster> {
         let dir = tempfile::Builder::new().prefix("kumo-etcd-").tempdir()?;
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
@@ -148,11 +159,24 @@ impl EtcdCluster {
         })
     }
 
-    fn wait_healthy(&self) -> Result<()> {
+    fn wait_healthy(&mut self) -> Result<()> {
         let ports: Vec<u16> = self.members.iter().filter(|m| m.child.is_some()).map(|m| m.client).collect();
-        let ok = eventually(Duration::from_secs(60), || ports.iter().all(|p| Self::healthy(*p)).then_some(()));
-        if ok.is_none() {
-            bail!("etcd did not become healthy: {}", self.log(0));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !ports.iter().all(|p| Self::healthy(*p)) {
+            // A member that exited (a port taken meanwhile) will never be healthy: say so at once.
+            let exited = self
+                .members
+                .iter_mut()
+                .enumerate()
+                .find_map(|(i, m)| Some((i, m.child.as_mut()?.try_wait().ok().flatten()?)));
+            if let Some((i, status)) = exited {
+                self.members[i].child = None;
+                bail!("etcd member {i} exited ({status}): {}", self.log(i));
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("etcd did not become healthy: {}", self.log(0));
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
     }

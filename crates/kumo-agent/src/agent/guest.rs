@@ -65,6 +65,64 @@ pub fn os_info(reply: &Value) -> Value {
     Value::Object(out)
 }
 
+/// What `kumo guestosinfo|userlist|fslist` (as virtctl's) show, asked of the guest agent at `socket` and shaped
+/// as KubeVirt's `subresources.kubevirt.io` answers: `guestosinfo` (VirtualMachineInstanceGuestAgentInfo),
+/// `userlist` (VirtualMachineInstanceGuestOSUserList), `filesystemlist` (VirtualMachineInstanceFileSystemList).
+pub async fn info(socket: &std::path::Path, what: &str) -> Result<Value, String> {
+    let agent = GuestAgent::new(socket);
+    let ask = |cmd: &'static str| {
+        let agent = agent.clone();
+        async move { agent.execute(cmd, None, INFO_TIMEOUT).await.map_err(|e| e.to_string()) }
+    };
+    let items = |v: Value| json!({"metadata": {}, "items": v});
+    match what {
+        "guestosinfo" => {
+            let version = ask("guest-info").await?;
+            let os = ask("guest-get-osinfo").await.map(|o| os_info(&o)).unwrap_or(json!({}));
+            let host = ask("guest-get-host-name").await.ok();
+            let tz = ask("guest-get-timezone").await.ok();
+            let zone = tz.as_ref().map(|t| {
+                let name = t.get("zone").and_then(Value::as_str).unwrap_or("");
+                format!("{name}, {}", t.get("offset").and_then(Value::as_i64).unwrap_or(0))
+            });
+            Ok(json!({
+                "guestAgentVersion": version.get("version"),
+                "hostname": host.as_ref().and_then(|h| h.get("host-name")),
+                "os": os,
+                "timezone": zone,
+            }))
+        }
+        "userlist" => {
+            let users = ask("guest-get-users").await?;
+            let list: Vec<Value> = users
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|u| {
+                    json!({
+                "userName": u.get("user"), "domain": u.get("domain"), "loginTime": u.get("login-time")})
+                })
+                .collect();
+            Ok(items(json!(list)))
+        }
+        "filesystemlist" => {
+            let fs = ask("guest-get-fsinfo").await?;
+            let list: Vec<Value> = fs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| {
+                    json!({
+                "diskName": f.get("name"), "mountPoint": f.get("mountpoint"), "fileSystemType": f.get("type"),
+                "usedBytes": f.get("used-bytes"), "totalBytes": f.get("total-bytes")})
+                })
+                .collect();
+            Ok(items(json!(list)))
+        }
+        other => Err(format!("no guest information called {other:?}")),
+    }
+}
+
 /// The VMI's status with what the guest agent said, or None when nothing changes. The condition goes while the
 /// agent is silent (as KubeVirt drops it); the OS info stays, as the last the guest told.
 pub fn status_with(vmi: &VirtualMachineInstance, seen: &GuestView, now: &str) -> Option<VirtualMachineInstanceStatus> {

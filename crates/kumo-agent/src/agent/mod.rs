@@ -1,7 +1,7 @@
 //! The agent's main loop: register the Node, heartbeat its Lease, and reconcile every VMI scheduled here
 //! ([`reconcile`]), watching only those (by the `kubevirt.io/nodeName` label). Guests outlive the agent: on restart it reattaches to running QEMU processes.
 
-mod guest;
+pub(crate) mod guest;
 pub(crate) use guest::agent_of as guest_agent_of;
 mod hotplug;
 pub mod podnet;

@@ -5,6 +5,7 @@
 //! implement are neither in the schemas nor in the types, and the CRDs carry [`REJECT_UNKNOWN_ANNOTATION`], so
 //! such a field is refused by name instead of being pruned.
 
+mod defaults;
 pub(crate) mod object;
 mod probe;
 mod replicaset;
@@ -15,6 +16,7 @@ mod validate;
 mod vm;
 mod vmi;
 
+pub use defaults::{apply_vmi as apply_vmi_defaults, HOOK_SIDECARS_ANNOTATION};
 pub use probe::*;
 pub use replicaset::*;
 pub use status::*;

@@ -18,6 +18,8 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
                     c.push(Cause::invalid("spec.running", "running and runStrategy are mutually exclusive"));
                 }
                 c.extend(validate_vmi_spec(&spec.template.spec, "spec.template.spec"));
+                let template_annotations = obj.pointer("/spec/template/metadata/annotations");
+                c.extend(no_hook_sidecars(template_annotations, "spec.template.metadata.annotations"));
                 for (i, t) in
                     obj.pointer("/spec/dataVolumeTemplates").and_then(Value::as_array).into_iter().flatten().enumerate()
                 {
@@ -32,7 +34,11 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
             Err(c) => vec![c],
         },
         "VirtualMachineInstance" => match spec::<VirtualMachineInstanceSpec>(obj) {
-            Ok(spec) => validate_vmi_spec(&spec, "spec"),
+            Ok(spec) => {
+                let mut c = no_hook_sidecars(obj.pointer("/metadata/annotations"), "metadata.annotations");
+                c.extend(validate_vmi_spec(&spec, "spec"));
+                c
+            }
             Err(c) => vec![c],
         },
         "VirtualMachineInstanceReplicaSet" => match spec::<VirtualMachineInstanceReplicaSetSpec>(obj) {
@@ -70,8 +76,30 @@ fn one_of(set: &[(&str, bool)], path: &str, what: &str, c: &mut Vec<Cause>) {
     }
 }
 
+/// KubeVirt runs sidecar hooks only with its Sidecar feature gate; kumo has none, so such a VMI is refused
+/// rather than run without them.
+fn no_hook_sidecars(annotations: Option<&Value>, path: &str) -> Vec<Cause> {
+    let key = super::HOOK_SIDECARS_ANNOTATION;
+    match annotations.and_then(|a| a.get(key)) {
+        Some(_) => vec![Cause::invalid(
+            format!("{path}[{key}]"),
+            "Forbidden: sidecar hooks need KubeVirt's Sidecar feature gate, which kumo does not implement",
+        )],
+        None => vec![],
+    }
+}
+
 fn validate_vmi_spec(spec: &VirtualMachineInstanceSpec, p: &str) -> Vec<Cause> {
     let mut c = super::probe::validate(spec, p);
+    if let Some(t) = spec.domain.machine.as_ref().and_then(|m| m.type_.as_deref()) {
+        if t != "q35" {
+            // A versioned type (pc-q35-7.2) would pin a QEMU release the node may not have: only q35 for now.
+            c.push(Cause::invalid(
+                format!("{p}.domain.machine.type"),
+                format!("Unsupported value: {t:?}: kumo runs the q35 machine type only"),
+            ));
+        }
+    }
     let volumes: Vec<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
     let networks: Vec<&str> = spec.networks.iter().flatten().map(|n| n.name.as_str()).collect();
     let mut seen = HashSet::new();
