@@ -180,6 +180,17 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
     csr.status_subresource = true;
     let mut defs = vec![namespace, node, core_event, event, lease, configmap, secret, sa, crd, csr];
     defs.extend(storage_resources());
+    // Revisions of what a controller was given (kumo keeps a VM's instancetype and preference in them).
+    defs.push(def(
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        true,
+        &[],
+        Builtin::ControllerRevision,
+        vec![PrinterColumn::new("Revision", "integer", ".revision", ""), age()],
+    ));
     defs
 }
 

@@ -68,6 +68,7 @@ pub enum Builtin {
     PersistentVolumeClaim,
     PersistentVolume,
     StorageClass,
+    ControllerRevision,
 }
 
 /// A kind as served at one group/version.

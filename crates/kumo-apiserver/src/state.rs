@@ -5,6 +5,7 @@ use crate::objects::Objects;
 use crate::registry::Registry;
 use crate::rest::admission;
 use crate::tls::ClusterCa;
+use anyhow::Context;
 
 /// The common name node agents expect of the API server's client certificate (their console endpoint).
 pub const NODE_CLIENT_CN: &str = "kumo-apiserver";
@@ -79,6 +80,32 @@ pub async fn bootstrap(api: &Arc<ApiServer>) -> anyhow::Result<()> {
     let (crds, _) = api.objects.list_all(&crd_def, None).await?;
     for crd in crds {
         api.registry.put_crd(&crd);
+    }
+    seed_flavors(api).await?;
+    Ok(())
+}
+
+/// KubeVirt's common cluster instancetypes and preferences, when the cluster has none of a kind (an
+/// administrator who replaced them keeps their own).
+async fn seed_flavors(api: &Arc<ApiServer>) -> anyhow::Result<()> {
+    use kumo_api::instancetype as it;
+    let kinds = [
+        ("virtualmachineclusterinstancetypes", it::seed_instancetypes()),
+        ("virtualmachineclusterpreferences", it::seed_preferences()),
+    ];
+    for (plural, objects) in kinds {
+        let def = api.registry.get(it::GROUP, it::VERSION, plural).context("flavor CRDs are served")?;
+        let (existing, _) = api.objects.list_all(&def, None).await?;
+        if !existing.is_empty() {
+            continue;
+        }
+        for mut obj in objects {
+            admission::stamp_new(&mut obj);
+            match api.objects.create(&def, &obj).await {
+                Err(e) if e.code != 409 => return Err(e.into()),
+                _ => {}
+            }
+        }
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 
 pub mod binder;
 pub mod datavolume;
+pub mod flavor;
 pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;

@@ -222,7 +222,21 @@ async fn reconcile_vm(vm_obj: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Acti
             Err(e) => return Err(e.into()),
         }
     }
-    let plan = vm::plan(&vm_obj, vmi.as_ref(), &now());
+    // The VMI is made from the template as the VM's pinned flavor expands it.
+    let flavored = if vm_obj.spec.instancetype.is_some() || vm_obj.spec.preference.is_some() {
+        match crate::flavor::resolve(&ctx.client, &vm_obj).await? {
+            crate::flavor::Resolved::Ready(vm) => vm,
+            crate::flavor::Resolved::Pinned => return Ok(Action::requeue(Duration::from_millis(200))),
+            crate::flavor::Resolved::Missing(why) => {
+                let ev = vm::Event { warning: true, reason: "FailedCreate", note: format!("Cannot start: {why}") };
+                publish(&ctx, &vm_obj.object_ref(&()), &[ev]).await;
+                return Ok(Action::requeue(Duration::from_secs(10)));
+            }
+        }
+    } else {
+        Box::new((*vm_obj).clone())
+    };
+    let plan = vm::plan(&flavored, vmi.as_ref(), &now());
     for action in &plan.actions {
         match action {
             vm::Action::CreateVmi(obj) => match vmis.create(&PostParams::default(), obj).await {

@@ -136,7 +136,9 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, agent: Arc<Agent>) -> R
             match reattach(&agent, &vmi, &uid).await {
                 Ok(l) => {
                     // A pause (or a hotplug) asked for while the agent was away applies now.
-                    sync_pause(&agent, &vmi, &l).await?;
+                    if sync_pause(&agent, &vmi, &l).await? {
+                        return Ok(Action::requeue(Duration::from_millis(300)));
+                    }
                     let plugged = super::hotplug::sync(&agent, &vmi, &l).await?;
                     Ok(Action::requeue(Duration::from_secs(if plugged { 60 } else { 3 })))
                 }
@@ -149,16 +151,34 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, agent: Arc<Agent>) -> R
             }
         }
         ("Running", Some(l)) => {
-            sync_pause(&agent, &vmi, &l).await?;
-            sync_guest_agent(&agent, &vmi, &l).await?;
+            // Each of these writes the status from `vmi`: after one has, the next pass starts from what it wrote.
+            if sync_pause(&agent, &vmi, &l).await? {
+                return Ok(Action::requeue(Duration::from_millis(300)));
+            }
+            if kumo_api::conditions::is_true(vmi.conditions(), "Paused") {
+                // A paused guest answers nothing: its agent and probes are looked at again once it runs.
+                agent.probers.lock().expect("probers lock").remove(&uid);
+                return Ok(Action::requeue(Duration::from_secs(PROBE_BEAT)));
+            }
+            if sync_guest_agent(&agent, &vmi, &l).await? {
+                return Ok(Action::requeue(Duration::from_millis(300)));
+            }
             let probed = match sync_probes(&agent, &vmi, &l).await? {
                 Probed::Dead => return Ok(Action::await_change()),
                 Probed::Yes => true,
                 Probed::No => false,
             };
             let plugged = super::hotplug::sync(&agent, &vmi, &l).await?;
-            // Probe results are reported on this beat: keep it short while the guest has probes.
-            Ok(Action::requeue(Duration::from_secs(if plugged && !probed { 60 } else { PROBE_BEAT })))
+            // Probe results are reported on this beat: short while the guest has probes, and while its agent is
+            // not (yet) connected, so a booting guest's agent shows soon; otherwise often enough to notice an
+            // agent that goes away.
+            let connected = kumo_api::conditions::is_true(vmi.conditions(), super::guest::AGENT_CONNECTED);
+            let beat = match (probed, plugged && connected) {
+                (true, _) => PROBE_BEAT,
+                (false, true) => GUEST_AGENT_BEAT,
+                (false, false) => 3,
+            };
+            Ok(Action::requeue(Duration::from_secs(beat)))
         }
         // A finished guest: clean the host once, then let deletion go ahead.
         ("Succeeded" | "Failed", _) if vmi.finalizers().iter().any(|f| f == FINALIZER) => {
@@ -325,6 +345,8 @@ async fn reattach(agent: &Arc<Agent>, vmi: &VirtualMachineInstance, uid: &str) -
 
 /// How often a running VMI is looked at while it has probes (their results are reported then).
 const PROBE_BEAT: u64 = 2;
+/// How often a settled running VMI's guest agent is asked whether it is still there.
+const GUEST_AGENT_BEAT: u64 = 10;
 
 enum Probed {
     No,
@@ -370,10 +392,11 @@ async fn sync_probes(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) -
     Ok(Probed::Yes)
 }
 
-/// Reports whether the guest agent answers (`AgentConnected`) and what it says of the guest's OS.
-async fn sync_guest_agent(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) -> Result<(), Error> {
+/// Reports whether the guest agent answers (`AgentConnected`) and what it says of the guest's OS; true when it
+/// changed the status.
+async fn sync_guest_agent(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) -> Result<bool, Error> {
     let seen = super::guest::look(vmi, l).await;
-    let Some(st) = super::guest::status_with(vmi, &seen, &status::now()) else { return Ok(()) };
+    let Some(st) = super::guest::status_with(vmi, &seen, &status::now()) else { return Ok(false) };
     let was = vmi.conditions().iter().any(|c| c.type_ == super::guest::AGENT_CONNECTED && c.status == "True");
     patch_status(agent, vmi, st).await?;
     if was != seen.connected {
@@ -384,14 +407,15 @@ async fn sync_guest_agent(agent: &Agent, vmi: &VirtualMachineInstance, l: &Local
         };
         event(agent, vmi, !seen.connected, reason, note.into()).await;
     }
-    Ok(())
+    Ok(true)
 }
 
-async fn sync_pause(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) -> Result<(), Error> {
+/// Pauses or resumes the guest to match the VMI's annotation; true when it changed the status.
+async fn sync_pause(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) -> Result<bool, Error> {
     let want = vmi.annotations().get(kumo_api::kubevirt::PAUSE_ANNOTATION).map(String::as_str) == Some("true");
     let is = kumo_api::conditions::is_true(vmi.conditions(), "Paused");
     if want == is {
-        return Ok(());
+        return Ok(false);
     }
     let r = if want { l.vm.qmp().stop().await } else { l.vm.qmp().cont().await };
     r.map_err(|e| Error::Other(anyhow::anyhow!("{}: {e}", if want { "pausing" } else { "resuming" })))?;
@@ -404,7 +428,7 @@ async fn sync_pause(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) ->
         format!("The guest was {}", if want { "paused" } else { "resumed" }),
     )
     .await;
-    Ok(())
+    Ok(true)
 }
 
 /// Removes what VMIs that no longer exist left on this host: their guest (killed: a VMI gone while this agent

@@ -116,6 +116,16 @@ pub fn vmi_crd() -> Value {
     )
 }
 
+fn flavor_ref(description: &str) -> Value {
+    json!({"type": "object", "required": ["name"], "description": description, "properties": {
+        "name": {"type": "string"},
+        "kind": {"type": "string", "enum": [crate::instancetype::INSTANCETYPE, crate::instancetype::CLUSTER_INSTANCETYPE,
+            crate::instancetype::PREFERENCE, crate::instancetype::CLUSTER_PREFERENCE,
+            "virtualmachineinstancetype", "virtualmachineclusterinstancetype",
+            "virtualmachinepreference", "virtualmachineclusterpreference"]},
+        "revisionName": {"type": "string", "description": "The ControllerRevision holding the flavor in use."}}})
+}
+
 /// The VirtualMachine CRD.
 pub fn vm_crd() -> Value {
     let spec = json!({"type": "object", "description": "Desired state of the VirtualMachine.", "required": ["template"],
@@ -126,6 +136,8 @@ pub fn vm_crd() -> Value {
         "template": {"type": "object", "required": ["spec"], "properties": {
             "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
             "spec": yaml(VMI_SPEC)}},
+        "instancetype": flavor_ref("The instancetype (flavor) giving the VM its CPU and memory."),
+        "preference": flavor_ref("The preference saying which devices and topology the VM prefers."),
         "dataVolumeTemplates": {"type": "array", "description": "DataVolumes the VM owns.",
             "items": {"type": "object", "required": ["spec"], "properties": {
                 "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
@@ -157,7 +169,7 @@ pub fn vm_crd() -> Value {
     )
 }
 
-/// Every CRD kumo installs: KubeVirt's (snapshots included) and CDI's.
+/// Every CRD kumo installs: KubeVirt's (snapshots and flavors included) and CDI's.
 pub fn crds() -> Vec<Value> {
     let mut all = vec![
         vm_crd(),
@@ -168,5 +180,6 @@ pub fn crds() -> Vec<Value> {
         crate::cdi::upload_token_request_crd(),
     ];
     all.extend(crate::snapshot::crds());
+    all.extend(crate::instancetype::crds());
     all
 }

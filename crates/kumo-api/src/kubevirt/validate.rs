@@ -18,6 +18,9 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
                     c.push(Cause::invalid("spec.running", "running and runStrategy are mutually exclusive"));
                 }
                 c.extend(validate_vmi_spec(&spec.template.spec, "spec.template.spec"));
+                if spec.instancetype.is_some() {
+                    c.extend(crate::instancetype::conflicts(&spec.template.spec, "spec.template.spec"));
+                }
                 let template_annotations = obj.pointer("/spec/template/metadata/annotations");
                 c.extend(no_hook_sidecars(template_annotations, "spec.template.metadata.annotations"));
                 for (i, t) in

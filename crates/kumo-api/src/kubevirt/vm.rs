@@ -29,6 +29,12 @@ pub struct VirtualMachineSpec {
     /// DataVolumes the VM owns (made with it, deleted with it), named by their metadata.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_volume_templates: Option<Vec<DataVolumeTemplateSpec>>,
+    /// The flavor giving the VM its CPU and memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instancetype: Option<crate::instancetype::FlavorRef>,
+    /// The devices and topology the VM prefers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preference: Option<crate::instancetype::FlavorRef>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
