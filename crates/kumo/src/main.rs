@@ -20,6 +20,7 @@ struct Cli {
 }
 
 mod client;
+mod create;
 mod drain;
 mod join;
 mod store;
@@ -98,6 +99,14 @@ enum Command {
         persist: bool,
         #[command(flatten)]
         target: Target,
+    },
+    /// Print a VirtualMachine manifest (as `virtctl create vm`):
+    /// `kumo create vm --instancetype u1.small --preference linux --volume-containerdisk src:IMAGE`.
+    Create {
+        /// What to create: `vm`.
+        kind: String,
+        #[command(flatten)]
+        args: create::CreateVmArgs,
     },
     /// What a running guest's agent says of its OS, host name and time zone (as `virtctl guestosinfo`).
     Guestosinfo {
@@ -427,6 +436,10 @@ async fn main() -> Result<()> {
             println!("Successfully submitted remove volume request to VM {name} for volume {volume_name}");
             Ok(())
         }
+        Command::Create { kind, args } => match kind.as_str() {
+            "vm" | "virtualmachine" => create::create_vm(&args),
+            other => anyhow::bail!("kumo create {other}: only `vm` can be created this way"),
+        },
         Command::Guestosinfo { name, target } => guest_info(&target, &name, "guestosinfo").await,
         Command::Userlist { name, target } => guest_info(&target, &name, "userlist").await,
         Command::Fslist { name, target } => guest_info(&target, &name, "filesystemlist").await,

@@ -133,4 +133,26 @@ fn a_template_that_sets_what_its_instancetype_gives_is_refused_by_field() {
     });
     assert!(why.is_some(), "{}", get(&s, &["get", "events"]));
     assert!(get(&s, &["get", "vmi", "-o", "name"]).is_empty(), "no VMI without its flavor");
+
+    // `kumo create vm` (as virtctl's) prints a manifest that applies as it is, with a common flavor.
+    let (ok, manifest) = kumo_e2e::kumo_cli(&[
+        "create",
+        "vm",
+        "--name",
+        "made",
+        "--instancetype",
+        "u1.nano",
+        "--preference",
+        "linux",
+        "--volume-containerdisk",
+        "src:quay.io/kumo/test-guest:latest",
+    ]);
+    assert!(ok, "{manifest}");
+    s.apply(&manifest).unwrap_or_else(|e| panic!("{e}\n{manifest}"));
+    let vmi = eventually(secs(30), || {
+        let out = s.kubectl(&["get", "vmi", "made", "-o",
+            "jsonpath={.spec.domain.cpu.sockets} {.spec.domain.memory.guest} {.spec.domain.devices.interfaces[0].model}"]).ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    });
+    assert_eq!(vmi.as_deref(), Some("1 512Mi virtio"), "u1.nano and the linux preference");
 }

@@ -119,7 +119,7 @@ pub fn expand(spec: &mut VirtualMachineInstanceSpec, it: Option<&InstancetypeSpe
     }
     let Some(devices) = pref.and_then(|p| p.devices.as_ref()) else { return };
     if let Some(bus) = &devices.preferred_disk_bus {
-        for d in domain.devices.disks.iter_mut().flatten() {
+        for d in spec.domain.devices.disks.iter_mut().flatten() {
             if let Some(disk) = d.disk.as_mut().filter(|x| x.bus.as_deref().is_none_or(str::is_empty)) {
                 disk.bus = Some(bus.clone());
             }
@@ -129,14 +129,26 @@ pub fn expand(spec: &mut VirtualMachineInstanceSpec, it: Option<&InstancetypeSpe
         }
     }
     if let Some(model) = &devices.preferred_interface_model {
-        for i in domain.devices.interfaces.iter_mut().flatten() {
+        // The pod-network interface a VMI gets by default takes the preferred model too.
+        let none = spec.domain.devices.interfaces.as_ref().is_none_or(Vec::is_empty);
+        if none && spec.networks.as_ref().is_none_or(Vec::is_empty) {
+            let default = "default".to_string();
+            spec.domain.devices.interfaces = Some(vec![crate::kubevirt::Interface {
+                name: default.clone(),
+                masquerade: Some(crate::kubevirt::Empty {}),
+                ..Default::default()
+            }]);
+            spec.networks =
+                Some(vec![crate::kubevirt::Network { name: default, pod: Some(crate::kubevirt::Empty {}) }]);
+        }
+        for i in spec.domain.devices.interfaces.iter_mut().flatten() {
             if i.model.as_deref().is_none_or(str::is_empty) {
                 i.model = Some(model.clone());
             }
         }
     }
-    if devices.preferred_rng.is_some() && domain.devices.rng.is_none() {
-        domain.devices.rng = Some(crate::kubevirt::Empty {});
+    if devices.preferred_rng.is_some() && spec.domain.devices.rng.is_none() {
+        spec.domain.devices.rng = Some(crate::kubevirt::Empty {});
     }
 }
 
