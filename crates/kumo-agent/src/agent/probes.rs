@@ -1,6 +1,6 @@
 //! Readiness and liveness probes, run by the node agent (kumo has no launcher pod for a kubelet to probe).
 //!
-//! Each probed guest gets one tokio task (no thread or process per probe) that runs its probes on their
+//! Each probe of a guest is one tokio task (no thread or process per probe) that runs its probes on their
 //! periods and keeps the outcome in a [`Health`] shared with the agent. The VMI's regular reconcile (every
 //! few seconds) reports it: the Ready condition follows readiness, and a liveness failure fails the VMI, which
 //! its VM restarts per runStrategy. Keeping the status writes in the reconcile means one writer, and a
@@ -28,15 +28,17 @@ pub struct Health {
     pub dead_because: Option<String>,
 }
 
-/// A running prober: its task (stopped when dropped) and what it found.
+/// A running prober: its tasks (one per probe, stopped when it is dropped) and what they found.
 pub struct Prober {
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     pub health: Arc<Mutex<Health>>,
 }
 
 impl Drop for Prober {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
@@ -107,21 +109,7 @@ pub fn start(vmi: &VirtualMachineInstance, l: &LocalVm) -> Option<Prober> {
             }
         })));
     }
-    let task = tokio::spawn(async move {
-        let _guards: Vec<_> = tasks.iter().map(|t| t.abort_handle()).map(AbortOnDrop).collect();
-        for t in tasks {
-            let _ = t.await;
-        }
-    });
-    Some(Prober { task, health })
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    Some(Prober { tasks, health })
 }
 
 #[derive(Clone)]

@@ -128,7 +128,7 @@ async fn adopt_or_convert(scratch: &Path, target: &Target<'_>) -> Result<(), Str
     let info = checked_info(scratch, target).await?;
     let out_format = if target.block { "raw" } else { "qcow2" };
     if info.format != out_format || info.snapshots > 0 {
-        return convert(scratch, target).await;
+        return convert_checked(&info, scratch, None, target).await;
     }
     let src = path_str(scratch)?;
     if out_format == "qcow2" {
@@ -166,6 +166,16 @@ async fn checked_info(image: &Path, target: &Target<'_>) -> Result<crate::image:
 /// [`convert`], from one of the image's internal snapshots when `snapshot` names one.
 pub async fn convert_from(scratch: &Path, snapshot: Option<&str>, target: &Target<'_>) -> Result<(), String> {
     let info = checked_info(scratch, target).await?;
+    convert_checked(&info, scratch, snapshot, target).await
+}
+
+/// [`convert_from`] of an image whose `qemu-img info` was read and checked already.
+async fn convert_checked(
+    info: &crate::image::ImageInfo,
+    scratch: &Path,
+    snapshot: Option<&str>,
+    target: &Target<'_>,
+) -> Result<(), String> {
     let out_format = if target.block { "raw" } else { "qcow2" };
     let part = target.image.with_extension("part");
     let _ = std::fs::remove_file(&part);

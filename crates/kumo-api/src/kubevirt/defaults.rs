@@ -64,11 +64,8 @@ pub fn apply_vmi(obj: &mut Value, firmware_uuid: &str) {
     let has = |v: &Value, k: &str| v.get(k).and_then(Value::as_array).is_some_and(|a| !a.is_empty());
     let no_ifaces = !spec.pointer("/domain/devices").is_some_and(|d| has(d, "interfaces"));
     if no_ifaces && !has(spec, "networks") {
-        let devices = object(object(spec, "domain"), "devices");
-        if devices.get("autoattachPodInterface") != Some(&json!(false)) {
-            devices["interfaces"] = json!([{"name": "default", "masquerade": {}}]);
-            spec["networks"] = json!([{"name": "default", "pod": {}}]);
-        }
+        object(object(spec, "domain"), "devices")["interfaces"] = json!([{"name": "default", "masquerade": {}}]);
+        spec["networks"] = json!([{"name": "default", "pod": {}}]);
     }
     let domain = object(spec, "domain");
     let machine = object(domain, "machine");

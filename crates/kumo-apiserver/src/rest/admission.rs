@@ -185,10 +185,11 @@ pub fn on_create(_api: &ApiServer, def: &ResourceDef, obj: &mut Value) -> Result
             }
             // KubeVirt's mutating webhook's defaults. The firmware UUID is the owning VM's uid, so a VM keeps
             // its UUID across restarts; a VMI of its own gets its own uid.
-            let owners =
-                obj.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
-            let vm_uid = owners
-                .iter()
+            let vm_uid = obj
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
                 .find(|o| o.get("kind").and_then(Value::as_str) == Some("VirtualMachine"))
                 .and_then(|o| o.get("uid").and_then(Value::as_str))
                 .map(str::to_string);

@@ -1,8 +1,9 @@
 //! Applying the replica set's plan through the API: a fresh list of the namespace's VMIs, creates, deletes,
 //! adoption (a merge patch guarded by the VMI's uid and resourceVersion), events and the status.
 
-use super::{controller_uid, plan};
+use super::plan;
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
@@ -44,6 +45,27 @@ fn not_found_or_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(a) if a.code == 404 || a.code == 409)
 }
 
+/// Rewrites the owners of VMI `name` (if it is still the one with `uid`) as `change` says, guarded by its
+/// resourceVersion; `change` returns false to leave it. True when written.
+async fn set_owners(
+    api: &Api<VirtualMachineInstance>,
+    name: &str,
+    uid: &str,
+    change: impl FnOnce(&mut Vec<OwnerReference>) -> bool,
+) -> Result<bool, Error> {
+    let Some(cur) = api.get_opt(name).await? else { return Ok(false) };
+    let mut owners = cur.metadata.owner_references.clone().unwrap_or_default();
+    if cur.metadata.uid.as_deref() != Some(uid) || !change(&mut owners) {
+        return Ok(false);
+    }
+    let patch = json!({"metadata": {"ownerReferences": owners, "resourceVersion": cur.metadata.resource_version}});
+    match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => Ok(true),
+        Err(e) if not_found_or_conflict(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn reconcile(rs: Arc<VirtualMachineInstanceReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = rs.namespace().unwrap_or_default();
     let api = Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), &ns);
@@ -52,31 +74,25 @@ async fn reconcile(rs: Arc<VirtualMachineInstanceReplicaSet>, ctx: Arc<Ctx>) -> 
     let mut failure: Option<(&str, String)> = None;
     let rs_uid = rs.metadata.uid.clone().unwrap_or_default();
     for (name, uid) in &plan.adopt {
-        // Guarded by uid and "still nobody's": a VMI another controller took meanwhile is left alone.
-        let Some(cur) = api.get_opt(name).await? else { continue };
-        if cur.metadata.uid.as_deref() != Some(uid.as_str()) || controller_uid(&cur.metadata).is_some() {
-            continue;
-        }
-        let mut owners = cur.metadata.owner_references.clone().unwrap_or_default();
-        owners.push(super::owner_ref(&rs));
-        let patch = json!({"metadata": {"ownerReferences": owners, "resourceVersion": cur.metadata.resource_version}});
-        match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
-            Ok(_) => tracing::info!(replicaset = %rs.name_any(), vmi = %name, "adopted"),
-            Err(e) if not_found_or_conflict(&e) => {}
-            Err(e) => return Err(e.into()),
+        // Only while still nobody's: a VMI another controller took meanwhile is left alone.
+        let adopt = |owners: &mut Vec<OwnerReference>| {
+            if owners.iter().any(|o| o.controller == Some(true)) {
+                return false;
+            }
+            owners.push(super::owner_ref(&rs));
+            true
+        };
+        if set_owners(&api, name, uid, adopt).await? {
+            tracing::info!(replicaset = %rs.name_any(), vmi = %name, "adopted");
         }
     }
     for (name, uid) in &plan.release {
-        let Some(cur) = api.get_opt(name).await? else { continue };
-        if cur.metadata.uid.as_deref() != Some(uid.as_str()) {
-            continue;
-        }
-        let owners: Vec<_> = cur.metadata.owner_references.iter().flatten().filter(|o| o.uid != rs_uid).collect();
-        let patch = json!({"metadata": {"ownerReferences": owners, "resourceVersion": cur.metadata.resource_version}});
-        match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
-            Ok(_) => tracing::info!(replicaset = %rs.name_any(), vmi = %name, "released"),
-            Err(e) if not_found_or_conflict(&e) => {}
-            Err(e) => return Err(e.into()),
+        let release = |owners: &mut Vec<OwnerReference>| {
+            owners.retain(|o| o.uid != rs_uid);
+            true
+        };
+        if set_owners(&api, name, uid, release).await? {
+            tracing::info!(replicaset = %rs.name_any(), vmi = %name, "released");
         }
     }
     for vmi in &plan.create {
