@@ -22,6 +22,7 @@ pub mod jsonpath;
 pub mod kubevirt;
 pub mod meta;
 pub mod patch;
+pub mod pool;
 pub mod protobuf;
 pub mod provisioning;
 pub mod quantity;

@@ -32,6 +32,11 @@ impl Cause {
         }
     }
     /// `field: message`, the way the API server words causes in a Status message.
+    /// The same cause for a field nested under `prefix` (e.g. a VM's checks applied to a pool's template).
+    pub fn prefixed(mut self, prefix: &str) -> Self {
+        self.field = if self.field.is_empty() { prefix.to_string() } else { format!("{prefix}.{}", self.field) };
+        self
+    }
     pub fn describe(&self) -> String {
         if self.field.is_empty() {
             self.message.clone()

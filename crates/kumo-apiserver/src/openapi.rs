@@ -108,8 +108,13 @@ fn operation(d: &ResourceDef, action: &str, params: Vec<Value>, schema_ref: &str
         op["requestBody"] = json!({"content": {
             "application/json-patch+json": {"schema": {"type": "object"}},
             "application/merge-patch+json": {"schema": {"type": "object"}},
-            "application/strategic-merge-patch+json": {"schema": {"type": "object"}},
             "application/apply-patch+yaml": {"schema": {"type": "object"}}}});
+        // Only built-in kinds take a strategic merge patch, as in Kubernetes: kubectl apply reads this list and
+        // would otherwise send one for a custom resource, which is refused.
+        if d.builtin.is_some() {
+            op["requestBody"]["content"]["application/strategic-merge-patch+json"] =
+                json!({"schema": {"type": "object"}});
+        }
     }
     op
 }

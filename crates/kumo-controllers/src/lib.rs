@@ -3,7 +3,7 @@
 //!
 //! Each controller is a pure planning function — `(object, what it owns) → plan` — in its own module
 //! ([`vm::plan`], [`vmi::plan`] with [`sched::schedule`], [`nodeipam::plan`], [`nodelifecycle::plan`],
-//! [`protection::release_claim`], [`binder::plan_claim`], [`provisioner::plan`], [`replicaset::plan`]), plus a
+//! [`protection::release_claim`], [`binder::plan_claim`], [`provisioner::plan`], [`replicaset::plan`], [`pool::plan`]), plus a
 //! thin runtime that fetches, applies the plan through the API and records events ([`runtime`],
 //! [`nodeipam::run`], [`nodelifecycle::run`]). Start reading at [`vm`].
 
@@ -13,6 +13,7 @@ pub mod flavor;
 pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod pool;
 pub mod protection;
 pub mod provisioner;
 pub mod replicaset;
@@ -35,7 +36,7 @@ pub struct Config {
 
 /// Runs every controller until the process ends.
 pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
-    let (workloads, (), lifecycle, (), (), (), (), (), (), ()) = tokio::join!(
+    let (workloads, (), lifecycle, (), (), (), (), (), (), (), ()) = tokio::join!(
         runtime::run(client.clone(), cfg.scheduler),
         nodeipam::run(client.clone(), cfg.pod_network),
         nodelifecycle::run(client.clone(), cfg.lifecycle),
@@ -45,6 +46,7 @@ pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
         datavolume::run(client.clone()),
         resizer::run(client.clone()),
         replicaset::run(client.clone()),
+        pool::run(client.clone()),
         snapshot::run(client)
     );
     workloads.and(lifecycle)

@@ -170,6 +170,34 @@ pub(crate) async fn record<K: Resource<DynamicType = ()>>(
     }
 }
 
+pub(crate) fn not_found_or_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(a) if a.code == 404 || a.code == 409)
+}
+
+/// Rewrites the owners of object `name` (if it is still the one with `uid`) as `change` says, guarded by its
+/// resourceVersion; `change` returns false to leave it. True when written. (Adoption and release by groups.)
+pub(crate) async fn set_owners<K>(
+    api: &Api<K>,
+    name: &str,
+    uid: &str,
+    change: impl FnOnce(&mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>) -> bool,
+) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let Some(cur) = api.get_opt(name).await? else { return Ok(false) };
+    let mut owners = cur.meta().owner_references.clone().unwrap_or_default();
+    if cur.meta().uid.as_deref() != Some(uid) || !change(&mut owners) {
+        return Ok(false);
+    }
+    let patch = json!({"metadata": {"ownerReferences": owners, "resourceVersion": cur.meta().resource_version}});
+    match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => Ok(true),
+        Err(e) if not_found_or_conflict(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Merge-patches `status` from `old` to `new`, nulling keys that disappeared (a merge patch only removes what
 /// it names). With `resource_version`, the write is a compare-and-swap: 409 if the object changed since.
 /// Returns the object written, or None when there was nothing to write.

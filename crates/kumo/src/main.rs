@@ -23,6 +23,7 @@ mod client;
 mod create;
 mod drain;
 mod join;
+mod rollout;
 mod store;
 mod upload;
 mod virtctl;
@@ -107,6 +108,13 @@ enum Command {
         kind: String,
         #[command(flatten)]
         args: create::CreateVmArgs,
+    },
+    /// Follow, list, undo, pause or resume a VirtualMachinePool's rollout: `kumo rollout status vmpool/NAME`.
+    Rollout {
+        #[command(subcommand)]
+        action: rollout::RolloutAction,
+        #[command(flatten)]
+        target: Target,
     },
     /// What a running guest's agent says of its OS, host name and time zone (as `virtctl guestosinfo`).
     Guestosinfo {
@@ -440,6 +448,10 @@ async fn main() -> Result<()> {
             "vm" | "virtualmachine" => create::create_vm(&args),
             other => anyhow::bail!("kumo create {other}: only `vm` can be created this way"),
         },
+        Command::Rollout { action, target } => {
+            let (client, ns) = target_client(&target).await?;
+            rollout::run(client, &ns, action).await
+        }
         Command::Guestosinfo { name, target } => guest_info(&target, &name, "guestosinfo").await,
         Command::Userlist { name, target } => guest_info(&target, &name, "userlist").await,
         Command::Fslist { name, target } => guest_info(&target, &name, "filesystemlist").await,

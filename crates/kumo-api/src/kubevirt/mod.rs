@@ -126,9 +126,9 @@ fn flavor_ref(description: &str) -> Value {
         "revisionName": {"type": "string", "description": "The ControllerRevision holding the flavor in use."}}})
 }
 
-/// The VirtualMachine CRD.
-pub fn vm_crd() -> Value {
-    let spec = json!({"type": "object", "description": "Desired state of the VirtualMachine.", "required": ["template"],
+/// A VirtualMachine's spec schema (a pool's VM template has it too).
+pub fn vm_spec_schema() -> Value {
+    json!({"type": "object", "description": "Desired state of the VirtualMachine.", "required": ["template"],
     "properties": {
         "running": {"type": "boolean", "description": "Deprecated: use runStrategy."},
         "runStrategy": {"type": "string", "enum": ["Always", "RerunOnFailure", "Manual", "Halted", "Once"],
@@ -142,7 +142,12 @@ pub fn vm_crd() -> Value {
             "items": {"type": "object", "required": ["spec"], "properties": {
                 "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
                 "spec": crate::cdi::spec_schema()}}},
-    }});
+    }})
+}
+
+/// The VirtualMachine CRD.
+pub fn vm_crd() -> Value {
+    let spec = vm_spec_schema();
     let status = json!({"type": "object", "properties": {
         "printableStatus": {"type": "string"}, "ready": {"type": "boolean"}, "created": {"type": "boolean"},
         "runStrategy": {"type": "string"}, "desiredGeneration": {"type": "integer"},
@@ -181,5 +186,6 @@ pub fn crds() -> Vec<Value> {
     ];
     all.extend(crate::snapshot::crds());
     all.extend(crate::instancetype::crds());
+    all.push(crate::pool::crd());
     all
 }

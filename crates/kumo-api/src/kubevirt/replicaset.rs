@@ -90,7 +90,7 @@ pub fn vmirs_crd() -> Value {
 }
 
 /// A metav1.LabelSelector's schema.
-pub(crate) fn label_selector_schema() -> Value {
+pub fn label_selector_schema() -> Value {
     json!({"type": "object", "properties": {
         "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
         "matchExpressions": {"type": "array", "items": {"type": "object", "required": ["key", "operator"],
@@ -101,7 +101,12 @@ pub(crate) fn label_selector_schema() -> Value {
 
 /// A group's selector must select something and match the labels its template gives (otherwise the group
 /// would make VMIs it cannot see and make more without end): checked as KubeVirt's webhook does.
-pub(crate) fn validate_selector(selector: Option<&Value>, template_labels: Option<&Value>, path: &str) -> Vec<Cause> {
+pub fn validate_selector(
+    selector: Option<&Value>,
+    template_labels: Option<&Value>,
+    path: &str,
+    labels_path: &str,
+) -> Vec<Cause> {
     let Some(selector) = selector.filter(|s| s.as_object().is_some_and(|o| !o.is_empty())) else {
         return vec![Cause::required(format!("{path}.selector"))];
     };
@@ -117,7 +122,7 @@ pub(crate) fn validate_selector(selector: Option<&Value>, template_labels: Optio
         let shown = labels.map(|l| Value::Object(l.clone()).to_string()).unwrap_or_else(|| "{}".into());
         return vec![Cause::invalid(
             format!("{path}.selector"),
-            format!("selector does not match labels in {path}.template.metadata.labels ({shown})"),
+            format!("selector does not match labels in {labels_path} ({shown})"),
         )];
     }
     vec![]

@@ -50,6 +50,7 @@ pub fn validate(kind: &str, obj: &Value) -> Vec<Cause> {
                     obj.pointer("/spec/selector"),
                     obj.pointer("/spec/template/metadata/labels"),
                     "spec",
+                    "spec.template.metadata.labels",
                 );
                 c.extend(validate_vmi_spec(&spec.template.spec, "spec.template.spec"));
                 c

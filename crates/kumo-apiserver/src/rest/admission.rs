@@ -127,6 +127,9 @@ pub fn validate(
     if def.group == kumo_api::kubevirt::GROUP {
         causes.extend(kumo_api::kubevirt::validate(&def.kind, obj));
     }
+    if def.group == kumo_api::pool::GROUP {
+        causes.extend(kumo_api::pool::validate(&def.kind, obj));
+    }
     if def.group == kumo_api::instancetype::GROUP {
         causes.extend(kumo_api::instancetype::validate(&def.kind, obj));
     }

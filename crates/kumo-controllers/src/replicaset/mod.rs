@@ -9,6 +9,7 @@
 mod run;
 
 pub use run::run;
+pub(crate) use run::set_failure;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kumo_api::kubevirt::{
@@ -95,6 +96,23 @@ pub fn scale_in_order(vmis: &mut [&VirtualMachineInstance]) {
     });
 }
 
+/// The `ReplicaPaused` condition of a paused group (`what`: "pool"; `members`: "VMs"), since when it was first
+/// paused (`old`: the conditions so far).
+pub fn paused_condition(old: Option<&[Condition]>, now: &str, what: &str, members: &str) -> Condition {
+    let since = old
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "ReplicaPaused"))
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_string());
+    Condition {
+        type_: "ReplicaPaused".into(),
+        status: "True".into(),
+        reason: Some("Paused".into()),
+        message: Some(format!("the {what} is paused: {members} are neither made nor removed")),
+        last_probe_time: None,
+        last_transition_time: Some(since),
+    }
+}
+
 /// Decides what the group does, given every VMI in its namespace.
 pub fn plan(rs: &VirtualMachineInstanceReplicaSet, vmis: &[VirtualMachineInstance], now: &str) -> Plan {
     let mut plan = Plan::default();
@@ -141,21 +159,12 @@ pub fn plan(rs: &VirtualMachineInstanceReplicaSet, vmis: &[VirtualMachineInstanc
     let mut conditions: Vec<Condition> =
         old.conditions.unwrap_or_default().into_iter().filter(|c| c.type_ != "ReplicaPaused").collect();
     if paused {
-        let since = rs
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == "ReplicaPaused"))
-            .and_then(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| now.to_string());
-        conditions.push(Condition {
-            type_: "ReplicaPaused".into(),
-            status: "True".into(),
-            reason: Some("Paused".into()),
-            message: Some("the replica set is paused: VMIs are neither made nor removed".into()),
-            last_probe_time: None,
-            last_transition_time: Some(since),
-        });
+        conditions.push(paused_condition(
+            rs.status.as_ref().and_then(|s| s.conditions.as_deref()),
+            now,
+            "replica set",
+            "VMIs",
+        ));
     }
     plan.status = VirtualMachineInstanceReplicaSetStatus {
         replicas: Some(active.len() as i32),

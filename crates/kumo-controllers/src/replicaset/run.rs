@@ -2,15 +2,15 @@
 //! adoption (a merge patch guarded by the VMI's uid and resourceVersion), events and the status.
 
 use super::plan;
+use crate::runtime::{not_found_or_conflict, set_owners};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use kumo_api::kubevirt::{Condition, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,27 @@ struct Ctx {
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
 pub struct Error(#[from] kube::Error);
+
+/// Sets (or clears) the `ReplicaFailure` condition for `failure` (reason, message), keeping its first time.
+pub(crate) fn set_failure(
+    conditions: &mut Vec<Condition>,
+    before: Option<&[Condition]>,
+    failure: Option<&(&str, String)>,
+) {
+    let old_failure = before.and_then(|cs| cs.iter().find(|c| c.type_ == "ReplicaFailure"));
+    conditions.retain(|c| c.type_ != "ReplicaFailure");
+    if let Some((reason, message)) = failure {
+        let since = old_failure.and_then(|c| c.last_transition_time.clone());
+        conditions.push(Condition {
+            type_: "ReplicaFailure".into(),
+            status: "True".into(),
+            reason: Some(reason.to_string()),
+            message: Some(message.clone()),
+            last_probe_time: None,
+            last_transition_time: since.or_else(|| Some(kumo_api::meta::now_rfc3339())),
+        });
+    }
+}
 
 /// Runs the controller until the process ends.
 pub async fn run(client: Client) {
@@ -39,31 +60,6 @@ pub async fn run(client: Client) {
         )
         .for_each(|_| async {})
         .await;
-}
-
-fn not_found_or_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(a) if a.code == 404 || a.code == 409)
-}
-
-/// Rewrites the owners of VMI `name` (if it is still the one with `uid`) as `change` says, guarded by its
-/// resourceVersion; `change` returns false to leave it. True when written.
-async fn set_owners(
-    api: &Api<VirtualMachineInstance>,
-    name: &str,
-    uid: &str,
-    change: impl FnOnce(&mut Vec<OwnerReference>) -> bool,
-) -> Result<bool, Error> {
-    let Some(cur) = api.get_opt(name).await? else { return Ok(false) };
-    let mut owners = cur.metadata.owner_references.clone().unwrap_or_default();
-    if cur.metadata.uid.as_deref() != Some(uid) || !change(&mut owners) {
-        return Ok(false);
-    }
-    let patch = json!({"metadata": {"ownerReferences": owners, "resourceVersion": cur.metadata.resource_version}});
-    match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
-        Ok(_) => Ok(true),
-        Err(e) if not_found_or_conflict(&e) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
 }
 
 async fn reconcile(rs: Arc<VirtualMachineInstanceReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -129,19 +125,9 @@ async fn reconcile(rs: Arc<VirtualMachineInstanceReplicaSet>, ctx: Arc<Ctx>) -> 
         }
     }
     let conditions = plan.status.conditions.get_or_insert_with(Vec::new);
-    let before = rs.status.as_ref().and_then(|s| s.conditions.as_ref());
-    let old_failure = before.and_then(|cs| cs.iter().find(|c| c.type_ == "ReplicaFailure"));
-    conditions.retain(|c| c.type_ != "ReplicaFailure");
+    let before = rs.status.as_ref().and_then(|s| s.conditions.as_deref());
+    set_failure(conditions, before, failure.as_ref());
     if let Some((reason, message)) = &failure {
-        let since = old_failure.and_then(|c| c.last_transition_time.clone());
-        conditions.push(Condition {
-            type_: "ReplicaFailure".into(),
-            status: "True".into(),
-            reason: Some(reason.to_string()),
-            message: Some(message.clone()),
-            last_probe_time: None,
-            last_transition_time: since.or_else(|| Some(kumo_api::meta::now_rfc3339())),
-        });
         let note = format!("Error creating or deleting a VMI: {message}");
         crate::runtime::record(&ctx.recorder, &*rs, EventType::Warning, reason, "Reconcile", note).await;
     }
