@@ -2,7 +2,7 @@
 //! maxUnavailable 0 while a watcher checks, throughout, that at least 4 of its guests pass their readiness
 //! probe and at most 5 QEMUs run; a broken v3 stalls with Progressing=False while v2 keeps serving, and
 //! `kumo rollout undo` brings v2 back; scale-in follows the selection policy; autohealing replaces a VM that
-//! keeps failing to start; a selector the template does not match is refused by name. Needs root, QEMU and the
+//! keeps failing to start; a controller SIGKILLed mid-scale makes no VM too many; a selector the template does not match is refused by name. Needs root, QEMU and the
 //! test guest + registry that scripts/setup.sh prepares.
 
 use kumo_e2e::cluster::guests_of;
@@ -234,12 +234,29 @@ fn a_pool_rolls_out_without_dropping_below_capacity_stalls_on_a_broken_template_
 
 #[test]
 fn scale_in_follows_the_selection_policy_and_autohealing_replaces_a_failing_vm() {
-    let s = Server::start_with_guests(&[]).unwrap();
+    let mut s = Server::start_with_guests(&[]).unwrap();
     let policy =
         "  scaleInStrategy:\n    proactive:\n      selectionPolicy:\n        sortPolicy: DescendingOrder\n        \
                   selectors:\n          labelSelector: {matchLabels: {drain: \"yes\"}}";
     s.apply(&pool(3, "v1", GUEST, policy)).unwrap();
     wait_serving(&s, 3, "v1", 300);
+    // The worst moment for the controller: SIGKILLed right after asking for two more. Restarted, it makes
+    // exactly the missing ones, at the free indexes — never a sixth VM.
+    get(&s, &["scale", "vmpool", "web", "--replicas=5"]);
+    s.kill();
+    s.restart().unwrap();
+    let mut most = 0;
+    let five = eventually(Duration::from_secs(300), || {
+        let names = get(&s, &["get", "vm", "-l", "kubevirt.io/vmpool=web", "-o", "name"]);
+        most = most.max(names.lines().count());
+        let list = vmis(&s.kubeconfig())?;
+        (list.len() == 5 && list.iter().all(|(_, ready, _)| *ready)).then_some(names)
+    });
+    let names = five.unwrap_or_else(|| panic!("not 5 Ready: {}", get(&s, &["get", "vm,vmi"])));
+    assert_eq!(most, 5, "never more VMs than replicas");
+    for i in 0..5 {
+        assert!(names.contains(&format!("/web-{i}\n")) || names.ends_with(&format!("/web-{i}")), "{names}");
+    }
     // web-1 is labelled for removal: it goes first, then the highest index; web-0 stays.
     get(&s, &["label", "vm", "web-1", "drain=yes"]);
     get(&s, &["scale", "vmpool", "web", "--replicas=1"]);

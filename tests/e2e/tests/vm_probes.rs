@@ -112,7 +112,7 @@ fn exec_and_guest_agent_probes_pass_fail_and_never_harm_the_guest() {
     let probes = "      readinessProbe:\n        exec: {command: [cat, /tmp/healthy]}\n        \
                   periodSeconds: 1\n        timeoutSeconds: 5\n        failureThreshold: 1\n      \
                   livenessProbe:\n        guestAgentPing: {}\n        initialDelaySeconds: 60\n        \
-                  periodSeconds: 2\n        timeoutSeconds: 5\n        failureThreshold: 30\n";
+                  periodSeconds: 2\n        timeoutSeconds: 5\n        failureThreshold: 20\n";
     s.apply(&vm("agent", probes)).unwrap();
     wait_running(&s, "agent");
     std::thread::sleep(secs(3));
@@ -137,4 +137,14 @@ fn exec_and_guest_agent_probes_pass_fail_and_never_harm_the_guest() {
     let still = get(&s, &["get", "vmi", "agent", "-o", "jsonpath={.metadata.uid} {.status.phase}"]);
     assert_eq!(still, format!("{uid} Running"), "the same guest runs on");
     assert_eq!(s.in_guest("agent", "echo alive", secs(90)), "alive", "the guest answers");
+
+    // With its agent gone, the guestAgentPing liveness probe fails too: after failureThreshold failures the
+    // VMI fails and its VM starts a new one.
+    let restarted = eventually(secs(180), || {
+        let now = get(&s, &["get", "vmi", "agent", "-o", "jsonpath={.metadata.uid}", "--ignore-not-found"]);
+        (!now.is_empty() && now != uid).then_some(now)
+    });
+    let events = events_of(&s, "agent");
+    assert!(restarted.is_some(), "the failed guestAgentPing never restarted the guest: {events}");
+    assert!(events.contains("LivenessProbe") || events.contains("Liveness"), "{events}");
 }
