@@ -116,6 +116,13 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Let a VM take its instancetype and preference as they are now, at its next restart (clears the
+    /// revisionNames that pin the flavor it started with, as `kubectl patch` would).
+    UpdateFlavor {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// What a running guest's agent says of its OS, host name and time zone (as `virtctl guestosinfo`).
     Guestosinfo {
         name: String,
@@ -451,6 +458,12 @@ async fn main() -> Result<()> {
         Command::Rollout { action, target } => {
             let (client, ns) = target_client(&target).await?;
             rollout::run(client, &ns, action).await
+        }
+        Command::UpdateFlavor { name, target } => {
+            let (client, ns) = target_client(&target).await?;
+            virtctl::update_flavor(&client, &ns, &name).await?;
+            println!("VM {name} will take its instancetype and preference as they are now at its next restart");
+            Ok(())
         }
         Command::Guestosinfo { name, target } => guest_info(&target, &name, "guestosinfo").await,
         Command::Userlist { name, target } => guest_info(&target, &name, "userlist").await,

@@ -78,6 +78,23 @@ pub async fn remove_volume(client: &kube::Client, ns: &str, vmi: &str, volume: &
 }
 
 /// `vmi`/`vm` (and KubeVirt's long names) to a plural resource.
+/// Clears the VM's pinned flavor revisions (only those it has), so its next start pins the flavors anew.
+pub async fn update_flavor(client: &kube::Client, ns: &str, name: &str) -> Result<()> {
+    use kube::api::{Api, Patch, PatchParams};
+    let vms: Api<kumo_api::kubevirt::VirtualMachine> = Api::namespaced(client.clone(), ns);
+    let vm = vms.get(name).await.with_context(|| format!("reading VM {name}"))?;
+    let mut spec = serde_json::Map::new();
+    for (field, r) in [("instancetype", &vm.spec.instancetype), ("preference", &vm.spec.preference)] {
+        if r.is_some() {
+            spec.insert(field.into(), serde_json::json!({"revisionName": null}));
+        }
+    }
+    anyhow::ensure!(!spec.is_empty(), "VM {name} has neither an instancetype nor a preference");
+    let patch = serde_json::json!({"spec": spec});
+    vms.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}
+
 pub fn kind_plural(kind: &str) -> Result<&'static str> {
     Ok(match kind {
         "vmi" | "vmis" | "virtualmachineinstance" | "virtualmachineinstances" => "virtualmachineinstances",

@@ -104,6 +104,26 @@ fn a_flavored_vm_gets_its_cpus_and_memory_and_keeps_them_when_the_flavor_changes
     });
     assert!(new.is_some(), "not restarted: {}", get(&s, &["describe", "vm", "flavored"]));
     assert_eq!(guest_size(&s).0, 2, "still the pinned instancetype's vCPUs");
+
+    // The flavor comes back with 1 vCPU; asked to update, the VM takes it at its next restart.
+    s.apply(&FLAVORS.replace("guest: 2", "guest: 1")).unwrap();
+    let out = s.kumo(&["update-flavor", "flavored"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let newer = eventually(secs(30), || {
+        let r = get(&s, &["get", "vm", "flavored", "-o", "jsonpath={.spec.instancetype.revisionName}"]);
+        (!r.is_empty() && r != rev).then_some(r)
+    });
+    assert!(newer.is_some(), "the flavor is pinned anew: {}", get(&s, &["get", "vm", "flavored", "-o", "yaml"]));
+    assert_eq!(guest_size(&s).0, 2, "nothing changes before the restart");
+    let uid = get(&s, &["get", "vmi", "flavored", "-o", "jsonpath={.metadata.uid}"]);
+    let out = s.kumo(&["restart", "flavored"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let restarted = eventually(secs(120), || {
+        let now = get(&s, &["get", "vmi", "flavored", "-o", "jsonpath={.metadata.uid}", "--ignore-not-found"]);
+        (!now.is_empty() && now != uid).then_some(())
+    });
+    assert!(restarted.is_some(), "not restarted: {}", get(&s, &["describe", "vm", "flavored"]));
+    assert_eq!(guest_size(&s).0, 1, "the updated instancetype's vCPUs");
 }
 
 #[test]
