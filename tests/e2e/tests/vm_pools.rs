@@ -68,6 +68,47 @@ spec:
 }
 
 const GUEST: &str = "quay.io/kumo/test-guest:latest";
+
+/// A pool in the form of KubeVirt's user guide (v1alpha1, `kubectl get -o yaml` leftovers such as
+/// `creationTimestamp: null` included).
+const DOCUMENTED: &str = r#"
+apiVersion: pool.kubevirt.io/v1alpha1
+kind: VirtualMachinePool
+metadata:
+  name: vm-pool-cirros
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      kubevirt.io/vmpool: vm-pool-cirros
+  virtualMachineTemplate:
+    metadata:
+      creationTimestamp: null
+      labels:
+        kubevirt.io/vmpool: vm-pool-cirros
+    spec:
+      runStrategy: Always
+      template:
+        metadata:
+          creationTimestamp: null
+          labels:
+            kubevirt.io/vmpool: vm-pool-cirros
+        spec:
+          domain:
+            devices:
+              disks:
+              - disk:
+                  bus: virtio
+                name: containerdisk
+            resources:
+              requests:
+                memory: 128Mi
+          terminationGracePeriodSeconds: 0
+          volumes:
+          - containerDisk:
+              image: kubevirt/cirros-container-disk-demo:latest
+            name: containerdisk
+"#;
 const ROLLING: &str = "  maxUnavailable: 0\n  kumo: {maxSurge: 1, progressDeadlineSeconds: 60}";
 
 fn get(s: &Server, args: &[&str]) -> String {
@@ -306,4 +347,18 @@ fn a_pool_whose_selector_misses_its_template_is_refused_by_name() {
     assert_eq!(v, "1");
     let (ok, out) = kumo(&s, &["rollout", "status", "vm/web"]);
     assert!(!ok && out.contains("vmpool/NAME"), "{out}");
+
+    // KubeVirt's documented pool applies unchanged and makes its indexed VMs (no node here: they only exist).
+    s.apply(DOCUMENTED).unwrap();
+    let made = eventually(Duration::from_secs(60), || {
+        let names = get(&s, &["get", "vm", "-l", "kubevirt.io/vmpool=vm-pool-cirros", "-o", "name"]);
+        (names.lines().count() == 3).then_some(names)
+    });
+    let names = made.unwrap_or_else(|| panic!("{}", get(&s, &["describe", "vmpool", "vm-pool-cirros"])));
+    assert!(names.contains("vm-pool-cirros-0") && names.contains("vm-pool-cirros-2"), "{names}");
+    let table = get(&s, &["get", "vmpool"]);
+    assert!(table.contains("DESIRED") && table.contains("vm-pool-cirros"), "{table}");
+    // Deleted, the pool takes its VMs first (its finalizer holds it until they are gone).
+    get(&s, &["delete", "vmpool", "vm-pool-cirros", "--timeout=60s"]);
+    assert!(get(&s, &["get", "vm", "-l", "kubevirt.io/vmpool=vm-pool-cirros", "-o", "name"]).is_empty());
 }
