@@ -13,7 +13,7 @@ Usage: scripts/bench-storage.sh [--image-mib N] [--import-runs N] [--io-runs N] 
 import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_vm import ACCEL_ARGS, CACHE, KUMO, REGISTRY, ROOT, Api, free_port, kubectl, rss_kib  # noqa: E402
+from bench_vm import ACCEL_ARGS, CACHE, ROOT, Api, free_port, kubectl, rss_kib, start_kumo  # noqa: E402
 
 NS = "/api/v1/namespaces/default"
 DVS = "/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes"
@@ -181,20 +181,7 @@ def main():
         # busybox httpd serves ranges fast; QEMU's curl driver reads the baseline with many of them.
         procs.append(subprocess.Popen(["busybox", "httpd", "-f", "-p", f"127.0.0.1:{http_port}", "-h", work]))
         url = f"http://127.0.0.1:{http_port}/big.qcow2"
-        port = free_port()
-        data = os.path.join(work, "data")
-        procs.append(subprocess.Popen([KUMO, "server", "--data-dir", data, "--listen", f"127.0.0.1:{port}", "--no-agent"],
-                                      stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "server.log"), "w")))
-        kc = os.path.join(data, "kubeconfig")
-        for _ in range(200):
-            if os.path.exists(kc) and subprocess.run(["kubectl", "--kubeconfig", kc, "get", "--raw", "/readyz"],
-                                                     capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
-        agent = subprocess.Popen([KUMO, "agent", "--kubeconfig", kc, "--state-dir", os.path.join(work, "agent"),
-                                  "--insecure-registry", REGISTRY, "--registry-mirror", f"quay.io={REGISTRY}"],
-                                 stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "agent.log"), "w"))
-        procs.append(agent)
+        kc, agent = start_kumo(work, procs)
         time.sleep(3)
         api = Api(kc)
         accel = kubectl(kc, "get", "nodes", "-o", r"jsonpath={.items[0].metadata.labels.kumo\.dev/accel}").strip()

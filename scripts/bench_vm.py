@@ -118,6 +118,26 @@ def rss_kib(pid):
     return 0
 
 
+def start_kumo(work, procs):
+    """`kumo server --no-agent` and a `kumo agent` as its own process (so its CPU and memory are its own), both
+    appended to `procs`; returns (kubeconfig, agent process) once the API answers."""
+    port = free_port()
+    data = os.path.join(work, "data")
+    procs.append(subprocess.Popen([KUMO, "server", "--data-dir", data, "--listen", f"127.0.0.1:{port}", "--no-agent"],
+                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "server.log"), "w")))
+    kc = os.path.join(data, "kubeconfig")
+    for _ in range(300):
+        if os.path.exists(kc) and subprocess.run(["kubectl", "--kubeconfig", kc, "get", "--raw", "/readyz"],
+                                                 capture_output=True).returncode == 0:
+            break
+        time.sleep(0.1)
+    agent = subprocess.Popen([KUMO, "agent", "--kubeconfig", kc, "--state-dir", os.path.join(work, "agent"),
+                              "--insecure-registry", REGISTRY, "--registry-mirror", f"quay.io={REGISTRY}"],
+                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "agent.log"), "w"))
+    procs.append(agent)
+    return kc, agent
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
@@ -127,21 +147,7 @@ def main():
     work = tempfile.mkdtemp(prefix="kumo-bench-vm-")
     procs = []
     try:
-        port = free_port()
-        data = os.path.join(work, "data")
-        server = subprocess.Popen([KUMO, "server", "--data-dir", data, "--listen", f"127.0.0.1:{port}", "--no-agent"],
-                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "server.log"), "w"))
-        procs.append(server)
-        kc = os.path.join(data, "kubeconfig")
-        for _ in range(200):
-            if os.path.exists(kc) and subprocess.run(["kubectl", "--kubeconfig", kc, "get", "--raw", "/readyz"],
-                                                     capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
-        agent = subprocess.Popen([KUMO, "agent", "--kubeconfig", kc, "--state-dir", os.path.join(work, "agent"),
-                                  "--insecure-registry", REGISTRY, "--registry-mirror", f"quay.io={REGISTRY}"],
-                                 stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "agent.log"), "w"))
-        procs.append(agent)
+        kc, agent = start_kumo(work, procs)
         time.sleep(2)
         # Warm the image cache once (a pull is not part of boot time on a node that has the image).
         kubectl(kc, "apply", "-f", "-", stdin=json.dumps(vmi_object("warm")))
