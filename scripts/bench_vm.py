@@ -131,11 +131,16 @@ def start_kumo(work, procs):
                                                  capture_output=True).returncode == 0:
             break
         time.sleep(0.1)
-    agent = subprocess.Popen([KUMO, "agent", "--kubeconfig", kc, "--state-dir", os.path.join(work, "agent"),
-                              "--insecure-registry", REGISTRY, "--registry-mirror", f"quay.io={REGISTRY}"],
-                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "agent.log"), "w"))
+    agent = start_agent(work, kc)
     procs.append(agent)
     return kc, agent
+
+
+def start_agent(work, kc):
+    """A `kumo agent` for the server of `kc`, its state in `work`/agent, its log appended to `work`/agent.log."""
+    return subprocess.Popen([KUMO, "agent", "--kubeconfig", kc, "--state-dir", os.path.join(work, "agent"),
+                             "--insecure-registry", REGISTRY, "--registry-mirror", f"quay.io={REGISTRY}"],
+                            stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "agent.log"), "a"))
 
 
 def main():
