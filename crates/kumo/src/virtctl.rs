@@ -19,12 +19,22 @@ pub async fn put_subresource_with(
     body: &serde_json::Value,
 ) -> Result<()> {
     let url = format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/{plural}/{name}/{verb}");
-    let req =
-        http::Request::put(&url).header("content-type", "application/json").body(body.to_string().into_bytes())?;
-    match client.request_text(req).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) => bail!("{verb} {name}: {} ({})", e.message, e.reason),
-        Err(e) => Err(e).with_context(|| format!("{verb} {name}: talking to the API server")),
+    // A request right after another (`kumo stop x; kumo start x`) can find the first one still being carried
+    // out: the server says to try again shortly, so this waits a little before giving up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let req =
+            http::Request::put(&url).header("content-type", "application/json").body(body.to_string().into_bytes())?;
+        match client.request_text(req).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e))
+                if e.code == 409 && e.message.contains("try again") && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(kube::Error::Api(e)) => bail!("{verb} {name}: {} ({})", e.message, e.reason),
+            Err(e) => return Err(e).with_context(|| format!("{verb} {name}: talking to the API server")),
+        }
     }
 }
 
