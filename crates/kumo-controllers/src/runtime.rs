@@ -12,6 +12,7 @@ use crate::{vm, vmi};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
@@ -176,11 +177,11 @@ pub(crate) fn not_found_or_conflict(e: &kube::Error) -> bool {
 
 /// Rewrites the owners of object `name` (if it is still the one with `uid`) as `change` says, guarded by its
 /// resourceVersion; `change` returns false to leave it. True when written. (Adoption and release by groups.)
-pub(crate) async fn set_owners<K>(
+async fn set_owners<K>(
     api: &Api<K>,
     name: &str,
     uid: &str,
-    change: impl FnOnce(&mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>) -> bool,
+    change: impl FnOnce(&mut Vec<OwnerReference>) -> bool,
 ) -> Result<bool, kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
@@ -196,6 +197,41 @@ where
         Err(e) if not_found_or_conflict(&e) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// A group (replica set, pool) takes the orphans in `adopt` (only while still nobody's: one another controller
+/// took meanwhile is left alone) and lets go of `release`, each by (name, uid).
+pub(crate) async fn adopt_and_release<K>(
+    api: &Api<K>,
+    owner: &OwnerReference,
+    adopt: &[(String, String)],
+    release: &[(String, String)],
+) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    for (name, uid) in adopt {
+        let take = |owners: &mut Vec<OwnerReference>| {
+            if owners.iter().any(|o| o.controller == Some(true)) {
+                return false;
+            }
+            owners.push(owner.clone());
+            true
+        };
+        if set_owners(api, name, uid, take).await? {
+            tracing::info!(owner = %owner.name, object = %name, "adopted");
+        }
+    }
+    for (name, uid) in release {
+        let give_up = |owners: &mut Vec<OwnerReference>| {
+            owners.retain(|o| o.uid != owner.uid);
+            true
+        };
+        if set_owners(api, name, uid, give_up).await? {
+            tracing::info!(owner = %owner.name, object = %name, "released");
+        }
+    }
+    Ok(())
 }
 
 /// Merge-patches `status` from `old` to `new`, nulling keys that disappeared (a merge patch only removes what

@@ -162,7 +162,8 @@ async fn undo(
             .context("no previous revision to go back to (see `kumo rollout history`)")?
     };
     if target.metadata.name.as_deref() == Some(current.as_str()) {
-        println!("vmpool \"{name}\" skipped rollback (current template already matches revision {to_revision})");
+        let n = target.revision.unwrap_or(0);
+        println!("vmpool \"{name}\" skipped rollback (the current template already is revision {n})");
         return Ok(());
     }
     let template =

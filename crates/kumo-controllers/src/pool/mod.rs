@@ -23,6 +23,7 @@ pub use progress::{rollout_done, RolloutState};
 pub use revision::{revision_for, template_hash, CHANGE_CAUSE};
 pub use run::run;
 
+use crate::replicaset::labels_json;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -104,11 +105,6 @@ fn key(meta: &ObjectMeta) -> (String, String) {
 fn selector(pool: &VirtualMachinePool) -> Option<LabelSelector> {
     let v = serde_json::to_value(&pool.spec.selector).ok()?;
     LabelSelector::from_object(&v).ok().filter(|s| !s.is_empty())
-}
-
-fn labels_json(meta: &ObjectMeta) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let l = meta.labels.as_ref()?;
-    Some(l.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect())
 }
 
 fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {

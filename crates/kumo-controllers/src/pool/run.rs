@@ -2,11 +2,10 @@
 //! revisions, then the finalizer, revisions, adoption, creates, deletes, in-place changes, events and status.
 
 use super::{plan, VmChange, World, PRESERVED_ANNOTATION};
-use crate::runtime::{not_found_or_conflict, record, set_owners};
+use crate::runtime::{not_found_or_conflict, record};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
@@ -128,27 +127,7 @@ async fn reconcile(pool: Arc<VirtualMachinePool>, ctx: Arc<Ctx>) -> Result<Actio
             Err(e) => return Err(e.into()),
         }
     }
-    for (vm, uid) in &plan.adopt {
-        let adopt = |owners: &mut Vec<OwnerReference>| {
-            if owners.iter().any(|o| o.controller == Some(true)) {
-                return false;
-            }
-            owners.push(super::owner_ref(&pool));
-            true
-        };
-        if set_owners(&vms_api, vm, uid, adopt).await? {
-            tracing::info!(pool = %name, vm = %vm, "adopted");
-        }
-    }
-    for (vm, uid) in &plan.release {
-        let release = |owners: &mut Vec<OwnerReference>| {
-            owners.retain(|o| o.uid != me);
-            true
-        };
-        if set_owners(&vms_api, vm, uid, release).await? {
-            tracing::info!(pool = %name, vm = %vm, "released");
-        }
-    }
+    crate::runtime::adopt_and_release(&vms_api, &super::owner_ref(&pool), &plan.adopt, &plan.release).await?;
     let mut failure: Option<(&str, String)> = None;
     for vm in &plan.create {
         match vms_api.create(&PostParams::default(), vm).await {

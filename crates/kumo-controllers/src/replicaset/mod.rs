@@ -51,7 +51,7 @@ pub fn selector(rs: &VirtualMachineInstanceReplicaSet) -> Option<LabelSelector> 
     LabelSelector::from_object(&v).ok().filter(|s| !s.is_empty())
 }
 
-fn labels_json(meta: &ObjectMeta) -> Option<serde_json::Map<String, serde_json::Value>> {
+pub(crate) fn labels_json(meta: &ObjectMeta) -> Option<serde_json::Map<String, serde_json::Value>> {
     let l = meta.labels.as_ref()?;
     Some(l.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect())
 }

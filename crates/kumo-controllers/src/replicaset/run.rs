@@ -2,9 +2,8 @@
 //! adoption (a merge patch guarded by the VMI's uid and resourceVersion), events and the status.
 
 use super::plan;
-use crate::runtime::{not_found_or_conflict, set_owners};
+use crate::runtime::not_found_or_conflict;
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
@@ -68,29 +67,7 @@ async fn reconcile(rs: Arc<VirtualMachineInstanceReplicaSet>, ctx: Arc<Ctx>) -> 
     let vmis = api.list(&ListParams::default()).await?.items;
     let mut plan = plan(&rs, &vmis, &kumo_api::meta::now_rfc3339());
     let mut failure: Option<(&str, String)> = None;
-    let rs_uid = rs.metadata.uid.clone().unwrap_or_default();
-    for (name, uid) in &plan.adopt {
-        // Only while still nobody's: a VMI another controller took meanwhile is left alone.
-        let adopt = |owners: &mut Vec<OwnerReference>| {
-            if owners.iter().any(|o| o.controller == Some(true)) {
-                return false;
-            }
-            owners.push(super::owner_ref(&rs));
-            true
-        };
-        if set_owners(&api, name, uid, adopt).await? {
-            tracing::info!(replicaset = %rs.name_any(), vmi = %name, "adopted");
-        }
-    }
-    for (name, uid) in &plan.release {
-        let release = |owners: &mut Vec<OwnerReference>| {
-            owners.retain(|o| o.uid != rs_uid);
-            true
-        };
-        if set_owners(&api, name, uid, release).await? {
-            tracing::info!(replicaset = %rs.name_any(), vmi = %name, "released");
-        }
-    }
+    crate::runtime::adopt_and_release(&api, &super::owner_ref(&rs), &plan.adopt, &plan.release).await?;
     for vmi in &plan.create {
         match api.create(&PostParams::default(), vmi).await {
             Ok(made) => {
