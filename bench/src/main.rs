@@ -3,6 +3,7 @@
 //! Starts the real `kumo server` and a real `etcd` as child processes; only 127.0.0.1 traffic.
 //! Run it with `scripts/bench.sh` (installs etcd, builds, raises the open-files limit).
 
+mod cluster;
 mod compare;
 mod growth;
 mod http;
@@ -20,8 +21,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "kumo-bench", about = "Benchmark kumo's API against raw etcd; see scripts/bench.sh")]
+#[command(
+    name = "kumo-bench",
+    about = "Benchmark kumo's API against raw etcd (see scripts/bench.sh), or a whole cluster (`cluster`)",
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The kumo binary to benchmark.
     #[arg(long, default_value = "target/release/kumo")]
     kumo_bin: PathBuf,
@@ -79,6 +86,22 @@ struct Args {
     /// Give up (and clean up) after this many seconds.
     #[arg(long, default_value_t = 3600)]
     timeout_secs: u64,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// A cluster of SIMULATED nodes and VMs grown step by step; see scripts/bench-scale.sh.
+    Cluster(cluster::ClusterArgs),
+}
+
+/// A duration in seconds, fractions allowed ("2", "0.5"), or with a unit ("500ms", "2s").
+pub(crate) fn parse_secs(s: &str) -> Result<Duration, String> {
+    let (n, scale) = match s {
+        _ if s.ends_with("ms") => (&s[..s.len() - 2], 1e-3),
+        _ if s.ends_with('s') => (&s[..s.len() - 1], 1.0),
+        _ => (s, 1.0),
+    };
+    n.parse::<f64>().map(|v| Duration::from_secs_f64(v * scale)).map_err(|e| format!("{s:?}: {e}"))
 }
 
 struct Cfg {
@@ -265,7 +288,11 @@ fn fs_type(path: &std::path::Path) -> String {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cfg = Cfg::new(Args::parse())?;
+    let mut args = Args::parse();
+    if let Some(Command::Cluster(c)) = args.command.take() {
+        return cluster::run(c).await;
+    }
+    let cfg = Cfg::new(args)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let limit = Duration::from_secs(cfg.args.timeout_secs);
     // Returning (or unwinding) drops the servers' guards, which kill them and delete their directories.

@@ -174,31 +174,35 @@ pub struct Kumo {
     pub backend_pid: Option<u32>,
     pub bin: PathBuf,
     extra: Vec<String>,
+    /// Kept across restarts, so clients holding its kubeconfig (simulated nodes) reconnect.
+    port: u16,
 }
 
-fn kumo_cmd(bin: &Path, dir: &Path, extra: &[String]) -> Result<Command> {
+fn kumo_cmd(bin: &Path, dir: &Path, port: u16, extra: &[String]) -> Command {
     let mut cmd = Command::new(bin);
-    cmd.arg("server").arg("--data-dir").arg(dir).arg("--listen").arg(format!("127.0.0.1:{}", free_port()?));
+    cmd.arg("server").arg("--data-dir").arg(dir).arg("--listen").arg(format!("127.0.0.1:{port}"));
     cmd.args(extra);
-    Ok(cmd)
+    cmd
 }
 
 /// Starts `kumo server` (with `extra` arguments, e.g. `--etcd-servers`) on a fresh data directory under `tmp`
 /// and waits until `/readyz` answers 200.
 pub async fn start_kumo(bin: &Path, tmp: &Path, keep: bool, extra: &[String]) -> Result<Kumo> {
     let dir = tempfile::Builder::new().prefix("kumo-bench-kumo-").tempdir_in(tmp)?;
-    let mut proc = spawn("kumo", kumo_cmd(bin, dir.path(), extra)?, dir, keep)?;
+    let port = free_port()?;
+    let mut proc = spawn("kumo", kumo_cmd(bin, dir.path(), port, extra), dir, keep)?;
     let endpoint = wait_kumo(&mut proc).await?;
-    Ok(Kumo { proc, endpoint, backend_pid: None, bin: bin.to_path_buf(), extra: extra.to_vec() })
+    Ok(Kumo { proc, endpoint, backend_pid: None, bin: bin.to_path_buf(), extra: extra.to_vec(), port })
 }
 
 impl Kumo {
-    /// Kills the server (SIGKILL) and starts it again on the same data directory (on a new port).
+    /// Kills the server (SIGKILL) and starts it again on the same data directory and port.
     pub async fn restart(&mut self) -> Result<()> {
         let _ = self.proc.child.kill();
         let _ = self.proc.child.wait();
         std::fs::remove_file(self.proc.dir().join("kubeconfig"))?;
-        self.proc.child = spawn_child("kumo", kumo_cmd(&self.bin, self.proc.dir(), &self.extra)?, self.proc.dir())?;
+        self.proc.child =
+            spawn_child("kumo", kumo_cmd(&self.bin, self.proc.dir(), self.port, &self.extra), self.proc.dir())?;
         self.endpoint = wait_kumo(&mut self.proc).await?;
         Ok(())
     }
@@ -248,48 +252,71 @@ pub struct Etcd {
 
 /// Starts a single-member `etcd` (default durability: fsync per commit) and waits until `/health` is true.
 pub async fn start_etcd(bin: &Path, tmp: &Path, keep: bool) -> Result<Etcd> {
-    let dir = tempfile::Builder::new().prefix("kumo-bench-etcd-").tempdir_in(tmp)?;
-    let (client, peer) = (free_port()?, free_port()?);
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut cmd = Command::new(bin);
-    cmd.arg("--name=bench")
-        .arg(format!("--data-dir={}", dir.path().join("data").display()))
-        .arg(format!("--listen-client-urls={client_url}"))
-        .arg(format!("--advertise-client-urls={client_url}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster=bench={peer_url}"))
-        .arg("--initial-cluster-state=new")
-        // Room for the benchmark's keys plus history (etcd's default quota is 2 GiB; it is not compacted here).
-        .arg("--quota-backend-bytes=8589934592");
-    // Only the flags above configure it (etcd also reads ETCD_* variables).
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("ETCD_") {
-            cmd.env_remove(k);
-        }
-    }
+    Ok(start_etcd_cluster(bin, tmp, keep, 1).await?.remove(0))
+}
+
+/// Starts an `n`-member etcd cluster on loopback and waits until every member reports healthy.
+pub async fn start_etcd_cluster(bin: &Path, tmp: &Path, keep: bool, n: usize) -> Result<Vec<Etcd>> {
+    let ports: Vec<(u16, u16)> =
+        (0..n).map(|_| Ok::<_, anyhow::Error>((free_port()?, free_port()?))).collect::<Result<_>>()?;
+    let initial: Vec<String> =
+        ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
     let version = Command::new(bin)
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
         .unwrap_or_default();
-    let mut proc = spawn("etcd", cmd, dir, keep)?;
-    let endpoint = Endpoint::plain(SocketAddr::from(([127, 0, 0, 1], client)));
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        proc.check_alive()?;
-        if Instant::now() > deadline {
-            bail!("etcd did not become healthy within {START_TIMEOUT:?}:\n{}", proc.log_tail());
-        }
-        if let Ok(mut conn) = endpoint.connect().await {
-            if let Ok((StatusCode::OK, body)) = conn.request(Method::GET, "/health", Bytes::new()).await {
-                if is_healthy(&body) && gateway_works(&mut conn).await {
-                    return Ok(Etcd { proc, endpoint, version });
-                }
+    let mut members = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let dir = tempfile::Builder::new().prefix("kumo-bench-etcd-").tempdir_in(tmp)?;
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--name=m{i}"))
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster={}", initial.join(",")))
+            .arg("--initial-cluster-state=new")
+            // Large clusters raise etcd's 2 GiB default quota; so does the benchmark (8 GiB).
+            .arg("--quota-backend-bytes=8589934592")
+            .arg("--max-request-bytes=8388608");
+        // Only the flags above configure it (etcd also reads ETCD_* variables).
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ETCD_") {
+                cmd.env_remove(k);
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let proc = spawn("etcd", cmd, dir, keep)?;
+        let endpoint = Endpoint::plain(SocketAddr::from(([127, 0, 0, 1], *client)));
+        members.push(Etcd { proc, endpoint, version: version.clone() });
+    }
+    let deadline = Instant::now() + START_TIMEOUT;
+    for m in members.iter_mut() {
+        loop {
+            m.proc.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("etcd did not become healthy within {START_TIMEOUT:?}:\n{}", m.proc.log_tail());
+            }
+            if let Ok(mut conn) = m.endpoint.connect().await {
+                if let Ok((StatusCode::OK, body)) = conn.request(Method::GET, "/health", Bytes::new()).await {
+                    if is_healthy(&body) && gateway_works(&mut conn).await {
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(members)
+}
+
+impl Etcd {
+    /// The member's client URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.endpoint.addr)
     }
 }
 

@@ -129,6 +129,9 @@ pub fn node_object(h: &HostInfo) -> Value {
             "kubevirt.io/schedulable": "true", "kumo.dev/accel": h.accel},
             "annotations": {"kumo.dev/accel": h.accel, "kumo.dev/qemu-version": h.qemu_version}},
     });
+    if h.accel == crate::hypervisor::simulated::ACCEL {
+        node["metadata"]["labels"][crate::simulate::SIMULATED_LABEL] = json!("true");
+    }
     if h.shared_volumes {
         node["metadata"]["labels"][kumo_api::provisioning::SHARED_VOLUMES_LABEL] = json!("true");
     }
@@ -155,7 +158,7 @@ pub fn node_status(h: &HostInfo, reserved_bytes: u64, ready_since: &str) -> Valu
             "allocatable": {"cpu": h.cpus.to_string(),
                 "memory": format!("{}Ki", h.memory_bytes.saturating_sub(reserved_bytes) / 1024),
                 "pods": MAX_VMIS, "devices.kubevirt.io/kvm": kvm},
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KumoAgentReady",
+            "conditions": [{"type": "Ready", "status": "True", "reason": READY_REASON,
                 "message": format!("kumo agent is posting ready status; guests run with {}", h.accel.to_uppercase()),
                 "lastHeartbeatTime": ts, "lastTransitionTime": ready_since}],
             "addresses": [{"type": "InternalIP", "address": h.internal_ip}, {"type": "Hostname", "address": h.name}],
@@ -194,8 +197,10 @@ async fn report_status(nodes: &Api<Node>, h: &HostInfo, reserved: u64, ready_sin
     Ok(())
 }
 
-/// Renews the node Lease every `every` and refreshes the Node status every few renewals, forever.
-/// Each accepted renewal is recorded with `fence` (the dead-man switch), stamped with when it was sent.
+/// Renews the node Lease every `every`, and writes the Node status only when it changed — or when renewals had a
+/// gap (the node lifecycle controller may have marked the Node `Ready=Unknown`), and at least every few minutes
+/// when a read shows the Node not Ready. Each accepted renewal is recorded with `fence` (the dead-man switch),
+/// stamped with when it was sent.
 pub async fn heartbeat(
     client: kube::Client,
     h: HostInfo,
@@ -205,34 +210,102 @@ pub async fn heartbeat(
     fence: Option<crate::fence::Fence>,
 ) {
     let nodes: Api<Node> = Api::all(client.clone());
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let mut n: u64 = 0;
+    let mut lease = LeaseRenewer::new(client, &h.name, (every.as_secs() * 4).max(40));
+    let mut last_ok = tokio::time::Instant::now();
+    let mut status_due = false;
+    let mut next_check = tokio::time::Instant::now() + STATUS_CHECK;
     loop {
-        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": h.name, "namespace": "kube-node-lease"},
-            "spec": {"holderIdentity": h.name, "leaseDurationSeconds": (every.as_secs() * 4).max(40),
-                "renewTime": kumo_api::meta::now_micro()}});
         let sent = crate::fence::boottime_ms();
-        match leases.patch(&h.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(lease)).await {
-            Ok(_) => {
+        match lease.renew().await {
+            Ok(()) => {
                 if let Some(f) = &fence {
                     f.renewed(sent);
                 }
+                // A gap long enough for the lifecycle controller to have noticed: say Ready again.
+                status_due |= last_ok.elapsed() > every * 2;
+                last_ok = tokio::time::Instant::now();
             }
             Err(e) => {
-                tracing::warn!("renewing node lease: {e}");
+                tracing::warn!("renewing node lease: {e:#}");
+                status_due = true;
                 if let Some(f) = &fence {
                     f.renewal_failed(sent).await;
                 }
             }
         }
-        if n.is_multiple_of(6) {
-            if let Err(e) = report_status(&nodes, &h, reserved, &ready_since).await {
-                tracing::warn!("node status: {e:#}");
+        if tokio::time::Instant::now() >= next_check {
+            next_check = tokio::time::Instant::now() + STATUS_CHECK;
+            status_due |= match nodes.get_opt(&h.name).await {
+                Ok(Some(n)) => !reports_ready(&n),
+                Ok(None) => true,
+                Err(_) => false,
+            };
+        }
+        if status_due {
+            match report_status(&nodes, &h, reserved, &ready_since).await {
+                Ok(()) => status_due = false,
+                Err(e) => tracing::warn!("node status: {e:#}"),
             }
         }
-        n += 1;
         tokio::time::sleep(every).await;
+    }
+}
+
+/// How often the agent reads its Node to check that it still shows Ready (its status is not rewritten else).
+const STATUS_CHECK: Duration = Duration::from_secs(300);
+
+fn reports_ready(node: &Node) -> bool {
+    let conds = node.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conds
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True" && c.reason.as_deref() == Some(READY_REASON))
+}
+
+const READY_REASON: &str = "KumoAgentReady";
+
+/// Renews the node Lease as the kubelet does: an update of the Lease it last saw (one write, no apply), read
+/// again or created only when that fails.
+struct LeaseRenewer {
+    leases: Api<Lease>,
+    name: String,
+    duration_secs: u64,
+    last: Option<Lease>,
+}
+
+impl LeaseRenewer {
+    fn new(client: kube::Client, name: &str, duration_secs: u64) -> Self {
+        LeaseRenewer {
+            leases: Api::namespaced(client, "kube-node-lease"),
+            name: name.into(),
+            duration_secs,
+            last: None,
+        }
+    }
+
+    async fn renew(&mut self) -> Result<()> {
+        let now = kumo_api::meta::now_micro();
+        if let Some(mut lease) = self.last.take() {
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.renew_time = Some(serde_json::from_value(json!(now)).context("renewTime")?);
+            }
+            match self.leases.replace(&self.name, &Default::default(), &lease).await {
+                Ok(l) => {
+                    self.last = Some(l);
+                    return Ok(());
+                }
+                // Changed or removed by someone else: start again from what is there.
+                Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
+                Err(e) => return Err(e).context("updating the node Lease"),
+            }
+        }
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": self.name, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": self.name, "leaseDurationSeconds": self.duration_secs, "renewTime": now}});
+        let pp = PatchParams::apply(MANAGER).force();
+        let l = self.leases.patch(&self.name, &pp, &Patch::Apply(lease)).await.context("applying the node Lease")?;
+        self.last = Some(l);
+        Ok(())
     }
 }
 

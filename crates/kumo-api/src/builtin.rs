@@ -180,6 +180,7 @@ pub fn builtin_resources() -> Vec<ResourceDef> {
     csr.status_subresource = true;
     let mut defs = vec![namespace, node, core_event, event, lease, configmap, secret, sa, crd, csr];
     defs.extend(storage_resources());
+    defs.extend(flowcontrol_resources());
     // Revisions of what a controller was given (kumo keeps a VM's instancetype and preference in them).
     defs.push(def(
         "apps",
@@ -260,6 +261,51 @@ fn storage_resources() -> Vec<ResourceDef> {
         ],
     );
     vec![pvc, pv, sc]
+}
+
+/// API Priority and Fairness' configuration (`flowcontrol.apiserver.k8s.io/v1`).
+pub fn flowcontrol_resources() -> Vec<ResourceDef> {
+    let group = crate::flowcontrol::GROUP;
+    let mut flow_schema = def(
+        group,
+        "v1",
+        "FlowSchema",
+        "flowschemas",
+        false,
+        &[],
+        Builtin::FlowSchema,
+        vec![
+            PrinterColumn::new("PriorityLevel", "string", ".spec.priorityLevelConfiguration.name", ""),
+            PrinterColumn::new("MatchingPrecedence", "integer", ".spec.matchingPrecedence", ""),
+            PrinterColumn::new("DistinguisherMethod", "string", ".spec.distinguisherMethod.type", ""),
+            age(),
+        ],
+    );
+    flow_schema.status_subresource = true;
+    let mut level = def(
+        group,
+        "v1",
+        "PriorityLevelConfiguration",
+        "prioritylevelconfigurations",
+        false,
+        &[],
+        Builtin::PriorityLevelConfiguration,
+        vec![
+            PrinterColumn::new("Type", "string", ".spec.type", ""),
+            PrinterColumn::new("NominalConcurrencyShares", "integer", ".spec.limited.nominalConcurrencyShares", ""),
+            PrinterColumn::new("Queues", "integer", ".spec.limited.limitResponse.queuing.queues", ""),
+            PrinterColumn::new("HandSize", "integer", ".spec.limited.limitResponse.queuing.handSize", ""),
+            PrinterColumn::new(
+                "QueueLengthLimit",
+                "integer",
+                ".spec.limited.limitResponse.queuing.queueLengthLimit",
+                "",
+            ),
+            age(),
+        ],
+    );
+    level.status_subresource = true;
+    vec![flow_schema, level]
 }
 
 /// Namespaces that always exist.

@@ -2,7 +2,7 @@
 //! as Kubernetes names them (`io.k8s.api.core.v1.ConfigMap`), for the OpenAPI documents kubectl reads.
 
 use crate::resource::Builtin;
-use k8s_openapi::api::{apps, certificates, coordination, core, events, storage};
+use k8s_openapi::api::{apps, certificates, coordination, core, events, flowcontrol, storage};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use schemars::JsonSchema;
 use serde_json::{Map, Value};
@@ -24,6 +24,8 @@ pub fn schemas(builtin: Builtin) -> (String, Map<String, Value>) {
         Builtin::PersistentVolume => collect::<core::v1::PersistentVolume>(),
         Builtin::StorageClass => collect::<storage::v1::StorageClass>(),
         Builtin::ControllerRevision => collect::<apps::v1::ControllerRevision>(),
+        Builtin::FlowSchema => collect::<flowcontrol::v1::FlowSchema>(),
+        Builtin::PriorityLevelConfiguration => collect::<flowcontrol::v1::PriorityLevelConfiguration>(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! `core/v1` Events (as in Kubernetes), so an event written by a controller through either API shows up in both —
 //! `kubectl describe` reads core/v1.
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 /// (events.k8s.io/v1 field, core/v1 field) pairs that differ only in name.
 const EVENT_RENAMES: &[(&str, &str)] = &[
@@ -47,10 +47,67 @@ pub fn event_from_core(obj: &Value) -> Value {
     }
 }
 
+/// Gives a stored (core/v1) Event the fields kubectl users sort and filter by, from their events.k8s.io
+/// counterparts when a client left them out: `firstTimestamp` and `lastTimestamp` (the event time, the series'
+/// last observation, else the creation time), `count` (the series' count, else 1) and `source.component`.
+pub fn fill_legacy_event_fields(ev: &mut Value) {
+    let Some(m) = ev.as_object_mut() else { return };
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    let created = text(m.get("metadata").and_then(|md| md.get("creationTimestamp")));
+    let event_time = text(m.get("eventTime"));
+    let series = m.get("series").cloned().unwrap_or(Value::Null);
+    // Kubernetes' MicroTime has microseconds; Time (the legacy fields) whole seconds.
+    let seconds = |t: String| match t.split_once('.') {
+        Some((s, _)) => format!("{s}Z"),
+        None => t,
+    };
+    let first = text(m.get("firstTimestamp")).or_else(|| event_time.clone().map(seconds)).or(created);
+    if m.get("firstTimestamp").is_none_or(Value::is_null) {
+        if let Some(f) = &first {
+            m.insert("firstTimestamp".into(), json!(f));
+        }
+    }
+    if m.get("lastTimestamp").is_none_or(Value::is_null) {
+        let last = text(series.get("lastObservedTime")).map(seconds).or(first);
+        if let Some(l) = last {
+            m.insert("lastTimestamp".into(), json!(l));
+        }
+    }
+    if m.get("count").is_none_or(Value::is_null) {
+        m.insert("count".into(), json!(series.get("count").and_then(Value::as_i64).unwrap_or(1)));
+    }
+    if m.get("source").and_then(|s| s.get("component")).is_none() {
+        if let Some(c) = text(m.get("reportingComponent")) {
+            let host = text(m.get("reportingInstance"));
+            m.insert("source".into(), json!({"component": c, "host": host}));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn events_without_legacy_fields_get_them() {
+        let mut e = event_to_core(&json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e", "creationTimestamp": "2026-01-01T00:00:09Z"}, "reason": "R",
+            "eventTime": "2026-01-01T00:00:01.123456Z", "reportingController": "ctl", "reportingInstance": "n1",
+            "series": {"count": 4, "lastObservedTime": "2026-01-01T00:00:05.000001Z"}}));
+        fill_legacy_event_fields(&mut e);
+        assert_eq!(e["firstTimestamp"], "2026-01-01T00:00:01Z");
+        assert_eq!(e["lastTimestamp"], "2026-01-01T00:00:05Z");
+        assert_eq!(e["count"], 4);
+        assert_eq!(e["source"], json!({"component": "ctl", "host": "n1"}));
+        // What a client gave is kept.
+        let mut core = json!({"metadata": {"creationTimestamp": "2026-01-01T00:00:09Z"}, "count": 2,
+            "lastTimestamp": "2026-01-01T00:00:08Z", "source": {"component": "me"}});
+        fill_legacy_event_fields(&mut core);
+        assert_eq!((core["count"].as_i64(), core["lastTimestamp"].as_str()), (Some(2), Some("2026-01-01T00:00:08Z")));
+        assert_eq!(core["firstTimestamp"], "2026-01-01T00:00:09Z");
+        assert_eq!(core["source"], json!({"component": "me"}));
+    }
 
     #[test]
     fn round_trip() {

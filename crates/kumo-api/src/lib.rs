@@ -17,6 +17,7 @@ pub mod cidr;
 pub mod conditions;
 pub mod convert;
 pub mod crd;
+pub mod flowcontrol;
 pub mod instancetype;
 pub mod jsonpath;
 pub mod kubevirt;

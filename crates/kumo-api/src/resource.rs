@@ -69,6 +69,8 @@ pub enum Builtin {
     PersistentVolume,
     StorageClass,
     ControllerRevision,
+    FlowSchema,
+    PriorityLevelConfiguration,
 }
 
 /// A kind as served at one group/version.

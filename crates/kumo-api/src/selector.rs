@@ -107,6 +107,16 @@ impl LabelSelector {
         self.0.is_empty()
     }
 
+    /// A `key=value` every selected object must carry (the first such requirement), by which a server can
+    /// index its watchers and lists.
+    pub fn required_label(&self) -> Option<(&str, &str)> {
+        self.0.iter().find_map(|r| match r {
+            Req::Eq(k, v) => Some((k.as_str(), v.as_str())),
+            Req::In(k, vs) if vs.len() == 1 => Some((k.as_str(), vs[0].as_str())),
+            _ => None,
+        })
+    }
+
     pub fn matches(&self, labels: Option<&serde_json::Map<String, Value>>) -> bool {
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         self.0.iter().all(|r| match r {

@@ -139,6 +139,12 @@ impl ApiError {
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(504, "Timeout", message)
     }
+    /// 429 with `Retry-After`: the server is busy with this client's (or its kind's) requests.
+    pub fn too_many_requests(message: impl Into<String>, retry_after_seconds: u32) -> Self {
+        let mut e = Self::new(429, "TooManyRequests", message);
+        e.retry_after_seconds = Some(retry_after_seconds);
+        e
+    }
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "ServiceUnavailable", message)
     }

@@ -3,7 +3,7 @@
 //! `fieldValidation`.
 
 use crate::resource::Builtin;
-use k8s_openapi::api::{apps, certificates, coordination, core, events, storage};
+use k8s_openapi::api::{apps, certificates, coordination, core, events, flowcontrol, storage};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -25,6 +25,8 @@ pub fn check(builtin: Builtin, obj: &Value) -> Result<Vec<String>, String> {
         Builtin::PersistentVolume => unknown::<core::v1::PersistentVolume>(obj),
         Builtin::StorageClass => unknown::<storage::v1::StorageClass>(obj),
         Builtin::ControllerRevision => unknown::<apps::v1::ControllerRevision>(obj),
+        Builtin::FlowSchema => unknown::<flowcontrol::v1::FlowSchema>(obj),
+        Builtin::PriorityLevelConfiguration => unknown::<flowcontrol::v1::PriorityLevelConfiguration>(obj),
     }
 }
 

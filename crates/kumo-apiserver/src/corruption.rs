@@ -14,7 +14,8 @@ pub const REASON: &str = "StorageCorruption";
 pub fn spawn(api: Arc<ApiServer>) {
     tokio::spawn(async move {
         loop {
-            for (key, detail) in api.objects.store.take_corrupt() {
+            let found: Vec<_> = api.objects.stores().iter().flat_map(|s| s.take_corrupt()).collect();
+            for (key, detail) in found {
                 if let Err(e) = report(&api, &key, &detail).await {
                     tracing::warn!(key = %key, "could not record an event about the corrupt value: {e}");
                 }

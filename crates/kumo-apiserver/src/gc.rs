@@ -51,21 +51,30 @@ pub fn spawn_all(api: Arc<ApiServer>, compaction_interval: Duration, leader: wat
     });
     tokio::spawn(async move {
         // Keep one interval of history: compact to the revision seen one tick ago.
-        let mut previous = None;
+        let mut previous: Option<(i64, Option<i64>)> = None;
         loop {
             tokio::time::sleep(compaction_interval).await;
             if !*leader.borrow() {
                 previous = None;
                 continue;
             }
-            let store = &api.objects.store;
-            if let Some(rev) = previous {
+            let (store, events) = (&api.objects.store, &api.objects.events);
+            if let Some((rev, events_rev)) = previous {
                 match store.compact(rev).await {
                     Ok(()) => api.cache.compacted(rev),
                     Err(e) => tracing::warn!("compaction to {rev}: {e}"),
                 }
+                if let Some(rev) = events_rev.filter(|_| api.objects.events_apart()) {
+                    match events.compact(rev).await {
+                        Ok(()) => api.events_cache.compacted(rev),
+                        Err(e) => tracing::warn!("compaction of the events store to {rev}: {e}"),
+                    }
+                }
             }
-            previous = store.current_revision().await.ok();
+            previous = match store.current_revision().await {
+                Ok(rev) => Some((rev, events.current_revision().await.ok())),
+                Err(_) => None,
+            };
         }
     });
 }
@@ -142,19 +151,30 @@ fn key_namespace(key: &str) -> Option<&str> {
 }
 
 async fn run_collector(api: &ApiServer) -> anyhow::Result<()> {
-    let all = api.objects.store.range(RangeRequest { prefix: "/registry/".into(), ..Default::default() }).await?;
     let mut index = Index::default();
     let mut dirty: BTreeSet<String> = BTreeSet::new();
-    for kv in &all.kvs {
-        if let Ok(obj) = decode(kv) {
-            index.put(&kv.key, &obj);
-            if meta::deletion_timestamp(&obj).is_some() {
-                dirty.insert(kv.key.clone());
+    // Read a page at a time at one revision: the index is all that stays, never every object at once.
+    let (mut revision, mut start_after) = (None, None);
+    loop {
+        let req = RangeRequest { prefix: "/registry/".into(), start_after, limit: 1000, revision };
+        let page = api.objects.store.range(req).await?;
+        revision = Some(page.revision);
+        for kv in &page.kvs {
+            if let Ok(obj) = decode(kv) {
+                index.put(&kv.key, &obj);
+                if meta::deletion_timestamp(&obj).is_some() {
+                    dirty.insert(kv.key.clone());
+                }
             }
         }
+        start_after = page.kvs.last().map(|kv| kv.key.clone());
+        if !page.more || start_after.is_none() {
+            break;
+        }
     }
+    let revision = revision.unwrap_or(0);
     dirty.extend(index.owners.keys().filter(|k| index.orphaned(k)).cloned());
-    let mut events = api.cache.watch("/registry/", all.revision).await.map_err(|g| anyhow::anyhow!("watch: {g:?}"))?;
+    let mut events = api.cache.watch("/registry/", revision).await.map_err(|g| anyhow::anyhow!("watch: {g:?}"))?;
     loop {
         for key in std::mem::take(&mut dirty) {
             if let Err(e) = collect_key(api, &index, &key).await {
@@ -205,7 +225,7 @@ async fn run_collector(api: &ApiServer) -> anyhow::Result<()> {
 /// Acts on one object: finalizers of an object being deleted, or deletion of an orphan.
 async fn collect_key(api: &ApiServer, index: &Index, key: &str) -> anyhow::Result<()> {
     let Some(def) = api.def_for_key(key) else { return Ok(()) };
-    let Some(kv) = api.objects.store.get(key).await? else { return Ok(()) };
+    let Some(kv) = api.objects.store_for(key).get(key).await? else { return Ok(()) };
     let obj = decode(&kv)?;
     let uid = meta::uid(&obj);
     let deps: Vec<String> = index.dependents.get(uid).map(|d| d.iter().cloned().collect()).unwrap_or_default();
@@ -270,7 +290,7 @@ fn ignore_gone(r: Result<(), kumo_api::ApiError>) -> anyhow::Result<()> {
 
 async fn delete_key(api: &ApiServer, key: &str, policy: &str) -> anyhow::Result<()> {
     let Some(def) = api.def_for_key(key) else { return Ok(()) };
-    let Some(kv) = api.objects.store.get(key).await? else { return Ok(()) };
+    let Some(kv) = api.objects.store_for(key).get(key).await? else { return Ok(()) };
     let obj = decode(&kv)?;
     if meta::deletion_timestamp(&obj).is_some() {
         return Ok(());
@@ -285,7 +305,7 @@ async fn delete_key(api: &ApiServer, key: &str, policy: &str) -> anyhow::Result<
 
 async fn drop_owner(api: &ApiServer, key: &str, owner_uid: &str) -> anyhow::Result<()> {
     let Some(def) = api.def_for_key(key) else { return Ok(()) };
-    let Some(kv) = api.objects.store.get(key).await? else { return Ok(()) };
+    let Some(kv) = api.objects.store_for(key).get(key).await? else { return Ok(()) };
     let obj = decode(&kv)?;
     let mut next = obj.clone();
     let refs: Vec<Value> = meta::owner_refs(&obj)
@@ -309,8 +329,8 @@ async fn finish_namespace(api: &ApiServer, ns: &Value) -> anyhow::Result<()> {
         if !seen.insert(def.list_prefix(Some(name))) {
             continue;
         }
-        let r =
-            api.objects.store.range(RangeRequest { prefix: def.list_prefix(Some(name)), ..Default::default() }).await?;
+        let prefix = def.list_prefix(Some(name));
+        let r = api.objects.store_for(&prefix).range(RangeRequest { prefix, ..Default::default() }).await?;
         remaining += r.kvs.len();
         for kv in &r.kvs {
             delete_key(api, &kv.key, "Background").await?;

@@ -6,9 +6,23 @@ use kumo_store::{Error as StoreError, KeyValue, RangeRequest, Store};
 use serde_json::Value;
 use std::sync::Arc;
 
+/// Where Events are stored (core/v1 and events.k8s.io/v1 share it).
+pub const EVENTS_PREFIX: &str = "/registry/core/events/";
+
+/// Whether `key` (or a key prefix under it) is an Event's.
+pub fn is_event_key(key: &str) -> bool {
+    key.starts_with(EVENTS_PREFIX)
+}
+
 #[derive(Clone)]
 pub struct Objects {
+    /// Everything but Events.
     pub store: Arc<dyn Store>,
+    /// Events: the same store, or one of their own (a file of its own on the embedded backend, optionally an
+    /// etcd of its own), so that a flood of them never slows or fills the store everything else is in.
+    pub events: Arc<dyn Store>,
+    /// Events are deleted this long after their last write.
+    pub event_ttl: std::time::Duration,
 }
 
 /// Decodes a stored object and stamps its resourceVersion.
@@ -87,13 +101,45 @@ pub fn present(def: &ResourceDef, obj: Value) -> Value {
 /// The stored form of an object: its kind's storage version (and representation).
 pub fn to_storage(def: &ResourceDef, obj: Value) -> Value {
     let mut obj = if def.storage_group.is_some() { kumo_api::convert::event_to_core(&obj) } else { obj };
+    if def.kind == "Event" && matches!(def.group.as_str(), "" | "events.k8s.io") {
+        kumo_api::convert::fill_legacy_event_fields(&mut obj);
+    }
     obj["apiVersion"] = Value::String(def.storage_api_version());
     obj
 }
 
 impl Objects {
+    /// Objects in one store: Events with the rest.
+    pub fn single(store: Arc<dyn Store>) -> Objects {
+        Objects { events: store.clone(), store, event_ttl: std::time::Duration::from_secs(3600) }
+    }
+
+    /// The store that holds `key` (or every key under a prefix).
+    pub fn store_for(&self, key: &str) -> &Arc<dyn Store> {
+        if is_event_key(key) {
+            &self.events
+        } else {
+            &self.store
+        }
+    }
+
+    /// Whether Events have a store of their own.
+    pub fn events_apart(&self) -> bool {
+        !Arc::ptr_eq(&self.store, &self.events)
+    }
+
+    /// Every distinct store: the main one first.
+    pub fn stores(&self) -> Vec<&Arc<dyn Store>> {
+        if self.events_apart() {
+            vec![&self.store, &self.events]
+        } else {
+            vec![&self.store]
+        }
+    }
+
     pub async fn get(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
-        match self.store.get(&def.key(ns, name)).await {
+        let key = def.key(ns, name);
+        match self.store_for(&key).get(&key).await {
             Ok(Some(kv)) => decode(&kv),
             Ok(None) => Err(ApiError::not_found(&def.group, &def.plural, name)),
             Err(e) => Err(store_error(def, name, e)),
@@ -107,7 +153,8 @@ impl Objects {
         ns: Option<&str>,
         name: &str,
     ) -> Result<Option<Value>, ApiError> {
-        match self.store.get_serializable(&def.key(ns, name)).await {
+        let key = def.key(ns, name);
+        match self.store_for(&key).get_serializable(&key).await {
             Ok(kv) => kv.as_ref().map(decode).transpose(),
             Err(e) => Err(store_error(def, name, e)),
         }
@@ -124,7 +171,12 @@ impl Objects {
     pub async fn create(&self, def: &ResourceDef, obj: &Value) -> Result<Value, ApiError> {
         let name = kumo_api::meta::name(obj);
         let key = def.key(kumo_api::meta::namespace(obj), name);
-        let kv = self.store.create(&key, encode(obj)).await.map_err(|e| store_error(def, name, e))?;
+        let kv = if is_event_key(&key) {
+            self.events.create_expiring(&key, encode(obj), self.event_ttl).await
+        } else {
+            self.store.create(&key, encode(obj)).await
+        };
+        let kv = kv.map_err(|e| store_error(def, name, e))?;
         let mut out = obj.clone();
         kumo_api::meta::set_meta(&mut out, "resourceVersion", Value::String(kv.mod_revision.to_string()));
         Ok(out)
@@ -134,7 +186,13 @@ impl Objects {
     pub async fn update(&self, def: &ResourceDef, obj: &Value, expected_rv: i64) -> Result<Value, ApiError> {
         let name = kumo_api::meta::name(obj);
         let key = def.key(kumo_api::meta::namespace(obj), name);
-        let kv = self.store.update(&key, encode(obj), expected_rv).await.map_err(|e| store_error(def, name, e))?;
+        // Every write of an Event starts its TTL anew, as Kubernetes' does.
+        let kv = if is_event_key(&key) {
+            self.events.update_expiring(&key, encode(obj), expected_rv, self.event_ttl).await
+        } else {
+            self.store.update(&key, encode(obj), expected_rv).await
+        };
+        let kv = kv.map_err(|e| store_error(def, name, e))?;
         let mut out = obj.clone();
         kumo_api::meta::set_meta(&mut out, "resourceVersion", Value::String(kv.mod_revision.to_string()));
         Ok(out)
@@ -147,15 +205,17 @@ impl Objects {
         name: &str,
         expected_rv: Option<i64>,
     ) -> Result<Value, ApiError> {
-        let kv = self.store.delete(&def.key(ns, name), expected_rv).await.map_err(|e| store_error(def, name, e))?;
+        let key = def.key(ns, name);
+        let kv = self.store_for(&key).delete(&key, expected_rv).await.map_err(|e| store_error(def, name, e))?;
         decode(&kv)
     }
 
     /// Every stored object of `def` (in `ns` when given), at the latest revision.
     pub async fn list_all(&self, def: &ResourceDef, ns: Option<&str>) -> Result<(Vec<Value>, i64), ApiError> {
+        let prefix = def.list_prefix(ns);
         let r = self
-            .store
-            .range(RangeRequest { prefix: def.list_prefix(ns), ..Default::default() })
+            .store_for(&prefix)
+            .range(RangeRequest { prefix: prefix.clone(), ..Default::default() })
             .await
             .map_err(|e| store_error(def, "", e))?;
         let objs = r.kvs.iter().map(decode).collect::<Result<Vec<_>, _>>()?;

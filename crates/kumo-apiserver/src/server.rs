@@ -4,6 +4,7 @@
 use crate::auth;
 use crate::crypt::{ClusterSecret, EncryptedStore, EncryptionConfig};
 use crate::handlers;
+use crate::objects::Objects;
 use crate::registry::Registry;
 use crate::state::{self, ApiServer};
 use crate::tls;
@@ -27,6 +28,12 @@ pub struct Config {
     /// Events kept in the watch cache.
     pub watch_cache_size: usize,
     pub bookmark_interval: Duration,
+    /// Seats API Priority and Fairness shares among its priority levels: the sum of these two, as Kubernetes'
+    /// `--max-requests-inflight` and `--max-mutating-requests-inflight`.
+    pub max_requests_inflight: usize,
+    pub max_mutating_requests_inflight: usize,
+    /// Events are deleted this long after their last write (Kubernetes' `--event-ttl`).
+    pub event_ttl: Duration,
     /// The secret every replica of this cluster shares (None: the one in the data directory, or a new one).
     pub cluster_secret: Option<String>,
     /// Kubernetes' EncryptionConfiguration for data at rest (None: Secrets sealed with the cluster secret).
@@ -42,6 +49,9 @@ impl Config {
             compaction_interval: Duration::from_secs(300),
             watch_cache_size: 5_000,
             bookmark_interval: Duration::from_secs(30),
+            event_ttl: Duration::from_secs(3600),
+            max_requests_inflight: 400,
+            max_mutating_requests_inflight: 200,
             cluster_secret: None,
             encryption_config: None,
         }
@@ -55,15 +65,17 @@ pub struct Running {
     pub api: Arc<ApiServer>,
 }
 
-/// Starts serving with `store`; returns once the listener is bound (serving continues in the background).
-pub async fn run(config: Config, store: Arc<dyn Store>) -> Result<Running> {
+/// Starts serving with `store` (and `events`, a store for Events alone, when given); returns once the listener
+/// is bound (serving continues in the background).
+pub async fn run(config: Config, store: Arc<dyn Store>, events: Option<Arc<dyn Store>>) -> Result<Running> {
     private_dir(&config.data_dir)?;
     let mut secret = ClusterSecret::resolve(&config.data_dir, config.cluster_secret.as_deref())?;
     let encryption = match &config.encryption_config {
         Some(path) => EncryptionConfig::load(path)?,
         None => EncryptionConfig::from_cluster_secret(&secret),
     };
-    let store: Arc<dyn Store> = Arc::new(EncryptedStore::new(store, encryption));
+    let store: Arc<dyn Store> = Arc::new(EncryptedStore::new(store, encryption.clone()));
+    let events: Option<Arc<dyn Store>> = events.map(|e| Arc::new(EncryptedStore::new(e, encryption)) as _);
     // Clients reach a replica at the address it listens on: that is always one of its certificate's names.
     let mut hosts = config.hosts.clone();
     if !config.listen.ip().is_unspecified() {
@@ -80,10 +92,16 @@ pub async fn run(config: Config, store: Arc<dyn Store>) -> Result<Running> {
     let kubeconfig = tls::write_kubeconfig(&config.data_dir, &pki, &server_url)?;
 
     let cache = WatchCache::start(store.clone(), config.watch_cache_size).await?;
+    let events_cache = match &events {
+        Some(e) => WatchCache::start(e.clone(), config.watch_cache_size).await?,
+        None => cache.clone(),
+    };
+    let objects = Objects { events: events.unwrap_or_else(|| store.clone()), store, event_ttl: config.event_ttl };
     let ca = tls::ClusterCa::new(&pki);
-    let api =
-        Arc::new(ApiServer::new(store, Arc::new(Registry::with_builtins()), cache, pki.token.clone(), ca, &config));
+    let registry = Arc::new(Registry::with_builtins());
+    let api = Arc::new(ApiServer::new(objects, registry, (cache, events_cache), pki.token.clone(), ca, &config));
     state::bootstrap(&api).await?;
+    crate::flowcontrol::start(&api).await?;
     state::publish_upload_proxy(&api, &server_url).await?;
     state::follow_crds(api.clone());
     crate::corruption::spawn(api.clone());

@@ -11,7 +11,6 @@ use anyhow::Context;
 pub const NODE_CLIENT_CN: &str = "kumo-apiserver";
 use crate::watch_cache::WatchCache;
 use kumo_api::{ApiError, ResourceDef};
-use kumo_store::Store;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,20 +19,26 @@ use std::time::Duration;
 pub struct ApiServer {
     pub objects: Objects,
     pub registry: Arc<Registry>,
+    /// The watch cache of the main store.
     pub cache: Arc<WatchCache>,
+    /// The watch cache of Events' store: `cache` itself unless Events are stored apart.
+    pub events_cache: Arc<WatchCache>,
     pub token: String,
     /// Signs node client certificates (joining hosts) and the API server's own client certificate.
     pub ca: ClusterCa,
     /// This replica's client certificate towards node agents (PEM cert, PEM key): `CN=kumo-apiserver`.
     pub node_client: (String, String),
     pub bookmark_interval: Duration,
+    pub metrics: crate::metrics::Metrics,
+    /// API Priority and Fairness: seats and queues per priority level.
+    pub flowcontrol: crate::flowcontrol::FlowControl,
 }
 
 impl ApiServer {
     pub fn new(
-        store: Arc<dyn Store>,
+        objects: Objects,
         registry: Arc<Registry>,
-        cache: Arc<WatchCache>,
+        (cache, events_cache): (Arc<WatchCache>, Arc<WatchCache>),
         token: String,
         ca: ClusterCa,
         config: &crate::Config,
@@ -42,7 +47,29 @@ impl ApiServer {
         let node_client = ca
             .issue_client(NODE_CLIENT_CN, &["system:masters"], 365)
             .expect("the cluster CA signs a client certificate");
-        ApiServer { objects: Objects { store }, registry, cache, token, ca, node_client, bookmark_interval }
+        ApiServer {
+            objects,
+            registry,
+            cache,
+            events_cache,
+            token,
+            ca,
+            node_client,
+            bookmark_interval,
+            metrics: Default::default(),
+            flowcontrol: crate::flowcontrol::FlowControl::new(
+                config.max_requests_inflight + config.max_mutating_requests_inflight,
+            ),
+        }
+    }
+
+    /// The watch cache that follows `key` (or every key under a prefix).
+    pub fn cache_for(&self, key: &str) -> &Arc<WatchCache> {
+        if crate::objects::is_event_key(key) {
+            &self.events_cache
+        } else {
+            &self.cache
+        }
     }
 
     /// The kind stored under `key` (`/registry/{group}/{plural}/...`), at its storage version.
@@ -82,6 +109,35 @@ pub async fn bootstrap(api: &Arc<ApiServer>) -> anyhow::Result<()> {
         api.registry.put_crd(&crd);
     }
     seed_flavors(api).await?;
+    drop_stray_events(api).await?;
+    Ok(())
+}
+
+/// Events left in the main store by a version that kept them there, once Events have a store of their own:
+/// they would never be served or expire, so they go (they are only Events; new ones are written apart).
+async fn drop_stray_events(api: &ApiServer) -> anyhow::Result<()> {
+    if !api.objects.events_apart() {
+        return Ok(());
+    }
+    let store = &api.objects.store;
+    let mut dropped = 0;
+    loop {
+        let req =
+            kumo_store::RangeRequest { prefix: crate::objects::EVENTS_PREFIX.into(), limit: 500, ..Default::default() };
+        let page = store.range(req).await?;
+        for kv in &page.kvs {
+            match store.delete(&kv.key, None).await {
+                Ok(_) | Err(kumo_store::Error::NotFound(_)) => dropped += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !page.more {
+            break;
+        }
+    }
+    if dropped > 0 {
+        tracing::info!(dropped, "deleted Events an earlier version kept in the main store (Events now have their own)");
+    }
     Ok(())
 }
 

@@ -11,15 +11,16 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use kumo_api::cidr::node_pod_cidrs as pod_cidrs;
 pub use kumo_api::cidr::Ipv4Cidr;
+use kumo_events::Recorder;
 use serde_json::json;
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where pod addresses come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,22 +63,41 @@ pub struct Exhausted {
 /// The block to give `node`: `None` when it already has one (whatever it is: a Node's podCIDR never changes
 /// once set), else the lowest block of the cluster CIDR that overlaps no other Node's.
 pub fn plan(node: &Node, nodes: &[Node], cfg: &Config) -> Result<Option<Ipv4Cidr>, Exhausted> {
+    let blocks: HashMap<String, Vec<String>> = nodes.iter().map(|n| (n.name_any(), pod_cidrs(n).to_vec())).collect();
+    plan_with(node, &blocks, cfg)
+}
+
+/// [`plan`] over every Node's pod CIDRs by name; linear in the Nodes, so allocating for ten thousand stays cheap.
+pub fn plan_with(
+    node: &Node,
+    blocks: &HashMap<String, Vec<String>>,
+    cfg: &Config,
+) -> Result<Option<Ipv4Cidr>, Exhausted> {
     if !pod_cidrs(node).is_empty() {
         return Ok(None);
     }
     let name = node.name_any();
     // Anything unparsable (IPv6, a typo) is no IPv4 block of ours; what overlaps the cluster CIDR is taken.
-    let taken: BTreeSet<Ipv4Cidr> = nodes
+    let mut taken: Vec<(u32, u32)> = blocks
         .iter()
-        .filter(|n| n.name_any() != name)
-        .flat_map(pod_cidrs)
+        .filter(|(n, _)| **n != name)
+        .flat_map(|(_, cidrs)| cidrs.iter())
         .filter_map(|c| c.parse::<Ipv4Cidr>().ok())
         .filter(|c| c.overlaps(&cfg.cluster_cidr))
+        .map(|c| (u32::from(c.network()), u32::from(c.last())))
         .collect();
+    taken.sort_unstable();
     let count = cfg.cluster_cidr.subnet_count(cfg.node_prefix_len).unwrap_or(0);
-    let free = (0..count)
-        .filter_map(|i| cfg.cluster_cidr.subnet(cfg.node_prefix_len, i))
-        .find(|b| !taken.iter().any(|t| t.overlaps(b)));
+    // Walk the blocks and the taken ranges together, both in address order.
+    let mut next = 0;
+    let free = (0..count).filter_map(|i| cfg.cluster_cidr.subnet(cfg.node_prefix_len, i)).find(|b| {
+        let (start, end) = (u32::from(b.network()), u32::from(b.last()));
+        while next < taken.len() && taken[next].1 < start {
+            next += 1;
+        }
+        // Ranges starting before this block and ending inside it were passed over only if they ended before it.
+        !taken[next..].iter().take_while(|t| t.0 <= end).any(|t| t.1 >= start)
+    });
     match free {
         Some(b) => Ok(Some(b)),
         None => Err(Exhausted { node: name, cluster_cidr: cfg.cluster_cidr, node_prefix_len: cfg.node_prefix_len }),
@@ -94,18 +114,37 @@ struct Ctx {
     client: Client,
     cfg: Config,
     recorder: Recorder,
+    /// Every Node's pod CIDRs as a fresh list showed them, plus what this allocator gave since; read again
+    /// when older than [`KNOWN_FOR`], after a conflict and after a Node is deleted.
+    known: std::sync::Mutex<Option<Known>>,
 }
+
+/// When the Nodes were listed, and each Node's pod CIDRs by name.
+type Known = (Instant, HashMap<String, Vec<String>>);
+
+/// How long the allocator plans from its own record before listing the Nodes again.
+const KNOWN_FOR: Duration = Duration::from_secs(30);
 
 /// Allocates pod CIDRs until the process ends.
 pub async fn run(client: Client, cfg: Config) {
     let reporter = Reporter { controller: "kumo-node-ipam".into(), instance: std::env::var("HOSTNAME").ok() };
-    let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone(), cfg });
+    let ctx = Arc::new(Ctx {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        cfg,
+        known: Default::default(),
+    });
     tracing::info!(cluster_cidr = %ctx.cfg.cluster_cidr, node_mask = ctx.cfg.node_prefix_len, "node IPAM running");
     let api = Api::<Node>::all(client);
     // A deleted Node frees its block: look at every Node again, so one that found the cluster CIDR full gets it.
-    let deletions = watcher(api.clone(), watcher::Config::default())
-        .default_backoff()
-        .filter_map(|ev| async move { matches!(ev, Ok(watcher::Event::Delete(_))).then_some(()) });
+    let forget = ctx.clone();
+    let deletions = watcher(api.clone(), watcher::Config::default()).default_backoff().filter_map(move |ev| {
+        let deleted = matches!(ev, Ok(watcher::Event::Delete(_)));
+        if deleted {
+            *forget.known.lock().expect("known blocks") = None;
+        }
+        async move { deleted.then_some(()) }
+    });
     // One reconcile at a time: two Nodes planned concurrently from the same list would get the same block.
     Controller::new(api, watcher::Config::default())
         .with_config(controller::Config::default().concurrency(1))
@@ -129,11 +168,21 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let api = Api::<Node>::all(ctx.client.clone());
-    // A fresh list (a consistent read), not the watch cache: the block given away a moment ago must be in it.
-    let nodes = api.list(&ListParams::default()).await?.items;
     let name = node.name_any();
-    let Some(current) = nodes.iter().find(|n| n.name_any() == name) else { return Ok(Action::await_change()) };
-    match plan(current, &nodes, &ctx.cfg) {
+    let fresh = ctx.known.lock().expect("known blocks").as_ref().is_some_and(|(at, _)| at.elapsed() < KNOWN_FOR);
+    if !fresh {
+        // A fresh list (a consistent read), not the watch cache: a block given away a moment ago must be in it.
+        let nodes = api.list(&ListParams::default()).await?.items;
+        let blocks = nodes.iter().map(|n| (n.name_any(), pod_cidrs(n).to_vec())).collect();
+        *ctx.known.lock().expect("known blocks") = Some((Instant::now(), blocks));
+    }
+    // The Node as the watch showed it: the write below is a compare-and-swap on its resourceVersion.
+    let current = node.as_ref();
+    let planned = match ctx.known.lock().expect("known blocks").as_ref() {
+        Some((_, blocks)) => plan_with(current, blocks, &ctx.cfg),
+        None => return Ok(Action::requeue(Duration::ZERO)),
+    };
+    match planned {
         Ok(None) => Ok(Action::await_change()),
         Ok(Some(block)) => {
             let cidr = block.to_string();
@@ -145,11 +194,18 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             });
             match api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
                 Ok(_) => {
+                    if let Some((_, blocks)) = ctx.known.lock().expect("known blocks").as_mut() {
+                        blocks.insert(name.clone(), vec![cidr.clone()]);
+                    }
                     tracing::info!(node = %name, pod_cidr = %cidr, "allocated the Node's pod CIDR");
                     publish(&ctx, current, EventType::Normal, "CIDRAssigned", format!("Node {name} got {cidr}")).await;
                     Ok(Action::await_change())
                 }
-                Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(Action::requeue(Duration::ZERO)),
+                Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+                    // Someone else changed the Node (or took the block): plan again from a fresh list.
+                    *ctx.known.lock().expect("known blocks") = None;
+                    Ok(Action::requeue(Duration::ZERO))
+                }
                 Err(e) => Err(e.into()),
             }
         }
@@ -174,6 +230,25 @@ async fn publish(ctx: &Ctx, node: &Node, type_: EventType, reason: &str, note: S
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::NodeSpec;
+    use std::collections::BTreeSet;
+
+    /// Two thousand Nodes, each planned against all before it: every block distinct, lowest first.
+    #[test]
+    fn thousands_of_nodes_get_distinct_blocks() {
+        let c = cfg("10.0.0.0/8", 24);
+        let mut blocks: HashMap<String, Vec<String>> = HashMap::new();
+        // One odd, bigger block someone set by hand in the middle.
+        blocks.insert("manual".into(), vec!["10.0.16.0/20".into()]);
+        for i in 0..2_000 {
+            let n = node(&format!("n{i}"), None);
+            let b = plan_with(&n, &blocks, &c).unwrap().unwrap().to_string();
+            blocks.insert(format!("n{i}"), vec![b]);
+        }
+        let all: BTreeSet<&String> = blocks.values().flatten().collect();
+        assert_eq!(all.len(), 2_001);
+        assert_eq!(blocks["n0"], ["10.0.0.0/24"]);
+        assert_eq!(blocks["n16"], ["10.0.32.0/24"], "the manual /20 is skipped whole");
+    }
 
     fn node(name: &str, cidr: Option<&str>) -> Node {
         let mut n = Node::default();

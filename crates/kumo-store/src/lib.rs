@@ -78,6 +78,21 @@ pub trait Store: Send + Sync + 'static {
     /// Creates `key`; fails with [`Error::AlreadyExists`] if it exists.
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue>;
 
+    /// [`Store::create`] of a key that expires: it is deleted (a Delete event, like any deletion) once `ttl` has
+    /// passed since its last write, unless deleted before. Writing it again with a TTL starts a new one; writing
+    /// it without one makes it permanent. Expiry is driven by the backend (a time-ordered index, or etcd's
+    /// leases), with no scan of the keys; it may lag the deadline by a few seconds.
+    async fn create_expiring(&self, key: &str, value: Vec<u8>, ttl: std::time::Duration) -> Result<KeyValue>;
+
+    /// [`Store::update`] of a key that expires `ttl` after this write (see [`Store::create_expiring`]).
+    async fn update_expiring(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected_revision: i64,
+        ttl: std::time::Duration,
+    ) -> Result<KeyValue>;
+
     /// Replaces `key` only if its current `mod_revision` equals `expected_revision`;
     /// [`Error::NotFound`] if absent, [`Error::Conflict`] (with the current value) if it moved on.
     async fn update(&self, key: &str, value: Vec<u8>, expected_revision: i64) -> Result<KeyValue>;

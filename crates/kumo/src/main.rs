@@ -4,7 +4,6 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 // The API server allocates and frees many small JSON values per request; mimalloc spends less CPU on that
@@ -19,6 +18,7 @@ struct Cli {
     command: Command,
 }
 
+mod backends;
 mod client;
 mod create;
 mod drain;
@@ -180,6 +180,8 @@ enum Command {
         state_dir: PathBuf,
         #[command(flatten)]
         agent: AgentArgs,
+        #[command(flatten)]
+        simulate: SimulateArgs,
     },
     /// Cordon a node and move every VMI off it (stopped here, started elsewhere by its VM), with progress.
     Drain {
@@ -315,21 +317,15 @@ struct ServerArgs {
     /// How often watchers that asked for bookmarks get one.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     bookmark_interval: Duration,
-    /// Keep everything in etcd v3 at these endpoints (comma-separated or repeated) instead of the embedded
-    /// store; several replicas on one etcd form an HA control plane.
-    #[arg(long = "etcd-servers", value_name = "URL[,URL...]", value_delimiter = ',')]
-    etcd_servers: Vec<String>,
-    /// CA certificate to verify etcd's serving certificates.
-    #[arg(long)]
-    etcd_cafile: Option<PathBuf>,
-    /// Client certificate (and --etcd-keyfile) to authenticate to etcd.
-    #[arg(long)]
-    etcd_certfile: Option<PathBuf>,
-    #[arg(long)]
-    etcd_keyfile: Option<PathBuf>,
-    /// Key prefix in etcd, so several clusters can share one etcd.
-    #[arg(long, default_value = "/kumo")]
-    etcd_prefix: String,
+    #[command(flatten)]
+    backends: backends::StoreArgs,
+    /// Requests served at once, shared by API Priority and Fairness' priority levels with
+    /// --max-mutating-requests-inflight (as Kubernetes; the admin is exempt). Past them requests queue per
+    /// client, then get 429.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
+    max_requests_inflight: u32,
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..))]
+    max_mutating_requests_inflight: u32,
     /// The secret shared by every API server replica of this cluster (default: DATA_DIR/cluster-secret,
     /// created on first start). Another replica joins with the same secret and store.
     #[arg(long, env = "KUMO_CLUSTER_SECRET", hide_env_values = true, conflicts_with = "cluster_secret_file")]
@@ -409,7 +405,44 @@ impl AgentArgs {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// SIMULATED nodes, for measuring the control plane: no guest really runs.
+#[derive(clap::Args, Clone)]
+struct SimulateArgs {
+    /// Run SIMULATED nodes instead of this host: real Nodes, Leases and VMI watches, but guests that only
+    /// pretend to boot (for control-plane benchmarks; never for real workloads).
+    #[arg(long)]
+    simulate: bool,
+    /// How many simulated nodes this process runs.
+    #[arg(long, default_value_t = 1, requires = "simulate")]
+    nodes: usize,
+    /// Simulated nodes are named PREFIX0, PREFIX1, …
+    #[arg(long, default_value = "sim-", requires = "simulate")]
+    node_prefix: String,
+    /// The index of the first simulated node (to spread nodes over several processes).
+    #[arg(long, default_value_t = 0, requires = "simulate")]
+    first_node: usize,
+    /// How long a simulated guest takes to boot.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, requires = "simulate")]
+    boot_delay: Duration,
+    /// Write what each simulated node's watch delivered to this file (JSON, every second).
+    #[arg(long, requires = "simulate")]
+    report: Option<PathBuf>,
+}
+
+impl SimulateArgs {
+    fn simulation(&self) -> kumo_agent::simulate::Simulation {
+        kumo_agent::simulate::Simulation {
+            nodes: self.nodes,
+            prefix: self.node_prefix.clone(),
+            first: self.first_node,
+            boot_delay: self.boot_delay,
+            report: self.report.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
     let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 5m, 1h, 500ms"))?;
     let secs = match unit {
@@ -476,7 +509,16 @@ async fn main() -> Result<()> {
             virtctl::kind_plural(&kind)?;
             vm_verb(&target, "virtualmachineinstances", &name, "unpause").await
         }
-        Command::Agent { kubeconfig, servers, token, ca_cert_hash, state_dir, mut agent } => {
+        Command::Agent { kubeconfig, servers, token: _, ca_cert_hash: _, state_dir: _, agent: _, simulate }
+            if simulate.simulate =>
+        {
+            let mut config = kube_config(kubeconfig.as_deref()).await?;
+            if let Some(first) = servers.iter().flat_map(|s| s.split(',')).next() {
+                config.cluster_url = first.trim().parse().context("--server")?;
+            }
+            kumo_agent::simulate::run(config, simulate.simulation()).await
+        }
+        Command::Agent { kubeconfig, servers, token, ca_cert_hash, state_dir, mut agent, simulate: _ } => {
             let kubeconfig = match token {
                 Some(token) => {
                     let node = agent.node_name.clone().unwrap_or_else(host_name);
@@ -571,34 +613,15 @@ async fn server(args: ServerArgs) -> Result<()> {
     args.scheduler.apply(&mut controllers_cfg);
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {} (choose a writable directory)", args.data_dir.display()))?;
-    let store: Arc<dyn kumo_store::Store> =
-        if args.etcd_servers.is_empty() {
-            let db = args.data_dir.join("kumo.redb");
-            let store =
-                kumo_store::RedbStore::open(&db).with_context(|| format!("opening the store at {}", db.display()))?;
-            // The store holds every object, Secrets included (sealed, but still): only this user may read it.
-            std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .with_context(|| format!("making {} private", db.display()))?;
-            Arc::new(store)
-        } else {
-            let cfg = kumo_store::EtcdConfig {
-                endpoints: args.etcd_servers.clone(),
-                ca_file: args.etcd_cafile.clone(),
-                cert_file: args.etcd_certfile.clone(),
-                key_file: args.etcd_keyfile.clone(),
-                prefix: args.etcd_prefix.clone(),
-                ..Default::default()
-            };
-            let endpoints = args.etcd_servers.join(",");
-            Arc::new(kumo_store::EtcdStore::connect(cfg).await.with_context(|| {
-                format!("connecting to etcd at {endpoints} (is it running? are the TLS files right?)")
-            })?)
-        };
+    let (store, events) = args.backends.open(&args.data_dir).await?;
     let mut config = kumo_apiserver::Config::new(args.data_dir.clone(), args.listen);
     config.hosts = args.tls_san;
     config.compaction_interval = args.compaction_interval;
     config.watch_cache_size = args.watch_cache_size;
     config.bookmark_interval = args.bookmark_interval;
+    config.event_ttl = args.backends.event_ttl;
+    config.max_requests_inflight = args.max_requests_inflight as usize;
+    config.max_mutating_requests_inflight = args.max_mutating_requests_inflight as usize;
     config.encryption_config = args.encryption_provider_config;
     config.cluster_secret = match (&args.cluster_secret, &args.cluster_secret_file) {
         (Some(s), _) => Some(s.clone()),
@@ -608,7 +631,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         (None, None) => None,
     };
     let compaction_interval = config.compaction_interval;
-    let running = kumo_apiserver::run(config, store).await?;
+    let running = kumo_apiserver::run(config, store, events).await?;
     // Loops that must run once per cluster (GC, compaction; the controllers) run on the elected replica only.
     let self_client = client_from(Some(&running.kubeconfig)).await?;
     let id = server_identity(&args.data_dir)?;

@@ -66,8 +66,8 @@ pub enum SnapshotAction {
 
 pub async fn run(action: StoreAction) -> Result<()> {
     match action {
-        StoreAction::Check { data_dir } => check(&data_dir.join("kumo.redb")),
-        StoreAction::Defrag { data_dir } => defrag(&data_dir.join("kumo.redb")),
+        StoreAction::Check { data_dir } => each_file(&data_dir, check),
+        StoreAction::Defrag { data_dir } => each_file(&data_dir, defrag),
         StoreAction::Snapshot { action: SnapshotAction::Save { file, kubeconfig, data_dir } } => {
             save(&file, kubeconfig.as_deref(), data_dir.as_deref()).await
         }
@@ -80,6 +80,18 @@ pub async fn run(action: StoreAction) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs `f` on the embedded store's file, then on Events' file when there is one (it holds only Events: when
+/// it is damaged, deleting it loses nothing else).
+fn each_file(data_dir: &Path, f: fn(&Path) -> Result<()>) -> Result<()> {
+    f(&data_dir.join(crate::backends::STORE_FILE))?;
+    let events = data_dir.join(crate::backends::EVENTS_FILE);
+    if events.exists() {
+        f(&events)
+            .with_context(|| format!("{} holds only Events: deleting it loses nothing else", events.display()))?;
+    }
+    Ok(())
 }
 
 /// Checks a snapshot (kumo's own format, or etcd's, through `etcdctl`) and says what it holds.

@@ -51,6 +51,7 @@ pub fn registry_args() -> Vec<String> {
 
 pub mod cluster;
 pub mod console;
+pub mod credentials;
 pub mod files;
 pub mod fleet;
 
@@ -364,6 +365,16 @@ impl Drop for Server {
 }
 
 /// Polls `f` until it returns Some or `timeout` passes.
+/// A child process killed (and reaped) when the guard goes, so a failing test leaves none behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {

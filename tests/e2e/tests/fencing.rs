@@ -4,16 +4,10 @@
 use anyhow::Result;
 use kumo_e2e::{eventually, kumo_bin};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use kumo_e2e::KillOnDrop as Proc;
 
 /// A stand-in guest: a process named like QEMU whose arguments point into `state/vmis/`.
 fn fake_guest(state: &Path) -> Proc {

@@ -72,6 +72,11 @@ fn describe_shows_events_from_both_event_apis() {
     assert!(notes.contains("hello from core") && notes.contains("hello from events.k8s.io"), "{notes}");
     let table = s.kubectl_ok(&["get", "events"]).unwrap();
     assert!(table.lines().next().unwrap().contains("REASON"), "{table}");
+    // An events.k8s.io client that left the legacy fields out still sorts by them (the series' times).
+    let sorted = s.kubectl_ok(&["get", "events", "--sort-by=.lastTimestamp", "-o", "name"]).unwrap();
+    assert_eq!(sorted.lines().collect::<Vec<_>>(), ["event/watched.1", "event/watched.2"], "{sorted}");
+    let count = s.kubectl_ok(&["get", "event", "watched.2", "-o", "jsonpath={.count} {.source.component}"]).unwrap();
+    assert_eq!(count, "1 example.com/test");
 }
 
 #[test]

@@ -98,9 +98,8 @@ fn a_flavored_vm_gets_its_cpus_and_memory_and_keeps_them_when_the_flavor_changes
     let out = s.kumo(&["restart", "flavored"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let new = eventually(secs(120), || {
-        let out = s.kubectl(&["get", "vmi", "flavored", "-o", "jsonpath={.metadata.uid}"]).ok()?;
-        let now = String::from_utf8_lossy(&out.stdout).to_string();
-        (out.status.success() && !now.is_empty() && now != uid).then_some(now)
+        let now = get(&s, &["get", "vmi", "flavored", "-o", "jsonpath={.metadata.uid}", "--ignore-not-found"]);
+        (!now.is_empty() && now != uid).then_some(now)
     });
     assert!(new.is_some(), "not restarted: {}", get(&s, &["describe", "vm", "flavored"]));
     assert_eq!(guest_size(&s).0, 2, "still the pinned instancetype's vCPUs");

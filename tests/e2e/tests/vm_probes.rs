@@ -98,7 +98,9 @@ fn http_and_tcp_probes_drive_ready_and_a_failed_liveness_probe_restarts_the_vm()
     let _ = c.close();
     assert!(failed.is_some(), "no liveness failure: {}", events_of(&s, "web"));
     let restarted = eventually(secs(180), || {
-        let now = get(&s, &["get", "vmi", "web", "-o", "jsonpath={.metadata.uid} {.status.phase}"]);
+        // Between the failed VMI's deletion and its successor's creation there is no VMI.
+        let now =
+            get(&s, &["get", "vmi", "web", "-o", "jsonpath={.metadata.uid} {.status.phase}", "--ignore-not-found"]);
         (!now.starts_with(&uid) && now.ends_with("Running")).then_some(now)
     });
     assert!(restarted.is_some(), "no new VMI: {}", get(&s, &["describe", "vm", "web"]));

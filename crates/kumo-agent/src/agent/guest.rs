@@ -21,8 +21,9 @@ pub struct GuestView {
     pub os_info: Option<Value>,
 }
 
-pub fn agent_of(l: &LocalVm) -> GuestAgent {
-    GuestAgent::new(l.vm.paths().guest_agent_socket())
+/// The guest agent of a QEMU guest (a simulated one has none).
+pub fn agent_of(l: &LocalVm) -> Option<GuestAgent> {
+    Some(GuestAgent::new(l.vm.qemu()?.paths().guest_agent_socket()))
 }
 
 fn connected(vmi: &VirtualMachineInstance) -> bool {
@@ -32,7 +33,7 @@ fn connected(vmi: &VirtualMachineInstance) -> bool {
 /// Asks the guest agent; the OS info only when the VMI does not show it yet (it does not change while the
 /// guest runs).
 pub async fn look(vmi: &VirtualMachineInstance, l: &LocalVm) -> GuestView {
-    let agent = agent_of(l);
+    let Some(agent) = agent_of(l) else { return GuestView::default() };
     if agent.execute("guest-ping", None, PING_TIMEOUT).await.is_err() {
         return GuestView::default();
     }

@@ -38,7 +38,7 @@ async fn attached(qmp: &QmpClient) -> Result<Vec<String>, String> {
 /// Brings the guest's hot-plugged disks in line with the VMI's spec and reports them. False while some volume
 /// could not be attached yet (its claim not bound, its image not made): look again soon.
 pub(super) async fn sync(agent: &Agent, vmi: &VirtualMachineInstance, local: &LocalVm) -> Result<bool, kube::Error> {
-    let qmp = local.vm.qmp();
+    let Ok(qmp) = local.qmp() else { return Ok(true) };
     let wanted: BTreeMap<String, (&str, Option<String>)> = vmi
         .spec
         .volumes

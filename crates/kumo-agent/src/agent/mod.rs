@@ -9,18 +9,21 @@ mod probes;
 mod reconcile;
 mod status;
 
+use crate::hypervisor::qemu::{Qemu, QemuHypervisor};
+use crate::hypervisor::{Guest, Hypervisor};
 use crate::image::{ImageCache, RegistryConfig};
 use crate::net::{Ipam, NodeNet};
 use crate::node::{self, HostInfo};
-use crate::qemu::{self, Accel, RunningVm};
+use crate::qemu;
 use crate::volumes::{keeper, VolumeDirs};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
 use kube::Api;
 use kumo_api::kubevirt::{VirtualMachineInstance, NODE_NAME_LABEL};
+use kumo_events::Recorder;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,28 +90,37 @@ impl AgentConfig {
 
 /// A guest this agent runs.
 pub(crate) struct LocalVm {
-    pub vm: RunningVm,
-    pub dhcp_stop: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    pub vm: Box<dyn Guest>,
+    /// Stops what serves the guest besides itself (its DHCP server).
+    pub stop_services: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     /// Set while the agent itself stops the guest, so the exit is not reported as a guest shutdown.
     pub stopping: std::sync::atomic::AtomicBool,
     /// The pod-network interface status reports: name, pod IP, MAC.
     pub iface: Option<(String, String, String)>,
 }
 
+impl LocalVm {
+    /// The QMP connection of a QEMU guest; simulated guests have none.
+    pub fn qmp(&self) -> Result<&qemu::QmpClient, String> {
+        self.vm.qemu().map(|q| q.qmp()).ok_or_else(|| "a simulated guest has no QMP".to_string())
+    }
+}
+
 pub(crate) struct Agent {
     pub client: kube::Client,
     pub cfg: AgentConfig,
     pub node: String,
-    pub accel: Accel,
-    pub qemu: PathBuf,
+    /// What runs the guests: QEMU, or the simulated hypervisor.
+    pub hv: Arc<dyn Hypervisor>,
+    /// Base images of containerDisks (also what the volume keeper imports from registries with).
     pub images: Arc<ImageCache>,
-    pub node_net: NodeNet,
-    pub ipam: Ipam,
     pub vms: Mutex<HashMap<String, Arc<LocalVm>>>,
     /// The probers of guests with readiness or liveness probes, by VMI uid.
     pub probers: std::sync::Mutex<HashMap<String, probes::Prober>>,
     pub recorder: Recorder,
     pub volume_dirs: VolumeDirs,
+    /// What this node's watch delivered (simulated nodes report it, so tests can check the server's selection).
+    pub seen: Option<Arc<crate::simulate::Seen>>,
 }
 
 /// Runs the agent until the process ends.
@@ -157,24 +169,55 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     let pod_cidr = podnet::wait_for_pod_cidr(&client, &host.name).await?;
     let node_net = NodeNet::new(&host.name, pod_cidr)?;
     podnet::start(client.clone(), host.name.clone(), node_net.clone()).await?;
-    let reporter = Reporter { controller: "kumo-agent".into(), instance: Some(host.name.clone()) };
     let volume_dirs = VolumeDirs { local: cfg.volume_dir.clone(), shared: cfg.shared_volume_dir.clone() };
-    let agent = Arc::new(Agent {
+    let images = Arc::new(ImageCache::new(cfg.image_cache.clone()));
+    let hv = QemuHypervisor {
         client: client.clone(),
-        node: host.name.clone(),
+        state_dir: cfg.state_dir.clone(),
         accel,
         qemu,
-        images: Arc::new(ImageCache::new(cfg.image_cache.clone())),
+        images: images.clone(),
+        registry: cfg.registry.clone(),
         node_net,
         ipam: Ipam::for_cidr(cfg.state_dir.join("ipam"), pod_cidr)?,
-        vms: Mutex::new(HashMap::new()),
-        probers: Default::default(),
-        recorder: Recorder::new(client.clone(), reporter),
-        volume_dirs,
-        cfg,
-    });
+        volume_dirs: volume_dirs.clone(),
+        run_as: cfg.run_as,
+        sandbox: cfg.sandbox,
+    };
+    let agent = Arc::new(Agent::new(client, host.name.clone(), Arc::new(Qemu(Arc::new(hv))), images, volume_dirs, cfg));
     let _ = uploads.set(agent.clone());
     tokio::spawn(keeper::run(agent.clone()));
+    serve(agent).await;
+    Ok(())
+}
+
+impl Agent {
+    pub(crate) fn new(
+        client: kube::Client,
+        node: String,
+        hv: Arc<dyn Hypervisor>,
+        images: Arc<ImageCache>,
+        volume_dirs: VolumeDirs,
+        cfg: AgentConfig,
+    ) -> Agent {
+        let reporter = Reporter { controller: "kumo-agent".into(), instance: Some(node.clone()) };
+        Agent {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            node,
+            hv,
+            images,
+            vms: Mutex::new(HashMap::new()),
+            probers: Default::default(),
+            volume_dirs,
+            cfg,
+            seen: None,
+        }
+    }
+}
+
+/// What every node runs, real or simulated: sweeping what vanished VMIs left, and reconciling this node's VMIs.
+pub(crate) async fn serve(agent: Arc<Agent>) {
     // Only this node's VMIs, selected by the server: KubeVirt's node label, which the scheduler sets when it
     // binds and keeps on the VMI until it is gone (deleting and finished ones included, so their cleanup is
     // seen here). A node's credential may list and watch VMIs only with this selector.
@@ -190,7 +233,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
         }
     });
     let mine = format!("{NODE_NAME_LABEL}={}", agent.node);
-    let api = Api::<VirtualMachineInstance>::all(client);
+    let api = Api::<VirtualMachineInstance>::all(agent.client.clone());
     Controller::new(api, watcher::Config::default().labels(&mine))
         .run(reconcile::reconcile, reconcile::error_policy, agent)
         .for_each(|r| async move {
@@ -199,7 +242,6 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
             }
         })
         .await;
-    Ok(())
 }
 
 /// A kernel to probe KVM with: the host's, or the test guest's from the image cache.

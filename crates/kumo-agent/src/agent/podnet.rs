@@ -53,7 +53,9 @@ pub fn pod_cidr(node: &Node) -> Option<Ipv4Cidr> {
 /// ignored (it would capture this node's own pods' traffic); of two nodes claiming one block, the first by name
 /// wins.
 pub fn peers<'a>(me: &str, own: Ipv4Cidr, nodes: impl IntoIterator<Item = &'a Node>) -> Peers {
-    let mut sorted: Vec<&Node> = nodes.into_iter().filter(|n| n.name_any() != me).collect();
+    // Simulated nodes have no pods to reach (and made-up addresses).
+    let simulated = |n: &Node| n.labels().contains_key(crate::simulate::SIMULATED_LABEL);
+    let mut sorted: Vec<&Node> = nodes.into_iter().filter(|n| n.name_any() != me && !simulated(n)).collect();
     sorted.sort_by_key(|n| n.name_any());
     let mut out = Peers::default();
     for node in sorted {
@@ -66,13 +68,17 @@ pub fn peers<'a>(me: &str, own: Ipv4Cidr, nodes: impl IntoIterator<Item = &'a No
     out
 }
 
-/// Waits until the control plane has given Node `name` a pod CIDR, saying why it waits.
+/// Waits until the control plane has given Node `name` a pod CIDR, saying why it waits. It watches the one Node
+/// (thousands of joining nodes polling would be a load of their own).
 pub async fn wait_for_pod_cidr(client: &kube::Client, name: &str) -> Result<Ipv4Cidr> {
+    use futures::StreamExt;
     let nodes: Api<Node> = Api::all(client.clone());
+    let mut stream = Box::pin(kube::runtime::watcher::watch_object(nodes, name));
     let mut said = None::<tokio::time::Instant>;
     loop {
-        match nodes.get_opt(name).await {
-            Ok(Some(node)) => {
+        let next = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
+        match next {
+            Ok(Some(Ok(Some(node)))) => {
                 if let Some(block) = pod_cidr(&node) {
                     return Ok(block);
                 }
@@ -80,8 +86,12 @@ pub async fn wait_for_pod_cidr(client: &kube::Client, name: &str) -> Result<Ipv4
                     anyhow::bail!("Node {name} has pod CIDR {other:?}, which is no IPv4 CIDR kumo can use");
                 }
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!("reading Node {name}: {e}"),
+            Ok(Some(Ok(None))) | Err(_) => {}
+            Ok(Some(Err(e))) => {
+                tracing::warn!("watching Node {name}: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok(None) => anyhow::bail!("the watch of Node {name} ended"),
         }
         if said.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
             tracing::info!(
@@ -91,7 +101,6 @@ pub async fn wait_for_pod_cidr(client: &kube::Client, name: &str) -> Result<Ipv4
             );
             said = Some(tokio::time::Instant::now());
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

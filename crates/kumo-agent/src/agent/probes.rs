@@ -91,7 +91,7 @@ pub fn start(vmi: &VirtualMachineInstance, l: &LocalVm) -> Option<Prober> {
         not_ready_because: (readiness.is_some() && !shown).then(|| WAITING.to_string()),
         dead_because: None,
     }));
-    let target = Target { ip: l.iface.as_ref().map(|(_, ip, _)| ip.clone()), agent: super::guest::agent_of(l) };
+    let target = Target { ip: l.iface.as_ref().map(|(_, ip, _)| ip.clone()), agent: super::guest::agent_of(l)? };
     let mut tasks = Vec::new();
     if let Some((action, timing)) = readiness {
         let (h, t) = (health.clone(), target.clone());

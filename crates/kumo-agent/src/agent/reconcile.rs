@@ -2,17 +2,13 @@
 //! stop it on deletion and leave nothing behind.
 
 use super::{status, Agent, LocalVm};
-use crate::net::VmiNetwork;
-use crate::qemu::{self, RunningVm};
-use crate::vmi::prepare::{self, PrepareCtx, PrepareError};
-use crate::vmi::translate::{self, HostSettings};
+use crate::hypervisor::Launched;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use kumo_api::kubevirt::{VirtualMachineInstance, VirtualMachineInstanceStatus};
 use serde_json::json;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,10 +31,6 @@ pub fn error_policy(_obj: Arc<VirtualMachineInstance>, err: &Error, _agent: Arc<
 
 fn api(agent: &Agent, vmi: &VirtualMachineInstance) -> Api<VirtualMachineInstance> {
     Api::namespaced(agent.client.clone(), &vmi.namespace().unwrap_or_default())
-}
-
-fn dir(agent: &Agent, uid: &str) -> PathBuf {
-    agent.cfg.state_dir.join("vmis").join(uid)
 }
 
 async fn event(agent: &Agent, vmi: &VirtualMachineInstance, warning: bool, reason: &str, note: String) {
@@ -101,6 +93,9 @@ async fn set_finalizer(agent: &Agent, vmi: &VirtualMachineInstance, present: boo
 pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, agent: Arc<Agent>) -> Result<Action, Error> {
     let uid = vmi.uid().unwrap_or_default();
     let mine = vmi.node_name() == Some(agent.node.as_str());
+    if let Some(seen) = &agent.seen {
+        seen.record(&uid, mine);
+    }
     let phase = vmi.phase();
     let local = agent.vms.lock().await.get(&uid).cloned();
     if !mine {
@@ -115,12 +110,13 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, agent: Arc<Agent>) -> R
                 Some(l.vm.shutdown(grace).await.map_err(Error::Other)?)
             }
             // Deleted while this agent was down: the guest it left running is stopped all the same.
-            None => match qemu::attach(&dir(&agent, &uid).join("run")).await {
-                Ok(vm) => Some(vm.shutdown(grace).await.map_err(Error::Other)?),
-                Err(_) => None,
+            None => match agent.hv.find(&uid).await {
+                Some(vm) => Some(vm.shutdown(grace).await.map_err(Error::Other)?),
+                None => None,
             },
         };
-        if let Some(outcome) = outcome {
+        // A guest that had already ended (crashed, powered off) was reported then: nothing to say now.
+        if let Some(outcome) = outcome.filter(|o| *o != crate::qemu::ShutdownOutcome::AlreadyExited) {
             event(&agent, &vmi, false, "Deleted", format!("Signaled deletion; the guest {outcome:?}")).await;
         }
         cleanup(&agent, &uid).await;
@@ -160,6 +156,14 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, agent: Arc<Agent>) -> R
                 agent.probers.lock().expect("probers lock").remove(&uid);
                 return Ok(Action::requeue(Duration::from_secs(PROBE_BEAT)));
             }
+            if l.vm.qemu().is_none() {
+                // A simulated guest has no guest agent or disks to plug, and its readiness probe passes at once.
+                let probed = vmi.spec.readiness_probe.is_some();
+                if let Some(st) = probed.then(|| status::probed(&vmi, true, "", &status::now())).flatten() {
+                    patch_status(&agent, &vmi, st).await?;
+                }
+                return Ok(Action::await_change());
+            }
             if sync_guest_agent(&agent, &vmi, &l).await? {
                 return Ok(Action::requeue(Duration::from_millis(300)));
             }
@@ -193,8 +197,11 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, agent: Arc<Agent>) -> R
 async fn start(agent: &Arc<Agent>, vmi: &VirtualMachineInstance) -> Result<Action, Error> {
     set_finalizer(agent, vmi, true).await?;
     let uid = vmi.uid().unwrap_or_default();
-    match launch(agent, vmi, &uid).await {
-        Ok(local) => report_running(agent, vmi, &local).await,
+    match agent.hv.launch(vmi).await {
+        Ok(launched) => {
+            let local = register(agent, vmi, &uid, launched).await;
+            report_running(agent, vmi, &local).await
+        }
         Err(e) => {
             // The Failed arm of `reconcile` cleans up what was prepared, on the object this write produces.
             tracing::warn!(vmi = %vmi.name_any(), "start failed: {}: {}", e.reason, e.message);
@@ -206,84 +213,23 @@ async fn start(agent: &Arc<Agent>, vmi: &VirtualMachineInstance) -> Result<Actio
 }
 
 async fn report_running(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) -> Result<Action, Error> {
-    let accel = agent.accel.as_str();
+    let accel = agent.hv.accel();
     let iface = l.iface.as_ref().map(|(n, ip, mac)| (n.as_str(), ip.as_str(), mac.as_str()));
     patch_status(agent, vmi, status::running(vmi, iface, accel, &status::now())).await?;
-    let note = format!("VirtualMachineInstance started (QEMU pid {}, {accel})", l.vm.pid());
+    let note = format!("VirtualMachineInstance started ({}, {accel})", l.vm.describe());
     event(agent, vmi, false, "Started", note).await;
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
-fn prepare_ctx(agent: &Agent) -> PrepareCtx<'_> {
-    PrepareCtx {
-        client: &agent.client,
-        images: &agent.images,
-        registry: &agent.cfg.registry,
-        node_net: &agent.node_net,
-        ipam: &agent.ipam,
-        tap_owner: agent.cfg.run_as,
-        volume_dirs: &agent.volume_dirs,
-    }
-}
-
-async fn launch(agent: &Arc<Agent>, vmi: &VirtualMachineInstance, uid: &str) -> Result<Arc<LocalVm>, PrepareError> {
-    let dir = dir(agent, uid);
-    let ctx = prepare_ctx(agent);
-    // The network is plumbed by `ip`/`nft` processes while disks are prepared: both are on the boot path.
-    let (net_agent, net_vmi) = (agent.clone(), vmi.clone());
-    let net = tokio::task::spawn_blocking(move || prepare::network(&prepare_ctx(&net_agent), &net_vmi));
-    let (volumes, kernel) = tokio::join!(prepare::volumes(&ctx, vmi, &dir), prepare::kernel_boot(&ctx, vmi));
-    let net = net.await.map_err(|e| PrepareError::new("NetworkError", e.to_string()))?;
-    let (mut prepared, net) = (volumes?, net?);
-    prepared.kernel_boot = kernel?;
-    if let Some((name, n)) = &net {
-        prepared.nics.insert(name.clone(), (n.tap.clone(), n.mac.clone()));
-    }
-    let host = HostSettings { accel: agent.accel, sandbox: agent.cfg.sandbox, run_as: agent.cfg.run_as };
-    let mut cfg = translate::launch_config(vmi, &prepared, &dir.join("run"), &host)
-        .map_err(|m| PrepareError::new("InvalidSpec", m))?;
-    cfg.netns = net.as_ref().map(|(_, n)| n.netns.clone());
-    let dhcp_stop = match &net {
-        Some((_, n)) => Some(start_dhcp(n).map_err(|m| PrepareError::new("NetworkError", m))?),
-        None => None,
-    };
-    let vm = qemu::launch(&cfg, &agent.qemu).await.map_err(|e| PrepareError::new("QemuFailed", format!("{e:#}")))?;
-    Ok(register(agent, vmi, uid, vm, dhcp_stop, guest_iface(&net)).await)
-}
-
-/// What the VMI's status reports of its interface: name, pod IP, MAC.
-fn guest_iface(net: &Option<(String, VmiNetwork)>) -> Option<(String, String, String)> {
-    net.as_ref().map(|(name, n)| (name.clone(), n.pod_ip.to_string(), n.mac.clone()))
-}
-
-/// The DHCP server must listen before QEMU starts, or the guest's first DISCOVERs are lost.
-fn start_dhcp(net: &VmiNetwork) -> Result<tokio::sync::oneshot::Sender<()>, String> {
-    let socket = net.bind_dhcp().map_err(|e| format!("binding the DHCP server in {}: {e}", net.netns.display()))?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let cfg = net.dhcp.clone();
-    tokio::spawn(async move {
-        if let Err(e) = crate::net::serve(socket, cfg, async move {
-            let _ = rx.await;
-        })
-        .await
-        {
-            tracing::warn!("DHCP server stopped: {e}");
-        }
-    });
-    Ok(tx)
-}
-
 /// Remembers a running guest and reports its exit when the guest (not the agent) ends it.
-async fn register(
-    agent: &Arc<Agent>,
-    vmi: &VirtualMachineInstance,
-    uid: &str,
-    vm: RunningVm,
-    dhcp_stop: Option<tokio::sync::oneshot::Sender<()>>,
-    iface: Option<(String, String, String)>,
-) -> Arc<LocalVm> {
-    let local =
-        Arc::new(LocalVm { vm, dhcp_stop: std::sync::Mutex::new(dhcp_stop), stopping: Default::default(), iface });
+async fn register(agent: &Arc<Agent>, vmi: &VirtualMachineInstance, uid: &str, launched: Launched) -> Arc<LocalVm> {
+    let Launched { guest, iface, stop_services } = launched;
+    let local = Arc::new(LocalVm {
+        vm: guest,
+        stop_services: std::sync::Mutex::new(stop_services),
+        stopping: Default::default(),
+        iface,
+    });
     agent.vms.lock().await.insert(uid.to_string(), local.clone());
     let (agent, vmi, uid, watched) = (agent.clone(), vmi.clone(), uid.to_string(), local.clone());
     tokio::spawn(async move {
@@ -292,55 +238,27 @@ async fn register(
         if local.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let ok = exit.is_some_and(|s| s.success());
-        let msg = match exit {
-            Some(s) if s.success() => "the guest shut down".to_string(),
-            Some(s) => format!("QEMU exited with {s}"),
-            None => "QEMU exited".to_string(),
-        };
         // The name may already belong to a newer VMI (a VM restarted it); only report on this one.
         let Ok(Some(current)) = api(&agent, &vmi).get_opt(&vmi.name_any()).await else { return };
         if current.uid().as_deref() != Some(uid.as_str()) {
             return;
         }
-        if let Err(e) = patch_status(&agent, &current, status::finished(&current, ok, &msg, &status::now())).await {
+        let st = status::finished(&current, exit.ok, &exit.message, &status::now());
+        if let Err(e) = patch_status(&agent, &current, st).await {
             tracing::warn!("reporting guest exit: {e}");
         }
-        event(&agent, &current, !ok, if ok { "Stopped" } else { "Failed" }, msg).await;
+        event(&agent, &current, !exit.ok, if exit.ok { "Stopped" } else { "Failed" }, exit.message).await;
     });
     local
 }
 
-async fn reattach(agent: &Arc<Agent>, vmi: &VirtualMachineInstance, uid: &str) -> Result<Arc<LocalVm>, PrepareError> {
-    let vm = qemu::attach(&dir(agent, uid).join("run"))
-        .await
-        .map_err(|e| PrepareError::new("QemuExited", format!("the guest's QEMU process is gone: {e:#}")))?;
-    // Network setup converges on what exists, giving back the DHCP answer to serve again.
-    let (a, v) = (agent.clone(), vmi.clone());
-    let net = match tokio::task::spawn_blocking(move || prepare::network(&prepare_ctx(&a), &v)).await {
-        Ok(r) => r,
-        Err(e) => Err(PrepareError::new("NetworkError", e.to_string())),
-    };
-    let served = net.and_then(|net| {
-        let tx = match &net {
-            Some((_, n)) => Some(start_dhcp(n).map_err(|m| PrepareError::new("NetworkError", m))?),
-            None => None,
-        };
-        Ok((net, tx))
-    });
-    let (net, dhcp_stop) = match served {
-        Ok(ok) => ok,
-        Err(e) => {
-            // Not registered, so nothing else would stop this guest: it must not outlive its failed VMI (say,
-            // with a pod address that now belongs to another node).
-            if let Err(k) = vm.kill().await {
-                tracing::warn!(vmi = %vmi.name_any(), "stopping the guest: {k:#}");
-            }
-            return Err(e);
-        }
-    };
-    tracing::info!(vmi = %vmi.name_any(), pid = vm.pid(), "reattached to running guest");
-    Ok(register(agent, vmi, uid, vm, dhcp_stop, guest_iface(&net)).await)
+async fn reattach(
+    agent: &Arc<Agent>,
+    vmi: &VirtualMachineInstance,
+    uid: &str,
+) -> Result<Arc<LocalVm>, crate::vmi::prepare::PrepareError> {
+    let launched = agent.hv.reattach(vmi).await?;
+    Ok(register(agent, vmi, uid, launched).await)
 }
 
 /// How often a running VMI is looked at while it has probes (their results are reported then).
@@ -417,7 +335,7 @@ async fn sync_pause(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) ->
     if want == is {
         return Ok(false);
     }
-    let r = if want { l.vm.qmp().stop().await } else { l.vm.qmp().cont().await };
+    let r = if want { l.vm.pause().await } else { l.vm.resume().await };
     r.map_err(|e| Error::Other(anyhow::anyhow!("{}: {e}", if want { "pausing" } else { "resuming" })))?;
     patch_status(agent, vmi, status::paused(vmi, want, &status::now())).await?;
     event(
@@ -436,11 +354,7 @@ async fn sync_pause(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) ->
 /// files. The local directories are read before the API is asked, so a VMI created meanwhile is never taken
 /// for an orphan.
 pub(crate) async fn sweep_orphans(agent: &Agent) -> anyhow::Result<()> {
-    let root = agent.cfg.state_dir.join("vmis");
-    let local: Vec<String> = match std::fs::read_dir(&root) {
-        Ok(d) => d.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).collect(),
-        Err(_) => return Ok(()),
-    };
+    let local = agent.hv.local();
     if local.is_empty() {
         return Ok(());
     }
@@ -449,17 +363,14 @@ pub(crate) async fn sweep_orphans(agent: &Agent) -> anyhow::Result<()> {
     let listed = api.list(&kube::api::ListParams::default().labels(&mine)).await?;
     let live: std::collections::HashSet<String> = listed.items.iter().filter_map(|v| v.metadata.uid.clone()).collect();
     for uid in local.into_iter().filter(|u| !live.contains(u)) {
-        for pid in crate::fence::guests_under(&root.join(&uid)) {
-            tracing::warn!(uid = %uid, pid, "killing the guest of a VMI that no longer exists here");
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
-        }
+        agent.hv.kill_orphan(&uid);
         tracing::info!(uid = %uid, "removing what a VMI that no longer exists left on this host");
         cleanup(agent, &uid).await;
     }
     Ok(())
 }
 
-/// Removes everything the VMI had on this host: QEMU, DHCP, network namespace and links, pod IP, files.
+/// Removes everything the VMI had on this host: its guest, what served it, and what the hypervisor prepared.
 async fn cleanup(agent: &Agent, uid: &str) {
     agent.probers.lock().expect("probers lock").remove(uid);
     if let Some(l) = agent.vms.lock().await.remove(uid) {
@@ -467,24 +378,9 @@ async fn cleanup(agent: &Agent, uid: &str) {
         if l.vm.is_alive() {
             let _ = l.vm.kill().await;
         }
-        if let Some(tx) = l.dhcp_stop.lock().expect("lock").take() {
+        if let Some(tx) = l.stop_services.lock().expect("lock").take() {
             let _ = tx.send(());
         }
     }
-    // `ip` processes: off the async workers, like the setup.
-    let (node_net, id) = (agent.node_net.clone(), uid.to_string());
-    match tokio::task::spawn_blocking(move || node_net.teardown_vmi(&id)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("tearing down the network of {uid}: {e:#}"),
-        Err(e) => tracing::warn!("tearing down the network of {uid}: {e}"),
-    }
-    if let Err(e) = agent.ipam.release(uid) {
-        tracing::warn!("releasing the pod IP of {uid}: {e:#}");
-    }
-    let d = dir(agent, uid);
-    if d.exists() {
-        if let Err(e) = std::fs::remove_dir_all(&d) {
-            tracing::warn!("removing {}: {e}", d.display());
-        }
-    }
+    agent.hv.cleanup(uid).await;
 }

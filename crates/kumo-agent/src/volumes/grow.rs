@@ -10,7 +10,7 @@ pub(crate) async fn grow(agent: &Agent, image: &Path, bytes: u64) -> Result<&'st
     let path = image.to_str().ok_or_else(|| format!("{} is not valid UTF-8", image.display()))?;
     if let Some((vm, node)) = running_node(agent, path).await {
         let args = json!({"node-name": node, "size": bytes});
-        vm.vm.qmp().execute("block_resize", Some(args)).await.map_err(|e| format!("block_resize of {path}: {e}"))?;
+        vm.qmp()?.execute("block_resize", Some(args)).await.map_err(|e| format!("block_resize of {path}: {e}"))?;
         return Ok("in the running guest (block_resize)");
     }
     let info = crate::image::image_info(image).await.map_err(|e| format!("{e:#}"))?;
@@ -33,7 +33,8 @@ pub(crate) async fn grow(agent: &Agent, image: &Path, bytes: u64) -> Result<&'st
 pub(crate) async fn running_node(agent: &Agent, path: &str) -> Option<(std::sync::Arc<crate::agent::LocalVm>, String)> {
     let running: Vec<_> = agent.vms.lock().await.values().cloned().collect();
     for vm in running {
-        let Ok(nodes) = vm.vm.qmp().execute("query-named-block-nodes", None).await else { continue };
+        let Ok(qmp) = vm.qmp() else { continue };
+        let Ok(nodes) = qmp.execute("query-named-block-nodes", None).await else { continue };
         if let Some(node) = format_node_of(&nodes, path) {
             return Some((vm, node));
         }

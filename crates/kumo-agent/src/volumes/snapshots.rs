@@ -35,18 +35,17 @@ pub(crate) async fn sync(agent: &Agent, pv: &PersistentVolume, image: &Path) -> 
     let running = super::grow::running_node(agent, &path).await;
     let to_make: Vec<String> = wanted.iter().filter(|w| !made.contains(w)).cloned().collect();
     let frozen = match &running {
-        Some((vm, _)) if !to_make.is_empty() => freeze(&crate::agent::guest_agent_of(vm)).await,
+        Some((vm, _)) if !to_make.is_empty() => match crate::agent::guest_agent_of(vm) {
+            Some(ga) => freeze(&ga).await,
+            None => None,
+        },
         _ => None,
     };
     for name in to_make {
         let done = match &running {
-            Some((vm, node)) => vm
-                .vm
-                .qmp()
-                .execute("blockdev-snapshot-internal-sync", Some(json!({"device": node, "name": name})))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            Some((vm, node)) => {
+                qmp_do(vm, "blockdev-snapshot-internal-sync", json!({"device": node, "name": name})).await
+            }
             None => qemu_img(&["snapshot", "-c", &name, &path]).await,
         };
         match done {
@@ -59,13 +58,9 @@ pub(crate) async fn sync(agent: &Agent, pv: &PersistentVolume, image: &Path) -> 
     }
     for name in made.clone().iter().filter(|m| !wanted.contains(m)) {
         let done = match &running {
-            Some((vm, node)) => vm
-                .vm
-                .qmp()
-                .execute("blockdev-snapshot-delete-internal-sync", Some(json!({"device": node, "name": name})))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            Some((vm, node)) => {
+                qmp_do(vm, "blockdev-snapshot-delete-internal-sync", json!({"device": node, "name": name})).await
+            }
             None => qemu_img(&["snapshot", "-d", name, &path]).await,
         };
         match done {
@@ -90,6 +85,11 @@ pub(crate) async fn sync(agent: &Agent, pv: &PersistentVolume, image: &Path) -> 
 
 /// Freezes the guest's filesystems through its agent, so the snapshot holds them consistent; None when the guest
 /// has no agent answering (the snapshot is then crash-consistent, as KubeVirt's `NoGuestAgent` says).
+/// Runs a QMP command on a guest [`super::grow::running_node`] found.
+async fn qmp_do(vm: &crate::agent::LocalVm, command: &str, args: Value) -> Result<(), String> {
+    vm.qmp()?.execute(command, Some(args)).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
 async fn freeze(agent: &GuestAgent) -> Option<GuestAgent> {
     match agent.execute("guest-fsfreeze-freeze", None, FREEZE_TIMEOUT).await {
         Ok(n) => {

@@ -117,6 +117,27 @@ impl Store for EncryptedStore {
         Ok(kv)
     }
 
+    async fn create_expiring(&self, key: &str, value: Vec<u8>, ttl: std::time::Duration) -> Result<KeyValue> {
+        let sealed = self.seal(key, value.clone());
+        let mut kv = self.inner.create_expiring(key, sealed, ttl).await.map_err(|e| self.open_err(e))?;
+        kv.value = value;
+        Ok(kv)
+    }
+
+    async fn update_expiring(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected_revision: i64,
+        ttl: std::time::Duration,
+    ) -> Result<KeyValue> {
+        let sealed = self.seal(key, value.clone());
+        let mut kv =
+            self.inner.update_expiring(key, sealed, expected_revision, ttl).await.map_err(|e| self.open_err(e))?;
+        kv.value = value;
+        Ok(kv)
+    }
+
     async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<KeyValue> {
         let kv = self.inner.delete(key, expected_revision).await.map_err(|e| self.open_err(e))?;
         self.open_kv(kv)

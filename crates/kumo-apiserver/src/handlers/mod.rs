@@ -89,19 +89,105 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>, 
     if anonymous && !path.starts_with("/api/v1/namespaces/kube-public/configmaps/cluster-info") {
         return response::error(&ApiError::unauthorized());
     }
+    // Everything past health checks waits for a seat of its priority level (or is refused, 429).
+    let target = parse_path(&path);
+    let who = (user.name(), user.groups());
+    let admitted = match api.flowcontrol.admit(&digest(&who, &parts.method, &path, &query, target.as_ref())).await {
+        Ok(a) => a,
+        Err(refused) => {
+            api.metrics.flow_rejected(&refused.class, refused.rejection.reason());
+            return response::error(&ApiError::too_many_requests("too many requests, please try again later", 1));
+        }
+    };
+    let call = Incoming { parts, body, path, query, accept, user };
+    let mut resp = serve(&api, call, target).await;
+    let headers = resp.headers_mut();
+    for (name, uid) in [(PF_SCHEMA_HEADER, &admitted.flow_schema_uid), (PF_LEVEL_HEADER, &admitted.priority_level_uid)]
+    {
+        if let Ok(v) = http::HeaderValue::from_str(uid) {
+            headers.insert(name, v);
+        }
+    }
+    drop(admitted);
+    resp
+}
+
+/// Response headers naming the FlowSchema and priority level a request was served under, as Kubernetes sets.
+const PF_SCHEMA_HEADER: &str = "x-kubernetes-pf-flowschema-uid";
+const PF_LEVEL_HEADER: &str = "x-kubernetes-pf-prioritylevel-uid";
+
+/// What API Priority and Fairness classifies a request by.
+fn digest<'a>(
+    (user, groups): &'a (String, Vec<&'static str>),
+    method: &Method,
+    path: &'a str,
+    query: &Query,
+    target: Option<&'a Target>,
+) -> kumo_api::flowcontrol::RequestDigest<'a> {
+    let base = kumo_api::flowcontrol::RequestDigest { user, groups, verb: "get", path, ..Default::default() };
+    match target {
+        Some(Target::Resource(p)) => kumo_api::flowcontrol::RequestDigest {
+            verb: verb_of(method, p, query),
+            is_resource: true,
+            api_group: &p.group,
+            resource: &p.resource,
+            subresource: p.subresource.as_deref(),
+            namespace: p.namespace.as_deref(),
+            ..base
+        },
+        // Discovery, OpenAPI, metrics: non-resource requests.
+        _ => kumo_api::flowcontrol::RequestDigest { verb: non_resource_verb(method), ..base },
+    }
+}
+
+fn non_resource_verb(method: &Method) -> &'static str {
+    match *method {
+        Method::GET | Method::HEAD => "get",
+        Method::POST => "post",
+        Method::PUT => "put",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "unknown",
+    }
+}
+
+/// A request, authenticated, before it is parsed further.
+struct Incoming {
+    parts: http::request::Parts,
+    body: hyper::body::Incoming,
+    path: String,
+    query: Query,
+    accept: Accept,
+    user: User,
+}
+
+/// A request that has its seat: authorized and served.
+async fn serve(api: &Arc<ApiServer>, call: Incoming, target: Option<Target>) -> Resp {
+    let Incoming { parts, body, path, query, accept, user } = call;
+    if path == "/metrics" {
+        if user != User::Admin {
+            return response::error(&ApiError::forbidden(format!("User \"{}\" cannot get /metrics", user.name())));
+        }
+        let mut r = plain(api.metrics.text());
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        return r;
+    }
     if path == crate::snapshot::PATH {
-        return crate::snapshot::serve(&api, &user, &parts.method).await;
+        return crate::snapshot::serve(api, &user, &parts.method).await;
     }
     if path == "/openapi/v3" || path.starts_with("/openapi/v3/") {
-        return crate::openapi::serve(&api, &path);
+        return crate::openapi::serve(api, &path);
     }
-    let target = match parse_path(&path) {
+    let target = match target {
         Some(t) => t,
         None => return response::error(&ApiError::path_not_found(&path)),
     };
     let rpath = match target {
         Target::Resource(p) => p,
-        other => return crate::discovery::serve(&api, &other),
+        other => return crate::discovery::serve(api, &other),
     };
     if rpath.group == crate::kubevirt::GROUP && user != User::Admin {
         // VM verbs and consoles are for people (and their tools), not for node credentials.
@@ -110,7 +196,7 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>, 
     }
     if rpath.group == crate::kubevirt::GROUP && rpath.subresource.as_deref() == Some("console") {
         // A WebSocket upgrade, proxied to the node: the body stays unread.
-        return crate::console::proxy(&api, Request::from_parts(parts, body), rpath).await;
+        return crate::console::proxy(api, Request::from_parts(parts, body), rpath).await;
     }
     if accept.protobuf_only {
         return response::error(&ApiError::not_acceptable("only application/json and application/yaml are served"));
@@ -124,44 +210,71 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>, 
         Bytes::new()
     };
     let call = Call { method: parts.method, path: rpath, query, headers: parts.headers, body, accept, user };
-    if let Err(e) = auth::check(&api, &call.user, &attributes(&call), &call.body).await {
-        return response::error(&e);
-    }
-    match route(&api, call).await {
-        Ok(r) => r,
+    let started = std::time::Instant::now();
+    let mut labels = request_labels(&call);
+    let resp = match auth::check(api, &call.user, &attributes(&call), &call.body).await {
         Err(e) => response::error(&e),
+        Ok(()) => match route(api, call).await {
+            Ok(r) => r,
+            Err(e) => response::error(&e),
+        },
+    };
+    labels.code = resp.status().as_u16().to_string();
+    api.metrics.observe(labels, started.elapsed());
+    resp
+}
+
+/// What the request metrics count a request by (its code is filled in once served).
+fn request_labels(call: &Call) -> crate::metrics::RequestLabels {
+    let a = attributes(call);
+    crate::metrics::RequestLabels {
+        verb: a.verb.to_string(),
+        group: a.group.to_string(),
+        version: call.path.version.clone(),
+        resource: a.resource.to_string(),
+        subresource: a.subresource.unwrap_or_default().to_string(),
+        code: String::new(),
     }
 }
 
 /// Ready means the store answers and takes writes. `?verbose` lists each check, as Kubernetes does.
 async fn readyz(api: &ApiServer, verbose: bool) -> Resp {
-    let store = &api.objects.store;
-    let reach = match tokio::time::timeout(Duration::from_secs(3), store.current_revision()).await {
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some("no answer in 3s".to_string()),
+    async fn reach(store: &dyn kumo_store::Store) -> Option<String> {
+        match tokio::time::timeout(Duration::from_secs(3), store.current_revision()).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no answer in 3s".to_string()),
+        }
+    }
+    let writes = |store: &dyn kumo_store::Store| store.write_failure().map(|why| format!("writes are failing: {why}"));
+    let (store, events) = (&*api.objects.store, &*api.objects.events);
+    // (name, failure, whether it makes the server unready). A failing events store of its own is listed but
+    // leaves the server ready: everything else is still served (agents read unready as "the store is down").
+    let mut checks = vec![("store", reach(store).await, true), ("store-writes", writes(store), true)];
+    if api.objects.events_apart() {
+        checks.push(("events-store", reach(events).await, false));
+        checks.push(("events-store-writes", writes(events), false));
+    }
+    let failed: Vec<String> = checks.iter().filter(|c| c.2).filter_map(|c| c.1.clone()).collect();
+    let lines = || -> String {
+        checks
+            .iter()
+            .map(|(name, f, _)| match f {
+                None => format!("[+]{name} ok\n"),
+                Some(why) => format!("[-]{name} failed: {why}\n"),
+            })
+            .collect()
     };
-    let writes = store.write_failure().map(|why| format!("writes are failing: {why}"));
-    let checks = [("store", &reach), ("store-writes", &writes)];
-    let failed: Vec<String> = checks.iter().filter_map(|(_, f)| (*f).clone()).collect();
     if failed.is_empty() {
         if !verbose {
             return plain("ok".into());
         }
-        let lines: String = checks.iter().map(|(name, _)| format!("[+]{name} ok\n")).collect();
-        return plain(format!("{lines}readyz check passed\n"));
+        return plain(format!("{}readyz check passed\n", lines()));
     }
     // Agents look for STORE_DOWN: a control plane that cannot write cannot renew their Leases either.
     let mut message = format!("{STORE_DOWN}: {}", failed.join("; "));
     if verbose {
-        let lines: String = checks
-            .iter()
-            .map(|(name, f)| match f {
-                None => format!("[+]{name} ok\n"),
-                Some(why) => format!("[-]{name} failed: {why}\n"),
-            })
-            .collect();
-        message = format!("{lines}readyz check failed: {message}");
+        message = format!("{}readyz check failed: {message}", lines());
     }
     response::error(&ApiError::unavailable(message))
 }
@@ -187,12 +300,12 @@ async fn authenticate(api: &ApiServer, headers: &http::HeaderMap, cert_user: Opt
 }
 
 /// The request as the authorizer sees it.
-fn attributes(call: &Call) -> Attributes<'_> {
-    let p = &call.path;
+/// The Kubernetes verb of a resource request.
+fn verb_of(method: &Method, p: &ResourcePath, query: &Query) -> &'static str {
     let named = p.name.is_some();
-    let verb = match call.method {
+    match *method {
         Method::GET if named => "get",
-        Method::GET if call.query.flag("watch") || p.legacy_watch => "watch",
+        Method::GET if query.flag("watch") || p.legacy_watch => "watch",
         Method::GET => "list",
         Method::POST => "create",
         Method::PUT => "update",
@@ -200,9 +313,13 @@ fn attributes(call: &Call) -> Attributes<'_> {
         Method::DELETE if named => "delete",
         Method::DELETE => "deletecollection",
         _ => "unknown",
-    };
+    }
+}
+
+fn attributes(call: &Call) -> Attributes<'_> {
+    let p = &call.path;
     Attributes {
-        verb,
+        verb: verb_of(&call.method, p, &call.query),
         group: &p.group,
         resource: &p.resource,
         subresource: p.subresource.as_deref(),

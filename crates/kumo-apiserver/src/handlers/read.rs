@@ -74,7 +74,7 @@ pub async fn list(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Res
     let limit = call.query.int("limit").map_err(ApiError::bad_request)?.unwrap_or(0).max(0) as usize;
     let rv = call.query.get("resourceVersion");
     let rv_match = call.query.get("resourceVersionMatch");
-    let (mut revision, mut start_after) = (None, None);
+    let (mut revision, mut start_after) = (None, None::<String>);
     if let Some(token) = call.query.get("continue") {
         if rv.is_some_and(|r| r != "0") {
             return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
@@ -92,11 +92,10 @@ pub async fn list(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Res
             }
             (Some(r), _) => {
                 let want = parse_rv(r)?;
-                if want > 0 && !api.cache.wait_for(want, Duration::from_secs(3)).await {
-                    let mut e = ApiError::timeout(format!(
-                        "Too large resource version: {want}, current: {}",
-                        api.cache.revision()
-                    ));
+                let cache = api.cache_for(&def.key_prefix());
+                if want > 0 && !cache.wait_for(want, Duration::from_secs(3)).await {
+                    let mut e =
+                        ApiError::timeout(format!("Too large resource version: {want}, current: {}", cache.revision()));
                     e.retry_after_seconds = Some(1);
                     return Err(e);
                 }
@@ -112,6 +111,89 @@ pub async fn list(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Res
         }
     }
     let prefix = def.list_prefix(call.namespace());
+    let indexed = match (revision, &start_after) {
+        (None, None) => from_index(api, def, &sel, &prefix, limit).await?,
+        _ => None,
+    };
+    let Page { items, more, remaining, last_key, read_rev } = match indexed {
+        Some(page) => page,
+        None => scan(api, def, call, &sel, &prefix, limit, revision, start_after).await?,
+    };
+    let mut meta = json!({"resourceVersion": read_rev.to_string()});
+    if more {
+        if let Some(k) = &last_key {
+            meta["continue"] = json!(encode_continue(read_rev, k));
+        }
+        if sel.is_empty() && remaining > 0 {
+            meta["remainingItemCount"] = json!(remaining);
+        }
+    }
+    if call.accept.table {
+        let t = table::table(def, &items, include_object(call), meta, true);
+        return Ok(response::encode(StatusCode::OK, &t, &call.accept));
+    }
+    Ok(response::encode(StatusCode::OK, &list_object(def, items, meta), &call.accept))
+}
+
+/// One page of a list.
+struct Page {
+    items: Vec<Value>,
+    more: bool,
+    remaining: i64,
+    last_key: Option<String>,
+    read_rev: i64,
+}
+
+/// A list selecting on a label the watch cache indexes, answered by reading only the keys that carry it, at
+/// the cache's revision once it has caught up with the store (so the read is as consistent as the store's).
+/// None: not indexed, or the cache is behind; the caller scans.
+async fn from_index(
+    api: &ApiServer,
+    def: &ResourceDef,
+    sel: &Selectors,
+    prefix: &str,
+    limit: usize,
+) -> Result<Option<Page>, ApiError> {
+    let Some((label, value)) = sel.labels.required_label() else { return Ok(None) };
+    if !crate::watch_cache::index_covers(prefix, label) {
+        return Ok(None);
+    }
+    let (store, cache) = (api.objects.store_for(prefix), api.cache_for(prefix));
+    let current = store.current_revision().await.map_err(|e| store_error(def, "", e))?;
+    if !cache.wait_for(current, Duration::from_secs(3)).await {
+        return Ok(None);
+    }
+    let Some((keys, rev)) = cache.indexed_keys(prefix, label, value) else { return Ok(None) };
+    let mut page = Page { items: vec![], more: false, remaining: 0, last_key: None, read_rev: rev };
+    for key in keys {
+        if limit > 0 && page.items.len() == limit {
+            page.more = true;
+            break;
+        }
+        let req = RangeRequest { prefix: key.clone(), limit: 1, revision: Some(rev), ..Default::default() };
+        let r = store.range(req).await.map_err(|e| store_error(def, "", e))?;
+        let Some(kv) = r.kvs.first().filter(|kv| kv.key == key) else { continue };
+        let obj = present(def, decode(kv)?);
+        if sel.matches(&obj) {
+            page.items.push(obj);
+            page.last_key = Some(key);
+        }
+    }
+    Ok(Some(page))
+}
+
+/// A list read from the store: in pages until `limit` selected items are found.
+#[allow(clippy::too_many_arguments)]
+async fn scan(
+    api: &ApiServer,
+    def: &ResourceDef,
+    call: &Call,
+    sel: &Selectors,
+    prefix: &str,
+    limit: usize,
+    mut revision: Option<i64>,
+    mut start_after: Option<String>,
+) -> Result<Page, ApiError> {
     let mut items = Vec::new();
     let (mut more, mut remaining, mut last_key) = (false, 0i64, None::<String>);
     let read_rev;
@@ -120,8 +202,8 @@ pub async fn list(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Res
         let page = if limit == 0 { 0 } else { (limit - items.len()).max(if sel.is_empty() { 0 } else { 500 }) };
         let r = api
             .objects
-            .store
-            .range(RangeRequest { prefix: prefix.clone(), start_after: start_after.clone(), limit: page, revision })
+            .store_for(prefix)
+            .range(RangeRequest { prefix: prefix.to_string(), start_after: start_after.clone(), limit: page, revision })
             .await
             .map_err(|e| match e {
                 kumo_store::Error::Compacted { .. } if call.query.get("continue").is_some() => ApiError::gone(
@@ -151,18 +233,5 @@ pub async fn list(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Res
         }
         start_after = last_key.clone();
     }
-    let mut meta = json!({"resourceVersion": read_rev.to_string()});
-    if more {
-        if let Some(k) = &last_key {
-            meta["continue"] = json!(encode_continue(read_rev, k));
-        }
-        if sel.is_empty() && remaining > 0 {
-            meta["remainingItemCount"] = json!(remaining);
-        }
-    }
-    if call.accept.table {
-        let t = table::table(def, &items, include_object(call), meta, true);
-        return Ok(response::encode(StatusCode::OK, &t, &call.accept));
-    }
-    Ok(response::encode(StatusCode::OK, &list_object(def, items, meta), &call.accept))
+    Ok(Page { items, more, remaining, last_key, read_rev })
 }

@@ -122,7 +122,10 @@ pub async fn watch(api: Arc<ApiServer>, def: Arc<ResourceDef>, call: &Call) -> R
         (vec![], parse_rv(rv.unwrap_or("0"))?)
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
-    let stream = match api.cache.watch(&prefix, start).await {
+    // A label every selected object carries files the watcher under it: it hears only of those objects.
+    let label = sel.labels.required_label().map(|(k, v)| (k.to_string(), v.to_string()));
+    let interest = crate::watch_cache::Interest { prefix: prefix.clone(), label };
+    let stream = match api.cache_for(&prefix).watch_with(interest, start) {
         Ok(s) => Some(s),
         Err(g) => {
             let _ = tx.try_send(gone_event(format!("too old resource version: {} ({})", g.requested, g.oldest)));
@@ -130,7 +133,7 @@ pub async fn watch(api: Arc<ApiServer>, def: Arc<ResourceDef>, call: &Call) -> R
         }
     };
     let interval = api.bookmark_interval;
-    let cache = api.cache.clone();
+    let cache = api.cache_for(&prefix).clone();
     tokio::spawn(async move {
         let Some(mut stream) = stream else { return };
         for obj in initial.drain(..) {

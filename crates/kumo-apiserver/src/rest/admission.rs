@@ -139,6 +139,9 @@ pub fn validate(
     if def.builtin.is_some() {
         causes.extend(kumo_api::storage::validate(&def.kind, obj));
     }
+    if def.group == kumo_api::flowcontrol::GROUP {
+        causes.extend(kumo_api::flowcontrol::validate(&def.kind, obj));
+    }
     if !causes.is_empty() {
         return Err(ApiError::invalid(&def.group, &def.kind, &name, causes));
     }

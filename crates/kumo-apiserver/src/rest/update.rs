@@ -142,7 +142,8 @@ pub async fn current_guess(
     rv: Option<i64>,
 ) -> Result<Option<Value>, ApiError> {
     let wanted = |rv_of: i64| rv.is_none_or(|rv| rv == rv_of);
-    if let Some(ev) = api.cache.newest(&def.key(ns, name)).filter(|ev| !ev.deleted && wanted(ev.revision)) {
+    let key = def.key(ns, name);
+    if let Some(ev) = api.cache_for(&key).newest(&key).filter(|ev| !ev.deleted && wanted(ev.revision)) {
         return Ok(Some((*ev.object).clone()));
     }
     let read = api.objects.get_serializable(def, ns, name).await?;

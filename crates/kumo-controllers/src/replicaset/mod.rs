@@ -114,7 +114,11 @@ pub fn paused_condition(old: Option<&[Condition]>, now: &str, what: &str, member
 }
 
 /// Decides what the group does, given every VMI in its namespace.
-pub fn plan(rs: &VirtualMachineInstanceReplicaSet, vmis: &[VirtualMachineInstance], now: &str) -> Plan {
+pub fn plan<'a>(
+    rs: &VirtualMachineInstanceReplicaSet,
+    vmis: impl IntoIterator<Item = &'a VirtualMachineInstance>,
+    now: &str,
+) -> Plan {
     let mut plan = Plan::default();
     let me = rs.metadata.uid.as_deref().unwrap_or_default();
     let sel = selector(rs);

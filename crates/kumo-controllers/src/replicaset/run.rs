@@ -1,21 +1,70 @@
-//! Applying the replica set's plan through the API: a fresh list of the namespace's VMIs, creates, deletes,
-//! adoption (a merge patch guarded by the VMI's uid and resourceVersion), events and the status.
+//! Applying the replica set's plan through the API: creates, deletes, adoption (a merge patch guarded by the
+//! VMI's uid and resourceVersion), events and the status.
+//!
+//! The VMIs come from one watch cache of every VMI, not a list per reconcile (a list per VMI change is
+//! quadratic in a replica set's size). A cache lags its writes, so, as Kubernetes' controllers do, each set
+//! remembers what it created and deleted (its expectations) and plans again only once the cache shows them.
 
 use super::plan;
 use crate::runtime::not_found_or_conflict;
 use futures::StreamExt;
-use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Reporter};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt;
 use kube::{Client, ResourceExt};
 use kumo_api::kubevirt::{Condition, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
-use std::sync::Arc;
-use std::time::Duration;
+use kumo_events::Recorder;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 struct Ctx {
     client: Client,
     recorder: Recorder,
+    vmis: Store<VirtualMachineInstance>,
+    /// Per replica set (by uid): VMIs it created and deleted that the cache may not show yet.
+    expected: Mutex<HashMap<String, Expected>>,
+}
+
+/// Changes a replica set made that its next plan must see in the cache first.
+struct Expected {
+    created: HashSet<String>,
+    deleted: HashSet<String>,
+    at: Instant,
+}
+
+/// How long to wait for the cache to show a set's own changes before planning anyway (a create whose answer
+/// was lost, an object deleted and gone before the cache saw it).
+const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Ctx {
+    /// Whether the cache shows every change `uid` made (forgetting them once it does, or once they are old).
+    fn satisfied(&self, uid: &str, vmis: &[Arc<VirtualMachineInstance>]) -> bool {
+        let mut expected = self.expected.lock().expect("lock");
+        let Some(e) = expected.get(uid) else { return true };
+        let live = |name: &String| {
+            vmis.iter().any(|v| v.metadata.name.as_ref() == Some(name) && v.metadata.deletion_timestamp.is_none())
+        };
+        let seen = e.created.iter().all(|n| vmis.iter().any(|v| v.metadata.name.as_ref() == Some(n)))
+            && !e.deleted.iter().any(live);
+        if seen || e.at.elapsed() > EXPECTATIONS_TIMEOUT {
+            expected.remove(uid);
+            return true;
+        }
+        false
+    }
+
+    fn expect(&self, uid: &str, created: HashSet<String>, deleted: HashSet<String>) {
+        if !created.is_empty() || !deleted.is_empty() {
+            self.expected
+                .lock()
+                .expect("lock")
+                .insert(uid.to_string(), Expected { created, deleted, at: Instant::now() });
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +95,19 @@ pub(crate) fn set_failure(
 /// Runs the controller until the process ends.
 pub async fn run(client: Client) {
     let reporter = Reporter { controller: "virtualmachineinstancereplicaset-controller".into(), instance: None };
-    let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone() });
+    let (vmis, writer) = reflector::store();
+    let vmi_changes = watcher(Api::<VirtualMachineInstance>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    let ctx = Arc::new(Ctx {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        vmis,
+        expected: Default::default(),
+    });
     Controller::new(Api::<VirtualMachineInstanceReplicaSet>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<VirtualMachineInstance>::all(client), watcher::Config::default())
+        .owns_stream(vmi_changes)
         .run(
             reconcile,
             |_, err: &Error, _| {
@@ -64,13 +123,23 @@ pub async fn run(client: Client) {
 async fn reconcile(rs: Arc<VirtualMachineInstanceReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = rs.namespace().unwrap_or_default();
     let api = Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), &ns);
-    let vmis = api.list(&ListParams::default()).await?.items;
-    let mut plan = plan(&rs, &vmis, &kumo_api::meta::now_rfc3339());
+    if ctx.vmis.wait_until_ready().await.is_err() {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let uid = rs.metadata.uid.clone().unwrap_or_default();
+    let vmis: Vec<Arc<VirtualMachineInstance>> =
+        ctx.vmis.state().into_iter().filter(|v| v.metadata.namespace.as_deref() == Some(ns.as_str())).collect();
+    if !ctx.satisfied(&uid, &vmis) {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let mut plan = plan(&rs, vmis.iter().map(|v| &**v), &kumo_api::meta::now_rfc3339());
+    let (mut created, mut deleted) = (HashSet::new(), HashSet::new());
     let mut failure: Option<(&str, String)> = None;
     crate::runtime::adopt_and_release(&api, &super::owner_ref(&rs), &plan.adopt, &plan.release).await?;
     for vmi in &plan.create {
         match api.create(&PostParams::default(), vmi).await {
             Ok(made) => {
+                created.insert(made.name_any());
                 let note = format!("Created virtual machine instance: {}", made.name_any());
                 crate::runtime::record(&ctx.recorder, &*rs, EventType::Normal, "SuccessfulCreate", "Create", note)
                     .await;
@@ -90,6 +159,7 @@ async fn reconcile(rs: Arc<VirtualMachineInstanceReplicaSet>, ctx: Arc<Ctx>) -> 
         };
         match api.delete(name, &dp).await {
             Ok(_) => {
+                deleted.insert(name.clone());
                 let note = format!("Deleted virtual machine instance: {name}");
                 crate::runtime::record(&ctx.recorder, &*rs, EventType::Normal, "SuccessfulDelete", "Delete", note)
                     .await;
@@ -101,6 +171,7 @@ async fn reconcile(rs: Arc<VirtualMachineInstanceReplicaSet>, ctx: Arc<Ctx>) -> 
             Err(e) => return Err(e.into()),
         }
     }
+    ctx.expect(&uid, created, deleted);
     let conditions = plan.status.conditions.get_or_insert_with(Vec::new);
     let before = rs.status.as_ref().and_then(|s| s.conditions.as_deref());
     set_failure(conditions, before, failure.as_ref());

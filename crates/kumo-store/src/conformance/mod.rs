@@ -9,6 +9,7 @@
 //! returning a [`Fixture`]. [`EtcdServer`] starts a real etcd for tests.
 
 mod etcd_server;
+mod expiry;
 mod kv;
 mod small_fs;
 mod watch;
@@ -22,6 +23,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 pub use etcd_server::{free_port, EtcdServer, EtcdTls};
+pub use expiry::*;
 pub use kv::*;
 pub use small_fs::SmallFs;
 pub use watch::*;
@@ -58,6 +60,7 @@ macro_rules! conformance_tests {
             watch_delete_events_carry_the_last_value,
             watch_from_future_revision_skips_until_then,
             watch_sees_concurrent_writes_in_order,
+            keys_expire_after_their_ttl,
         );
     };
     (@each $fixture:path; $($name:ident),* $(,)?) => {

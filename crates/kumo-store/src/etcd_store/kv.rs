@@ -94,12 +94,13 @@ impl EtcdStore {
         Ok(RangeResponse { kvs, revision, more: resp.more(), remaining })
     }
 
-    pub(super) async fn create_key(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
+    /// `lease`: the etcd lease the key is attached to (it is deleted when that expires).
+    pub(super) async fn create_key(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> Result<KeyValue> {
         let k = self.keys.data(key);
         let txn = Txn::new().when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
             k,
             value.clone(),
-            None,
+            put_options(lease),
         )]);
         let resp = self.txn("create", txn).await?;
         if !resp.succeeded() {
@@ -109,7 +110,13 @@ impl EtcdStore {
         Ok(KeyValue { key: key.to_string(), value, create_revision: rev, mod_revision: rev })
     }
 
-    pub(super) async fn update_key(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<KeyValue> {
+    pub(super) async fn update_key(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+        lease: Option<i64>,
+    ) -> Result<KeyValue> {
         let k = self.keys.data(key);
         // A missing key has mod_revision 0, so also require that it exists.
         let txn = Txn::new()
@@ -120,7 +127,7 @@ impl EtcdStore {
             // Reading the key back (without its value) gives its create_revision without shipping the old
             // value, which prev_kv would.
             .and_then([
-                TxnOp::put(k.clone(), value.clone(), None),
+                TxnOp::put(k.clone(), value.clone(), put_options(lease)),
                 TxnOp::get(k.clone(), Some(GetOptions::new().with_keys_only())),
             ])
             .or_else([TxnOp::get(k, None)]);
@@ -218,6 +225,11 @@ impl EtcdStore {
         })
         .await
     }
+}
+
+/// A put attached to `lease`, or to none (which also detaches the key from a lease it had).
+fn put_options(lease: Option<i64>) -> Option<PutOptions> {
+    lease.map(|id| PutOptions::new().with_lease(id))
 }
 
 /// `(mod_revision, value)` of the compaction record; `(0, 0)` before the first compaction.

@@ -18,6 +18,7 @@
 
 mod errors;
 mod kv;
+mod lease;
 mod watch;
 
 #[cfg(test)]
@@ -29,7 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, Identity, KvClient, MaintenanceClient, TlsOptions, WatchClient,
+    Certificate, Client, ConnectOptions, Identity, KvClient, LeaseClient, MaintenanceClient, TlsOptions, WatchClient,
 };
 use futures::stream::BoxStream;
 
@@ -87,12 +88,14 @@ pub struct EtcdStore {
     preferred: AtomicUsize,
     keys: Keys,
     timeout: Duration,
+    leases: lease::Leases,
 }
 
 struct Endpoint {
     kv: KvClient,
     watch: WatchClient,
     maintenance: MaintenanceClient,
+    lease: LeaseClient,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -115,6 +118,7 @@ impl EtcdStore {
                 kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES),
                 watch: client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES),
                 maintenance: client.maintenance_client(),
+                lease: client.lease_client(),
             });
         }
         let store = EtcdStore {
@@ -122,6 +126,7 @@ impl EtcdStore {
             preferred: AtomicUsize::new(0),
             keys: Keys::new(&config.prefix),
             timeout: config.timeout,
+            leases: Default::default(),
         };
         store.current_revision().await?;
         Ok(store)
@@ -278,11 +283,25 @@ impl Store for EtcdStore {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
-        self.create_key(key, value).await
+        self.create_key(key, value, None).await
     }
 
     async fn update(&self, key: &str, value: Vec<u8>, expected_revision: i64) -> Result<KeyValue> {
-        self.update_key(key, value, expected_revision).await
+        self.update_key(key, value, expected_revision, None).await
+    }
+
+    async fn create_expiring(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<KeyValue> {
+        self.with_lease(ttl, |lease| self.create_key(key, value.clone(), Some(lease))).await
+    }
+
+    async fn update_expiring(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected_revision: i64,
+        ttl: Duration,
+    ) -> Result<KeyValue> {
+        self.with_lease(ttl, |lease| self.update_key(key, value.clone(), expected_revision, Some(lease))).await
     }
 
     async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<KeyValue> {

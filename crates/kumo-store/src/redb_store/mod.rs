@@ -237,6 +237,8 @@ fn init(db: &Database) -> Result<(i64, i64)> {
     txn.open_table(schema::CURRENT).map_err(backend)?;
     txn.open_table(schema::HISTORY).map_err(backend)?;
     txn.open_table(schema::LOG).map_err(backend)?;
+    txn.open_table(schema::EXPIRY).map_err(backend)?;
+    txn.open_table(schema::EXPIRES).map_err(backend)?;
     txn.commit().map_err(backend)?;
     Ok(revisions)
 }
@@ -273,11 +275,27 @@ impl Store for RedbStore {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
-        self.submit_kv(Op::Create { key: key.to_string(), value }).await
+        self.submit_kv(Op::Create { key: key.to_string(), value, expires: None }).await
     }
 
     async fn update(&self, key: &str, value: Vec<u8>, expected_revision: i64) -> Result<KeyValue> {
-        self.submit_kv(Op::Update { key: key.to_string(), value, expected: expected_revision }).await
+        self.submit_kv(Op::Update { key: key.to_string(), value, expected: expected_revision, expires: None }).await
+    }
+
+    async fn create_expiring(&self, key: &str, value: Vec<u8>, ttl: std::time::Duration) -> Result<KeyValue> {
+        let expires = Some(writer::deadline(ttl));
+        self.submit_kv(Op::Create { key: key.to_string(), value, expires }).await
+    }
+
+    async fn update_expiring(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected_revision: i64,
+        ttl: std::time::Duration,
+    ) -> Result<KeyValue> {
+        let expires = Some(writer::deadline(ttl));
+        self.submit_kv(Op::Update { key: key.to_string(), value, expected: expected_revision, expires }).await
     }
 
     async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<KeyValue> {

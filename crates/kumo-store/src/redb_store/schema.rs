@@ -6,10 +6,13 @@
 //! | `current` | key            | `crc u32 LE, create_rev i64 LE, mod_rev i64 LE, value`       |
 //! | `history` | `(key, rev)`   | `kind u8, crc u32 LE, create_rev i64 LE, value` (tombstones carry no value) |
 //! | `log`     | `rev`          | key written at that revision                                 |
+//! | `expiry`  | `(deadline, key)` | `()`: keys written with a TTL, in deadline order (unix ms) |
+//! | `expires` | key            | `i64`: the key's deadline, to find its `expiry` row when it is written again |
 //!
 //! `current` serves latest reads; `history` holds every superseded version and deletion (not the current value,
 //! which is stored once) for reads at a past revision and for watch replay; `log` orders every change by
-//! revision so a watch can replay it.
+//! revision so a watch can replay it. `expiry` lets the writer find the keys due for deletion by reading only
+//! those (no scan); it is added by a plain open, so it needs no format change.
 //!
 //! Every row carries a CRC-32 over its key, its revisions and its value, checked on every read: redb's own page
 //! checksums are only verified by an integrity check, so a garbled value would otherwise be served.
@@ -30,6 +33,8 @@ pub(crate) const META: TableDefinition<&str, i64> = TableDefinition::new("meta")
 pub(crate) const CURRENT: TableDefinition<&str, &[u8]> = TableDefinition::new("current");
 pub(crate) const HISTORY: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("history");
 pub(crate) const LOG: TableDefinition<i64, &str> = TableDefinition::new("log");
+pub(crate) const EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("expiry");
+pub(crate) const EXPIRES: TableDefinition<&str, i64> = TableDefinition::new("expires");
 
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
 pub(crate) const META_REVISION: &str = "revision";

@@ -4,6 +4,7 @@ use tempfile::TempDir;
 
 use super::*;
 use crate::conformance::Fixture;
+use redb::ReadableTableMetadata;
 
 pub(super) fn temp() -> (TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -176,4 +177,32 @@ async fn a_garbled_value_is_reported_by_key_and_never_served() {
     // Nor at a past revision (the current value is its only copy); other keys are fine.
     assert!(matches!(s.range(at("/k/bad", bad.mod_revision)).await, Err(Error::Corrupt { .. })));
     assert_eq!(s.get("/k/good").await.unwrap().unwrap().value, b"fine");
+}
+
+/// Deadlines are kept in the file: a key expires after a restart, and a long-expired one right after opening.
+/// Expiry deletes in batches; thousands due at once all go, in deadline order.
+#[tokio::test]
+async fn expiry_survives_reopen_and_deletes_in_batches() {
+    let (_dir, path) = temp();
+    let n = writer::MAX_EXPIRED + 100;
+    {
+        let s = open(&path);
+        for i in 0..n {
+            s.create_expiring(&format!("/e/{i:05}"), vec![], std::time::Duration::from_secs(1)).await.unwrap();
+        }
+        s.create("/keep", vec![]).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let s = open(&path);
+    let start = std::time::Instant::now();
+    while !keys(&s, RangeRequest { prefix: "/e/".into(), ..Default::default() }).await.is_empty() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "expired keys still there after a reopen");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(s.get("/keep").await.unwrap().is_some());
+    // Each expired key took its own revision, as a deletion does.
+    assert_eq!(s.current_revision().await.unwrap(), 2 * n as i64 + 1);
+    let txn = s.slot.db().unwrap().begin_read().unwrap();
+    assert_eq!(txn.open_table(schema::EXPIRY).unwrap().len().unwrap(), 0, "the index is emptied with the keys");
+    assert_eq!(txn.open_table(schema::EXPIRES).unwrap().len().unwrap(), 0);
 }

@@ -3,18 +3,22 @@
 //! redb allows one write transaction at a time and every durable commit costs an fsync, so all writes funnel
 //! through one thread that drains whatever is queued, applies it in one transaction, commits once and then
 //! answers every request. Each request keeps its own revision and its own result.
+//!
+//! The same thread deletes expired keys: about once a second it looks at the first row of the `expiry` index
+//! and, when that is due, deletes every due key in one transaction.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table};
 use tokio::sync::{broadcast, oneshot};
 
 use super::schema::{
-    backend, current_mod_revision, decode_current, encode_current, Version, CURRENT, HISTORY, LOG, META,
-    META_COMPACTED, META_REVISION,
+    backend, current_mod_revision, decode_current, encode_current, Version, CURRENT, EXPIRES, EXPIRY, HISTORY, LOG,
+    META, META_COMPACTED, META_REVISION,
 };
 use super::slot::{Slot, RETRY_AFTER};
 use super::Shared;
@@ -23,13 +27,45 @@ use crate::{Error, Event, EventKind, KeyValue, Result};
 /// Upper bound on requests per transaction, so one commit never grows without limit.
 const MAX_BATCH: usize = 1024;
 
-/// A write operation, applied in submission order.
+/// How often the writer looks for expired keys.
+const EXPIRY_TICK: Duration = Duration::from_secs(1);
+/// Most keys one expiry transaction deletes (the rest go in the next, a moment later).
+pub(crate) const MAX_EXPIRED: usize = 2048;
+
+/// A write operation, applied in submission order. `expires` is a deadline in unix milliseconds.
 #[derive(Debug)]
 pub(crate) enum Op {
-    Create { key: String, value: Vec<u8> },
-    Update { key: String, value: Vec<u8>, expected: i64 },
-    Delete { key: String, expected: Option<i64> },
-    Compact { revision: i64 },
+    Create {
+        key: String,
+        value: Vec<u8>,
+        expires: Option<i64>,
+    },
+    Update {
+        key: String,
+        value: Vec<u8>,
+        expected: i64,
+        expires: Option<i64>,
+    },
+    Delete {
+        key: String,
+        expected: Option<i64>,
+    },
+    Compact {
+        revision: i64,
+    },
+    /// Deletes keys whose deadline is at or before `now`.
+    Expire {
+        now: i64,
+    },
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The deadline of a key written now with `ttl`.
+pub(crate) fn deadline(ttl: Duration) -> i64 {
+    now_ms().saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64)
 }
 
 /// What a request gets back: the written value for puts and deletes, None for a compaction.
@@ -50,8 +86,13 @@ pub(crate) fn run(
     requests: mpsc::Receiver<Request>,
     events: broadcast::Sender<EventBatch>,
 ) {
+    let mut expiry_checked = Instant::now();
     loop {
-        let first = match requests.recv_timeout(RETRY_AFTER) {
+        if expiry_checked.elapsed() >= EXPIRY_TICK {
+            expiry_checked = Instant::now();
+            expire_due(&slot, &shared, &events);
+        }
+        let first = match requests.recv_timeout(RETRY_AFTER.min(EXPIRY_TICK)) {
             Ok(req) => req,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // Reads need the database open even when nobody writes (and writes, opened for writing).
@@ -82,6 +123,25 @@ pub(crate) fn run(
         if let (Some(used), None) = (used_before, slot.failure()) {
             super::defrag::after_compaction(&slot, used);
         }
+    }
+}
+
+/// Deletes the keys whose deadline has passed, when the first row of the index says any has: an idle store
+/// with nothing due costs one read a second, no write.
+fn expire_due(slot: &Slot, shared: &Shared, events: &broadcast::Sender<EventBatch>) {
+    let now = now_ms();
+    let first = || -> Result<Option<i64>> {
+        let txn = slot.db()?.begin_read().map_err(backend)?;
+        let expiry = txn.open_table(EXPIRY).map_err(backend)?;
+        let first = expiry.first().map_err(backend)?.map(|(k, _)| k.value().0);
+        Ok(first)
+    };
+    let due = super::guard::guarded(first).unwrap_or_else(|why| Err(Error::Backend(why)));
+    if !matches!(due, Ok(Some(deadline)) if deadline <= now) {
+        return;
+    }
+    if let Some(Err(e)) = write(slot, shared, events, &[Op::Expire { now }]).pop() {
+        tracing::warn!(error = %e, "deleting expired keys failed; retrying in a second");
     }
 }
 
@@ -211,6 +271,8 @@ fn commit(
             current: txn.open_table(CURRENT).map_err(backend)?,
             history: txn.open_table(HISTORY).map_err(backend)?,
             log: txn.open_table(LOG).map_err(backend)?,
+            expiry: txn.open_table(EXPIRY).map_err(backend)?,
+            expires: txn.open_table(EXPIRES).map_err(backend)?,
         };
         applied.revision = t.meta_get(META_REVISION)?;
         applied.compacted = t.meta_get(META_COMPACTED)?;
@@ -252,6 +314,8 @@ struct Tables<'t> {
     current: Table<'t, &'static str, &'static [u8]>,
     history: Table<'t, (&'static str, i64), &'static [u8]>,
     log: Table<'t, i64, &'static str>,
+    expiry: Table<'t, (i64, &'static str), ()>,
+    expires: Table<'t, &'static str, i64>,
 }
 
 impl Tables<'_> {
@@ -269,18 +333,19 @@ impl Tables<'_> {
     /// Applies one op. `Err` is a storage failure (aborts the batch); `Ok(Err)` is this request's own failure.
     fn apply(&mut self, op: &Op, a: &mut Applied) -> Result<Outcome> {
         match op {
-            Op::Create { key, value } => {
+            Op::Create { key, value, expires } => {
                 if self.current(key)?.is_some() {
                     return Ok(Err(Error::AlreadyExists(key.clone())));
                 }
                 let rev = a.revision + 1;
                 let kv = KeyValue { key: key.clone(), value: value.clone(), create_revision: rev, mod_revision: rev };
                 self.put(&kv, None)?;
+                self.set_expiry(key, *expires)?;
                 a.revision = rev;
                 a.events.push(Event { kind: EventKind::Put, kv: kv.clone(), prev: None });
                 Ok(Ok(Some(kv)))
             }
-            Op::Update { key, value, expected } => {
+            Op::Update { key, value, expected, expires } => {
                 let Some(prev) = self.current(key)? else {
                     return Ok(Err(Error::NotFound(key.clone())));
                 };
@@ -295,6 +360,7 @@ impl Tables<'_> {
                     mod_revision: rev,
                 };
                 self.put(&kv, Some(&prev))?;
+                self.set_expiry(key, *expires)?;
                 a.revision = rev;
                 a.events.push(Event { kind: EventKind::Put, kv: kv.clone(), prev: Some(prev) });
                 Ok(Ok(Some(kv)))
@@ -306,16 +372,24 @@ impl Tables<'_> {
                 if expected.is_some_and(|e| e != prev.mod_revision) {
                     return Ok(Err(Error::Conflict { key: key.clone(), current: Some(prev) }));
                 }
-                let rev = a.revision + 1;
-                self.current.remove(key.as_str()).map_err(backend)?;
-                self.supersede(&prev)?;
-                let tomb = Version::Tombstone { create_rev: prev.create_revision };
-                self.history.insert((key.as_str(), rev), tomb.encode(key, rev).as_slice()).map_err(backend)?;
-                self.log.insert(rev, key.as_str()).map_err(backend)?;
-                a.revision = rev;
-                let kv = KeyValue { mod_revision: rev, ..prev.clone() };
-                a.events.push(Event { kind: EventKind::Delete, kv: kv.clone(), prev: Some(prev) });
-                Ok(Ok(Some(kv)))
+                self.remove(prev, a).map(|kv| Ok(Some(kv)))
+            }
+            Op::Expire { now } => {
+                let mut due = Vec::new();
+                for entry in self.expiry.range(..(*now + 1, "")).map_err(backend)?.take(MAX_EXPIRED) {
+                    due.push(entry.map_err(backend)?.0.value().1.to_string());
+                }
+                for key in due {
+                    match self.current(&key) {
+                        Ok(Some(prev)) => {
+                            self.remove(prev, a)?;
+                        }
+                        // A damaged value is reported, not deleted unread; its index rows go, so expiry moves on.
+                        Ok(None) | Err(Error::Corrupt { .. }) => self.set_expiry(&key, None)?,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(Ok(None))
             }
             Op::Compact { revision } => {
                 if *revision > a.revision {
@@ -339,6 +413,35 @@ impl Tables<'_> {
         let row = encode_current(key, kv.create_revision, rev, &kv.value);
         self.current.insert(key, row.as_slice()).map_err(backend)?;
         self.log.insert(rev, key).map_err(backend)?;
+        Ok(())
+    }
+
+    /// Deletes the key whose current value is `prev`, at the next revision.
+    fn remove(&mut self, prev: KeyValue, a: &mut Applied) -> Result<KeyValue> {
+        let key = prev.key.as_str();
+        let rev = a.revision + 1;
+        self.current.remove(key).map_err(backend)?;
+        self.supersede(&prev)?;
+        let tomb = Version::Tombstone { create_rev: prev.create_revision };
+        self.history.insert((key, rev), tomb.encode(key, rev).as_slice()).map_err(backend)?;
+        self.log.insert(rev, key).map_err(backend)?;
+        self.set_expiry(key, None)?;
+        a.revision = rev;
+        let kv = KeyValue { mod_revision: rev, ..prev.clone() };
+        a.events.push(Event { kind: EventKind::Delete, kv: kv.clone(), prev: Some(prev) });
+        Ok(kv)
+    }
+
+    /// Records the key's new deadline (None: it no longer expires), dropping its old index row.
+    fn set_expiry(&mut self, key: &str, deadline: Option<i64>) -> Result<()> {
+        let old = self.expires.remove(key).map_err(backend)?.map(|d| d.value());
+        if let Some(old) = old {
+            self.expiry.remove((old, key)).map_err(backend)?;
+        }
+        if let Some(d) = deadline {
+            self.expires.insert(key, d).map_err(backend)?;
+            self.expiry.insert((d, key), ()).map_err(backend)?;
+        }
         Ok(())
     }
 

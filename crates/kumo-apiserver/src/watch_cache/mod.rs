@@ -6,8 +6,13 @@ use futures::stream::{BoxStream, StreamExt};
 use kumo_store::{EventKind, Store};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
-use tokio::sync::broadcast;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+mod index;
+mod routes;
+pub use index::covers as index_covers;
+pub use routes::Interest;
+use routes::Routes;
 
 /// One change, decoded once and shared by every watcher.
 #[derive(Debug)]
@@ -57,6 +62,8 @@ struct Ring {
     /// Every namespace, and whether it is terminating (None: the initial read failed), so that creating an
     /// object need not read its namespace from the store (Kubernetes' admission uses an informer alike).
     namespaces: Option<HashMap<String, bool>>,
+    /// Label indexes as of `last` (None: the initial read failed; lists scan the store instead).
+    index: Option<index::LabelIndex>,
 }
 
 const NAMESPACES: &str = "/registry/core/namespaces/";
@@ -84,7 +91,14 @@ impl Recent {
 
 impl Ring {
     fn new(rev: i64) -> Ring {
-        Ring { events: VecDeque::new(), start: rev, last: rev, newest: Recent::default(), namespaces: None }
+        Ring {
+            events: VecDeque::new(),
+            start: rev,
+            last: rev,
+            newest: Recent::default(),
+            namespaces: None,
+            index: None,
+        }
     }
 
     /// The ring at `rev`, with the namespaces as of `rev` (events after it keep them current).
@@ -99,16 +113,23 @@ impl Ring {
                 None
             }
         };
-        Ring { namespaces, ..Ring::new(rev) }
+        let index = match build_index(store, rev).await {
+            Ok(ix) => Some(ix),
+            Err(e) => {
+                tracing::warn!("watch cache: building label indexes: {e}; selected lists will scan the store");
+                None
+            }
+        };
+        Ring { namespaces, index, ..Ring::new(rev) }
     }
 }
 
 pub struct WatchCache {
     store: Arc<dyn Store>,
     ring: RwLock<Ring>,
-    /// Replaced on a reset, which closes every live watcher's receiver: they end with 410 and relist rather
-    /// than silently missing what the cache could not follow.
-    tx: RwLock<broadcast::Sender<Arc<CachedEvent>>>,
+    /// Live watchers, filed so a change reaches only those it concerns. Emptied on a reset, which ends every
+    /// live watch: they end with 410 and relist rather than silently missing what the cache could not follow.
+    routes: Mutex<Routes>,
     capacity: usize,
 }
 
@@ -125,6 +146,33 @@ fn to_cached(e: kumo_store::Event) -> Option<Arc<CachedEvent>> {
     }))
 }
 
+/// The label indexes as of `rev`, read a page at a time (never the whole resource in memory at once).
+async fn build_index(store: &dyn Store, rev: i64) -> kumo_store::Result<index::LabelIndex> {
+    let mut ix = index::LabelIndex::default();
+    for (prefix, _) in index::INDEXED {
+        let mut start_after = None;
+        loop {
+            let req = kumo_store::RangeRequest {
+                prefix: prefix.to_string(),
+                start_after: start_after.clone(),
+                limit: 1000,
+                revision: Some(rev),
+            };
+            let page = store.range(req).await?;
+            for kv in &page.kvs {
+                if let Ok(obj) = decode(kv) {
+                    ix.update(&kv.key, Some(&obj));
+                }
+            }
+            start_after = page.kvs.last().map(|kv| kv.key.clone());
+            if !page.more || start_after.is_none() {
+                break;
+            }
+        }
+    }
+    Ok(ix)
+}
+
 fn namespace_entry(key: &str, ns: &Value) -> (String, bool) {
     let name = key.strip_prefix(NAMESPACES).unwrap_or(key).to_string();
     (name, kumo_api::meta::deletion_timestamp(ns).is_some())
@@ -134,9 +182,8 @@ impl WatchCache {
     /// Starts following the store from its current revision.
     pub async fn start(store: Arc<dyn Store>, capacity: usize) -> anyhow::Result<Arc<Self>> {
         let rev = store.current_revision().await?;
-        let (tx, _) = broadcast::channel(capacity.max(1024));
         let ring = RwLock::new(Ring::at(&*store, rev).await);
-        let cache = Arc::new(WatchCache { store, ring, tx: RwLock::new(tx), capacity: capacity.max(1) });
+        let cache = Arc::new(WatchCache { store, ring, routes: Default::default(), capacity: capacity.max(1) });
         let c = cache.clone();
         tokio::spawn(async move { c.pump().await });
         Ok(cache)
@@ -181,9 +228,10 @@ impl WatchCache {
     async fn reset(&self) {
         match self.store.current_revision().await {
             Ok(rev) => {
-                *self.ring.write().expect("lock") = Ring::at(&*self.store, rev).await;
-                let (tx, _) = broadcast::channel(self.capacity.max(1024));
-                *self.tx.write().expect("lock") = tx;
+                let ring = Ring::at(&*self.store, rev).await;
+                let mut r = self.ring.write().expect("lock");
+                *r = ring;
+                self.routes.lock().expect("lock").clear();
             }
             Err(e) => tracing::warn!("watch cache: reading the store's revision: {e}"),
         }
@@ -198,6 +246,9 @@ impl WatchCache {
         r.last = ev.revision;
         r.events.push_back(ev.clone());
         r.newest.note(&ev, self.capacity * RECENT_PER_EVENT);
+        if let Some(ix) = r.index.as_mut() {
+            ix.update(&ev.key, (!ev.deleted).then_some(&*ev.object));
+        }
         if let Some(namespaces) = r.namespaces.as_mut().filter(|_| ev.key.starts_with(NAMESPACES)) {
             let (name, terminating) = namespace_entry(&ev.key, &ev.object);
             match ev.deleted {
@@ -210,8 +261,8 @@ impl WatchCache {
                 r.start = old.revision;
             }
         }
-        // Sent under the lock so a subscriber sees either the ring entry or the broadcast, never neither.
-        let _ = self.tx.read().expect("lock").send(ev);
+        // Sent under the lock so a new watcher sees either the ring entry or the live event, never neither.
+        self.routes.lock().expect("lock").send(&ev);
     }
 
     /// History at or below `rev` was compacted in the store; the cache forgets it too, so that resuming from a
@@ -236,6 +287,13 @@ impl WatchCache {
         self.ring.read().expect("lock").namespaces.as_ref().is_some_and(|n| n.get(name) == Some(&false))
     }
 
+    /// Keys under `prefix` whose `label` is `value`, from the index, and the revision they are as of.
+    pub fn indexed_keys(&self, prefix: &str, label: &str, value: &str) -> Option<(Vec<String>, i64)> {
+        let r = self.ring.read().expect("lock");
+        let ix = r.index.as_ref().filter(|_| index::covers(prefix, label))?;
+        Some((ix.keys(prefix, value, None), r.last))
+    }
+
     /// The newest revision the cache has seen.
     pub fn revision(&self) -> i64 {
         self.ring.read().expect("lock").last
@@ -254,65 +312,93 @@ impl WatchCache {
         true
     }
 
-    /// Every change under `prefix` after revision `after`, then live changes. The stream yields `Err(Gone)` and
-    /// ends when history is no longer available (compacted) or the watcher fell too far behind.
+    /// Every change under `prefix` after revision `after`, then live changes; history older than the cache's is
+    /// read from the store (for the server's own few followers, which start from a list of their own). The
+    /// stream yields `Err(Gone)` and ends when history is no longer available (compacted) or the watcher fell
+    /// too far behind.
     pub async fn watch(
-        &self,
+        self: &Arc<Self>,
         prefix: &str,
         after: i64,
     ) -> Result<BoxStream<'static, Result<Arc<CachedEvent>, Gone>>, Gone> {
-        let prefix = prefix.to_string();
-        let (replay, rx) = {
+        if let Some(live) = self.live(Interest::prefix(prefix), after) {
+            return Ok(live);
+        }
+        let s = self.store.watch(prefix, after).await.map_err(|e| match e {
+            kumo_store::Error::Compacted { requested, compacted } => Gone { requested, oldest: compacted },
+            _ => Gone { requested: after, oldest: after + 1 },
+        })?;
+        Ok(s.filter_map(move |item| async move {
+            match item {
+                Ok(e) => to_cached(e).map(Ok),
+                Err(_) => Some(Err(Gone { requested: after, oldest: after + 1 })),
+            }
+        })
+        .boxed())
+    }
+
+    /// A client's watch of what `interest` names, served from the cache alone: with a label, live changes come
+    /// only for objects that have or had it (the caller still applies its whole selector). A revision older
+    /// than the cache holds is `Gone` and the client relists, as from Kubernetes' watch cache: otherwise each
+    /// such watch would follow the store itself and decode every change again (thousands of agents resuming
+    /// after a restart).
+    pub fn watch_with(
+        self: &Arc<Self>,
+        interest: Interest,
+        after: i64,
+    ) -> Result<BoxStream<'static, Result<Arc<CachedEvent>, Gone>>, Gone> {
+        let oldest = self.ring.read().expect("lock").start + 1;
+        self.live(interest, after).ok_or(Gone { requested: after, oldest })
+    }
+
+    /// The ring's events after `after`, then live ones; None when `after` is older than the ring.
+    fn live(
+        self: &Arc<Self>,
+        interest: Interest,
+        after: i64,
+    ) -> Option<BoxStream<'static, Result<Arc<CachedEvent>, Gone>>> {
+        let prefix = interest.prefix.clone();
+        let (replay, rx, guard) = {
             let r = self.ring.read().expect("lock");
-            if after >= r.start {
-                let replay: Vec<_> =
-                    r.events.iter().filter(|e| e.revision > after && e.key.starts_with(&prefix)).cloned().collect();
-                (Some(replay), Some(self.tx.read().expect("lock").subscribe()))
-            } else {
-                (None, None)
+            if after < r.start {
+                return None;
             }
+            let replay: Vec<_> =
+                r.events.iter().filter(|e| e.revision > after && e.key.starts_with(&prefix)).cloned().collect();
+            let (id, rx) = self.routes.lock().expect("lock").add(&interest, self.capacity.max(1024));
+            (replay, rx, RouteGuard { cache: Arc::downgrade(self), id })
         };
-        match (replay, rx) {
-            (Some(replay), Some(rx)) => {
-                let last = replay.last().map(|e| e.revision).unwrap_or(after);
-                let live =
-                    futures::stream::unfold((rx, last, prefix, false), |(mut rx, last, prefix, done)| async move {
-                        if done {
-                            return None;
-                        }
-                        loop {
-                            match rx.recv().await {
-                                Ok(e) if e.revision > last && e.key.starts_with(&prefix) => {
-                                    let rev = e.revision;
-                                    return Some((Ok(e), (rx, rev, prefix, false)));
-                                }
-                                Ok(_) => continue,
-                                // Lagged: this watcher fell behind; Closed: the cache was reset.
-                                Err(_) => {
-                                    return Some((
-                                        Err(Gone { requested: last, oldest: last + 1 }),
-                                        (rx, last, prefix, true),
-                                    ))
-                                }
-                            }
-                        }
-                    });
-                Ok(futures::stream::iter(replay.into_iter().map(Ok)).chain(live).boxed())
+        let last = replay.last().map(|e| e.revision).unwrap_or(after);
+        let live = futures::stream::unfold((rx, last, guard, false), |(mut rx, last, guard, done)| async move {
+            if done {
+                return None;
             }
-            _ => {
-                // Older than the ring: read history from the store itself.
-                let s = self.store.watch(&prefix, after).await.map_err(|e| match e {
-                    kumo_store::Error::Compacted { requested, compacted } => Gone { requested, oldest: compacted },
-                    _ => Gone { requested: after, oldest: after + 1 },
-                })?;
-                Ok(s.filter_map(move |item| async move {
-                    match item {
-                        Ok(e) => to_cached(e).map(Ok),
-                        Err(_) => Some(Err(Gone { requested: after, oldest: after + 1 })),
+            loop {
+                match rx.recv().await {
+                    Some(e) if e.revision > last => {
+                        let rev = e.revision;
+                        return Some((Ok(e), (rx, rev, guard, false)));
                     }
-                })
-                .boxed())
+                    Some(_) => continue,
+                    // Dropped for falling behind, or the cache was reset.
+                    None => return Some((Err(Gone { requested: last, oldest: last + 1 }), (rx, last, guard, true))),
+                }
             }
+        });
+        Some(futures::stream::iter(replay.into_iter().map(Ok)).chain(live).boxed())
+    }
+}
+
+/// Takes a watcher off the routes when its stream is dropped.
+struct RouteGuard {
+    cache: Weak<WatchCache>,
+    id: u64,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        if let Some(cache) = self.cache.upgrade() {
+            cache.routes.lock().expect("lock").remove(self.id);
         }
     }
 }

@@ -1,0 +1,58 @@
+//! Credentials other than the admin's, got the way their holders get them.
+
+use crate::Server;
+use anyhow::{bail, ensure, Context, Result};
+use base64::Engine;
+use std::path::PathBuf;
+
+impl Server {
+    /// A kubeconfig holding node `node`'s own credential (`CN=system:node:NODE, O=system:nodes`), obtained as a
+    /// joining host obtains it: a bootstrap token from `kumo token create`, and a CSR made with it, which the
+    /// server signs.
+    pub fn node_kubeconfig(&self, node: &str) -> Result<PathBuf> {
+        let out = self.kumo(&["token", "create"]);
+        ensure!(out.status.success(), "kumo token create: {}", String::from_utf8_lossy(&out.stderr));
+        let token = String::from_utf8(out.stdout)?.trim().to_string();
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "system:nodes");
+        let request = params.serialize_request(&key)?.pem()?;
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+        let csr = serde_json::json!({
+            "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+            "metadata": {"name": format!("node-{node}")},
+            "spec": {"request": b64(request.as_bytes()), "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+                     "usages": ["digital signature", "client auth"]},
+        });
+        let out = self.kubectl_stdin(&["--token", &token, "create", "-f", "-"], &csr.to_string())?;
+        ensure!(
+            out.status.success(),
+            "creating the CSR with the bootstrap token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cert = self.kubectl_ok(&["get", "csr", &format!("node-{node}"), "-o", "jsonpath={.status.certificate}"])?;
+        if cert.trim().is_empty() {
+            bail!("the server did not sign node {node}'s CSR");
+        }
+        let ca = self.kubectl_ok(&[
+            "config",
+            "view",
+            "--raw",
+            "-o",
+            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+        ])?;
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kumo\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
+             users:\n- name: {node}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n\
+             contexts:\n- name: {node}\n  context: {{cluster: kumo, user: {node}}}\ncurrent-context: {node}\n",
+            self.url(),
+            ca.trim(),
+            cert.trim(),
+            b64(key.serialize_pem().as_bytes()),
+        );
+        let path = self.dir.path().join(format!("node-{node}.kubeconfig"));
+        std::fs::write(&path, kubeconfig).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
