@@ -254,6 +254,67 @@ pub async fn wait_running(tracker: &Arc<Mutex<Tracker>>, want: usize, limit: Dur
     }
 }
 
+/// What stands between the VMIs there are and the ones wanted: replica sets and VMs short of theirs, VMIs by
+/// phase, and the warnings the server and simulators logged. For a run that failed on a machine no one can log
+/// in to (CI).
+pub async fn diagnose(api: &mut Api, dir: &Path) -> String {
+    let mut out = vec!["diagnosis:".to_string()];
+    match api.get("/apis/kubevirt.io/v1/virtualmachineinstancereplicasets").await {
+        Ok(list) => {
+            for rs in super::api::items(&list) {
+                out.push(format!(
+                    "  replica set {}/{}: spec {} status {} conditions {}",
+                    rs["metadata"]["namespace"].as_str().unwrap_or("?"),
+                    rs["metadata"]["name"].as_str().unwrap_or("?"),
+                    rs["spec"]["replicas"],
+                    rs["status"]["replicas"],
+                    rs["status"]["conditions"]
+                ));
+            }
+        }
+        Err(e) => out.push(format!("  listing replica sets: {e:#}")),
+    }
+    match api.get("/apis/kubevirt.io/v1/virtualmachineinstances").await {
+        Ok(list) => {
+            let mut by: std::collections::BTreeMap<(String, String), usize> = Default::default();
+            let mut shown = 0;
+            for v in super::api::items(&list) {
+                let owner = v["metadata"]["ownerReferences"][0]["kind"].as_str().unwrap_or("none").to_string();
+                let phase = v["status"]["phase"].as_str().unwrap_or("(none)").to_string();
+                if phase != "Running" && shown < 5 {
+                    shown += 1;
+                    out.push(format!(
+                        "  not running: {}",
+                        serde_json::json!({"metadata": v["metadata"], "status": v["status"]})
+                    ));
+                }
+                *by.entry((owner, phase)).or_default() += 1;
+            }
+            for ((owner, phase), n) in by {
+                out.push(format!("  VMIs owned by {owner}, phase {phase}: {n}"));
+            }
+        }
+        Err(e) => out.push(format!("  listing VMIs: {e:#}")),
+    }
+    match api.get("/apis/kubevirt.io/v1/virtualmachines").await {
+        Ok(list) => {
+            let idle = super::api::items(&list).iter().filter(|vm| vm["status"]["created"] != true).count();
+            out.push(format!("  VirtualMachines without a VMI: {idle}"));
+        }
+        Err(e) => out.push(format!("  listing VMs: {e:#}")),
+    }
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    logs.retain(|p| p.extension().is_some_and(|x| x == "log"));
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_else(|e| format!("(unreadable: {e})"));
+        let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+        out.push(format!("  {}: {} warnings, the last ones:", log.display(), warnings.len()));
+        out.extend(warnings.iter().rev().take(15).rev().map(|l| format!("    {l}")));
+    }
+    out.join("\n")
+}
+
 /// The log file of simulator `i` in the server's directory.
 pub fn sim_log(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("simulator-{i}.log"))

@@ -185,7 +185,12 @@ impl Run {
         self.replica_sets = rs_target;
         self.vms = vm_target + rs_target * replicas;
         let limit = Duration::from_secs(600 + (self.vms - from) as u64 / 20);
-        fleet::wait_running(&self.tracker, self.vms, limit).await?;
+        // The tracker counts every Running VMI, the sampled ones of earlier steps too.
+        let want = self.vms + self.args.samples * self.steps.len();
+        if let Err(e) = fleet::wait_running(&self.tracker, want, limit).await {
+            crate::progress(fleet::diagnose(&mut self.api, self.kumo.proc.dir()).await);
+            return Err(e);
+        }
         crate::progress(format!("{} VMIs Running ({:.0}s)", self.vms, start.elapsed().as_secs_f64()));
         Ok(())
     }
