@@ -242,6 +242,23 @@ impl Server {
         Ok(self.kubectl_cmd(args).output()?)
     }
 
+    /// Waits until VMI `name` exists and then until it is Ready. A VM's VMI is made by its controller after
+    /// `kumo start` or an apply returns, and `kubectl wait` on a VMI not made yet fails at once with NotFound.
+    /// Err: kubectl's complaint.
+    pub fn wait_vmi_ready(&self, name: &str, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        let made = eventually(timeout, || {
+            let out = self.kubectl(&["get", "vmi", name, "-o", "name", "--ignore-not-found"]).ok()?;
+            (out.status.success() && !out.stdout.is_empty()).then_some(())
+        });
+        if made.is_none() {
+            bail!("VMI {name} was not made within {timeout:?}");
+        }
+        let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+        let limit = format!("--timeout={}s", left.as_secs());
+        self.kubectl_ok(&["wait", "vmi", name, "--for=condition=Ready", &limit]).map(|_| ())
+    }
+
     /// Runs kubectl, failing with its stderr unless it succeeds; returns stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.kubectl(args)?;

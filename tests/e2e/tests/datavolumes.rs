@@ -104,8 +104,9 @@ fn an_http_import_shows_progress_and_a_vm_boots_from_it() {
     assert_eq!(ready, "True");
 
     // The VM boots from the imported disk: its shell answers on the console.
-    let out = s.kubectl(&["wait", "vmi", "imported", "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    assert!(out.status.success(), "{}", get(&s, &["describe", "vmi", "imported"]));
+    if let Err(e) = s.wait_vmi_ready("imported", Duration::from_secs(180)) {
+        panic!("{e:#}\n{}", get(&s, &["describe", "vmi", "imported"]));
+    }
     let mut console = s.console("imported");
     let answer = console.run("echo booted-$((40+2))", Duration::from_secs(90));
     let (_, stderr) = console.close();
@@ -211,8 +212,9 @@ spec:
 fn a_vm_boots_from_its_registry_datavolume_template_and_takes_it_along() {
     let s = Server::start_with_guests(&[]).unwrap();
     s.apply(TEMPLATED).unwrap();
-    let out = s.kubectl(&["wait", "vmi", "templated", "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    assert!(out.status.success(), "{}\n{}", get(&s, &["describe", "vmi", "templated"]), get(&s, &["describe", "dv"]));
+    if let Err(e) = s.wait_vmi_ready("templated", Duration::from_secs(180)) {
+        panic!("{e:#}\n{}\n{}", get(&s, &["describe", "vmi", "templated"]), get(&s, &["describe", "dv"]));
+    }
     assert_eq!(field(&s, "templated-root", "{.status.phase} {.status.progress}"), "Succeeded 100.00%");
     let owner = field(&s, "templated-root", "{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}");
     assert_eq!(owner, "VirtualMachine/templated");
@@ -266,8 +268,9 @@ fn a_clone_boots_an_independent_copy() {
     };
     let golden_before = sha256_of(&image("golden"));
     s.apply(&VM.replace("name: imported", "name: cloned").replace("name: guest}", "name: copy}")).unwrap();
-    let out = s.kubectl(&["wait", "vmi", "cloned", "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    assert!(out.status.success(), "{}", get(&s, &["describe", "vmi", "cloned"]));
+    if let Err(e) = s.wait_vmi_ready("cloned", Duration::from_secs(180)) {
+        panic!("{e:#}\n{}", get(&s, &["describe", "vmi", "cloned"]));
+    }
     // Past the guest's own files (about 19 MiB), near the end of the 64 MiB disk.
     let mut console = s.console("cloned");
     let wrote = console.run(
@@ -345,8 +348,9 @@ fn an_uploaded_image_boots_and_a_bad_upload_can_be_redone() {
     assert!(stderr.contains("100.00%") && stderr.contains("MiB/s"), "a progress bar: {stderr}");
     assert_eq!(field(&s, "uploaded", "{.status.phase} {.status.progress}"), "Succeeded 100.00%");
     s.apply(&VM.replace("name: imported", "name: fromupload").replace("name: guest}", "name: uploaded}")).unwrap();
-    let out = s.kubectl(&["wait", "vmi", "fromupload", "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    assert!(out.status.success(), "{}", get(&s, &["describe", "vmi", "fromupload"]));
+    if let Err(e) = s.wait_vmi_ready("fromupload", Duration::from_secs(180)) {
+        panic!("{e:#}\n{}", get(&s, &["describe", "vmi", "fromupload"]));
+    }
     let mut console = s.console("fromupload");
     let answer = console.run("echo uploaded-$((40+2))", Duration::from_secs(90));
     let (_, stderr) = console.close();

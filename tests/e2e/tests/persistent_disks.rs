@@ -57,9 +57,9 @@ fn get(s: &Server, args: &[&str]) -> String {
 }
 
 fn wait_running(s: &Server) {
-    let out = s.kubectl(&["wait", "vmi", "keeper", "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    let describe = || get(s, &["describe", "vmi", "keeper"]);
-    assert!(out.status.success(), "not Ready: {}\n{}", String::from_utf8_lossy(&out.stderr), describe());
+    if let Err(e) = s.wait_vmi_ready("keeper", Duration::from_secs(180)) {
+        panic!("not Ready: {e:#}\n{}", get(s, &["describe", "vmi", "keeper"]));
+    }
 }
 
 /// The guest's device whose virtio serial is `serial`.
@@ -209,8 +209,9 @@ spec:
 fn a_running_guest_sees_its_claim_grow() {
     let s = Server::start_with_guests(&[]).unwrap();
     s.apply(GROWING).unwrap();
-    let out = s.kubectl(&["wait", "vmi", "grower", "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    assert!(out.status.success(), "{}", get(&s, &["describe", "vmi", "grower"]));
+    if let Err(e) = s.wait_vmi_ready("grower", Duration::from_secs(180)) {
+        panic!("{e:#}\n{}", get(&s, &["describe", "vmi", "grower"]));
+    }
     let sectors = |s: &Server| {
         let dev = FIND.replace("SERIAL", "growing");
         in_guest(s, "grower", &format!("d=$({dev}); cat /sys/block/${{d##*/}}/size"))
@@ -264,8 +265,9 @@ spec:
 fn a_hot_plugged_disk_appears_in_and_disappears_from_the_guest() {
     let s = Server::start_with_guests(&[]).unwrap();
     s.apply(PLUGGER).unwrap();
-    let out = s.kubectl(&["wait", "vmi", "plugger", "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    assert!(out.status.success(), "{}", get(&s, &["describe", "vmi", "plugger"]));
+    if let Err(e) = s.wait_vmi_ready("plugger", Duration::from_secs(180)) {
+        panic!("{e:#}\n{}", get(&s, &["describe", "vmi", "plugger"]));
+    }
     let scsi = |s: &Server| {
         in_guest(s, "plugger", "for d in /sys/block/sd*; do [ -e $d ] && echo ${d##*/}=$(cat $d/size); done; true")
     };
@@ -354,8 +356,9 @@ fn read_in(s: &Server, vm: &str) -> String {
 }
 
 fn wait_vmi(s: &Server, vm: &str) {
-    let out = s.kubectl(&["wait", "vmi", vm, "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    assert!(out.status.success(), "{}", get(s, &["describe", "vmi", vm]));
+    if let Err(e) = s.wait_vmi_ready(vm, Duration::from_secs(180)) {
+        panic!("{e:#}\n{}", get(s, &["describe", "vmi", vm]));
+    }
 }
 
 /// A snapshot of a running VM's disk; the disk changed; a restore onto the running VM refused; the VM

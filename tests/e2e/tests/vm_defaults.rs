@@ -53,8 +53,9 @@ fn a_volume_without_a_disk_boots_and_the_defaults_are_stored() {
     assert_eq!((f[2], f[4]), ("q35", "192M"), "{stored}");
     assert_eq!(f[3], f[5], "a VMI of its own gets its own uid as firmware UUID: {stored}");
     // It boots from the volume: its shell answers, and its guest agent reports the OS.
-    let out = s.kubectl(&["wait", "vmi", "testvmi-nocloud", "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    assert!(out.status.success(), "{}", get(&s, &["describe", "vmi", "testvmi-nocloud"]));
+    if let Err(e) = s.wait_vmi_ready("testvmi-nocloud", Duration::from_secs(180)) {
+        panic!("{e:#}\n{}", get(&s, &["describe", "vmi", "testvmi-nocloud"]));
+    }
     assert_eq!(s.in_guest("testvmi-nocloud", "echo booted", Duration::from_secs(120)), "booted");
     let os = eventually(Duration::from_secs(60), || {
         let n = get(&s, &["get", "vmi", "testvmi-nocloud", "-o", "jsonpath={.status.guestOSInfo.name}"]);

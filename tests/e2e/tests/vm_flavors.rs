@@ -64,8 +64,9 @@ fn get(s: &Server, args: &[&str]) -> String {
 
 /// (vCPUs, MemTotal in MiB) as the guest sees them.
 fn guest_size(s: &Server) -> (u32, u64) {
-    let out = s.kubectl(&["wait", "vmi", "flavored", "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    assert!(out.status.success(), "{}", get(s, &["describe", "vmi", "flavored"]));
+    if let Err(e) = s.wait_vmi_ready("flavored", Duration::from_secs(180)) {
+        panic!("{e:#}\n{}", get(s, &["describe", "vmi", "flavored"]));
+    }
     let text = s.in_guest("flavored", "echo $(nproc) $(sed -n 's/^MemTotal: *//p' /proc/meminfo)", secs(120));
     let f: Vec<&str> = text.split_whitespace().collect();
     (f[0].parse().unwrap(), f[1].parse::<u64>().unwrap() / 1024)

@@ -96,9 +96,9 @@ fn leftovers(s: &Server, uid: &str) -> Vec<String> {
 
 /// Waits until the VMI is Ready (showing `kubectl describe` if it is not) and returns its IP.
 fn wait_ready(s: &Server, name: &str) -> String {
-    let out = s.kubectl(&["wait", "vmi", name, "--for=condition=Ready", "--timeout=180s"]).unwrap();
-    let why = || format!("{}\n{}", String::from_utf8_lossy(&out.stderr), get(s, &["describe", "vmi", name]));
-    assert!(out.status.success(), "{name} not Ready: {}", why());
+    if let Err(e) = s.wait_vmi_ready(name, Duration::from_secs(180)) {
+        panic!("{name} not Ready: {e:#}\n{}", get(s, &["describe", "vmi", name]));
+    }
     get(s, &["get", "vmi", name, "-o", "jsonpath={.status.interfaces[0].ipAddress}"])
 }
 
