@@ -56,7 +56,11 @@ impl Accept {
 }
 
 pub fn json_response(code: StatusCode, v: &Value) -> Resp {
-    let body = serde_json::to_vec(v).unwrap_or_default();
+    json_bytes(code, serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// A JSON answer already encoded.
+pub fn json_bytes(code: StatusCode, body: Vec<u8>) -> Resp {
     Response::builder()
         .status(code)
         .header(header::CONTENT_TYPE, "application/json")

@@ -111,13 +111,14 @@ pub async fn list(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Res
         }
     }
     let prefix = def.list_prefix(call.namespace());
+    let as_json = !call.accept.table && !call.accept.yaml;
     let indexed = match (revision, &start_after) {
-        (None, None) => from_index(api, def, &sel, &prefix, limit).await?,
+        (None, None) => from_index(api, def, &sel, &prefix, limit, Items::new(as_json)).await?,
         _ => None,
     };
     let Page { items, more, remaining, last_key, read_rev } = match indexed {
         Some(page) => page,
-        None => scan(api, def, call, &sel, &prefix, limit, revision, start_after).await?,
+        None => scan(api, def, call, &sel, &prefix, limit, revision, start_after, Items::new(as_json)).await?,
     };
     let mut meta = json!({"resourceVersion": read_rev.to_string()});
     if more {
@@ -128,16 +129,69 @@ pub async fn list(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Res
             meta["remainingItemCount"] = json!(remaining);
         }
     }
-    if call.accept.table {
-        let t = table::table(def, &items, include_object(call), meta, true);
-        return Ok(response::encode(StatusCode::OK, &t, &call.accept));
+    match items {
+        Items::Json { out, .. } => {
+            // The list object with an empty `items`, which the encoded items then fill.
+            let head =
+                serde_json::to_vec(&list_object(def, vec![], meta)).map_err(|e| ApiError::internal(e.to_string()))?;
+            let at = head
+                .windows(10)
+                .rposition(|w| w == b"\"items\":[]")
+                .ok_or_else(|| ApiError::internal("list encoding"))?;
+            let mut body = Vec::with_capacity(head.len() + out.len());
+            body.extend_from_slice(&head[..at + 9]);
+            body.extend_from_slice(&out);
+            body.extend_from_slice(&head[at + 9..]);
+            Ok(response::json_bytes(StatusCode::OK, body))
+        }
+        Items::Values(items) if call.accept.table => {
+            let t = table::table(def, &items, include_object(call), meta, true);
+            Ok(response::encode(StatusCode::OK, &t, &call.accept))
+        }
+        Items::Values(items) => Ok(response::encode(StatusCode::OK, &list_object(def, items, meta), &call.accept)),
     }
-    Ok(response::encode(StatusCode::OK, &list_object(def, items, meta), &call.accept))
+}
+
+/// Where a list's items go: kept as values (a Table or YAML is made of them), or encoded as JSON one by one as
+/// they are read, so that a list of every VMI never holds them all decoded at once (its peak is the answer's
+/// bytes, not several times that).
+enum Items {
+    Values(Vec<Value>),
+    Json { out: Vec<u8>, count: usize },
+}
+
+impl Items {
+    fn new(as_json: bool) -> Items {
+        match as_json {
+            true => Items::Json { out: Vec::new(), count: 0 },
+            false => Items::Values(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, obj: Value) {
+        match self {
+            Items::Values(v) => v.push(obj),
+            Items::Json { out, count } => {
+                if *count > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, &obj).expect("a JSON value encodes");
+                *count += 1;
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Items::Values(v) => v.len(),
+            Items::Json { count, .. } => *count,
+        }
+    }
 }
 
 /// One page of a list.
 struct Page {
-    items: Vec<Value>,
+    items: Items,
     more: bool,
     remaining: i64,
     last_key: Option<String>,
@@ -153,6 +207,7 @@ async fn from_index(
     sel: &Selectors,
     prefix: &str,
     limit: usize,
+    items: Items,
 ) -> Result<Option<Page>, ApiError> {
     let Some((label, value)) = sel.labels.required_label() else { return Ok(None) };
     if !crate::watch_cache::index_covers(prefix, label) {
@@ -164,7 +219,7 @@ async fn from_index(
         return Ok(None);
     }
     let Some((keys, rev)) = cache.indexed_keys(prefix, label, value) else { return Ok(None) };
-    let mut page = Page { items: vec![], more: false, remaining: 0, last_key: None, read_rev: rev };
+    let mut page = Page { items, more: false, remaining: 0, last_key: None, read_rev: rev };
     for key in keys {
         if limit > 0 && page.items.len() == limit {
             page.more = true;
@@ -193,8 +248,8 @@ async fn scan(
     limit: usize,
     mut revision: Option<i64>,
     mut start_after: Option<String>,
+    mut items: Items,
 ) -> Result<Page, ApiError> {
-    let mut items = Vec::new();
     let (mut more, mut remaining, mut last_key) = (false, 0i64, None::<String>);
     let read_rev;
     loop {
@@ -212,20 +267,22 @@ async fn scan(
                 e => store_error(def, "", e),
             })?;
         revision = Some(r.revision);
-        for kv in &r.kvs {
+        let read = r.kvs.len();
+        // Taken one by one, so each stored value is dropped once encoded.
+        for kv in r.kvs {
             if limit > 0 && items.len() == limit {
                 more = true;
                 break;
             }
-            let obj = present(def, decode(kv)?);
-            last_key = Some(kv.key.clone());
+            let obj = present(def, decode(&kv)?);
             if sel.matches(&obj) {
                 items.push(obj);
             }
+            last_key = Some(kv.key);
         }
         if limit > 0 && items.len() == limit && (r.more || more) {
             more = true;
-            remaining = if sel.is_empty() { r.remaining + (r.kvs.len() as i64 - items.len() as i64).max(0) } else { 0 };
+            remaining = if sel.is_empty() { r.remaining + (read as i64 - items.len() as i64).max(0) } else { 0 };
         }
         if !r.more || limit == 0 || more {
             read_rev = r.revision;
