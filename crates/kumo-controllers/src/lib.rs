@@ -20,6 +20,7 @@ pub mod replicaset;
 pub mod resizer;
 pub mod runtime;
 pub mod sched;
+pub mod shared;
 pub mod snapshot;
 pub mod vm;
 pub mod vmi;
@@ -36,18 +37,21 @@ pub struct Config {
 
 /// Runs every controller until the process ends.
 pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
-    let (workloads, (), lifecycle, (), (), (), (), (), (), (), ()) = tokio::join!(
-        runtime::run(client.clone(), cfg.scheduler),
+    // Every VMI once, for the scheduler and all that own or follow VMIs.
+    let (vmis, feed) = shared::Shared::new(kube::Api::all(client.clone()));
+    let (workloads, (), lifecycle, (), (), (), (), (), (), (), (), ()) = tokio::join!(
+        runtime::run(client.clone(), cfg.scheduler, &vmis),
         nodeipam::run(client.clone(), cfg.pod_network),
         nodelifecycle::run(client.clone(), cfg.lifecycle),
-        protection::run(client.clone()),
-        binder::run(client.clone()),
+        protection::run(client.clone(), &vmis),
+        binder::run(client.clone(), &vmis),
         provisioner::run(client.clone()),
         datavolume::run(client.clone()),
         resizer::run(client.clone()),
-        replicaset::run(client.clone()),
-        pool::run(client.clone()),
-        snapshot::run(client)
+        replicaset::run(client.clone(), &vmis),
+        pool::run(client.clone(), &vmis),
+        snapshot::run(client),
+        feed
     );
     workloads.and(lifecycle)
 }

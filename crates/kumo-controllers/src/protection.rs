@@ -84,11 +84,11 @@ fn retry<K>(_obj: Arc<K>, err: &Error, _client: Arc<Client>) -> Action {
 }
 
 /// Runs both controllers until the process ends.
-pub async fn run(client: Client) {
+pub async fn run(client: Client, vmis: &crate::shared::Shared<VirtualMachineInstance>) {
     let ctx = Arc::new(client.clone());
     // A VMI that ends or goes away may free the claims it used.
     let claims = Controller::new(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
-        .watches(Api::<VirtualMachineInstance>::all(client.clone()), watcher::Config::default(), |vmi| {
+        .watches_shared_stream(vmis.changes(), |vmi| {
             let ns = vmi.namespace().unwrap_or_default();
             vmi.claim_names().map(|c| ObjectRef::new(c).within(&ns)).collect::<Vec<_>>()
         })

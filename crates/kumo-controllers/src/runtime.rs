@@ -62,18 +62,21 @@ const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(5);
 const CONFLICT_RETRIES: usize = 5;
 
 /// Runs the VM and VMI controllers until the process ends.
-pub async fn run(client: Client, sched: sched::Config) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    sched: sched::Config,
+    shared: &crate::shared::Shared<VirtualMachineInstance>,
+) -> anyhow::Result<()> {
     let reporter = Reporter { controller: "kumo-controllers".into(), instance: std::env::var("HOSTNAME").ok() };
     let vms = Api::<VirtualMachine>::all(client.clone());
-    let vmis = Api::<VirtualMachineInstance>::all(client.clone());
     let (nodes, node_events) = cache::<Node>(&client);
     let (namespaces, ns_events) = cache::<Namespace>(&client);
     // Claims and volumes: a claim bound (or a volume made) may let a VMI waiting for it be placed.
     let (claims, claim_events) = cache::<PersistentVolumeClaim>(&client);
     let (volumes, volume_events) = cache::<PersistentVolume>(&client);
     let (classes, class_events) = cache::<StorageClass>(&client);
-    let vmi_controller = Controller::new(vmis.clone(), watcher::Config::default());
-    let vmi_store = vmi_controller.store();
+    let vmi_store = shared.store();
+    let vmi_controller = Controller::for_shared_stream(shared.changes(), vmi_store.clone());
     // Said once the scheduler sees the cluster (tests wait for it before racing schedulers).
     let synced = {
         let (nodes, vmis) = (nodes.clone(), vmi_store.clone());
@@ -96,8 +99,8 @@ pub async fn run(client: Client, sched: sched::Config) -> anyhow::Result<()> {
         assumed: Default::default(),
     });
     let vm_controller = Controller::new(vms, watcher::Config::default())
-        .owns(vmis, watcher::Config::default())
-        .run(reconcile_vm, error_policy, ctx.clone())
+        .owns_shared_stream(shared.changes())
+        .run(|vm, ctx| async move { bounded(&*vm.clone(), reconcile_vm(vm, ctx)).await }, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!("vm controller: {e}");
@@ -109,7 +112,7 @@ pub async fn run(client: Client, sched: sched::Config) -> anyhow::Result<()> {
         .watches_stream(claim_events, waiting(vmi_store.clone()))
         .watches_stream(volume_events, waiting(vmi_store.clone()))
         .watches_stream(class_events, waiting(vmi_store))
-        .run(reconcile_vmi, error_policy, ctx)
+        .run(|vmi, ctx| async move { bounded(&*vmi.clone(), reconcile_vmi(vmi, ctx)).await }, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!("vmi controller: {e}");
@@ -135,6 +138,29 @@ where
 /// A Node or Namespace change may make room (or a match) for the VMIs waiting for a node: look at those again.
 fn waiting<T>(vmis: Store<VirtualMachineInstance>) -> impl Fn(T) -> Vec<ObjectRef<VirtualMachineInstance>> {
     move |_| vmis.state().into_iter().filter(|v| vmi::wants_node(v)).map(|v| ObjectRef::from_obj(&*v)).collect()
+}
+
+/// How long one reconcile may take before it is abandoned and the object queued again.
+const RECONCILE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Runs `reconcile` for `obj` with a deadline. A reconcile waiting on something that never answers would hold
+/// its object forever (and the scheduler's, every VMI behind its lock); reconciles are idempotent, so one cut
+/// short is simply done again. Said in the log, since it should not happen.
+pub async fn bounded<K, E>(
+    obj: &K,
+    reconcile: impl std::future::Future<Output = Result<Action, E>>,
+) -> Result<Action, E>
+where
+    K: Resource<DynamicType = ()>,
+{
+    match tokio::time::timeout(RECONCILE_DEADLINE, reconcile).await {
+        Ok(r) => r,
+        Err(_) => {
+            let what = ObjectRef::from_obj(obj);
+            tracing::warn!("reconciling {what} took over {RECONCILE_DEADLINE:?}: abandoned, trying again");
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+    }
 }
 
 fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Ctx>) -> Action {

@@ -31,7 +31,7 @@ struct Error(#[from] kube::Error);
 const RESYNC: Duration = Duration::from_secs(15);
 
 /// Runs the claim and volume loops until the process ends.
-pub async fn run(client: Client) {
+pub async fn run(client: Client, vmis: &crate::shared::Shared<VirtualMachineInstance>) {
     let reporter = Reporter { controller: "persistentvolume-controller".into(), instance: None };
     let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone() });
     let claims = Controller::new(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
@@ -41,7 +41,7 @@ pub async fn run(client: Client) {
             r.and_then(|r| Some(ObjectRef::new(r.name.as_deref()?).within(r.namespace.as_deref()?)))
         })
         // A VMI that starts using a claim (hot-plugged into a running guest) may be its first consumer.
-        .watches(Api::<VirtualMachineInstance>::all(client.clone()), watcher::Config::default(), |vmi| {
+        .watches_shared_stream(vmis.changes(), |vmi| {
             let ns = vmi.metadata.namespace.clone().unwrap_or_default();
             vmi.claim_names().map(|c| ObjectRef::new(c).within(&ns)).collect::<Vec<_>>()
         })

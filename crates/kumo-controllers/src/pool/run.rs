@@ -30,23 +30,19 @@ struct Ctx {
 pub struct Error(#[from] kube::Error);
 
 /// Runs the controller until the process ends.
-pub async fn run(client: Client) {
+pub async fn run(client: Client, vmis: &crate::shared::Shared<VirtualMachineInstance>) {
     let reporter = Reporter { controller: "virtualmachinepool-controller".into(), instance: None };
     let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone() });
     // A pool's guests that finish shutting down make room for a surge: their VMIs carry the pool's label.
-    let by_label = |vmi: VirtualMachineInstance| {
+    let by_label = |vmi: Arc<VirtualMachineInstance>| {
         let pool = vmi.labels().get(api::POOL_LABEL)?.clone();
         Some(ObjectRef::<VirtualMachinePool>::new(&pool).within(&vmi.namespace()?))
     };
     Controller::new(Api::<VirtualMachinePool>::all(client.clone()), watcher::Config::default())
         .owns(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default())
-        .watches(
-            Api::<VirtualMachineInstance>::all(client),
-            watcher::Config::default().labels(api::POOL_LABEL),
-            by_label,
-        )
+        .watches_shared_stream(vmis.changes(), by_label)
         .run(
-            reconcile,
+            |pool, ctx| async move { crate::runtime::bounded(&*pool.clone(), reconcile(pool, ctx)).await },
             |_, err: &Error, _| {
                 tracing::warn!("pool controller: {err}");
                 Action::requeue(Duration::from_secs(2))

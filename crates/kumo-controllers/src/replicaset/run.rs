@@ -1,7 +1,7 @@
 //! Applying the replica set's plan through the API: creates, deletes, adoption (a merge patch guarded by the
 //! VMI's uid and resourceVersion), events and the status.
 //!
-//! The VMIs come from one watch cache of every VMI, not a list per reconcile (a list per VMI change is
+//! The VMIs come from the controllers' shared cache of every VMI, not a list per reconcile (a list per VMI change is
 //! quadratic in a replica set's size). A cache lags its writes, so, as Kubernetes' controllers do, each set
 //! remembers what it created and deleted (its expectations) and plans again only once the cache shows them.
 
@@ -11,9 +11,8 @@ use futures::StreamExt;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use kube::runtime::WatchStreamExt;
 use kube::{Client, ResourceExt};
 use kumo_api::kubevirt::{Condition, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
 use kumo_events::Recorder;
@@ -93,23 +92,18 @@ pub(crate) fn set_failure(
 }
 
 /// Runs the controller until the process ends.
-pub async fn run(client: Client) {
+pub async fn run(client: Client, shared: &crate::shared::Shared<VirtualMachineInstance>) {
     let reporter = Reporter { controller: "virtualmachineinstancereplicaset-controller".into(), instance: None };
-    let (vmis, writer) = reflector::store();
-    let vmi_changes = watcher(Api::<VirtualMachineInstance>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
-        vmis,
+        vmis: shared.store(),
         expected: Default::default(),
     });
     Controller::new(Api::<VirtualMachineInstanceReplicaSet>::all(client.clone()), watcher::Config::default())
-        .owns_stream(vmi_changes)
+        .owns_shared_stream(shared.changes())
         .run(
-            reconcile,
+            |rs, ctx| async move { crate::runtime::bounded(&*rs.clone(), reconcile(rs, ctx)).await },
             |_, err: &Error, _| {
                 tracing::warn!("replica set controller: {err}");
                 Action::requeue(Duration::from_secs(2))
