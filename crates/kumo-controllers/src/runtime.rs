@@ -76,7 +76,10 @@ pub async fn run(
     let (volumes, volume_events) = cache::<PersistentVolume>(&client);
     let (classes, class_events) = cache::<StorageClass>(&client);
     let vmi_store = shared.store();
-    let vmi_controller = Controller::for_shared_stream(shared.changes(), vmi_store.clone());
+    // Placements are serialized by `assumed` anyway: a few at a time, so a burst of ten thousand VMIs queues in
+    // the controller (their deadlines not yet running) instead of piling up on the lock.
+    let vmi_controller = Controller::for_shared_stream(shared.changes(), vmi_store.clone())
+        .with_config(concurrency(SCHEDULER_CONCURRENCY));
     // Said once the scheduler sees the cluster (tests wait for it before racing schedulers).
     let synced = {
         let (nodes, vmis) = (nodes.clone(), vmi_store.clone());
@@ -99,6 +102,7 @@ pub async fn run(
         assumed: Default::default(),
     });
     let vm_controller = Controller::new(vms, watcher::Config::default())
+        .with_config(concurrency(CONCURRENCY))
         .owns_shared_stream(shared.changes())
         .run(|vm, ctx| async move { bounded(&*vm.clone(), reconcile_vm(vm, ctx)).await }, error_policy, ctx.clone())
         .for_each(|r| async move {
@@ -138,6 +142,16 @@ where
 /// A Node or Namespace change may make room (or a match) for the VMIs waiting for a node: look at those again.
 fn waiting<T>(vmis: Store<VirtualMachineInstance>) -> impl Fn(T) -> Vec<ObjectRef<VirtualMachineInstance>> {
     move |_| vmis.state().into_iter().filter(|v| vmi::wants_node(v)).map(|v| ObjectRef::from_obj(&*v)).collect()
+}
+
+/// Reconciles a controller runs at once, as kube-controller-manager's workers per controller: unbounded, a
+/// burst of changes (a relist, thousands of VMIs created) starts them all at once and none finishes in time.
+pub const CONCURRENCY: u16 = 16;
+/// The scheduler's: its placements take a lock in turn.
+const SCHEDULER_CONCURRENCY: u16 = 4;
+
+pub fn concurrency(n: u16) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(n)
 }
 
 /// How long one reconcile may take before it is abandoned and the object queued again.

@@ -14,8 +14,9 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-/// Changes buffered per subscriber before it counts as fallen behind.
-const BUFFER: usize = 4096;
+/// Changes buffered per subscriber before it counts as fallen behind (and is handed every object again): a
+/// burst of thousands of VMIs must fit, each entry being one pointer.
+const BUFFER: usize = 1 << 16;
 
 #[derive(Clone)]
 pub struct Shared<K: Resource<DynamicType = ()> + 'static> {

@@ -39,6 +39,7 @@ pub async fn run(client: Client, vmis: &crate::shared::Shared<VirtualMachineInst
         Some(ObjectRef::<VirtualMachinePool>::new(&pool).within(&vmi.namespace()?))
     };
     Controller::new(Api::<VirtualMachinePool>::all(client.clone()), watcher::Config::default())
+        .with_config(crate::runtime::concurrency(crate::runtime::CONCURRENCY))
         .owns(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default())
         .watches_shared_stream(vmis.changes(), by_label)
         .run(

@@ -101,6 +101,7 @@ pub async fn run(client: Client, shared: &crate::shared::Shared<VirtualMachineIn
         expected: Default::default(),
     });
     Controller::new(Api::<VirtualMachineInstanceReplicaSet>::all(client.clone()), watcher::Config::default())
+        .with_config(crate::runtime::concurrency(crate::runtime::CONCURRENCY))
         .owns_shared_stream(shared.changes())
         .run(
             |rs, ctx| async move { crate::runtime::bounded(&*rs.clone(), reconcile(rs, ctx)).await },
