@@ -143,7 +143,8 @@ fn a_hundred_simulated_nodes_run_vmis_and_each_sees_only_its_own() {
     assert!(
         eventually(Duration::from_secs(10), seen_matches).is_some(),
         "the simulated nodes' watches delivered other than their own VMIs: {}",
-        std::fs::read_to_string(&report).unwrap_or_default()
+        std::fs::read_to_string(&report)
+            .unwrap_or_else(|e| format!("(the report {} is unreadable: {e})", report.display()))
     );
 
     // SIGKILL the simulator: its nodes come back and keep the same guests, none lost or doubled.
