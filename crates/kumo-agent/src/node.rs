@@ -197,9 +197,9 @@ async fn report_status(nodes: &Api<Node>, h: &HostInfo, reserved: u64, ready_sin
     Ok(())
 }
 
-/// Renews the node Lease every `every`, and writes the Node status only when it changed — or when renewals had a
-/// gap (the node lifecycle controller may have marked the Node `Ready=Unknown`), and at least every few minutes
-/// when a read shows the Node not Ready. Each accepted renewal is recorded with `fence` (the dead-man switch),
+/// Renews the node Lease every `every`. The Node status is written at start, after renewals had a gap (the node
+/// lifecycle controller may have marked the Node `Ready=Unknown`), and when a read every few minutes shows the
+/// Node not Ready: never on a timer of its own, as the kubelet's status updates were before Leases. Each accepted renewal is recorded with `fence` (the dead-man switch),
 /// stamped with when it was sent.
 pub async fn heartbeat(
     client: kube::Client,
@@ -296,7 +296,12 @@ impl LeaseRenewer {
                 }
                 // Changed or removed by someone else: start again from what is there.
                 Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
-                Err(e) => return Err(e).context("updating the node Lease"),
+                // Anything else (429, a server error, the network) leaves the Lease as it was: the next
+                // renewal is the same light update, not an apply.
+                Err(e) => {
+                    self.last = Some(lease);
+                    return Err(e).context("updating the node Lease");
+                }
             }
         }
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",

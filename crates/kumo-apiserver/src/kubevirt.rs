@@ -37,6 +37,13 @@ pub fn discovery() -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{GROUP}/v1"), "resources": resources})
 }
 
+/// Whether `resource/sub` is one of the subresources this group serves.
+pub fn serves(resource: &str, sub: &str) -> bool {
+    let vmi_get =
+        resource == "virtualmachineinstances" && (sub == "console" || crate::guestinfo::SUBRESOURCES.contains(&sub));
+    vmi_get || VERBS.iter().any(|(plural, subs)| *plural == resource && subs.contains(&sub))
+}
+
 fn conflict(def: &ResourceDef, name: &str, why: &str) -> ApiError {
     ApiError::conflict(&def.group, &def.plural, name, why)
 }
@@ -53,8 +60,7 @@ pub async fn serve(api: &Arc<ApiServer>, call: &Call) -> Result<Resp, ApiError> 
             _ => Err(ApiError::path_not_found(&format!("{GROUP}/v1/{}/{sub}", p.resource))),
         };
     }
-    let known = VERBS.iter().any(|(plural, subs)| *plural == p.resource && subs.contains(&sub));
-    if !known || p.name.is_none() || p.namespace.is_none() || p.version != "v1" {
+    if !serves(&p.resource, sub) || p.name.is_none() || p.namespace.is_none() || p.version != "v1" {
         return Err(ApiError::path_not_found(&format!("{GROUP}/{}/{}/{sub}", p.version, p.resource)));
     }
     if call.method != Method::PUT {

@@ -210,16 +210,18 @@ impl Correlator {
         self.series.is_empty()
     }
 
-    /// Past [`MAX_SERIES`], the tenth least recently seen written series are forgotten (at once, so this is
-    /// rare), with buckets that are full again.
+    /// Past [`MAX_SERIES`], a tenth of them are forgotten at once (so this is rare): the least recently seen
+    /// written series first, then, while the API is not taking writes, unwritten ones too (their occurrences
+    /// are dropped, as client-go drops events past its queue), so the map stays bounded whatever the API does.
+    /// Buckets that are full again go too.
     fn forget_old(&mut self, now: DateTime<Utc>) {
         if self.series.len() <= MAX_SERIES {
             return;
         }
-        let mut settled: Vec<(DateTime<Utc>, SeriesKey)> =
-            self.series.iter().filter(|(_, s)| !s.dirty && !s.in_flight).map(|(k, s)| (s.last, k.clone())).collect();
-        settled.sort();
-        for (_, k) in settled.into_iter().take(MAX_SERIES / 10) {
+        let mut idle: Vec<(bool, DateTime<Utc>, SeriesKey)> =
+            self.series.iter().filter(|(_, s)| !s.in_flight).map(|(k, s)| (s.dirty, s.last, k.clone())).collect();
+        idle.sort();
+        for (_, _, k) in idle.into_iter().take(MAX_SERIES / 10) {
             self.series.remove(&k);
         }
         self.buckets.retain(|_, b| {
@@ -345,6 +347,19 @@ mod tests {
         let w = c.due(now);
         assert_eq!(w.len(), 1);
         assert_eq!((w[0].count, w[0].added), (10, 1));
+    }
+
+    #[test]
+    fn series_stay_bounded_while_the_api_takes_no_writes() {
+        let mut c = Correlator::default();
+        let now = Utc::now();
+        for i in 0..MAX_SERIES * 2 {
+            // Each write fails: every series stays unwritten.
+            if let Some(w) = c.observe(occ(&format!("vm{i}"), "Crashed", "u", "m"), now) {
+                c.written(&w, None);
+            }
+        }
+        assert!(c.len() <= MAX_SERIES, "{} series kept", c.len());
     }
 
     #[test]

@@ -381,7 +381,6 @@ impl Drop for Server {
     }
 }
 
-/// Polls `f` until it returns Some or `timeout` passes.
 /// A child process killed (and reaped) when the guard goes, so a failing test leaves none behind.
 pub struct KillOnDrop(pub std::process::Child);
 
@@ -392,6 +391,7 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Polls `f` until it returns Some or `timeout` passes.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {

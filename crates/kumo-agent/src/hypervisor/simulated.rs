@@ -47,7 +47,8 @@ impl SimulatedHypervisor {
         if let Some(n) = st.addresses.get(uid) {
             return Ok(Ipv4Addr::from(base + n));
         }
-        let size = 1u32 << (32 - self.pod_cidr.prefix_len());
+        // A /0 holds 2^32 addresses: counted in u64, capped to what a u32 host number reaches.
+        let size = (1u64 << (32 - u32::from(self.pod_cidr.prefix_len()))).min(u64::from(u32::MAX)) as u32;
         let wanted = had.map(|ip| u32::from(ip).wrapping_sub(base)).filter(|n| *n >= 2 && *n < size - 1);
         let n = match wanted.filter(|n| !st.used.contains(n)) {
             Some(n) => n,

@@ -83,13 +83,13 @@ pub(crate) async fn sync(agent: &Agent, pv: &PersistentVolume, image: &Path) -> 
     out
 }
 
-/// Freezes the guest's filesystems through its agent, so the snapshot holds them consistent; None when the guest
-/// has no agent answering (the snapshot is then crash-consistent, as KubeVirt's `NoGuestAgent` says).
 /// Runs a QMP command on a guest [`super::grow::running_node`] found.
 async fn qmp_do(vm: &crate::agent::LocalVm, command: &str, args: Value) -> Result<(), String> {
     vm.qmp()?.execute(command, Some(args)).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// Freezes the guest's filesystems through its agent, so the snapshot holds them consistent; None when the guest
+/// has no agent answering (the snapshot is then crash-consistent, as KubeVirt's `NoGuestAgent` says).
 async fn freeze(agent: &GuestAgent) -> Option<GuestAgent> {
     match agent.execute("guest-fsfreeze-freeze", None, FREEZE_TIMEOUT).await {
         Ok(n) => {

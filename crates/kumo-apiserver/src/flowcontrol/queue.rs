@@ -98,7 +98,7 @@ impl Level {
 
     /// Waits (at most `wait`) for a seat for a request of `flow`.
     pub async fn acquire(self: &Arc<Self>, flow: &str, wait: Duration) -> Result<Seat, Rejection> {
-        let (id, rx) = {
+        let mut queued = {
             let mut s = self.state.lock().expect("lock");
             if s.executing < self.seats && s.waiting() == 0 {
                 s.executing += 1;
@@ -113,27 +113,20 @@ impl Level {
             let id = s.next_id;
             s.next_id += 1;
             s.queues[queue].push_back(Waiter { id, wake });
-            (id, rx)
+            Queued { level: self.clone(), id, rx, settled: false }
         };
-        // Taken from the queue and given the seat; or not yet when the deadline passes: then leave the queue,
-        // unless the seat was handed over meanwhile (under the lock, so exactly one of the two happens).
-        let waited = tokio::time::timeout(wait, rx).await;
-        if matches!(waited, Ok(Ok(()))) {
+        let waited = tokio::time::timeout(wait, &mut queued.rx).await;
+        queued.settled = true;
+        if matches!(waited, Ok(Ok(()))) || !queued.leave() {
             return Ok(Seat(self.clone()));
         }
-        let mut s = self.state.lock().expect("lock");
-        for queue in s.queues.iter_mut() {
-            if let Some(at) = queue.iter().position(|w| w.id == id) {
-                queue.remove(at);
-                return Err(Rejection::TimeOut);
-            }
-        }
-        Ok(Seat(self.clone()))
+        Err(Rejection::TimeOut)
     }
 
     fn release(&self) {
         let mut s = self.state.lock().expect("lock");
-        s.executing -= 1;
+        debug_assert!(s.executing > 0, "a seat released twice");
+        s.executing = s.executing.saturating_sub(1);
         let n = s.queues.len();
         for _ in 0..n {
             let i = s.turn;
@@ -145,6 +138,39 @@ impl Level {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// A place in a queue. Given up (past the deadline, or the request dropped while waiting), it leaves the
+/// queue, or, when the seat was handed over meanwhile, hands the seat on: a seat is never lost or counted twice.
+struct Queued {
+    level: Arc<Level>,
+    id: u64,
+    rx: oneshot::Receiver<()>,
+    /// The waiting ended with an answer (a seat or a refusal); dropping does nothing more.
+    settled: bool,
+}
+
+impl Queued {
+    /// Leaves the queue: false when the seat was handed over first (under the lock, so it is one or the other).
+    fn leave(&mut self) -> bool {
+        let mut s = self.level.state.lock().expect("lock");
+        for queue in s.queues.iter_mut() {
+            if let Some(at) = queue.iter().position(|w| w.id == self.id) {
+                queue.remove(at);
+                return true;
+            }
+        }
+        // Not queued: the seat was sent, or the level dropped the waiter (no seat then).
+        self.rx.try_recv().is_err()
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if !self.settled && !self.leave() {
+            self.level.release();
         }
     }
 }
@@ -206,10 +232,19 @@ mod tests {
         let level = Level::new(1, Some(Q));
         let held = level.acquire("flood", Duration::ZERO).await.unwrap();
         // The flood queues until each queue of its hand is full, then is refused.
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let take = |flow: &'static str| {
+            let (l, served) = (level.clone(), served.clone());
+            tokio::spawn(async move {
+                let seat = l.acquire(flow, Duration::from_secs(30)).await;
+                // One seat: the order of these pushes is the order seats were handed out.
+                served.lock().unwrap().push(flow);
+                seat.map(drop)
+            })
+        };
         let mut flood = Vec::new();
         for _ in 0..Q.hand_size * Q.queue_length_limit {
-            let l = level.clone();
-            flood.push(tokio::spawn(async move { l.acquire("flood", Duration::from_secs(30)).await.map(|_| ()) }));
+            flood.push(take("flood"));
             tokio::task::yield_now().await;
         }
         while level.load().1 < Q.hand_size * Q.queue_length_limit {
@@ -217,10 +252,7 @@ mod tests {
         }
         assert_eq!(level.acquire("flood", Duration::from_secs(30)).await.err(), Some(Rejection::QueueFull));
         // Another flow (whose hand is not the flood's) queues behind at most a turn of the flood's queues.
-        let other = {
-            let l = level.clone();
-            tokio::spawn(async move { l.acquire("quiet", Duration::from_secs(30)).await.map(|_| ()) })
-        };
+        let other = take("quiet");
         while level.load().1 < Q.hand_size * Q.queue_length_limit + 1 {
             tokio::task::yield_now().await;
         }
@@ -230,6 +262,29 @@ mod tests {
             f.await.unwrap().unwrap();
         }
         assert_eq!(level.load(), (0, 0));
+        // Round robin over the queues: the quiet flow comes before the flood's later turns (FIFO: last).
+        let order = served.lock().unwrap().clone();
+        let at = order.iter().position(|f| *f == "quiet").unwrap();
+        assert!(at <= Q.hand_size, "served {at}th of {}: {order:?}", order.len());
+    }
+
+    #[tokio::test]
+    async fn a_seat_handed_to_a_request_dropped_before_it_ran_is_handed_on() {
+        let level = Level::new(1, Some(Q));
+        let held = level.acquire("a", Duration::ZERO).await.unwrap();
+        let waiter = {
+            let l = level.clone();
+            tokio::spawn(async move { l.acquire("b", Duration::from_secs(30)).await.map(drop) })
+        };
+        while level.load().1 == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The seat is sent to the waiter, which is cancelled before it runs again (a client gone).
+        drop(held);
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(level.load(), (0, 0), "the seat was not kept by the dropped request");
+        let _again = level.acquire("c", Duration::ZERO).await.expect("the level admits again");
     }
 
     #[tokio::test]

@@ -211,7 +211,7 @@ async fn serve(api: &Arc<ApiServer>, call: Incoming, target: Option<Target>) -> 
     };
     let call = Call { method: parts.method, path: rpath, query, headers: parts.headers, body, accept, user };
     let started = std::time::Instant::now();
-    let mut labels = request_labels(&call);
+    let mut labels = request_labels(api, &call);
     let resp = match auth::check(api, &call.user, &attributes(&call), &call.body).await {
         Err(e) => response::error(&e),
         Ok(()) => match route(api, call).await {
@@ -224,15 +224,25 @@ async fn serve(api: &Arc<ApiServer>, call: Incoming, target: Option<Target>) -> 
     resp
 }
 
-/// What the request metrics count a request by (its code is filled in once served).
-fn request_labels(call: &Call) -> crate::metrics::RequestLabels {
+/// What the request metrics count a request by (its code is filled in once served). A path kumo does not
+/// serve counts as "unknown": labels taken from any URL would let a client grow the metrics without end.
+fn request_labels(api: &ApiServer, call: &Call) -> crate::metrics::RequestLabels {
     let a = attributes(call);
+    let p = &call.path;
+    let sub = p.subresource.as_deref();
+    let served = if p.group == crate::kubevirt::GROUP {
+        crate::kubevirt::serves(&p.resource, sub.unwrap_or(""))
+    } else {
+        api.registry.get(&p.group, &p.version, &p.resource).is_some()
+            && matches!(sub, None | Some("status" | "scale" | "finalize"))
+    };
+    let unknown = || "unknown".to_string();
     crate::metrics::RequestLabels {
         verb: a.verb.to_string(),
-        group: a.group.to_string(),
-        version: call.path.version.clone(),
-        resource: a.resource.to_string(),
-        subresource: a.subresource.unwrap_or_default().to_string(),
+        group: if served { a.group.to_string() } else { unknown() },
+        version: if served { p.version.clone() } else { unknown() },
+        resource: if served { a.resource.to_string() } else { unknown() },
+        subresource: if served { sub.unwrap_or_default().to_string() } else { unknown() },
         code: String::new(),
     }
 }
@@ -299,7 +309,6 @@ async fn authenticate(api: &ApiServer, headers: &http::HeaderMap, cert_user: Opt
     auth::user_from_token(api, token.trim()).await
 }
 
-/// The request as the authorizer sees it.
 /// The Kubernetes verb of a resource request.
 fn verb_of(method: &Method, p: &ResourcePath, query: &Query) -> &'static str {
     let named = p.name.is_some();
@@ -316,6 +325,7 @@ fn verb_of(method: &Method, p: &ResourcePath, query: &Query) -> &'static str {
     }
 }
 
+/// The request as the authorizer sees it.
 fn attributes(call: &Call) -> Attributes<'_> {
     let p = &call.path;
     Attributes {
