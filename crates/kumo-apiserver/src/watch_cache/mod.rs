@@ -133,15 +133,21 @@ pub struct WatchCache {
     capacity: usize,
 }
 
-fn to_cached(e: kumo_store::Event) -> Option<Arc<CachedEvent>> {
+/// The change decoded. `before` is the key's newest cached event: when it is the state this change replaced,
+/// its object is the previous state, shared rather than decoded again (which held most objects twice).
+fn to_cached(e: kumo_store::Event, before: Option<Arc<CachedEvent>>) -> Option<Arc<CachedEvent>> {
     // For a deletion, `kv` is the last state and its mod_revision the deletion's: decode stamps that.
     let object = decode(&e.kv).ok()?;
+    let prev = e.prev.as_ref().and_then(|p| match before.filter(|b| !b.deleted && b.revision == p.mod_revision) {
+        Some(b) => Some(b.object.clone()),
+        None => decode(p).ok().map(Arc::new),
+    });
     Some(Arc::new(CachedEvent {
         revision: e.kv.mod_revision,
         key: e.kv.key.clone(),
         deleted: e.kind == EventKind::Delete,
         object: Arc::new(object),
-        prev: e.prev.as_ref().and_then(|p| decode(p).ok()).map(Arc::new),
+        prev,
         encoded: Default::default(),
     }))
 }
@@ -209,7 +215,8 @@ impl WatchCache {
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(e) => {
-                        if let Some(ev) = to_cached(e) {
+                        let before = self.newest(&e.kv.key);
+                        if let Some(ev) = to_cached(e, before) {
                             self.push(ev);
                         }
                     }
@@ -330,7 +337,7 @@ impl WatchCache {
         })?;
         Ok(s.filter_map(move |item| async move {
             match item {
-                Ok(e) => to_cached(e).map(Ok),
+                Ok(e) => to_cached(e, None).map(Ok),
                 Err(_) => Some(Err(Gone { requested: after, oldest: after + 1 })),
             }
         })
