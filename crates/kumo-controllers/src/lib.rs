@@ -42,7 +42,7 @@ pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
     let (workloads, (), lifecycle, (), (), (), (), (), (), (), (), ()) = tokio::join!(
         runtime::run(client.clone(), cfg.scheduler, &vmis),
         nodeipam::run(client.clone(), cfg.pod_network),
-        nodelifecycle::run(client.clone(), cfg.lifecycle),
+        nodelifecycle::run(client.clone(), cfg.lifecycle, &vmis),
         protection::run(client.clone(), &vmis),
         binder::run(client.clone(), &vmis),
         provisioner::run(client.clone()),

@@ -10,7 +10,7 @@
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
@@ -146,7 +146,7 @@ pub async fn run(client: Client, cfg: Config) {
         async move { deleted.then_some(()) }
     });
     // One reconcile at a time: two Nodes planned concurrently from the same list would get the same block.
-    Controller::new(api, watcher::Config::default())
+    crate::runtime::slim_controller(api, watcher::Config::default())
         .with_config(controller::Config::default().concurrency(1))
         .reconcile_all_on(deletions)
         .run(reconcile, error_policy, ctx)
@@ -165,6 +165,11 @@ fn error_policy(_node: Arc<Node>, err: &Error, _ctx: Arc<Ctx>) -> Action {
 
 async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if !pod_cidrs(&node).is_empty() || node.meta().deletion_timestamp.is_some() {
+        // A block set otherwise (at registration, by hand, by an earlier leader) after the last list is taken
+        // all the same: the list is trusted for a while, and must not hand it out again meanwhile.
+        if let Some((_, blocks)) = ctx.known.lock().expect("known blocks").as_mut() {
+            blocks.insert(node.name_any(), pod_cidrs(&node).to_vec());
+        }
         return Ok(Action::await_change());
     }
     let api = Api::<Node>::all(ctx.client.clone());

@@ -8,13 +8,19 @@
 //! from the holder's `renewTime`, so clock skew cannot shorten it; a new leader starts counting afresh, which
 //! only delays a failover.
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Taint};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use kumo_api::kubevirt::VirtualMachineInstance;
 use serde_json::json;
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
@@ -65,12 +71,12 @@ fn record(lease: Option<&Lease>) -> Option<(String, String)> {
     Some((l.metadata.resource_version.clone().unwrap_or_default(), renew))
 }
 
-/// Pure decision for one node.
-pub fn plan(
+/// Pure decision for one node. `vmis` gives the VMIs on the node, asked for only when they are to fail over.
+pub fn plan<V: Borrow<VirtualMachineInstance>>(
     node: &Node,
     lease: Option<&Lease>,
     seen: &mut Seen,
-    vmis: &[&VirtualMachineInstance],
+    vmis: impl FnOnce() -> Vec<V>,
     now: Instant,
     cfg: &Config,
 ) -> Vec<NodeAction> {
@@ -93,9 +99,10 @@ pub fn plan(
         }
         let fenced = fencing_period(node).is_some_and(|f| silent >= cfg.grace_period + f);
         if fenced {
-            let victims: Vec<_> = vmis
+            let victims: Vec<_> = vmis()
                 .iter()
-                .filter(|v| !matches!(v.phase(), "Succeeded" | "Failed"))
+                .map(Borrow::borrow)
+                .filter(|v: &&VirtualMachineInstance| !matches!(v.phase(), "Succeeded" | "Failed"))
                 .map(|v| {
                     let m = &v.metadata;
                     (
@@ -120,48 +127,91 @@ fn ready_status(node: &Node) -> Option<&str> {
     conds.iter().find(|c| c.type_ == "Ready").map(|c| c.status.as_str())
 }
 
-/// Runs the controller until the process ends (call it under leader election).
-pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
+/// Runs the controller until the process ends (call it under leader election). Nodes and Leases come from
+/// watches and VMIs from the controllers' shared cache: listing them all every second cost the API server a
+/// full read of every VMI a second.
+pub async fn run(
+    client: Client,
+    cfg: Config,
+    vmis: &crate::shared::Shared<VirtualMachineInstance>,
+) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
-    let mut seen: HashMap<String, Seen> = HashMap::new();
-    loop {
-        if let Err(e) = pass(&client, &nodes, &leases, &vmis, &mut seen, &cfg).await {
-            // What was seen before a gap in observation (e.g. the store was down, and agents could not renew
-            // either) says nothing about silence: count afresh once the API answers again.
-            tracing::warn!("node lifecycle: {e}; restarting observation");
-            seen.clear();
+    // A watch that failed (the API or its store down) is a gap in observation: a Lease not seen to change
+    // then says nothing about its node.
+    let gap = Arc::new(AtomicBool::new(false));
+    let (node_store, node_feed) = watch(nodes.clone(), gap.clone());
+    let (lease_store, lease_feed) = watch(Api::<Lease>::namespaced(client.clone(), "kube-node-lease"), gap.clone());
+    let vmis = vmis.store();
+    let observe = async {
+        let mut seen: HashMap<String, Seen> = HashMap::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if node_store.wait_until_ready().await.is_err() || lease_store.wait_until_ready().await.is_err() {
+                continue;
+            }
+            if gap.swap(false, Ordering::SeqCst) {
+                seen.clear();
+                continue;
+            }
+            let stores = Stores { nodes: &node_store, leases: &lease_store, vmis: &vmis };
+            if let Err(e) = pass(&client, &nodes, &stores, &mut seen, &cfg).await {
+                // What was seen before a gap in observation (e.g. the store was down, and agents could not
+                // renew either) says nothing about silence: count afresh once the API answers again.
+                tracing::warn!("node lifecycle: {e}; restarting observation");
+                seen.clear();
+            }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    };
+    tokio::join!(node_feed, lease_feed, observe);
+    Ok(())
+}
+
+/// A watch of every `K` in `api` into a store; failures of the watch raise `gap`.
+fn watch<K>(api: Api<K>, gap: Arc<AtomicBool>) -> (Store<K>, impl std::future::Future<Output = ()>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let feed = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(crate::runtime::slim)
+        .reflect(writer)
+        .for_each(move |e| {
+            if e.is_err() {
+                gap.store(true, Ordering::SeqCst);
+            }
+            std::future::ready(())
+        });
+    (store, feed)
+}
+
+struct Stores<'a> {
+    nodes: &'a Store<Node>,
+    leases: &'a Store<Lease>,
+    vmis: &'a Store<VirtualMachineInstance>,
 }
 
 async fn pass(
     client: &Client,
     nodes: &Api<Node>,
-    leases: &Api<Lease>,
-    vmis: &Api<VirtualMachineInstance>,
+    stores: &Stores<'_>,
     seen: &mut HashMap<String, Seen>,
     cfg: &Config,
 ) -> Result<(), kube::Error> {
     let now = Instant::now();
-    let all_nodes = nodes.list(&ListParams::default()).await?.items;
-    let by_name: HashMap<String, Lease> = leases
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .map(|l| (l.metadata.name.clone().unwrap_or_default(), l))
-        .collect();
-    let all_vmis = vmis.list(&ListParams::default()).await?.items;
-    seen.retain(|n, _| all_nodes.iter().any(|node| node.metadata.name.as_deref() == Some(n)));
+    let all_nodes = stores.nodes.state();
+    let by_name: HashMap<String, Arc<Lease>> =
+        stores.leases.state().into_iter().map(|l| (l.metadata.name.clone().unwrap_or_default(), l)).collect();
+    let names: std::collections::HashSet<&str> = all_nodes.iter().filter_map(|n| n.metadata.name.as_deref()).collect();
+    seen.retain(|n, _| names.contains(n.as_str()));
     for node in &all_nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
         let s = seen.entry(name.clone()).or_insert(Seen { record: None, since: now });
-        let on_node: Vec<&VirtualMachineInstance> =
-            all_vmis.iter().filter(|v| v.node_name() == Some(name.as_str())).collect();
-        for action in plan(node, by_name.get(&name), s, &on_node, now, cfg) {
+        let on_node = || {
+            let all = stores.vmis.state();
+            all.into_iter().filter(|v| v.node_name() == Some(name.as_str())).collect::<Vec<_>>()
+        };
+        for action in plan(node, by_name.get(&name).map(|l| &**l), s, on_node, now, cfg) {
             apply(client, nodes, node, &name, action).await?;
         }
     }
@@ -282,29 +332,29 @@ mod tests {
         let done = vmi("Succeeded");
         let vmis = [&running, &done];
         let at = |s: u64| t0 + Duration::from_secs(s);
-        assert!(plan(&node(false), Some(&lease("1")), &mut seen, &vmis, at(0), &cfg).is_empty());
-        assert!(plan(&node(false), Some(&lease("1")), &mut seen, &vmis, at(9), &cfg).is_empty());
+        assert!(plan(&node(false), Some(&lease("1")), &mut seen, || vmis.to_vec(), at(0), &cfg).is_empty());
+        assert!(plan(&node(false), Some(&lease("1")), &mut seen, || vmis.to_vec(), at(9), &cfg).is_empty());
         assert_eq!(
-            plan(&node(false), Some(&lease("1")), &mut seen, &vmis, at(10), &cfg),
+            plan(&node(false), Some(&lease("1")), &mut seen, || vmis.to_vec(), at(10), &cfg),
             vec![NodeAction::MarkUnreachable]
         );
         // Still within the fencing period: no failover, however the node looks.
         assert_eq!(
-            plan(&node(true), Some(&lease("1")), &mut seen, &vmis, at(14), &cfg),
+            plan(&node(true), Some(&lease("1")), &mut seen, || vmis.to_vec(), at(14), &cfg),
             vec![NodeAction::MarkUnreachable]
         );
-        let acts = plan(&node(true), Some(&lease("1")), &mut seen, &vmis, at(15), &cfg);
+        let acts = plan(&node(true), Some(&lease("1")), &mut seen, || vmis.to_vec(), at(15), &cfg);
         assert_eq!(acts[1], NodeAction::FailOver(vec![("v".into(), "d".into(), "u".into())]), "only unfinished VMIs");
         // A renewal (the Lease changed) makes it reachable again, and restarts the count.
         assert_eq!(
-            plan(&node(true), Some(&lease("2")), &mut seen, &vmis, at(16), &cfg),
+            plan(&node(true), Some(&lease("2")), &mut seen, || vmis.to_vec(), at(16), &cfg),
             vec![NodeAction::MarkReachable]
         );
-        assert!(plan(&node(false), Some(&lease("2")), &mut seen, &vmis, at(25), &cfg).is_empty());
+        assert!(plan(&node(false), Some(&lease("2")), &mut seen, || vmis.to_vec(), at(25), &cfg).is_empty());
         // A node that does not fence never has its VMIs failed over, however long it is silent.
         let mut unfenced = node(true);
         unfenced.metadata.annotations = None;
-        let acts = plan(&unfenced, Some(&lease("2")), &mut seen, &vmis, at(1000), &cfg);
+        let acts = plan(&unfenced, Some(&lease("2")), &mut seen, || vmis.to_vec(), at(1000), &cfg);
         assert!(acts.iter().all(|a| !matches!(a, NodeAction::FailOver(_))), "{acts:?}");
     }
 }

@@ -9,7 +9,7 @@
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -87,14 +87,15 @@ fn retry<K>(_obj: Arc<K>, err: &Error, _client: Arc<Client>) -> Action {
 pub async fn run(client: Client, vmis: &crate::shared::Shared<VirtualMachineInstance>) {
     let ctx = Arc::new(client.clone());
     // A VMI that ends or goes away may free the claims it used.
-    let claims = Controller::new(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
-        .watches_shared_stream(vmis.changes(), |vmi| {
-            let ns = vmi.namespace().unwrap_or_default();
-            vmi.claim_names().map(|c| ObjectRef::new(c).within(&ns)).collect::<Vec<_>>()
-        })
-        .run(reconcile_claim, retry, ctx.clone())
-        .for_each(|_| async {});
-    let volumes = Controller::new(Api::<PersistentVolume>::all(client), watcher::Config::default())
+    let claims =
+        crate::runtime::slim_controller(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
+            .watches_shared_stream(vmis.changes(), |vmi| {
+                let ns = vmi.namespace().unwrap_or_default();
+                vmi.claim_names().map(|c| ObjectRef::new(c).within(&ns)).collect::<Vec<_>>()
+            })
+            .run(reconcile_claim, retry, ctx.clone())
+            .for_each(|_| async {});
+    let volumes = crate::runtime::slim_controller(Api::<PersistentVolume>::all(client), watcher::Config::default())
         .run(reconcile_volume, retry, ctx)
         .for_each(|_| async {});
     tokio::join!(claims, volumes);

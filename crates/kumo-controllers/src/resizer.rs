@@ -10,7 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -72,7 +72,7 @@ struct Error(#[from] kube::Error);
 pub async fn run(client: Client) {
     let reporter = Reporter { controller: "external-resizer kumo.dev".into(), instance: None };
     let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone() });
-    Controller::new(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
+    crate::runtime::slim_controller(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
         .watches(Api::<PersistentVolume>::all(client), watcher::Config::default(), |pv| {
             let r = pv.spec.as_ref()?.claim_ref.clone()?;
             Some(ObjectRef::new(r.name.as_deref()?).within(r.namespace.as_deref()?))

@@ -8,6 +8,7 @@
 //! counts (as "assumed", like kube-scheduler's) until the cache shows it.
 
 use crate::sched::{self, Cluster};
+use crate::shared::Update;
 use crate::{vm, vmi};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim};
@@ -25,7 +26,6 @@ use kumo_events::Recorder;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,9 +49,9 @@ pub struct Ctx {
     claims: Store<PersistentVolumeClaim>,
     volumes: Store<PersistentVolume>,
     classes: Store<StorageClass>,
-    /// Held while choosing a node and binding, so this process's choices see each other. It holds the
-    /// bindings made that the VMI cache has not shown yet (by uid).
-    assumed: tokio::sync::Mutex<HashMap<String, Arc<VirtualMachineInstance>>>,
+    /// What is placed where, with the bindings this process made that the VMI cache has not shown yet. Held
+    /// while choosing a node and binding, so this process's choices see each other.
+    placed: tokio::sync::Mutex<sched::Placed>,
 }
 
 use kumo_api::meta::now_rfc3339 as now;
@@ -92,16 +92,17 @@ pub async fn run(
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
-        sched,
+        sched: sched.clone(),
         vmis: vmi_store.clone(),
         nodes,
         namespaces,
         claims,
         volumes,
         classes,
-        assumed: Default::default(),
+        placed: tokio::sync::Mutex::new(sched::Placed::new(sched.clone())),
     });
-    let vm_controller = Controller::new(vms, watcher::Config::default())
+    let placed_feed = feed_placed(ctx.clone(), shared);
+    let vm_controller = slim_controller(vms, watcher::Config::default())
         .with_config(concurrency(CONCURRENCY))
         .owns_shared_stream(shared.changes())
         .run(|vm, ctx| async move { bounded(&*vm.clone(), reconcile_vm(vm, ctx)).await }, error_policy, ctx.clone())
@@ -122,8 +123,33 @@ pub async fn run(
                 tracing::debug!("vmi controller: {e}");
             }
         });
-    let (_, _, ()) = tokio::join!(vm_controller, vmi_controller, synced);
+    let (_, _, (), ()) = tokio::join!(vm_controller, vmi_controller, synced, placed_feed);
     Ok(())
+}
+
+/// Keeps `ctx.placed` current with each VMI change: the newest state in the cache, or gone.
+fn feed_placed(
+    ctx: Arc<Ctx>,
+    shared: &crate::shared::Shared<VirtualMachineInstance>,
+) -> impl std::future::Future<Output = ()> {
+    shared.updates().for_each(move |update| {
+        let ctx = ctx.clone();
+        async move {
+            let mut placed = ctx.placed.lock().await;
+            match update {
+                Update::Changed(o) => match newest(&ctx.vmis, &o) {
+                    Some(current) => placed.set(current),
+                    None => placed.remove(&sched::placed_key(&o)),
+                },
+                Update::Relist => placed.relist(ctx.vmis.state()),
+            }
+        }
+    })
+}
+
+/// The cache's state of `vmi` (None: it is gone, or its name now belongs to another VMI).
+fn newest(cache: &Store<VirtualMachineInstance>, vmi: &VirtualMachineInstance) -> Option<Arc<VirtualMachineInstance>> {
+    cache.get(&ObjectRef::from_obj(vmi)).filter(|c| c.metadata.uid == vmi.metadata.uid)
 }
 
 /// A watch cache of every `K`, and the stream of the objects it sees change.
@@ -134,9 +160,25 @@ where
     let (store, writer) = reflector::store();
     let events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(slim)
         .reflect(writer)
         .touched_objects();
     (store, events)
+}
+
+/// Drops what no controller reads before an object is cached: its managedFields, which were most of a cached
+/// VMI's size (a few entries of field sets per writer, about 13 KiB a VMI).
+pub fn slim<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
+/// A controller of every `K` in `api`, as `Controller::new` makes one, whose cache is [`slim`].
+pub fn slim_controller<K>(api: Api<K>, wc: watcher::Config) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    Controller::for_stream(reflector::reflector(writer, watcher(api, wc).modify(slim)).applied_objects(), store)
 }
 
 /// A Node or Namespace change may make room (or a match) for the VMIs waiting for a node: look at those again.
@@ -404,18 +446,14 @@ async fn apply_vmi_plan(
     api: &Api<VirtualMachineInstance>,
     vmi: &Arc<VirtualMachineInstance>,
 ) -> Result<Option<Action>, Error> {
-    let uid = vmi.uid().unwrap_or_default();
+    let key = sched::placed_key(vmi);
     let plan = if vmi::wants_node(vmi) {
-        let mut assumed = ctx.assumed.lock().await;
-        if assumed.contains_key(&uid) {
-            // Bound by this process already; the cache is behind. Read it instead of choosing again.
-            return Ok(None);
-        }
         ctx.nodes.wait_until_ready().await?;
         ctx.namespaces.wait_until_ready().await?;
         ctx.claims.wait_until_ready().await?;
         ctx.volumes.wait_until_ready().await?;
         ctx.classes.wait_until_ready().await?;
+        ctx.vmis.wait_until_ready().await?;
         let (nodes, namespaces) = (ctx.nodes.state(), ctx.namespaces.state());
         let (mut claims, mut volumes, classes) = (ctx.claims.state(), ctx.volumes.state(), ctx.classes.state());
         // The VMI's own claims and their volumes, read afresh: a claim bound or a volume made since the caches
@@ -438,10 +476,18 @@ async fn apply_vmi_plan(
                 volumes.push(Arc::new(pv));
             }
         }
-        let vmis = with_assumed(ctx.vmis.state(), &mut assumed);
+        // Held from the choice to the assumption, and never across a request.
+        let mut placed = ctx.placed.lock().await;
+        if placed.is_assumed(&key, || newest(&ctx.vmis, vmi)) {
+            // Bound by this process already; the cache is behind. Read it instead of choosing again.
+            return Ok(None);
+        }
+        if !placed.synced() {
+            placed.relist(ctx.vmis.state());
+        }
         let cluster = Cluster {
             nodes: nodes.iter().map(AsRef::as_ref).collect(),
-            vmis: vmis.iter().map(AsRef::as_ref).collect(),
+            placed: Some(&placed),
             namespaces: namespaces.iter().map(|n| (n.name_any(), n.labels().clone())).collect(),
             config: ctx.sched.clone(),
             tiebreak: rand::random(),
@@ -450,11 +496,12 @@ async fn apply_vmi_plan(
             classes: classes.iter().map(AsRef::as_ref).collect(),
         };
         let plan = vmi::plan(vmi, &cluster, &now());
-        // Counted from now on by this process's later choices; forgotten again if the write fails.
+        // Counted from now on by this process's later choices; forgotten again if the write fails, or when the
+        // watch has not shown it after a while (a write that never finished: cancelled at its deadline).
         if let Some(st) = plan.status.as_ref().filter(|s| s.node_name.is_some()) {
             let mut bound = (**vmi).clone();
             bound.status = Some(st.clone());
-            assumed.insert(uid.clone(), Arc::new(bound));
+            placed.assume(Arc::new(bound));
         }
         plan
     } else {
@@ -469,7 +516,7 @@ async fn apply_vmi_plan(
         match patch_status(api, &vmi.name_any(), vmi.status.as_ref(), status, rv.as_deref()).await {
             Ok(written) => latest = written.map(Arc::new).unwrap_or(latest),
             Err(e) => {
-                ctx.assumed.lock().await.remove(&uid);
+                ctx.placed.lock().await.forget(&key, newest(&ctx.vmis, vmi));
                 return match code(&e) {
                     Some(409) => Ok(None),
                     Some(404) => Ok(Some(Action::await_change())),
@@ -519,15 +566,4 @@ async fn select_node(ctx: &Ctx, vmi: &VirtualMachineInstance, node: &str, names:
         }
     }
     Ok(())
-}
-
-/// The cached VMIs, with this process's bindings the cache has not shown yet; forgets the bindings it shows
-/// (and those of VMIs gone).
-fn with_assumed(
-    cached: Vec<Arc<VirtualMachineInstance>>,
-    assumed: &mut HashMap<String, Arc<VirtualMachineInstance>>,
-) -> Vec<Arc<VirtualMachineInstance>> {
-    let unbound: HashSet<String> = cached.iter().filter(|v| v.node_name().is_none()).filter_map(|v| v.uid()).collect();
-    assumed.retain(|uid, _| unbound.contains(uid));
-    cached.into_iter().map(|v| v.uid().and_then(|u| assumed.get(&u).cloned()).unwrap_or(v)).collect()
 }

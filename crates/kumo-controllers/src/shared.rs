@@ -6,12 +6,13 @@
 //! never reaches its owner's controller; this one hands out the objects themselves.
 
 use futures::{stream, Stream, StreamExt};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 /// Changes buffered per subscriber before it counts as fallen behind (and is handed every object again): a
@@ -22,6 +23,59 @@ const BUFFER: usize = 1 << 16;
 pub struct Shared<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
     tx: broadcast::Sender<Arc<K>>,
+    owners: Arc<Mutex<Owners<K>>>,
+}
+
+/// The objects of each controller (by its uid), and those of none by namespace: a replica set reads its own
+/// VMIs and the orphans it may adopt instead of every VMI (quadratic at 300,000 VMIs).
+struct Owners<K: Resource<DynamicType = ()>> {
+    by_owner: HashMap<String, HashSet<ObjectRef<K>>>,
+    orphans: HashMap<String, HashSet<ObjectRef<K>>>,
+    /// Where each object is filed: its controller's uid, or None (an orphan).
+    filed: HashMap<ObjectRef<K>, Option<String>>,
+}
+
+impl<K: Resource<DynamicType = ()>> Default for Owners<K> {
+    fn default() -> Self {
+        Owners { by_owner: HashMap::new(), orphans: HashMap::new(), filed: HashMap::new() }
+    }
+}
+
+fn controller_of(meta: &kube::api::ObjectMeta) -> Option<String> {
+    meta.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| o.uid.clone())
+}
+
+impl<K: Resource<DynamicType = ()>> Owners<K> {
+    /// Files `r` under `current` (its newest state; None: gone).
+    fn file(&mut self, r: ObjectRef<K>, current: Option<&K>) {
+        let ns = r.namespace.clone().unwrap_or_default();
+        match self.filed.remove(&r) {
+            Some(Some(owner)) => {
+                if let Some(set) = self.by_owner.get_mut(&owner) {
+                    set.remove(&r);
+                    if set.is_empty() {
+                        self.by_owner.remove(&owner);
+                    }
+                }
+            }
+            Some(None) => {
+                if let Some(set) = self.orphans.get_mut(&ns) {
+                    set.remove(&r);
+                    if set.is_empty() {
+                        self.orphans.remove(&ns);
+                    }
+                }
+            }
+            None => {}
+        }
+        let Some(current) = current else { return };
+        let owner = controller_of(current.meta());
+        match &owner {
+            Some(o) => self.by_owner.entry(o.clone()).or_default().insert(r.clone()),
+            None => self.orphans.entry(ns).or_default().insert(r.clone()),
+        };
+        self.filed.insert(r, owner);
+    }
 }
 
 impl<K> Shared<K>
@@ -33,18 +87,52 @@ where
     pub fn new(api: Api<K>) -> (Self, impl Future<Output = ()> + Send) {
         let (store, writer) = reflector::store();
         let (tx, _) = broadcast::channel(BUFFER);
-        let feed_tx = tx.clone();
-        let feed =
-            watcher(api, watcher::Config::default()).default_backoff().reflect(writer).touched_objects().for_each(
-                move |o| {
-                    // The store already holds the change when subscribers hear of it. Nobody subscribed: nothing to do.
-                    if let Ok(o) = o {
-                        let _ = feed_tx.send(Arc::new(o));
-                    }
-                    std::future::ready(())
-                },
-            );
-        (Shared { store, tx }, feed)
+        let owners: Arc<Mutex<Owners<K>>> = Default::default();
+        let (feed_tx, feed_owners, feed_store) = (tx.clone(), owners.clone(), store.clone());
+        let feed = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(crate::runtime::slim)
+            .reflect(writer)
+            .touched_objects()
+            .for_each(move |o| {
+                // The store already holds the change when subscribers hear of it. Nobody subscribed: nothing to do.
+                if let Ok(o) = o {
+                    let r = ObjectRef::from_obj(&o);
+                    let current = feed_store.get(&r).filter(|c| c.meta().uid == o.meta().uid);
+                    feed_owners.lock().expect("lock").file(r, current.as_deref());
+                    // The store's own copy where it has one: subscribers share it instead of one more each.
+                    let _ = feed_tx.send(current.unwrap_or_else(|| Arc::new(o)));
+                }
+                std::future::ready(())
+            });
+        (Shared { store, tx, owners }, feed)
+    }
+
+    /// The objects whose controller is `owner` (a uid), and those in `namespace` with no controller, as the
+    /// store holds them.
+    pub fn owned_or_orphaned(&self, owner: &str, namespace: &str) -> Vec<Arc<K>> {
+        let refs: Vec<ObjectRef<K>> = {
+            let owners = self.owners.lock().expect("lock");
+            let mine = owners.by_owner.get(owner).into_iter().flatten();
+            mine.chain(owners.orphans.get(namespace).into_iter().flatten()).cloned().collect()
+        };
+        // An object deleted while the watch was down is never seen going: it is dropped here instead.
+        let mut gone = vec![];
+        let found = refs
+            .into_iter()
+            .filter_map(|r| {
+                let o = self.store.get(&r);
+                if o.is_none() {
+                    gone.push(r);
+                }
+                o
+            })
+            .collect();
+        if !gone.is_empty() {
+            let mut owners = self.owners.lock().expect("lock");
+            gone.into_iter().for_each(|r| owners.file(r, None));
+        }
+        found
     }
 
     pub fn store(&self) -> Store<K> {
@@ -54,18 +142,35 @@ where
     /// The objects seen changing from now on. A subscriber that fell behind gets every object in the store
     /// again, as after a relist (reconciles are idempotent; a missed change would be lost instead).
     pub fn changes(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
-        let (rx, store) = (self.tx.subscribe(), self.store.clone());
-        stream::unfold((rx, store), |(mut rx, store)| async move {
+        let store = self.store.clone();
+        self.updates()
+            .map(move |u| match u {
+                Update::Changed(o) => vec![o],
+                Update::Relist => store.state(),
+            })
+            .flat_map(stream::iter)
+    }
+
+    /// The changes from now on, and when this subscriber fell behind and missed some (deletions among them),
+    /// for a subscriber that keeps its own view of the objects.
+    pub fn updates(&self) -> impl Stream<Item = Update<K>> + Send + 'static {
+        stream::unfold(self.tx.subscribe(), |mut rx| async move {
             match rx.recv().await {
-                Ok(o) => Some((vec![o], (rx, store))),
+                Ok(o) => Some((Update::Changed(o), rx)),
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!("a controller fell {missed} changes behind; it looks at every object again");
-                    let all = store.state();
-                    Some((all, (rx, store)))
+                    Some((Update::Relist, rx))
                 }
                 Err(RecvError::Closed) => None,
             }
         })
-        .flat_map(stream::iter)
     }
+}
+
+/// What a subscriber hears.
+pub enum Update<K> {
+    /// The object changed (or was deleted: the store no longer has it).
+    Changed(Arc<K>),
+    /// Changes were missed: read the store afresh.
+    Relist,
 }

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use kumo_api::kubevirt::{VirtualMachineInstance, NODE_NAME_LABEL};
 use kumo_events::Recorder;
@@ -234,7 +234,12 @@ pub(crate) async fn serve(agent: Arc<Agent>) {
     });
     let mine = format!("{NODE_NAME_LABEL}={}", agent.node);
     let api = Api::<VirtualMachineInstance>::all(agent.client.clone());
-    Controller::new(api, watcher::Config::default().labels(&mine))
+    // Cached without managedFields: the agent never reads them, and they were most of a VMI's size (thousands
+    // of simulated nodes share one process).
+    let (store, writer) = kube::runtime::reflector::store();
+    let slim = |v: &mut VirtualMachineInstance| v.metadata.managed_fields = None;
+    let vmis = watcher(api, watcher::Config::default().labels(&mine)).modify(slim);
+    Controller::for_stream(kube::runtime::reflector(writer, vmis).applied_objects(), store)
         .run(reconcile::reconcile, reconcile::error_policy, agent)
         .for_each(|r| async move {
             if let Err(e) = r {

@@ -6,7 +6,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -34,25 +34,31 @@ const RESYNC: Duration = Duration::from_secs(15);
 pub async fn run(client: Client, vmis: &crate::shared::Shared<VirtualMachineInstance>) {
     let reporter = Reporter { controller: "persistentvolume-controller".into(), instance: None };
     let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone() });
-    let claims = Controller::new(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
-        // A volume that names a claim wakes it; any other volume change may let a waiting claim bind.
-        .watches(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default(), |pv| {
-            let r = pv.spec.as_ref().and_then(|s| s.claim_ref.clone());
-            r.and_then(|r| Some(ObjectRef::new(r.name.as_deref()?).within(r.namespace.as_deref()?)))
-        })
-        // A VMI that starts using a claim (hot-plugged into a running guest) may be its first consumer.
-        .watches_shared_stream(vmis.changes(), |vmi| {
-            let ns = vmi.metadata.namespace.clone().unwrap_or_default();
-            vmi.claim_names().map(|c| ObjectRef::new(c).within(&ns)).collect::<Vec<_>>()
-        })
-        .run(reconcile_claim, retry, ctx.clone())
-        .for_each(|_| async {});
-    let volumes = Controller::new(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default())
-        .watches(Api::<PersistentVolumeClaim>::all(client), watcher::Config::default(), |pvc| {
-            pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).filter(|v| !v.is_empty()).map(|v| ObjectRef::new(&v))
-        })
-        .run(reconcile_volume, retry, ctx)
-        .for_each(|_| async {});
+    let claims =
+        crate::runtime::slim_controller(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
+            // A volume that names a claim wakes it; any other volume change may let a waiting claim bind.
+            .watches(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default(), |pv| {
+                let r = pv.spec.as_ref().and_then(|s| s.claim_ref.clone());
+                r.and_then(|r| Some(ObjectRef::new(r.name.as_deref()?).within(r.namespace.as_deref()?)))
+            })
+            // A VMI that starts using a claim (hot-plugged into a running guest) may be its first consumer.
+            .watches_shared_stream(vmis.changes(), |vmi| {
+                let ns = vmi.metadata.namespace.clone().unwrap_or_default();
+                vmi.claim_names().map(|c| ObjectRef::new(c).within(&ns)).collect::<Vec<_>>()
+            })
+            .run(reconcile_claim, retry, ctx.clone())
+            .for_each(|_| async {});
+    let volumes =
+        crate::runtime::slim_controller(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default())
+            .watches(Api::<PersistentVolumeClaim>::all(client), watcher::Config::default(), |pvc| {
+                pvc.spec
+                    .as_ref()
+                    .and_then(|s| s.volume_name.clone())
+                    .filter(|v| !v.is_empty())
+                    .map(|v| ObjectRef::new(&v))
+            })
+            .run(reconcile_volume, retry, ctx)
+            .for_each(|_| async {});
     tokio::join!(claims, volumes);
 }
 

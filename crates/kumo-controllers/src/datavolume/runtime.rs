@@ -7,7 +7,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -31,7 +31,7 @@ struct Error(#[from] kube::Error);
 pub async fn run(client: Client) {
     let reporter = Reporter { controller: "datavolume-controller".into(), instance: None };
     let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone() });
-    Controller::new(Api::<DataVolume>::all(client.clone()), watcher::Config::default())
+    crate::runtime::slim_controller(Api::<DataVolume>::all(client.clone()), watcher::Config::default())
         .owns(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
         // A volume's progress reaches the DataVolume of its claim (same name and namespace).
         .watches(Api::<PersistentVolume>::all(client), watcher::Config::default(), |pv| {

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -38,7 +38,7 @@ pub async fn run(client: Client, vmis: &crate::shared::Shared<VirtualMachineInst
         let pool = vmi.labels().get(api::POOL_LABEL)?.clone();
         Some(ObjectRef::<VirtualMachinePool>::new(&pool).within(&vmi.namespace()?))
     };
-    Controller::new(Api::<VirtualMachinePool>::all(client.clone()), watcher::Config::default())
+    crate::runtime::slim_controller(Api::<VirtualMachinePool>::all(client.clone()), watcher::Config::default())
         .with_config(crate::runtime::concurrency(crate::runtime::CONCURRENCY))
         .owns(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default())
         .watches_shared_stream(vmis.changes(), by_label)

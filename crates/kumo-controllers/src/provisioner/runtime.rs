@@ -6,7 +6,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -31,10 +31,11 @@ const RETRY: Duration = Duration::from_secs(10);
 pub async fn run(client: Client) {
     let reporter = Reporter { controller: "kumo-provisioner".into(), instance: None };
     let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone() });
-    let claims = Controller::new(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
-        .run(reconcile_claim, retry, ctx.clone())
-        .for_each(|_| async {});
-    let volumes = Controller::new(Api::<PersistentVolume>::all(client), watcher::Config::default())
+    let claims =
+        crate::runtime::slim_controller(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
+            .run(reconcile_claim, retry, ctx.clone())
+            .for_each(|_| async {});
+    let volumes = crate::runtime::slim_controller(Api::<PersistentVolume>::all(client), watcher::Config::default())
         .run(reconcile_volume, retry, ctx)
         .for_each(|_| async {});
     tokio::join!(claims, volumes);

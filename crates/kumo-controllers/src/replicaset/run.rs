@@ -9,9 +9,8 @@ use super::plan;
 use crate::runtime::not_found_or_conflict;
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Reporter};
-use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use kumo_api::kubevirt::{Condition, VirtualMachineInstance, VirtualMachineInstanceReplicaSet};
@@ -23,7 +22,7 @@ use std::time::{Duration, Instant};
 struct Ctx {
     client: Client,
     recorder: Recorder,
-    vmis: Store<VirtualMachineInstance>,
+    vmis: crate::shared::Shared<VirtualMachineInstance>,
     /// Per replica set (by uid): VMIs it created and deleted that the cache may not show yet.
     expected: Mutex<HashMap<String, Expected>>,
 }
@@ -56,13 +55,17 @@ impl Ctx {
         false
     }
 
-    fn expect(&self, uid: &str, created: HashSet<String>, deleted: HashSet<String>) {
-        if !created.is_empty() || !deleted.is_empty() {
-            self.expected
-                .lock()
-                .expect("lock")
-                .insert(uid.to_string(), Expected { created, deleted, at: Instant::now() });
-        }
+    /// Notes a create (or a delete) of `name` by `uid` as soon as it succeeded: a reconcile that fails or is
+    /// cancelled after some writes must not let the next one plan them again from a cache that lags.
+    fn expect(&self, uid: &str, name: &str, created: bool) {
+        let mut expected = self.expected.lock().expect("lock");
+        let e = expected.entry(uid.to_string()).or_insert_with(|| Expected {
+            created: HashSet::new(),
+            deleted: HashSet::new(),
+            at: Instant::now(),
+        });
+        e.at = Instant::now();
+        if created { &mut e.created } else { &mut e.deleted }.insert(name.to_string());
     }
 }
 
@@ -97,44 +100,46 @@ pub async fn run(client: Client, shared: &crate::shared::Shared<VirtualMachineIn
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
-        vmis: shared.store(),
+        vmis: shared.clone(),
         expected: Default::default(),
     });
-    Controller::new(Api::<VirtualMachineInstanceReplicaSet>::all(client.clone()), watcher::Config::default())
-        .with_config(crate::runtime::concurrency(crate::runtime::CONCURRENCY))
-        .owns_shared_stream(shared.changes())
-        .run(
-            |rs, ctx| async move { crate::runtime::bounded(&*rs.clone(), reconcile(rs, ctx)).await },
-            |_, err: &Error, _| {
-                tracing::warn!("replica set controller: {err}");
-                Action::requeue(Duration::from_secs(2))
-            },
-            ctx,
-        )
-        .for_each(|_| async {})
-        .await;
+    crate::runtime::slim_controller(
+        Api::<VirtualMachineInstanceReplicaSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(crate::runtime::concurrency(crate::runtime::CONCURRENCY))
+    .owns_shared_stream(shared.changes())
+    .run(
+        |rs, ctx| async move { crate::runtime::bounded(&*rs.clone(), reconcile(rs, ctx)).await },
+        |_, err: &Error, _| {
+            tracing::warn!("replica set controller: {err}");
+            Action::requeue(Duration::from_secs(2))
+        },
+        ctx,
+    )
+    .for_each(|_| async {})
+    .await;
 }
 
 async fn reconcile(rs: Arc<VirtualMachineInstanceReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = rs.namespace().unwrap_or_default();
     let api = Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), &ns);
-    if ctx.vmis.wait_until_ready().await.is_err() {
+    if ctx.vmis.store().wait_until_ready().await.is_err() {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let uid = rs.metadata.uid.clone().unwrap_or_default();
-    let vmis: Vec<Arc<VirtualMachineInstance>> =
-        ctx.vmis.state().into_iter().filter(|v| v.metadata.namespace.as_deref() == Some(ns.as_str())).collect();
+    // Its own VMIs and the orphans it may adopt: the plan looks at no others.
+    let vmis = ctx.vmis.owned_or_orphaned(&uid, &ns);
     if !ctx.satisfied(&uid, &vmis) {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let mut plan = plan(&rs, vmis.iter().map(|v| &**v), &kumo_api::meta::now_rfc3339());
-    let (mut created, mut deleted) = (HashSet::new(), HashSet::new());
     let mut failure: Option<(&str, String)> = None;
     crate::runtime::adopt_and_release(&api, &super::owner_ref(&rs), &plan.adopt, &plan.release).await?;
     for vmi in &plan.create {
         match api.create(&PostParams::default(), vmi).await {
             Ok(made) => {
-                created.insert(made.name_any());
+                ctx.expect(&uid, &made.name_any(), true);
                 let note = format!("Created virtual machine instance: {}", made.name_any());
                 crate::runtime::record(&ctx.recorder, &*rs, EventType::Normal, "SuccessfulCreate", "Create", note)
                     .await;
@@ -147,14 +152,14 @@ async fn reconcile(rs: Arc<VirtualMachineInstanceReplicaSet>, ctx: Arc<Ctx>) -> 
             Err(e) => return Err(e.into()),
         }
     }
-    for (name, uid) in &plan.delete {
+    for (name, vmi_uid) in &plan.delete {
         let dp = DeleteParams {
-            preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+            preconditions: Some(Preconditions { uid: Some(vmi_uid.clone()), resource_version: None }),
             ..Default::default()
         };
         match api.delete(name, &dp).await {
             Ok(_) => {
-                deleted.insert(name.clone());
+                ctx.expect(&uid, name, false);
                 let note = format!("Deleted virtual machine instance: {name}");
                 crate::runtime::record(&ctx.recorder, &*rs, EventType::Normal, "SuccessfulDelete", "Delete", note)
                     .await;
@@ -166,7 +171,6 @@ async fn reconcile(rs: Arc<VirtualMachineInstanceReplicaSet>, ctx: Arc<Ctx>) -> 
             Err(e) => return Err(e.into()),
         }
     }
-    ctx.expect(&uid, created, deleted);
     let conditions = plan.status.conditions.get_or_insert_with(Vec::new);
     let before = rs.status.as_ref().and_then(|s| s.conditions.as_deref());
     set_failure(conditions, before, failure.as_ref());

@@ -4,7 +4,8 @@
 //! node's name), against the VMIs already bound to nodes — both the new VMI's terms and the required
 //! anti-affinity of the VMIs already placed.
 
-use super::NodeInfo;
+use super::{NodeInfo, Placed};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::core::v1::{PodAffinityTerm, WeightedPodAffinityTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kumo_api::kubevirt::VirtualMachineInstance;
@@ -34,7 +35,7 @@ impl<'a> Domains<'a> {
 
     /// Whether the node is in one of the domains.
     fn holds(&self, n: &NodeInfo) -> bool {
-        self.keys.iter().any(|k| value(n, k).is_some_and(|v| self.set.contains(&(*k, v))))
+        self.keys.iter().any(|k| value(n.node, k).is_some_and(|v| self.set.contains(&(*k, v))))
     }
 }
 
@@ -56,12 +57,12 @@ pub(super) struct Placement<'a> {
 }
 
 /// The node's value for a topology key.
-fn value<'n>(n: &'n NodeInfo<'_>, key: &str) -> Option<&'n str> {
-    let label = n.node.metadata.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str);
-    label.or_else(|| (key == HOSTNAME).then_some(n.name))
+fn value<'n>(n: &'n Node, key: &str) -> Option<&'n str> {
+    let label = n.metadata.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str);
+    label.or_else(|| (key == HOSTNAME).then_some(n.metadata.name.as_deref().unwrap_or_default()))
 }
 
-fn domain<'a>(n: &'a NodeInfo<'a>, key: &'a str) -> Option<Domain<'a>> {
+fn domain<'a>(n: &'a Node, key: &'a str) -> Option<Domain<'a>> {
     value(n, key).map(|v| (key, v))
 }
 
@@ -78,7 +79,14 @@ fn preferred(terms: Option<&Vec<WeightedPodAffinityTerm>>) -> &[WeightedPodAffin
 }
 
 impl<'a> Placement<'a> {
-    pub fn new(vmi: &'a VirtualMachineInstance, nodes: &'a [NodeInfo<'a>], namespaces: &'a Namespaces) -> Self {
+    /// The new VMI's terms against what is `placed` on `nodes`. Without terms of its own, only the placed VMIs
+    /// with required anti-affinity can matter, and only they are looked at.
+    pub fn new(
+        vmi: &'a VirtualMachineInstance,
+        placed: &'a Placed,
+        nodes: &[&'a Node],
+        namespaces: &'a Namespaces,
+    ) -> Self {
         let aff = vmi.spec.affinity.as_ref();
         let pod_aff = aff.and_then(|a| a.pod_affinity.as_ref());
         let pod_anti = aff.and_then(|a| a.pod_anti_affinity.as_ref());
@@ -103,29 +111,36 @@ impl<'a> Placement<'a> {
             affinity: affinity.clone(),
             anti: anti.clone(),
         };
-        for n in nodes {
-            for other in &n.vmis {
-                if !affinity.is_empty() && affinity.iter().all(|t| matches(t, other)) {
-                    for d in affinity.iter().filter_map(|t| domain(n, &t.topology_key)) {
-                        *p.affinity_counts.entry(d).or_default() += 1;
-                    }
+        let own_terms = !(affinity.is_empty() && anti.is_empty() && soft_aff.is_empty() && soft_anti.is_empty());
+        let others: Vec<(&str, &VirtualMachineInstance)> =
+            if own_terms { placed.all().collect() } else { placed.with_required_anti().collect() };
+        if others.is_empty() {
+            return p;
+        }
+        let by_name: HashMap<&str, &Node> =
+            nodes.iter().map(|n| (n.metadata.name.as_deref().unwrap_or_default(), *n)).collect();
+        for (node, other) in others {
+            let Some(&n) = by_name.get(node) else { continue };
+            if !affinity.is_empty() && affinity.iter().all(|t| matches(t, other)) {
+                for d in affinity.iter().filter_map(|t| domain(n, &t.topology_key)) {
+                    *p.affinity_counts.entry(d).or_default() += 1;
                 }
-                for t in anti.iter().filter(|t| matches(t, other)) {
-                    p.anti_domains.insert(domain(n, &t.topology_key));
+            }
+            for t in anti.iter().filter(|t| matches(t, other)) {
+                p.anti_domains.insert(domain(n, &t.topology_key));
+            }
+            // Symmetry: a placed VMI that must not share a domain with VMIs like this one keeps it out.
+            let theirs = other.spec.affinity.as_ref().and_then(|a| a.pod_anti_affinity.as_ref());
+            let theirs = theirs.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
+            for t in theirs.into_iter().flatten() {
+                if term_matches(t, namespace(other), vmi, namespaces) {
+                    p.rejected_by_existing.insert(domain(n, &t.topology_key));
                 }
-                // Symmetry: a placed VMI that must not share a domain with VMIs like this one keeps it out.
-                let theirs = other.spec.affinity.as_ref().and_then(|a| a.pod_anti_affinity.as_ref());
-                let theirs = theirs.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
-                for t in theirs.into_iter().flatten() {
-                    if term_matches(t, namespace(other), vmi, namespaces) {
-                        p.rejected_by_existing.insert(domain(n, &t.topology_key));
-                    }
-                }
-                for (w, sign) in soft_aff.iter().map(|w| (w, 1)).chain(soft_anti.iter().map(|w| (w, -1))) {
-                    if matches(&w.pod_affinity_term, other) {
-                        if let Some(d) = domain(n, &w.pod_affinity_term.topology_key) {
-                            *p.preferred.entry(d).or_default() += sign * i64::from(w.weight);
-                        }
+            }
+            for (w, sign) in soft_aff.iter().map(|w| (w, 1)).chain(soft_anti.iter().map(|w| (w, -1))) {
+                if matches(&w.pod_affinity_term, other) {
+                    if let Some(d) = domain(n, &w.pod_affinity_term.topology_key) {
+                        *p.preferred.entry(d).or_default() += sign * i64::from(w.weight);
                     }
                 }
             }
@@ -144,8 +159,11 @@ impl<'a> Placement<'a> {
         if self.affinity.is_empty() {
             return None;
         }
-        let domains: Option<Vec<Domain>> =
-            self.affinity.iter().map(|t| value(n, &t.topology_key).map(|v| (t.topology_key.as_str(), v))).collect();
+        let domains: Option<Vec<Domain>> = self
+            .affinity
+            .iter()
+            .map(|t| value(n.node, &t.topology_key).map(|v| (t.topology_key.as_str(), v)))
+            .collect();
         // The node must have every term's topology label.
         let Some(domains) = domains else { return Some("node(s) didn't match pod affinity rules") };
         let present = domains.iter().all(|d| self.affinity_counts.get(d).is_some_and(|c| *c > 0));
@@ -156,7 +174,7 @@ impl<'a> Placement<'a> {
 
     /// The preferred terms' score for `n` (may be negative).
     pub fn preferred(&self, n: &NodeInfo) -> i64 {
-        self.preferred_keys.iter().filter_map(|k| value(n, k).and_then(|v| self.preferred.get(&(*k, v)))).sum()
+        self.preferred_keys.iter().filter_map(|k| value(n.node, k).and_then(|v| self.preferred.get(&(*k, v)))).sum()
     }
 }
 

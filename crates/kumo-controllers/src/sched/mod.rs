@@ -13,7 +13,10 @@
 
 mod affinity;
 mod node;
+mod placed;
 mod volumes;
+
+pub use placed::{key as placed_key, Placed};
 
 pub(crate) use affinity::selects;
 pub(crate) use node::{ready, term_matches};
@@ -26,7 +29,7 @@ mod tests;
 use k8s_openapi::api::core::v1::Node;
 use kumo_api::kubevirt::VirtualMachineInstance;
 use kumo_api::quantity;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// How the scheduler counts.
 #[derive(Clone, Debug)]
@@ -93,8 +96,8 @@ pub fn finished(vmi: &VirtualMachineInstance) -> bool {
 #[derive(Clone, Debug, Default)]
 pub struct Cluster<'a> {
     pub nodes: Vec<&'a Node>,
-    /// Every VMI known; those bound to a node and not finished take room there and count for pod affinity.
-    pub vmis: Vec<&'a VirtualMachineInstance>,
+    /// The VMIs bound to nodes and not finished: they take room there and count for pod affinity (None: none).
+    pub placed: Option<&'a Placed>,
     /// Each namespace's labels, for pod-affinity terms with a `namespaceSelector`.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub config: Config,
@@ -121,9 +124,28 @@ pub struct Placement {
 pub(crate) struct NodeInfo<'a> {
     pub node: &'a Node,
     pub name: &'a str,
-    /// Not finished VMIs bound here.
-    pub vmis: Vec<&'a VirtualMachineInstance>,
+    /// How many VMIs are placed here, and what they take.
+    pub count: usize,
     pub used: Request,
+}
+
+impl<'a> NodeInfo<'a> {
+    fn new(node: &'a Node, placed: &Placed) -> Self {
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        let load = placed.load(name);
+        NodeInfo { node, name, count: load.map_or(0, |l| l.vmis.len()), used: load.map(|l| l.used).unwrap_or_default() }
+    }
+}
+
+/// How many feasible nodes end the search, as kube-scheduler's `percentageOfNodesToScore` (adaptive) decides:
+/// every node in small clusters; in large ones a share falling from 50% to 5% (at least 100 nodes), so a
+/// placement among 10,000 nodes looks at about 500 of them. The search starts at a random node.
+fn feasible_to_find(nodes: usize) -> usize {
+    if nodes < 100 {
+        return nodes;
+    }
+    let percent = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * percent / 100).max(100)
 }
 
 /// The node for `vmi`, or why none fits (Kubernetes' "0/N nodes are available: …" message).
@@ -136,42 +158,30 @@ pub fn place(vmi: &VirtualMachineInstance, cluster: &Cluster) -> Result<Placemen
     let n = cluster.nodes.len();
     let volumes = volumes::resolve(vmi, cluster).map_err(|why| format!("0/{n} nodes are available: {why}."))?;
     let want = request(vmi, &cluster.config);
-    let uid = vmi.metadata.uid.as_deref();
-    let mut infos: Vec<NodeInfo> = cluster
-        .nodes
-        .iter()
-        .map(|n| NodeInfo {
-            node: n,
-            name: n.metadata.name.as_deref().unwrap_or_default(),
-            vmis: vec![],
-            used: Request::default(),
-        })
-        .collect();
-    let index: HashMap<&str, usize> = infos.iter().enumerate().map(|(i, n)| (n.name, i)).collect();
-    for other in &cluster.vmis {
-        let here = other.node_name().and_then(|n| index.get(n));
-        if let Some(&i) = here.filter(|_| !finished(other) && (uid.is_none() || other.metadata.uid.as_deref() != uid)) {
-            infos[i].used += request(other, &cluster.config);
-            infos[i].vmis.push(other);
-        }
-    }
-    let pods = affinity::Placement::new(vmi, &infos, &cluster.namespaces);
+    let empty = Placed::default();
+    let placed = cluster.placed.unwrap_or(&empty);
+    let pods = affinity::Placement::new(vmi, placed, &cluster.nodes, &cluster.namespaces);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut feasible: Vec<&NodeInfo> = vec![];
-    for info in &infos {
-        let failed = node::filter(vmi, info, want)
-            .or_else(|| pods.filter(info).map(|r| vec![r.to_string()]))
+    let mut feasible: Vec<NodeInfo> = vec![];
+    let (find, start) = (feasible_to_find(n), (cluster.tiebreak % n.max(1) as u64) as usize);
+    for i in 0..n {
+        let info = NodeInfo::new(cluster.nodes[(start + i) % n], placed);
+        let failed = node::filter(vmi, &info, want)
+            .or_else(|| pods.filter(&info).map(|r| vec![r.to_string()]))
             .or_else(|| volumes.filter(info.node).map(|r| vec![r.to_string()]));
         match failed {
             Some(why) => why.into_iter().for_each(|r| *reasons.entry(r).or_default() += 1),
             None => feasible.push(info),
+        }
+        if feasible.len() >= find {
+            break;
         }
     }
     if feasible.is_empty() {
         let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
         parts.sort();
         let detail = if parts.is_empty() { String::new() } else { format!(": {}", parts.join(", ")) };
-        return Err(format!("0/{} nodes are available{detail}.", infos.len()));
+        return Err(format!("0/{n} nodes are available{detail}."));
     }
     let node = best(vmi, want, &feasible, &pods, cluster.tiebreak).to_string();
     Ok(Placement { node, waiting: volumes.pending() && volumes.waiting.is_empty(), provision: volumes.waiting })
@@ -186,7 +196,7 @@ const WEIGHT_TAINTS: i64 = 3;
 fn best<'a>(
     vmi: &VirtualMachineInstance,
     want: Request,
-    feasible: &[&'a NodeInfo],
+    feasible: &[NodeInfo<'a>],
     pods: &affinity::Placement,
     tiebreak: u64,
 ) -> &'a str {
@@ -197,12 +207,12 @@ fn best<'a>(
     let pod_aff = normalise(&pod_aff, Scale::MinMax);
     let taints = normalise(&taints, Scale::ReverseMax);
     let key = |i: usize| {
-        let n = feasible[i];
+        let n = &feasible[i];
         let score = WEIGHT_RESOURCES * node::least_allocated(n, want)
             + WEIGHT_NODE_AFFINITY * node_aff[i]
             + WEIGHT_POD_AFFINITY * pod_aff[i]
             + WEIGHT_TAINTS * taints[i];
-        (score, std::cmp::Reverse(n.vmis.len()), mix(tiebreak, n.name))
+        (score, std::cmp::Reverse(n.count), mix(tiebreak, n.name))
     };
     let winner = (0..feasible.len()).max_by_key(|&i| key(i)).expect("at least one feasible node");
     feasible[winner].name

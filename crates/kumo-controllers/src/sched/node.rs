@@ -39,7 +39,7 @@ pub(super) fn filter(vmi: &VirtualMachineInstance, n: &NodeInfo, want: Request) 
         short.push("Insufficient memory".to_string());
     }
     // Only when the Node reports a pod limit: each VMI is one pod in KubeVirt.
-    if allocatable_pods(n.node).is_some_and(|max| n.vmis.len() as u64 >= max) {
+    if allocatable_pods(n.node).is_some_and(|max| n.count as u64 >= max) {
         short.push("Too many pods".to_string());
     }
     (!short.is_empty()).then_some(short)

@@ -29,8 +29,13 @@ fn placed(mut v: Value, node: &str) -> VirtualMachineInstance {
     typed(v)
 }
 
+fn placed_all(vmis: &[VirtualMachineInstance]) -> Placed {
+    Placed::of(Config::default(), vmis.iter().cloned().map(std::sync::Arc::new))
+}
+
 fn run(vmi: Value, nodes: &[Node], vmis: &[VirtualMachineInstance]) -> Result<String, String> {
-    let cluster = Cluster { nodes: nodes.iter().collect(), vmis: vmis.iter().collect(), ..Default::default() };
+    let placed = placed_all(vmis);
+    let cluster = Cluster { nodes: nodes.iter().collect(), placed: Some(&placed), ..Default::default() };
     schedule(&typed(vmi), &cluster)
 }
 
@@ -249,9 +254,10 @@ fn pod_anti_affinity_keeps_vmis_apart_both_ways() {
     let mut by_label = term("web");
     by_label["namespaceSelector"] = json!({"matchLabels": {"tier": "prod"}});
     let vmi: VirtualMachineInstance = typed(with_affinity("w3", "web", required(by_label)));
+    let prod_placed = placed_all(&prod);
     let cluster = |namespaces| Cluster {
         nodes: only_c.iter().collect(),
-        vmis: prod.iter().collect(),
+        placed: Some(&prod_placed),
         namespaces,
         ..Default::default()
     };
@@ -304,14 +310,10 @@ fn pod_affinity_follows_matching_vmis_and_lets_the_first_of_a_group_anywhere() {
         n.metadata.labels.as_mut().unwrap().insert("topology.kubernetes.io/zone".into(), "z1".into());
     }
     // Same zone as the db: both nodes fit.
+    let db_placed = placed_all(&db_on_b);
     let fit: Vec<_> = (0..8)
         .map(|tiebreak| {
-            let c = Cluster {
-                nodes: zones.iter().collect(),
-                vmis: db_on_b.iter().collect(),
-                tiebreak,
-                ..Default::default()
-            };
+            let c = Cluster { nodes: zones.iter().collect(), placed: Some(&db_placed), tiebreak, ..Default::default() };
             schedule(&typed(with_affinity("app", "app", zoned.clone())), &c).unwrap()
         })
         .collect();
@@ -424,4 +426,27 @@ fn claims_decide_where_and_whether_a_vmi_goes() {
     assert_eq!(first.provision, vec!["data".to_string()], "its volume is to be made where it goes");
     let chosen = place_with(Some(claim("later", None, Some("a")))).unwrap();
     assert_eq!((chosen.node.as_str(), chosen.waiting), ("a", true), "it waits on the node selected for its volume");
+}
+
+#[test]
+fn large_clusters_score_a_share_of_their_nodes_but_search_all_for_a_fit() {
+    assert_eq!(feasible_to_find(99), 99, "small clusters: every node");
+    assert_eq!(feasible_to_find(100), 100);
+    assert_eq!(feasible_to_find(1000), 420, "50% less a point per 125 nodes");
+    assert_eq!(feasible_to_find(10_000), 500, "never under 5%");
+    // Among 300 nodes only the last fits: the search goes on past the share until it finds it.
+    let mut ns: Vec<Node> = (0..300).map(|i| typed(node_json(&format!("n{i:03}")))).collect();
+    for n in &mut ns[..299] {
+        n.spec = Some(typed(json!({"unschedulable": true})));
+    }
+    for tiebreak in [0, 150, 299] {
+        let cluster = Cluster { nodes: ns.iter().collect(), tiebreak, ..Default::default() };
+        assert_eq!(schedule(&typed(vmi_json("v")), &cluster), Ok("n299".into()), "tiebreak {tiebreak}");
+    }
+    ns[299].spec = Some(typed(json!({"unschedulable": true})));
+    let cluster = Cluster { nodes: ns.iter().collect(), ..Default::default() };
+    assert_eq!(
+        schedule(&typed(vmi_json("v")), &cluster),
+        Err("0/300 nodes are available: 300 node(s) were unschedulable.".into())
+    );
 }

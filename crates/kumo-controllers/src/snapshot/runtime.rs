@@ -7,7 +7,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use kumo_api::kubevirt::{VirtualMachine, VirtualMachineInstance};
@@ -34,19 +34,21 @@ pub async fn run(client: Client) {
         tracing::warn!("snapshot controller: {err}");
         Action::requeue(Duration::from_secs(2))
     };
-    let snapshots = Controller::new(Api::<VirtualMachineSnapshot>::all(client.clone()), watcher::Config::default())
-        .run(reconcile_snapshot, on_error, ctx.clone())
-        .for_each(|_| async {});
-    let restores = Controller::new(Api::<VirtualMachineRestore>::all(client), watcher::Config::default())
-        .run(
-            reconcile_restore,
-            |_, err: &Error, _| {
-                tracing::warn!("restore controller: {err}");
-                Action::requeue(Duration::from_secs(2))
-            },
-            ctx,
-        )
-        .for_each(|_| async {});
+    let snapshots =
+        crate::runtime::slim_controller(Api::<VirtualMachineSnapshot>::all(client.clone()), watcher::Config::default())
+            .run(reconcile_snapshot, on_error, ctx.clone())
+            .for_each(|_| async {});
+    let restores =
+        crate::runtime::slim_controller(Api::<VirtualMachineRestore>::all(client), watcher::Config::default())
+            .run(
+                reconcile_restore,
+                |_, err: &Error, _| {
+                    tracing::warn!("restore controller: {err}");
+                    Action::requeue(Duration::from_secs(2))
+                },
+                ctx,
+            )
+            .for_each(|_| async {});
     tokio::join!(snapshots, restores);
 }
 
