@@ -111,27 +111,17 @@ where
     /// The objects whose controller is `owner` (a uid), and those in `namespace` with no controller, as the
     /// store holds them.
     pub fn owned_or_orphaned(&self, owner: &str, namespace: &str) -> Vec<Arc<K>> {
-        let refs: Vec<ObjectRef<K>> = {
-            let owners = self.owners.lock().expect("lock");
-            let mine = owners.by_owner.get(owner).into_iter().flatten();
-            mine.chain(owners.orphans.get(namespace).into_iter().flatten()).cloned().collect()
-        };
-        // An object deleted while the watch was down is never seen going: it is dropped here instead.
-        let mut gone = vec![];
-        let found = refs
-            .into_iter()
-            .filter_map(|r| {
-                let o = self.store.get(&r);
-                if o.is_none() {
-                    gone.push(r);
-                }
-                o
-            })
-            .collect();
-        if !gone.is_empty() {
-            let mut owners = self.owners.lock().expect("lock");
-            gone.into_iter().for_each(|r| owners.file(r, None));
+        let mut owners = self.owners.lock().expect("lock");
+        let (mut found, mut gone) = (vec![], vec![]);
+        let mine = owners.by_owner.get(owner).into_iter().flatten();
+        for r in mine.chain(owners.orphans.get(namespace).into_iter().flatten()) {
+            match self.store.get(r) {
+                Some(o) => found.push(o),
+                None => gone.push(r.clone()),
+            }
         }
+        // An object deleted while the watch was down is never seen going: it is dropped here instead.
+        gone.into_iter().for_each(|r| owners.file(r, None));
         found
     }
 
@@ -173,4 +163,42 @@ pub enum Update<K> {
     Changed(Arc<K>),
     /// Changes were missed: read the store afresh.
     Relist,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kumo_api::kubevirt::VirtualMachineInstance;
+    use serde_json::json;
+
+    fn vmi(name: &str, owner: Option<&str>) -> VirtualMachineInstance {
+        let refs = owner.map(|o| json!([{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceReplicaSet",
+            "name": "rs", "uid": o, "controller": true}]));
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "ns", "ownerReferences": refs},
+            "spec": {"domain": {"devices": {}}}}))
+        .unwrap()
+    }
+
+    fn filed(o: &Owners<VirtualMachineInstance>) -> (usize, usize) {
+        (o.by_owner.values().map(HashSet::len).sum(), o.orphans.values().map(HashSet::len).sum())
+    }
+
+    #[test]
+    fn objects_are_filed_under_their_controller_or_as_orphans_and_refiled_on_change() {
+        let mut o = Owners::<VirtualMachineInstance>::default();
+        let (a, b) = (vmi("a", Some("rs1")), vmi("b", None));
+        o.file(ObjectRef::from_obj(&a), Some(&a));
+        o.file(ObjectRef::from_obj(&b), Some(&b));
+        assert_eq!(filed(&o), (1, 1));
+        // Adopted: moves from the orphans to its owner; released: back.
+        let adopted = vmi("b", Some("rs1"));
+        o.file(ObjectRef::from_obj(&adopted), Some(&adopted));
+        assert_eq!((filed(&o), o.by_owner["rs1"].len()), ((2, 0), 2));
+        o.file(ObjectRef::from_obj(&b), Some(&b));
+        assert_eq!(filed(&o), (1, 1));
+        o.file(ObjectRef::from_obj(&a), None);
+        o.file(ObjectRef::from_obj(&b), None);
+        assert_eq!(filed(&o), (0, 0));
+        assert!(o.by_owner.is_empty() && o.orphans.is_empty() && o.filed.is_empty(), "nothing left behind");
+    }
 }

@@ -23,7 +23,6 @@ pub use progress::{rollout_done, RolloutState};
 pub use revision::{revision_for, template_hash, CHANGE_CAUSE};
 pub use run::run;
 
-use crate::replicaset::labels_json;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -185,7 +184,7 @@ pub fn plan(pool: &VirtualMachinePool, w: &World) -> Plan {
     let me = pool.metadata.uid.clone().unwrap_or_default();
     let pool_name = name(&pool.metadata);
     let sel = selector(pool);
-    let matches = |m: &ObjectMeta| sel.as_ref().is_some_and(|s| s.matches(labels_json(m).as_ref()));
+    let matches = |m: &ObjectMeta| sel.as_ref().is_some_and(|s| s.matches_labels(m.labels.as_ref()));
     let deleting = pool.metadata.deletion_timestamp.is_some();
     let has_finalizer = pool.metadata.finalizers.iter().flatten().any(|f| f == api::FINALIZER);
 

@@ -3,7 +3,7 @@
 //! orders them: AscendingOrder / DescendingOrder by index, Oldest / Newest by creation, or Random. Without a
 //! policy, VMs that are not Ready go first, then Random.
 
-use super::{index_of, is_ready, labels_json, name, World};
+use super::{index_of, is_ready, name, World};
 use kumo_api::kubevirt::VirtualMachine;
 use kumo_api::pool::{NodeSelectorRequirement, SelectionPolicy, VirtualMachinePool};
 use kumo_api::selector::LabelSelector;
@@ -36,7 +36,7 @@ fn selected(vm: &VirtualMachine, policy: &SelectionPolicy, w: &World) -> bool {
     let Some(s) = &policy.selectors else { return false };
     let by_label = s.label_selector.as_ref().map(|ls| {
         let v = serde_json::to_value(ls).unwrap_or_default();
-        LabelSelector::from_object(&v).is_ok_and(|sel| sel.matches(labels_json(&vm.metadata).as_ref()))
+        LabelSelector::from_object(&v).is_ok_and(|sel| sel.matches_labels(vm.metadata.labels.as_ref()))
     });
     let by_node = s.node_selector_requirement_matcher.as_ref().map(|reqs| {
         let vmi = w.vmis.iter().find(|i| i.metadata.name == vm.metadata.name);

@@ -51,11 +51,6 @@ pub fn selector(rs: &VirtualMachineInstanceReplicaSet) -> Option<LabelSelector> 
     LabelSelector::from_object(&v).ok().filter(|s| !s.is_empty())
 }
 
-pub(crate) fn labels_json(meta: &ObjectMeta) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let l = meta.labels.as_ref()?;
-    Some(l.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect())
-}
-
 /// The controlling owner's uid, when a controller owns the object.
 pub fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
     meta.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| o.uid.as_str())
@@ -123,7 +118,7 @@ pub fn plan<'a>(
     let me = rs.metadata.uid.as_deref().unwrap_or_default();
     let sel = selector(rs);
     let matches =
-        |v: &VirtualMachineInstance| sel.as_ref().is_some_and(|s| s.matches(labels_json(&v.metadata).as_ref()));
+        |v: &VirtualMachineInstance| sel.as_ref().is_some_and(|s| s.matches_labels(v.metadata.labels.as_ref()));
     let deleting = rs.metadata.deletion_timestamp.is_some();
     let mut mine = Vec::new();
     for v in vmis {

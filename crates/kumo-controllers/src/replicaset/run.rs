@@ -43,11 +43,13 @@ impl Ctx {
     fn satisfied(&self, uid: &str, vmis: &[Arc<VirtualMachineInstance>]) -> bool {
         let mut expected = self.expected.lock().expect("lock");
         let Some(e) = expected.get(uid) else { return true };
-        let live = |name: &String| {
-            vmis.iter().any(|v| v.metadata.name.as_ref() == Some(name) && v.metadata.deletion_timestamp.is_none())
-        };
-        let seen = e.created.iter().all(|n| vmis.iter().any(|v| v.metadata.name.as_ref() == Some(n)))
-            && !e.deleted.iter().any(live);
+        // By name, once: a set of a thousand replicas checks a thousand names against a thousand VMIs.
+        let names: HashMap<&str, bool> = vmis
+            .iter()
+            .filter_map(|v| Some((v.metadata.name.as_deref()?, v.metadata.deletion_timestamp.is_none())))
+            .collect();
+        let seen = e.created.iter().all(|n| names.contains_key(n.as_str()))
+            && !e.deleted.iter().any(|n| names.get(n.as_str()) == Some(&true));
         if seen || e.at.elapsed() > EXPECTATIONS_TIMEOUT {
             expected.remove(uid);
             return true;
