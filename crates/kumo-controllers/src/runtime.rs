@@ -353,7 +353,11 @@ async fn reconcile_vm(vm_obj: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Acti
     let name = vm_obj.name_any();
     let vms = Api::<VirtualMachine>::namespaced(ctx.client.clone(), &ns);
     let vmis = Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), &ns);
-    let vmi = vmis.get_opt(&name).await?;
+    // From the shared cache, not a read per reconcile (one for each VM change, most of the server's reads at
+    // scale). A cache behind the store is safe here: a create of a VMI that exists is refused (409, same name),
+    // a delete is conditional on the uid, and the VMI's next change reconciles the VM again.
+    ctx.vmis.wait_until_ready().await?;
+    let vmi = ctx.vmis.get(&ObjectRef::new(&name).within(&ns));
     let dvs = Api::<DataVolume>::namespaced(ctx.client.clone(), &ns);
     let mut existing = std::collections::HashSet::new();
     for t in vm_obj.spec.data_volume_templates.iter().flatten() {
@@ -383,7 +387,7 @@ async fn reconcile_vm(vm_obj: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Acti
     } else {
         Box::new((*vm_obj).clone())
     };
-    let plan = vm::plan(&flavored, vmi.as_ref(), &now());
+    let plan = vm::plan(&flavored, vmi.as_deref(), &now());
     for action in &plan.actions {
         match action {
             vm::Action::CreateVmi(obj) => match vmis.create(&PostParams::default(), obj).await {

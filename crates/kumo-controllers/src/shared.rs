@@ -172,8 +172,10 @@ mod tests {
     use serde_json::json;
 
     fn vmi(name: &str, owner: Option<&str>) -> VirtualMachineInstance {
-        let refs = owner.map(|o| json!([{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceReplicaSet",
-            "name": "rs", "uid": o, "controller": true}]));
+        let refs = owner.map(|o| {
+            json!([{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceReplicaSet",
+            "name": "rs", "uid": o, "controller": true}])
+        });
         serde_json::from_value(json!({"metadata": {"name": name, "namespace": "ns", "ownerReferences": refs},
             "spec": {"domain": {"devices": {}}}}))
         .unwrap()

@@ -221,22 +221,25 @@ pub(crate) async fn serve(agent: Arc<Agent>) {
     // Only this node's VMIs, selected by the server: KubeVirt's node label, which the scheduler sets when it
     // binds and keeps on the VMI until it is gone (deleting and finished ones included, so their cleanup is
     // seen here). A node's credential may list and watch VMIs only with this selector.
-    // Leftovers of VMIs that vanished while this agent was away, now and every half minute (a VMI deleted
-    // while this host was cut off never shows up in the watch again).
-    let sweeper = agent.clone();
-    tokio::spawn(async move {
-        loop {
-            if let Err(e) = reconcile::sweep_orphans(&sweeper).await {
-                tracing::debug!("sweeping orphaned VMIs: {e:#}");
-            }
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        }
-    });
     let mine = format!("{NODE_NAME_LABEL}={}", agent.node);
     let api = Api::<VirtualMachineInstance>::all(agent.client.clone());
     // Cached without managedFields: the agent never reads them, and they were most of a VMI's size (thousands
     // of simulated nodes share one process).
     let (store, writer) = kube::runtime::reflector::store();
+    // Leftovers of VMIs that vanished while this agent was away, once the cache has its first list and every
+    // half minute after (a VMI deleted while this host was cut off never shows up in the watch again, but is
+    // gone from the cache once the watch lists again). The cache, not a list: at 10,000 nodes a list each per
+    // half minute was hundreds of lists a second.
+    let (sweeper, cached) = (agent.clone(), store.clone());
+    tokio::spawn(async move {
+        if cached.wait_until_ready().await.is_err() {
+            return;
+        }
+        loop {
+            reconcile::sweep_orphans(&sweeper, &cached).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    });
     let slim = |v: &mut VirtualMachineInstance| v.metadata.managed_fields = None;
     let vmis = watcher(api, watcher::Config::default().labels(&mine)).modify(slim);
     Controller::for_stream(kube::runtime::reflector(writer, vmis).applied_objects(), store)

@@ -351,23 +351,20 @@ async fn sync_pause(agent: &Agent, vmi: &VirtualMachineInstance, l: &LocalVm) ->
 
 /// Removes what VMIs that no longer exist left on this host: their guest (killed: a VMI gone while this agent
 /// was away — deleted, or failed over after this host was fenced — must not keep running), network, pod IP and
-/// files. The local directories are read before the API is asked, so a VMI created meanwhile is never taken
-/// for an orphan.
-pub(crate) async fn sweep_orphans(agent: &Agent) -> anyhow::Result<()> {
+/// files. The local directories are read before the cache of this node's VMIs, so a VMI created meanwhile
+/// (in the cache before any of its files exist) is never taken for an orphan.
+pub(crate) async fn sweep_orphans(agent: &Agent, cached: &kube::runtime::reflector::Store<VirtualMachineInstance>) {
     let local = agent.hv.local();
     if local.is_empty() {
-        return Ok(());
+        return;
     }
-    let mine = format!("{}={}", kumo_api::kubevirt::NODE_NAME_LABEL, agent.node);
-    let api = Api::<VirtualMachineInstance>::all(agent.client.clone());
-    let listed = api.list(&kube::api::ListParams::default().labels(&mine)).await?;
-    let live: std::collections::HashSet<String> = listed.items.iter().filter_map(|v| v.metadata.uid.clone()).collect();
+    let live: std::collections::HashSet<String> =
+        cached.state().iter().filter_map(|v| v.metadata.uid.clone()).collect();
     for uid in local.into_iter().filter(|u| !live.contains(u)) {
         agent.hv.kill_orphan(&uid);
         tracing::info!(uid = %uid, "removing what a VMI that no longer exists left on this host");
         cleanup(agent, &uid).await;
     }
-    Ok(())
 }
 
 /// Removes everything the VMI had on this host: its guest, what served it, and what the hypervisor prepared.
