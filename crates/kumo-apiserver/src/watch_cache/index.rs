@@ -29,8 +29,32 @@ pub fn covers(prefix: &str, label: &str) -> bool {
 impl LabelIndex {
     /// Records `key`'s object (None: deleted).
     pub fn update(&mut self, key: &str, obj: Option<&serde_json::Value>) {
-        let Some((i, label)) = index_of(key) else { return };
+        let Some((_, label)) = index_of(key) else { return };
         let value = obj.and_then(|o| o.pointer("/metadata/labels")).and_then(|l| l.get(label)).and_then(|v| v.as_str());
+        self.set(key, value);
+    }
+
+    /// Records `key`'s stored bytes, reading only its labels (at start, every indexed object is read: most of
+    /// each is skipped rather than decoded).
+    pub fn update_raw(&mut self, key: &str, stored: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Labelled {
+            #[serde(default)]
+            metadata: Meta,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct Meta {
+            #[serde(default)]
+            labels: std::collections::BTreeMap<String, String>,
+        }
+        let Some((_, label)) = index_of(key) else { return };
+        if let Ok(o) = serde_json::from_slice::<Labelled>(stored) {
+            self.set(key, o.metadata.labels.get(label).map(String::as_str));
+        }
+    }
+
+    fn set(&mut self, key: &str, value: Option<&str>) {
+        let Some((i, _)) = index_of(key) else { return };
         let slot = (i, key.to_string());
         let old = self.value_of.get(&slot);
         if old.map(String::as_str) == value {
@@ -85,5 +109,18 @@ mod tests {
                 && !covers(p, "app")
                 && !covers("/registry/core/pods/", "kubevirt.io/nodeName")
         );
+    }
+
+    #[test]
+    fn stored_bytes_index_as_the_decoded_object_does() {
+        let mut ix = LabelIndex::default();
+        let p = INDEXED[0].0;
+        let obj = json!({"metadata": {"name": "x", "labels": {"kubevirt.io/nodeName": "n1", "app": "a"}},
+            "spec": {"domain": {"devices": {}}}, "status": {"phase": "Running"}});
+        ix.update_raw(&format!("{p}a/x"), &serde_json::to_vec(&obj).unwrap());
+        ix.update_raw(&format!("{p}a/y"), br#"{"metadata": {"name": "y"}}"#);
+        assert_eq!(ix.keys(p, "n1", None), [format!("{p}a/x")]);
+        ix.update(&format!("{p}a/x"), None);
+        assert!(ix.keys(p, "n1", None).is_empty());
     }
 }

@@ -166,9 +166,7 @@ async fn build_index(store: &dyn Store, rev: i64) -> kumo_store::Result<index::L
             };
             let page = store.range(req).await?;
             for kv in &page.kvs {
-                if let Ok(obj) = decode(kv) {
-                    ix.update(&kv.key, Some(&obj));
-                }
+                ix.update_raw(&kv.key, &kv.value);
             }
             start_after = page.kvs.last().map(|kv| kv.key.clone());
             if !page.more || start_after.is_none() {
