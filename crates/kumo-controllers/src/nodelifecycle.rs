@@ -4,9 +4,9 @@
 //! watchdog has killed its guests (see `kumo_agent::fence`) — its VMIs are marked Failed with KubeVirt's reason
 //! `NodeUnresponsive` and their agent finalizer is released, so their VMs start elsewhere per runStrategy.
 //!
-//! Silence is measured from when *this* controller last saw the Lease change (its own monotonic clock), never
-//! from the holder's `renewTime`, so clock skew cannot shorten it; a new leader starts counting afresh, which
-//! only delays a failover.
+//! Silence is measured from when *this* controller last saw the Lease (or the agent's own `Ready=True`
+//! heartbeat) change, by its own monotonic clock, never from the holder's `renewTime`: clock skew cannot
+//! shorten it. A new leader starts counting afresh, which only delays a failover.
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -47,10 +47,10 @@ pub fn fencing_period(node: &Node) -> Option<Duration> {
     ann.parse::<u64>().ok().filter(|s| *s > 0).map(Duration::from_secs)
 }
 
-/// What the controller knows of one node's Lease.
+/// What the controller knows of one node's signs of life.
 #[derive(Clone, Debug)]
 pub struct Seen {
-    record: Option<(String, String)>,
+    record: Option<(String, String, String)>,
     since: Instant,
 }
 
@@ -64,11 +64,17 @@ pub enum NodeAction {
     FailOver(Vec<(String, String, String)>),
 }
 
-/// The Lease's identity for change detection: (resourceVersion, renewTime).
-fn record(lease: Option<&Lease>) -> Option<(String, String)> {
-    let l = lease?;
+/// A node's signs of life, for change detection: its Lease (resourceVersion, renewTime) and, as Kubernetes'
+/// node lifecycle controller counts it too, the heartbeat of a `Ready=True` its agent wrote. Without the
+/// latter, an agent back from the dead (Ready written, first renewal not yet seen: Nodes and Leases come by
+/// separate watches) was marked unreachable again over its own fresh status, which then stayed NotReady.
+fn record(lease: Option<&Lease>, node: &Node) -> Option<(String, String, String)> {
+    let conds = node.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    let ready = conds.iter().find(|c| c.type_ == "Ready" && c.status == "True");
+    let beat = ready.and_then(|c| c.last_heartbeat_time.as_ref()).map(|t| t.0.to_string()).unwrap_or_default();
+    let Some(l) = lease else { return (!beat.is_empty()).then(|| (String::new(), String::new(), beat)) };
     let renew = l.spec.as_ref().and_then(|s| s.renew_time.as_ref()).map(|t| t.0.to_string()).unwrap_or_default();
-    Some((l.metadata.resource_version.clone().unwrap_or_default(), renew))
+    Some((l.metadata.resource_version.clone().unwrap_or_default(), renew, beat))
 }
 
 /// Pure decision for one node. `vmis` gives the VMIs on the node, asked for only when they are to fail over.
@@ -80,7 +86,7 @@ pub fn plan<V: Borrow<VirtualMachineInstance>>(
     now: Instant,
     cfg: &Config,
 ) -> Vec<NodeAction> {
-    let rec = record(lease);
+    let rec = record(lease, node);
     if rec != seen.record {
         seen.record = rec;
         seen.since = now;
@@ -229,25 +235,40 @@ async fn apply(
     match action {
         NodeAction::MarkUnreachable => {
             tracing::warn!(node = name, "node stopped renewing its Lease: marking it unreachable");
+            let ready = node.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+            let mut conds: Vec<NodeCondition> = ready.to_vec();
+            conds.retain(|c| c.type_ != "Ready");
+            // The heartbeat stays the agent's last: this write is no sign of the node's life.
+            let beat = ready.iter().find(|c| c.type_ == "Ready").and_then(|c| c.last_heartbeat_time.clone());
+            let cond = json!({"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                "message": "The node agent stopped renewing its Lease.", "lastTransitionTime": now,
+                "lastHeartbeatTime": beat});
+            let mut list = serde_json::to_value(&conds).unwrap_or(json!([]));
+            if let Some(a) = list.as_array_mut() {
+                a.push(cond);
+            }
+            // Both writes are compare-and-swaps on the Node as seen: an agent that wrote Ready meanwhile (back
+            // from the dead, its first renewal not seen yet) must not have it overwritten; the next pass decides
+            // again on what it wrote.
+            let status = json!({"metadata": {"resourceVersion": node.metadata.resource_version},
+                "status": {"conditions": list}});
+            let written = match nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await {
+                Ok(n) => n,
+                Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+                Err(e) => return Err(e),
+            };
             let mut taints: Vec<Taint> = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
             taints.retain(|t| t.key != UNREACHABLE_TAINT);
             for effect in ["NoSchedule", "NoExecute"] {
                 taints.push(Taint { key: UNREACHABLE_TAINT.into(), effect: effect.into(), ..Default::default() });
             }
-            nodes.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"taints": taints}}))).await?;
-            let mut conds: Vec<NodeCondition> =
-                node.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
-            conds.retain(|c| c.type_ != "Ready");
-            let cond = json!({"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
-                "message": "The node agent stopped renewing its Lease.", "lastTransitionTime": now,
-                "lastHeartbeatTime": now});
-            let mut list = serde_json::to_value(&conds).unwrap_or(json!([]));
-            if let Some(a) = list.as_array_mut() {
-                a.push(cond);
+            let spec = json!({"metadata": {"resourceVersion": written.metadata.resource_version},
+                "spec": {"taints": taints}});
+            match nodes.patch(name, &PatchParams::default(), &Patch::Merge(spec)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e),
             }
-            nodes
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": list}})))
-                .await?;
         }
         NodeAction::MarkReachable => {
             tracing::info!(node = name, "node renews its Lease again");
@@ -351,6 +372,17 @@ mod tests {
             vec![NodeAction::MarkReachable]
         );
         assert!(plan(&node(false), Some(&lease("2")), &mut seen, || vmis.to_vec(), at(25), &cfg).is_empty());
+        // An agent back from the dead writes Ready before its first renewal shows: that is a sign of life too.
+        let mut back = node(true);
+        back.status = serde_json::from_value(json!({"conditions": [{"type": "Ready", "status": "True",
+            "lastHeartbeatTime": "2026-12-06T00:00:00Z"}]}))
+        .unwrap();
+        let silent = plan(&node(false), Some(&lease("2")), &mut seen, || vmis.to_vec(), at(40), &cfg);
+        assert_eq!(silent.first(), Some(&NodeAction::MarkUnreachable));
+        assert_eq!(
+            plan(&back, Some(&lease("2")), &mut seen, || vmis.to_vec(), at(41), &cfg),
+            vec![NodeAction::MarkReachable]
+        );
         // A node that does not fence never has its VMIs failed over, however long it is silent.
         let mut unfenced = node(true);
         unfenced.metadata.annotations = None;

@@ -22,7 +22,7 @@ const BUFFER: usize = 1 << 16;
 #[derive(Clone)]
 pub struct Shared<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
-    tx: broadcast::Sender<Arc<K>>,
+    tx: broadcast::Sender<Update<K>>,
     owners: Arc<Mutex<Owners<K>>>,
 }
 
@@ -46,6 +46,12 @@ fn controller_of(meta: &kube::api::ObjectMeta) -> Option<String> {
 }
 
 impl<K: Resource<DynamicType = ()>> Owners<K> {
+    /// Every object again, from a full list.
+    fn refile(&mut self, all: Vec<Arc<K>>) {
+        *self = Owners::default();
+        all.iter().for_each(|o| self.file(ObjectRef::from_obj(&**o), Some(o)));
+    }
+
     /// Files `r` under `current` (its newest state; None: gone).
     fn file(&mut self, r: ObjectRef<K>, current: Option<&K>) {
         let ns = r.namespace.clone().unwrap_or_default();
@@ -89,19 +95,32 @@ where
         let (tx, _) = broadcast::channel(BUFFER);
         let owners: Arc<Mutex<Owners<K>>> = Default::default();
         let (feed_tx, feed_owners, feed_store) = (tx.clone(), owners.clone(), store.clone());
+        // Changes reach subscribers once the store holds them. During a (re)list the store still holds what it
+        // had until the list is whole: then subscribers are told to look at the store afresh, and the owner
+        // index is rebuilt from it (what a relist no longer shows was deleted unseen).
         let feed = watcher(api, watcher::Config::default())
             .default_backoff()
             .modify(crate::runtime::slim)
             .reflect(writer)
-            .touched_objects()
-            .for_each(move |o| {
-                // The store already holds the change when subscribers hear of it. Nobody subscribed: nothing to do.
-                if let Ok(o) = o {
-                    let r = ObjectRef::from_obj(&o);
-                    let current = feed_store.get(&r).filter(|c| c.meta().uid == o.meta().uid);
-                    feed_owners.lock().expect("lock").file(r, current.as_deref());
-                    // The store's own copy where it has one: subscribers share it instead of one more each.
-                    let _ = feed_tx.send(current.unwrap_or_else(|| Arc::new(o)));
+            .for_each(move |ev| {
+                match ev {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                        let r = ObjectRef::from_obj(&o);
+                        feed_owners.lock().expect("lock").file(r.clone(), Some(&o));
+                        // The store's own copy when it holds this version: shared instead of one more.
+                        let held =
+                            feed_store.get(&r).filter(|c| c.meta().resource_version == o.meta().resource_version);
+                        let _ = feed_tx.send(Update::Changed(held.unwrap_or_else(|| Arc::new(o))));
+                    }
+                    Ok(watcher::Event::Delete(o)) => {
+                        feed_owners.lock().expect("lock").file(ObjectRef::from_obj(&o), None);
+                        let _ = feed_tx.send(Update::Changed(Arc::new(o)));
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        feed_owners.lock().expect("lock").refile(feed_store.state());
+                        let _ = feed_tx.send(Update::Relist);
+                    }
+                    Ok(watcher::Event::Init) | Err(_) => {}
                 }
                 std::future::ready(())
             });
@@ -146,7 +165,7 @@ where
     pub fn updates(&self) -> impl Stream<Item = Update<K>> + Send + 'static {
         stream::unfold(self.tx.subscribe(), |mut rx| async move {
             match rx.recv().await {
-                Ok(o) => Some((Update::Changed(o), rx)),
+                Ok(u) => Some((u, rx)),
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!("a controller fell {missed} changes behind; it looks at every object again");
                     Some((Update::Relist, rx))
@@ -161,8 +180,17 @@ where
 pub enum Update<K> {
     /// The object changed (or was deleted: the store no longer has it).
     Changed(Arc<K>),
-    /// Changes were missed: read the store afresh.
+    /// The store was listed afresh, or this subscriber missed changes: read the store afresh.
     Relist,
+}
+
+impl<K> Clone for Update<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Update::Changed(o) => Update::Changed(o.clone()),
+            Update::Relist => Update::Relist,
+        }
+    }
 }
 
 #[cfg(test)]
