@@ -44,6 +44,8 @@ pub struct Ctx {
     recorder: Recorder,
     sched: sched::Config,
     vmis: Store<VirtualMachineInstance>,
+    /// Whether `vmis` holds a whole list (see [`crate::shared::Shared::synced`]).
+    vmis_synced: tokio::sync::watch::Receiver<bool>,
     nodes: Store<Node>,
     namespaces: Store<Namespace>,
     claims: Store<PersistentVolumeClaim>,
@@ -82,9 +84,10 @@ pub async fn run(
         .with_config(concurrency(SCHEDULER_CONCURRENCY));
     // Said once the scheduler sees the cluster (tests wait for it before racing schedulers).
     let synced = {
-        let (nodes, vmis) = (nodes.clone(), vmi_store.clone());
+        let (nodes, vmis, vmis_synced) = (nodes.clone(), vmi_store.clone(), shared.synced_signal());
         async move {
-            if nodes.wait_until_ready().await.is_ok() && vmis.wait_until_ready().await.is_ok() {
+            crate::shared::wait_synced(vmis_synced).await;
+            if nodes.wait_until_ready().await.is_ok() {
                 tracing::info!("scheduler caches synced: {} nodes, {} VMIs", nodes.len(), vmis.len());
             }
         }
@@ -94,6 +97,7 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         sched: sched.clone(),
         vmis: vmi_store.clone(),
+        vmis_synced: shared.synced_signal(),
         nodes,
         namespaces,
         claims,
@@ -356,7 +360,7 @@ async fn reconcile_vm(vm_obj: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Acti
     // From the shared cache, not a read per reconcile (one for each VM change, most of the server's reads at
     // scale). A cache behind the store is safe here: a create of a VMI that exists is refused (409, same name),
     // a delete is conditional on the uid, and the VMI's next change reconciles the VM again.
-    ctx.vmis.wait_until_ready().await?;
+    crate::shared::wait_synced(ctx.vmis_synced.clone()).await;
     let vmi = ctx.vmis.get(&ObjectRef::new(&name).within(&ns));
     let dvs = Api::<DataVolume>::namespaced(ctx.client.clone(), &ns);
     let mut existing = std::collections::HashSet::new();
@@ -457,7 +461,7 @@ async fn apply_vmi_plan(
         ctx.claims.wait_until_ready().await?;
         ctx.volumes.wait_until_ready().await?;
         ctx.classes.wait_until_ready().await?;
-        ctx.vmis.wait_until_ready().await?;
+        crate::shared::wait_synced(ctx.vmis_synced.clone()).await;
         let (nodes, namespaces) = (ctx.nodes.state(), ctx.namespaces.state());
         let (mut claims, mut volumes, classes) = (ctx.claims.state(), ctx.volumes.state(), ctx.classes.state());
         // The VMI's own claims and their volumes, read afresh: a claim bound or a volume made since the caches

@@ -24,6 +24,9 @@ pub struct Shared<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
     tx: broadcast::Sender<Update<K>>,
     owners: Arc<Mutex<Owners<K>>>,
+    /// Whether the store holds a whole list. Wait on this, not on `Store::wait_until_ready`: that wakes only the
+    /// last of several waiters (a oneshot underneath), and the controllers' runners wait on it too.
+    synced: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The objects of each controller (by its uid), and those of none by namespace: a replica set reads its own
@@ -95,6 +98,7 @@ where
         let (tx, _) = broadcast::channel(BUFFER);
         let owners: Arc<Mutex<Owners<K>>> = Default::default();
         let (feed_tx, feed_owners, feed_store) = (tx.clone(), owners.clone(), store.clone());
+        let (synced_tx, synced) = tokio::sync::watch::channel(false);
         // Changes reach subscribers once the store holds them. During a (re)list the store still holds what it
         // had until the list is whole: then subscribers are told to look at the store afresh, and the owner
         // index is rebuilt from it (what a relist no longer shows was deleted unseen).
@@ -118,13 +122,24 @@ where
                     }
                     Ok(watcher::Event::InitDone) => {
                         feed_owners.lock().expect("lock").refile(feed_store.state());
+                        synced_tx.send_replace(true);
                         let _ = feed_tx.send(Update::Relist);
                     }
                     Ok(watcher::Event::Init) | Err(_) => {}
                 }
                 std::future::ready(())
             });
-        (Shared { store, tx, owners }, feed)
+        (Shared { store, tx, owners, synced }, feed)
+    }
+
+    /// Waits until the store holds a whole list (any number of waiters).
+    pub async fn synced(&self) {
+        wait_synced(self.synced.clone()).await
+    }
+
+    /// What [`Shared::synced`] waits on, for a context that keeps no `Shared`.
+    pub fn synced_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.synced.clone()
     }
 
     /// The objects whose controller is `owner` (a uid), and those in `namespace` with no controller, as the
@@ -190,6 +205,13 @@ impl<K> Clone for Update<K> {
             Update::Changed(o) => Update::Changed(o.clone()),
             Update::Relist => Update::Relist,
         }
+    }
+}
+
+/// Waits until `synced` says true (a feed gone counts as never).
+pub async fn wait_synced(mut synced: tokio::sync::watch::Receiver<bool>) {
+    if synced.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

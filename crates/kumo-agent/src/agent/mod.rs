@@ -230,9 +230,12 @@ pub(crate) async fn serve(agent: Arc<Agent>) {
     // half minute after (a VMI deleted while this host was cut off never shows up in the watch again, but is
     // gone from the cache once the watch lists again). The cache, not a list: at 10,000 nodes a list each per
     // half minute was hundreds of lists a second.
+    // Listed is said by the stream itself: kube's `Store::wait_until_ready` wakes only the last of several
+    // waiters, and the controller below waits on it too.
     let (sweeper, cached) = (agent.clone(), store.clone());
+    let (listed_tx, mut listed) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        if cached.wait_until_ready().await.is_err() {
+        if listed.wait_for(|l| *l).await.is_err() {
             return;
         }
         loop {
@@ -242,7 +245,14 @@ pub(crate) async fn serve(agent: Arc<Agent>) {
     });
     let slim = |v: &mut VirtualMachineInstance| v.metadata.managed_fields = None;
     let vmis = watcher(api, watcher::Config::default().labels(&mine)).modify(slim);
-    Controller::for_stream(kube::runtime::reflector(writer, vmis).applied_objects(), store)
+    // Said after the cache took the list in (the reflector yields each event once applied): a sweep against a
+    // cache still empty would take every guest for an orphan.
+    let vmis = kube::runtime::reflector(writer, vmis).inspect(move |ev| {
+        if matches!(ev, Ok(watcher::Event::InitDone)) {
+            listed_tx.send_replace(true);
+        }
+    });
+    Controller::for_stream(vmis.applied_objects(), store)
         .run(reconcile::reconcile, reconcile::error_policy, agent)
         .for_each(|r| async move {
             if let Err(e) = r {

@@ -126,9 +126,7 @@ pub async fn run(client: Client, shared: &crate::shared::Shared<VirtualMachineIn
 async fn reconcile(rs: Arc<VirtualMachineInstanceReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = rs.namespace().unwrap_or_default();
     let api = Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), &ns);
-    if ctx.vmis.store().wait_until_ready().await.is_err() {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
+    ctx.vmis.synced().await;
     let uid = rs.metadata.uid.clone().unwrap_or_default();
     // Its own VMIs and the orphans it may adopt: the plan looks at no others.
     let vmis = ctx.vmis.owned_or_orphaned(&uid, &ns);
