@@ -98,8 +98,8 @@ pub fn host(sim: &Simulation, index: usize) -> HostInfo {
 /// hold on these machines at 10,000 simulated nodes.
 fn h2_client(config: &kube::Config) -> Result<kube::Client> {
     use kube::client::ConfigExt;
-    let mut tls = config.rustls_client_config()?;
-    tls.alpn_protocols = vec![b"h2".to_vec()];
+    // The connector offers h2 by ALPN itself (and refuses a config that already names protocols).
+    let tls = config.rustls_client_config()?;
     let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http2().build();
     let http =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build(https);
