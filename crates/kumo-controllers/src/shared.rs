@@ -154,7 +154,7 @@ where
                 None => gone.push(r.clone()),
             }
         }
-        // An object deleted while the watch was down is never seen going: it is dropped here instead.
+        // Filed but no longer in the store (the index is rebuilt at each relist; this only tidies between).
         gone.into_iter().for_each(|r| owners.file(r, None));
         found
     }
