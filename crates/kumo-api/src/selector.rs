@@ -198,6 +198,11 @@ impl FieldSelector {
         self.0.is_empty()
     }
 
+    /// The value `field` must equal (`field=value` or `field==value`), if the selector says so.
+    pub fn required(&self, field: &str) -> Option<&str> {
+        self.0.iter().find(|(k, eq, _)| *eq && k == field).map(|(_, _, v)| v.as_str())
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(k, eq, v)| {
             let ptr = format!("/{}", k.replace('.', "/"));
