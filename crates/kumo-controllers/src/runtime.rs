@@ -54,7 +54,14 @@ pub struct Ctx {
     /// What is placed where, with the bindings this process made that the VMI cache has not shown yet. Held
     /// while choosing a node and binding, so this process's choices see each other.
     placed: tokio::sync::Mutex<sched::Placed>,
+    /// VMIs that fit nowhere when last planned: what a Node, Namespace or storage change may let in.
+    unschedulable: Unschedulable,
 }
+
+/// The VMIs a change elsewhere may let in, as kube-scheduler's unschedulable queue. Only these are looked at
+/// again on such a change: mapping every Node change (a thousand a second in a large cluster, ten thousand at
+/// a relist) to every pending VMI stalled the scheduler.
+type Unschedulable = Arc<std::sync::Mutex<std::collections::HashSet<ObjectRef<VirtualMachineInstance>>>>;
 
 use kumo_api::meta::now_rfc3339 as now;
 
@@ -78,6 +85,7 @@ pub async fn run(
     let (volumes, volume_events) = cache::<PersistentVolume>(&client);
     let (classes, class_events) = cache::<StorageClass>(&client);
     let vmi_store = shared.store();
+    let unschedulable = Unschedulable::default();
     // Placements are serialized by `assumed` anyway: a few at a time, so a burst of ten thousand VMIs queues in
     // the controller (their deadlines not yet running) instead of piling up on the lock.
     let vmi_controller = Controller::for_shared_stream(shared.changes(), vmi_store.clone())
@@ -104,6 +112,7 @@ pub async fn run(
         volumes,
         classes,
         placed: tokio::sync::Mutex::new(sched::Placed::new(sched.clone())),
+        unschedulable: unschedulable.clone(),
     });
     let placed_feed = feed_placed(ctx.clone(), shared);
     let vm_controller = slim_controller(vms, watcher::Config::default())
@@ -116,11 +125,11 @@ pub async fn run(
             }
         });
     let vmi_controller = vmi_controller
-        .watches_stream(node_events, waiting(vmi_store.clone()))
-        .watches_stream(ns_events, waiting(vmi_store.clone()))
-        .watches_stream(claim_events, waiting(vmi_store.clone()))
-        .watches_stream(volume_events, waiting(vmi_store.clone()))
-        .watches_stream(class_events, waiting(vmi_store))
+        .watches_stream(node_events, waiting(vmi_store.clone(), unschedulable.clone()))
+        .watches_stream(ns_events, waiting(vmi_store.clone(), unschedulable.clone()))
+        .watches_stream(claim_events, waiting(vmi_store.clone(), unschedulable.clone()))
+        .watches_stream(volume_events, waiting(vmi_store.clone(), unschedulable.clone()))
+        .watches_stream(class_events, waiting(vmi_store, unschedulable))
         .run(|vmi, ctx| async move { bounded(&*vmi.clone(), reconcile_vmi(vmi, ctx)).await }, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
@@ -185,9 +194,17 @@ where
     Controller::for_stream(reflector::reflector(writer, watcher(api, wc).modify(slim)).applied_objects(), store)
 }
 
-/// A Node or Namespace change may make room (or a match) for the VMIs waiting for a node: look at those again.
-fn waiting<T>(vmis: Store<VirtualMachineInstance>) -> impl Fn(T) -> Vec<ObjectRef<VirtualMachineInstance>> {
-    move |_| vmis.state().into_iter().filter(|v| vmi::wants_node(v)).map(|v| ObjectRef::from_obj(&*v)).collect()
+/// A Node, Namespace or storage change may make room (or a match) for the VMIs that fit nowhere: look at those
+/// again. VMIs gone or placed meanwhile leave the set here.
+fn waiting<T>(
+    vmis: Store<VirtualMachineInstance>,
+    unschedulable: Unschedulable,
+) -> impl Fn(T) -> Vec<ObjectRef<VirtualMachineInstance>> {
+    move |_| {
+        let mut set = unschedulable.lock().expect("unschedulable lock");
+        set.retain(|r| vmis.get(r).is_some_and(|v| vmi::wants_node(&v)));
+        set.iter().cloned().collect()
+    }
 }
 
 /// Reconciles a controller runs at once, as kube-controller-manager's workers per controller: unbounded, a
@@ -504,6 +521,13 @@ async fn apply_vmi_plan(
             classes: classes.iter().map(AsRef::as_ref).collect(),
         };
         let plan = vmi::plan(vmi, &cluster, &now());
+        let mut waiting = ctx.unschedulable.lock().expect("unschedulable lock");
+        if plan.retry {
+            waiting.insert(ObjectRef::from_obj(&**vmi));
+        } else {
+            waiting.remove(&ObjectRef::from_obj(&**vmi));
+        }
+        drop(waiting);
         // Counted from now on by this process's later choices; forgotten again if the write fails, or when the
         // watch has not shown it after a while (a write that never finished: cancelled at its deadline).
         if let Some(st) = plan.status.as_ref().filter(|s| s.node_name.is_some()) {
