@@ -8,7 +8,8 @@
 # virtio disk (or a CD-ROM). It prints "KUMO-GUEST: ..." markers on the serial console (ttyS0), takes
 # cloud-init config from NoCloud (label cidata) or ConfigDrive (label config-2), gets an address by
 # DHCP (or static from network-config), serves HTTP on port 8080, powers off on the ACPI power button
-# and runs qemu-guest-agent when a virtio-serial port org.qemu.guest_agent.0 exists.
+# and runs qemu-guest-agent and an SSH server (dropbear) when a virtio-serial port org.qemu.guest_agent.0
+# exists.
 #
 # Output, in ${KUMO_CACHE:-$HOME/.cache/kumo}/images/:
 #   guest.qcow2        the bootable disk (what a containerDisk carries)
@@ -22,9 +23,9 @@
 # Environment:
 #   KUMO_CACHE                 cache root (default $HOME/.cache/kumo)
 #   KUMO_GUEST_KERNEL_PKG      kernel package (default linux-image-cloud-amd64, a metapackage)
-#   KUMO_GUEST_AGENT=0         leave qemu-guest-agent out (it adds ~2.8 MiB to the disk, none to boot time:
-#                              it sits on the disk as /kumo/qga.img and is unpacked only when the VM has
-#                              the org.qemu.guest_agent.0 port)
+#   KUMO_GUEST_AGENT=0         leave qemu-guest-agent and dropbear out (they add ~3 MiB to the disk, none to
+#                              boot time: they sit on the disk as /kumo/qga.img and are unpacked only when
+#                              the VM has the org.qemu.guest_agent.0 port)
 # Needs root for apt-get (only when a tool is missing) and for mknod /dev/console in the initramfs.
 set -euo pipefail
 
@@ -125,8 +126,8 @@ command -v depmod >/dev/null && command -v modprobe >/dev/null || need+=(kmod)
 command -v cpio >/dev/null || need+=(cpio)
 command -v dpkg-deb >/dev/null || die "dpkg-deb not found: this script needs a Debian (bookworm) host"
 if [ "$WITH_QGA" = 1 ]; then
-	# qemu-ga is copied with the shared libraries it links against, resolved on this host
-	for lib in libglib2.0-0 libnuma1 liburing2 libudev1; do
+	# qemu-ga and dropbear are copied with the shared libraries they link against, resolved on this host
+	for lib in libglib2.0-0 libnuma1 liburing2 libudev1 libtomcrypt1 libtommath1; do
 		[ "$(dpkg-query -W -f='${Status}' "$lib" 2>/dev/null)" = "install ok installed" ] || need+=("$lib")
 	done
 fi
@@ -168,7 +169,7 @@ if [ "$KPKG" = "$KERNEL_PKG" ] && ! apt-cache show "$KPKG" >/dev/null 2>&1; then
 	KPKG=$(resolve_kernel_pkg "$KERNEL_PKG")
 fi
 PKGS=("$KPKG" busybox-static)
-[ "$WITH_QGA" = 1 ] && PKGS+=(qemu-guest-agent)
+[ "$WITH_QGA" = 1 ] && PKGS+=(qemu-guest-agent dropbear-bin openssh-client)
 : >"$W/packages"
 for p in "${PKGS[@]}"; do
 	deb=$(fetch "$p")
@@ -233,23 +234,35 @@ cp "$MDIR"/modules.builtin* "$MDIR/modules.order" "$R/lib/modules/$KVER/" 2>/dev
 depmod -b "$R" "$KVER" # so that busybox modprobe works in the guest shell
 say "modules: $(wc -l <"$R/etc/kumo/modules.order") files, $(du -sk "$R/lib/modules" | cut -f1) KiB"
 
-# qemu-guest-agent and the shared libraries it needs (resolved with the host's loader). They go into a
-# second archive, qga.img: GRUB reads the boot files through BIOS calls at ~5 MB/s under TCG, so the
-# boot initramfs stays small and the guest unpacks qga.img from its boot disk only when it has the
-# agent's virtio-serial port. For direct kernel boot, guest.initrd.img is initrd + qga.img concatenated.
+# qemu-guest-agent, dropbear (the SSH server `kumo ssh` and `virtctl ssh` reach) and the shared libraries they
+# need (resolved with the host's loader). They go into a second archive, qga.img: GRUB reads the boot files
+# through BIOS calls at ~5 MB/s under TCG, so the boot initramfs stays small and the guest unpacks qga.img
+# from its boot disk only when it has the agent's virtio-serial port. For direct kernel boot,
+# guest.initrd.img is initrd + qga.img concatenated.
 Q="$W/qga"
-if [ "$WITH_QGA" = 1 ]; then
-	mkdir -p "$Q/bin"
-	cp "$W/x/qemu-guest-agent/usr/sbin/qemu-ga" "$Q/bin/qemu-ga"
-	ldd "$Q/bin/qemu-ga" >"$W/ldd" 2>&1 || die "ldd qemu-ga failed: $(cat "$W/ldd")"
+# with_libs BIN: copies BIN's shared libraries into $Q at their paths.
+with_libs() {
+	local bin=$1 name
+	name=$(basename "$bin")
+	ldd "$bin" >"$W/ldd" 2>&1 || die "ldd $name failed: $(cat "$W/ldd")"
 	if grep -q 'not found' "$W/ldd"; then
-		die "qemu-ga needs libraries missing on this host: $(grep 'not found' "$W/ldd" | tr -s ' \t' ' '); install them with apt-get or set KUMO_GUEST_AGENT=0"
+		die "$name needs libraries missing on this host: $(grep 'not found' "$W/ldd" | tr -s ' \t' ' '); install them with apt-get or set KUMO_GUEST_AGENT=0"
 	fi
 	awk '/=> \// {print $3} /^[ \t]*\/[^ ]*ld-linux/ {print $1}' "$W/ldd" | sort -u | while read -r lib; do
 		mkdir -p "$Q$(dirname "$lib")"
 		cp -L "$lib" "$Q$lib"
 	done
-	say "qemu-ga: $(awk '/=> \//' "$W/ldd" | wc -l) shared libraries"
+	say "$name: $(awk '/=> \//' "$W/ldd" | wc -l) shared libraries"
+}
+if [ "$WITH_QGA" = 1 ]; then
+	mkdir -p "$Q/bin"
+	cp "$W/x/qemu-guest-agent/usr/sbin/qemu-ga" "$Q/bin/qemu-ga"
+	cp "$W/x/dropbear-bin/usr/sbin/dropbear" "$Q/bin/dropbear"
+	# The remote end of `scp -O` (dropbear runs `scp -t|-f`); OpenSSH's scp needs only libc.
+	cp "$W/x/openssh-client/usr/bin/scp" "$Q/bin/scp"
+	with_libs "$Q/bin/qemu-ga"
+	with_libs "$Q/bin/dropbear"
+	with_libs "$Q/bin/scp"
 fi
 
 # the guest's own files (images/guest/)

@@ -52,7 +52,8 @@ ACCEL_ARGS = {"kvm": ["-accel", "kvm", "-cpu", "host"], "tcg": ["-accel", "tcg,t
 
 def bare_qemu(workdir, accel):
     """Same guest, same memory, same accelerator, user-mode networking: process start -> first HTTP answer. The
-    NIC has no option ROM, as kumo's has none: the baseline must not pay for an iPXE that kumo skips."""
+    NIC has no option ROM, as kumo's has none: the baseline must not pay for an iPXE that kumo skips. It has the
+    VGA device kumo gives every guest (KubeVirt's autoattachGraphicsDevice), whose BIOS takes part in booting."""
     overlay = os.path.join(workdir, "bare.qcow2")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
                     os.path.join(CACHE, "images", "guest.qcow2"), overlay], check=True)
@@ -62,7 +63,8 @@ def bare_qemu(workdir, accel):
                           "-nodefaults", "-nographic", "-display", "none", "-serial", "null",
                           "-drive", f"file={overlay},if=virtio,format=qcow2",
                           "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:8080",
-                          "-device", "virtio-net-pci,netdev=n0,romfile=", "-device", "virtio-rng-pci"],
+                          "-device", "virtio-net-pci,netdev=n0,romfile=", "-device", "virtio-rng-pci",
+                          "-device", "VGA"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         t1 = wait_http(f"http://127.0.0.1:{port}/", t0 + 120)

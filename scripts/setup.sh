@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 # (containerDisks), busybox/xorriso/genisoimage (network and ISO tests), etcd-server (the etcd store backend's
 # tests start a real etcd; benchmark), etcd-client (etcdctl: `kumo store snapshot` reads and restores etcd's
 # snapshots with it), protobuf-compiler + libprotobuf-dev (the etcd-client crate generates its
-# gRPC code with protoc at build time and imports protobuf's well-known types, so both before any cargo build).
+# gRPC code with protoc at build time and imports protobuf's well-known types, so both before any cargo build),
+# openssh-client (`kumo ssh` and `kumo scp` run it; the guest tools test uses them).
 pkgs=(qemu-system-x86 qemu-utils iproute2 nftables docker-registry busybox xorriso genisoimage curl ca-certificates
-  etcd-server etcd-client protobuf-compiler libprotobuf-dev)
+  etcd-server etcd-client protobuf-compiler libprotobuf-dev openssh-client)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

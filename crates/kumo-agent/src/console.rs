@@ -1,12 +1,13 @@
-//! The agent's console endpoint: a WebSocket per VMI serial console, which the API server proxies
-//! `subresources.kubevirt.io/.../virtualmachineinstances/{name}/console` to (as kube-apiserver proxies exec to
-//! the kubelet). HTTPS with a certificate the agent generates; its SHA-256 fingerprint is published on the
-//! Node, so the API server can pin it. Callers must present a client certificate issued by the cluster CA to
-//! the API server (`CN=kumo-apiserver`): a node's own certificate, from the same CA, is refused.
+//! The agent's endpoint for the API server: per VMI, WebSockets to the serial console, to QEMU's VNC server and
+//! to ports of the guest ([`crate::streams`]), which the API server proxies KubeVirt's `console`, `vnc` and
+//! `portforward` subresources to (as kube-apiserver proxies exec to the kubelet); the guest agent's answers,
+//! soft reboots and resets; and uploads into this node's volumes. HTTPS with a certificate the agent
+//! generates; its SHA-256 fingerprint is published on the Node, so the API server can pin it. Callers must
+//! present a client certificate issued by the cluster CA to the API server (`CN=kumo-apiserver`): a node's own
+//! certificate, from the same CA, is refused.
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
@@ -14,8 +15,7 @@ use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+use std::time::Duration;
 
 pub struct ConsoleEndpoint {
     pub addr: SocketAddr,
@@ -25,16 +25,15 @@ pub struct ConsoleEndpoint {
 /// The common name of the API server's client certificate towards nodes.
 pub const APISERVER_CLIENT_CN: &str = "kumo-apiserver";
 
-/// Where uploads into volumes go once the agent is up (`POST /upload/<volume>`).
-pub(crate) type Uploads = Arc<std::sync::OnceLock<Arc<crate::agent::Agent>>>;
+/// The agent, once it is up: what uploads, port forwards and resets need besides the run directories.
+pub(crate) type AgentCell = Arc<std::sync::OnceLock<Arc<crate::agent::Agent>>>;
 
-/// Serves consoles of the VMIs under `vmis_dir/<uid>/run/serial.sock` on `bind`, and uploads into this node's
-/// volumes, to the API server only.
+/// Serves the endpoint on `bind` for the VMIs under `vmis_dir/<uid>/run/`, to the API server only.
 pub(crate) async fn serve(
     bind: SocketAddr,
     vmis_dir: PathBuf,
     cluster_ca: &str,
-    uploads: Uploads,
+    agent: AgentCell,
 ) -> Result<ConsoleEndpoint> {
     let key = rcgen::KeyPair::generate()?;
     let params = rcgen::CertificateParams::new(vec!["kumo-agent".to_string()])?;
@@ -59,7 +58,7 @@ pub(crate) async fn serve(
     let listener =
         tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding the console endpoint {bind}"))?;
     let addr = listener.local_addr()?;
-    let ctx = Arc::new((vmis_dir, uploads));
+    let ctx = Arc::new((vmis_dir, agent));
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else { continue };
@@ -72,15 +71,13 @@ pub(crate) async fn serve(
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let ctx = ctx.clone();
                     async move {
-                        if req.uri().path().starts_with("/guest/") {
-                            return Ok::<_, std::convert::Infallible>(
-                                guest_info(req.uri().path(), &ctx.0, is_apiserver).await,
-                            );
+                        if !is_apiserver {
+                            return Ok::<_, std::convert::Infallible>(reply(
+                                StatusCode::FORBIDDEN,
+                                "only the API server may use this endpoint",
+                            ));
                         }
-                        if !req.uri().path().starts_with("/upload/") {
-                            return Ok::<_, std::convert::Infallible>(handle(req, &ctx.0, is_apiserver));
-                        }
-                        Ok(upload(req, ctx.1.get().cloned(), is_apiserver).await)
+                        Ok(route(req, &ctx.0, ctx.1.get().cloned()).await)
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -103,40 +100,72 @@ fn is_apiserver_cert(der: &[u8]) -> bool {
     })
 }
 
+/// A path's VMI uid: one plain segment.
+fn uid_of(seg: Option<&str>) -> Option<&str> {
+    seg.filter(|u| !u.is_empty() && !u.contains("..") && !u.contains('/'))
+}
+
+async fn route(
+    req: Request<hyper::body::Incoming>,
+    vmis_dir: &std::path::Path,
+    agent: Option<Arc<crate::agent::Agent>>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let mut parts = path.trim_start_matches('/').split('/');
+    let (kind, uid) = (parts.next().unwrap_or(""), uid_of(parts.next()));
+    let rest: Vec<&str> = parts.collect();
+    let Some(uid) = uid else { return reply(StatusCode::NOT_FOUND, "expected /<what>/<uid>/...") };
+    let run = vmis_dir.join(uid).join("run");
+    match (kind, rest.as_slice()) {
+        ("upload", []) => match agent {
+            Some(agent) => upload(req, agent, uid).await,
+            None => reply(StatusCode::SERVICE_UNAVAILABLE, "the agent is starting"),
+        },
+        ("guest", [what]) if req.method() == http::Method::GET => guest_info(&run.join("qga.sock"), what).await,
+        ("guest", [action @ ("softreboot" | "reset")]) if req.method() == http::Method::PUT => match agent {
+            Some(agent) => guest_action(&agent, uid, action).await,
+            None => reply(StatusCode::SERVICE_UNAVAILABLE, "the agent is starting"),
+        },
+        ("console", []) => {
+            crate::streams::open(req, agent, uid, crate::streams::Far::Unix(run.join("serial.sock"))).await
+        }
+        ("vnc", []) => crate::streams::open(req, agent, uid, crate::streams::Far::Unix(run.join("vnc.sock"))).await,
+        ("portforward", [port, protocol]) => {
+            let (Ok(port), Some(agent)) = (port.parse::<u16>(), agent) else {
+                return reply(StatusCode::BAD_REQUEST, "expected /portforward/<uid>/<port>/<tcp|udp>");
+            };
+            let Some(ip) = agent.vms.lock().await.get(uid).and_then(|l| l.iface.as_ref().map(|i| i.1.clone())) else {
+                return reply(StatusCode::NOT_FOUND, "this VMI has no running guest with an address on this node");
+            };
+            let far = match *protocol {
+                "tcp" => crate::streams::Far::Tcp(format!("{ip}:{port}")),
+                "udp" => crate::streams::Far::Udp(format!("{ip}:{port}")),
+                _ => return reply(StatusCode::BAD_REQUEST, "the protocol is tcp or udp"),
+            };
+            crate::streams::open(req, Some(agent), uid, far).await
+        }
+        _ => reply(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
 async fn upload(
     req: Request<hyper::body::Incoming>,
-    agent: Option<Arc<crate::agent::Agent>>,
-    is_apiserver: bool,
+    agent: Arc<crate::agent::Agent>,
+    name: &str,
 ) -> Response<Full<Bytes>> {
-    if !is_apiserver {
-        return reply(StatusCode::FORBIDDEN, "only the API server may upload");
-    }
-    let Some(agent) = agent else { return reply(StatusCode::SERVICE_UNAVAILABLE, "the agent is starting") };
-    let name = req.uri().path().trim_start_matches("/upload/").to_string();
     let length = crate::volumes::import::content_length(req.headers());
-    match crate::volumes::upload::receive(&agent, &name, req.into_body(), length).await {
+    match crate::volumes::upload::receive(&agent, name, req.into_body(), length).await {
         Ok(()) => reply(StatusCode::OK, "uploaded"),
         Err((code, why)) => reply(code, &why),
     }
 }
 
 /// `GET /guest/<uid>/<what>`: what the guest agent of that VMI says (see [`crate::agent::guest::info`]).
-async fn guest_info(path: &str, vmis_dir: &std::path::Path, is_apiserver: bool) -> Response<Full<Bytes>> {
-    if !is_apiserver {
-        return reply(StatusCode::FORBIDDEN, "only the API server may ask guests");
-    }
-    let mut parts = path.trim_start_matches("/guest/").splitn(2, '/');
-    let (Some(uid), Some(what)) = (parts.next(), parts.next()) else {
-        return reply(StatusCode::NOT_FOUND, "expected /guest/<uid>/<what>");
-    };
-    if uid.is_empty() || uid.contains("..") || what.contains('/') {
-        return reply(StatusCode::NOT_FOUND, "no such guest");
-    }
-    let socket = vmis_dir.join(uid).join("run").join("qga.sock");
+async fn guest_info(socket: &std::path::Path, what: &str) -> Response<Full<Bytes>> {
     if !socket.exists() {
         return reply(StatusCode::NOT_FOUND, "this VMI has no running guest on this node");
     }
-    match crate::agent::guest::info(&socket, what).await {
+    match crate::agent::guest::info(socket, what).await {
         Ok(v) => Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(v.to_string())))
@@ -145,81 +174,27 @@ async fn guest_info(path: &str, vmis_dir: &std::path::Path, is_apiserver: bool) 
     }
 }
 
-fn handle(
-    mut req: Request<hyper::body::Incoming>,
-    vmis_dir: &std::path::Path,
-    is_apiserver: bool,
-) -> Response<Full<Bytes>> {
-    if !is_apiserver {
-        return reply(StatusCode::FORBIDDEN, "only the API server may open consoles");
-    }
-    let Some(uid) =
-        req.uri().path().strip_prefix("/console/").filter(|u| !u.is_empty() && !u.contains('/') && !u.contains(".."))
-    else {
-        return reply(StatusCode::NOT_FOUND, "no such console");
+/// `PUT /guest/<uid>/softreboot|reset`: a reboot asked of the guest agent, or QEMU's hard reset.
+async fn guest_action(agent: &crate::agent::Agent, uid: &str, action: &str) -> Response<Full<Bytes>> {
+    let Some(local) = agent.vms.lock().await.get(uid).cloned() else {
+        return reply(StatusCode::NOT_FOUND, "this VMI has no running guest on this node");
     };
-    let socket = vmis_dir.join(uid).join("run").join("serial.sock");
-    if !socket.exists() {
-        return reply(StatusCode::NOT_FOUND, "this VMI has no running console on this node");
-    }
-    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-        return reply(StatusCode::BAD_REQUEST, "a WebSocket upgrade is required");
+    let done = match action {
+        "softreboot" => match crate::agent::guest::agent_of(&local) {
+            Some(ga) => ga
+                .execute("guest-shutdown", Some(serde_json::json!({"mode": "reboot"})), Duration::from_secs(10))
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("the guest agent: {e}")),
+            None => Err("a simulated guest has no guest agent".to_string()),
+        },
+        _ => match local.qmp() {
+            Ok(qmp) => qmp.system_reset().await.map_err(|e| format!("QEMU: {e}")),
+            Err(e) => Err(e),
+        },
     };
-    let protocol = req.headers().get("sec-websocket-protocol").cloned();
-    let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = upgrade.await else { return };
-        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        if let Err(e) = pipe(ws, &socket).await {
-            tracing::debug!("console session ended: {e}");
-        }
-    });
-    let mut resp = Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()));
-    if let Some(p) = protocol {
-        // KubeVirt's clients ask for "plain.kubevirt.io"; echo the first offered protocol.
-        let first = p.to_str().unwrap_or("").split(',').next().unwrap_or("").trim().to_string();
-        resp = resp.header("sec-websocket-protocol", first);
-    }
-    resp.body(Full::new(Bytes::new())).expect("response")
-}
-
-/// Console bytes both ways: WebSocket binary/text messages ⇄ the serial socket.
-async fn pipe<S>(ws: tokio_tungstenite::WebSocketStream<S>, socket: &std::path::Path) -> Result<()>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let serial =
-        tokio::net::UnixStream::connect(socket).await.with_context(|| format!("connecting {}", socket.display()))?;
-    let (mut sr, mut sw) = serial.into_split();
-    let (mut wtx, mut wrx) = ws.split();
-    let to_ws = async {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let n = sr.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            wtx.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await?;
-        }
-        anyhow::Ok(())
-    };
-    let to_serial = async {
-        while let Some(msg) = wrx.next().await {
-            match msg? {
-                Message::Binary(b) => sw.write_all(&b).await?,
-                Message::Text(t) => sw.write_all(t.as_bytes()).await?,
-                Message::Close(_) => break,
-                _ => {}
-            }
-        }
-        anyhow::Ok(())
-    };
-    tokio::select! {
-        r = to_ws => r,
-        r = to_serial => r,
+    match done {
+        Ok(()) => reply(StatusCode::OK, action),
+        Err(e) => reply(StatusCode::CONFLICT, &e),
     }
 }

@@ -16,5 +16,6 @@ pub mod node;
 pub mod outage;
 pub mod qemu;
 pub mod simulate;
+pub mod streams;
 pub mod vmi;
 pub mod volumes;

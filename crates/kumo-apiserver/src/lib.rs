@@ -6,22 +6,20 @@
 //! the background loops in [`gc`] (garbage collection by ownerReferences, namespace deletion, CRD cleanup,
 //! compaction) use too. Both work on [`state::ApiServer`]: the store ([`objects::Objects`]), the served kinds
 //! ([`registry::Registry`]) and the watch cache ([`watch_cache::WatchCache`]). Nothing is specific to one kind
-//! except the small admission hooks in `rest/admission.rs` and the KubeVirt subresources ([`kubevirt`],
-//! [`console`]).
+//! except the small admission hooks in `rest/admission.rs` and the KubeVirt subresources ([`kubevirt`], which
+//! reach node agents through [`nodes`]).
 
 pub mod auth;
-pub mod console;
 pub mod corruption;
 pub mod crypt;
 pub mod csr;
 pub mod discovery;
 pub mod flowcontrol;
 pub mod gc;
-pub mod guestinfo;
 pub mod handlers;
-pub mod hotplug;
 pub mod kubevirt;
 pub mod metrics;
+pub mod nodes;
 pub mod objects;
 pub mod openapi;
 pub mod registry;

@@ -11,6 +11,9 @@ pub struct ResourcePath {
     pub resource: String,
     pub name: Option<String>,
     pub subresource: Option<String>,
+    /// Path segments after the subresource, which only KubeVirt's subresources have (`portforward/22/tcp`,
+    /// `evacuate/cancel`, `vnc/screenshot`).
+    pub subpath: Vec<String>,
     /// The deprecated `/watch/` path prefix was used.
     pub legacy_watch: bool,
 }
@@ -90,6 +93,11 @@ fn set_name(p: &mut ResourcePath, tail: &[String]) -> Option<()> {
             p.name = Some(name.clone());
             p.subresource = Some(sub.clone());
         }
+        [name, sub, rest @ ..] if p.group == crate::kubevirt::GROUP => {
+            p.name = Some(name.clone());
+            p.subresource = Some(sub.clone());
+            p.subpath = rest.to_vec();
+        }
         _ => return None,
     }
     Some(())
@@ -150,6 +158,12 @@ mod tests {
         let r = res("/api/v1/nodes");
         assert_eq!((r.namespace, r.name), (None, None));
         assert!(parse_path("/healthz").is_none());
+        let r = res("/apis/subresources.kubevirt.io/v1/namespaces/d/virtualmachineinstances/v/portforward/22/tcp");
+        assert_eq!(
+            (r.subresource.as_deref(), r.subpath.as_slice()),
+            (Some("portforward"), &["22".into(), "tcp".into()][..])
+        );
+        assert!(parse_path("/api/v1/namespaces/d/pods/p/status/extra").is_none(), "only KubeVirt's have sub-paths");
     }
 
     #[test]

@@ -81,7 +81,7 @@ async fn proxy(api: &Arc<ApiServer>, req: Request<hyper::body::Incoming>) -> Res
         return Err(ApiError::method_not_allowed(req.method().as_str(), "upload"));
     }
     let length = req.headers().get(header::CONTENT_LENGTH).cloned();
-    let mut sender = crate::console::connect_agent::<hyper::body::Incoming>(api, &node).await?;
+    let mut sender = crate::nodes::connect_agent::<hyper::body::Incoming>(api, &node).await?;
     let mut upstream = Request::post(format!("/upload/{pv}")).header(header::HOST, "kumo-agent");
     if let Some(l) = length {
         upstream = upstream.header(header::CONTENT_LENGTH, l);
@@ -90,7 +90,7 @@ async fn proxy(api: &Arc<ApiServer>, req: Request<hyper::body::Incoming>) -> Res
     let resp = sender
         .send_request(upstream)
         .await
-        .map_err(|e| crate::console::unavailable(format!("sending the upload to node {node}: {e}")))?;
+        .map_err(|e| crate::nodes::unavailable(format!("sending the upload to node {node}: {e}")))?;
     let status = resp.status();
     let body = http_body_util::BodyExt::collect(resp.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
     if !status.is_success() {

@@ -18,6 +18,7 @@ struct Cli {
     command: Command,
 }
 
+mod access;
 mod backends;
 mod client;
 mod create;
@@ -157,6 +158,70 @@ enum Command {
         name: String,
         #[command(flatten)]
         target: Target,
+    },
+    /// Reboot a guest through its guest agent (as `virtctl soft-reboot`).
+    SoftReboot {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Hard-reset a guest, as pressing its reset button (as `virtctl reset`).
+    Reset {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Forward local ports to a guest: `kumo port-forward vmi/NAME[/NS] 8080:80` (as `virtctl port-forward`).
+    PortForward {
+        /// The guest: vmi/NAME[/NAMESPACE] or vm/NAME[/NAMESPACE].
+        guest: String,
+        /// LOCAL:REMOTE or REMOTE (the same port locally).
+        ports: Vec<String>,
+        /// Carry one port over stdin and stdout (for ssh's ProxyCommand).
+        #[arg(long)]
+        stdio: bool,
+        /// The local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: String,
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// A local port for a VNC viewer, carrying the guest's screen: `kumo vnc vmi/NAME` (as `virtctl vnc --proxy-only`).
+    Vnc {
+        /// The guest: vmi/NAME[/NAMESPACE] or NAME.
+        guest: String,
+        /// The local port (0: any free one, printed).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// SSH into a guest with OpenSSH: `kumo ssh USER@vmi/NAME[/NS] [COMMAND]` (as `virtctl ssh --local-ssh`).
+    Ssh {
+        /// The guest's SSH port.
+        #[arg(long = "port", short = 'p', default_value_t = 22)]
+        port: u16,
+        #[command(flatten)]
+        target: Target,
+        /// [OPTIONS...] USER@vmi/NAME[/NS] [COMMAND...], passed to ssh.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Copy files to or from a guest with OpenSSH's scp: `kumo scp FILE USER@vmi/NAME:PATH` (as `virtctl scp`).
+    Scp {
+        /// The guest's SSH port.
+        #[arg(long = "port", short = 'P', default_value_t = 22)]
+        port: u16,
+        #[command(flatten)]
+        target: Target,
+        /// [OPTIONS...] SOURCE... TARGET, passed to scp.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// The KubeVirt API version the server speaks (as `virtctl version`).
+    Version {
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Run the control plane (API server on an embedded store, and the controllers) on this machine.
     Server(Box<ServerArgs>),
@@ -501,6 +566,26 @@ async fn main() -> Result<()> {
         Command::Guestosinfo { name, target } => guest_info(&target, &name, "guestosinfo").await,
         Command::Userlist { name, target } => guest_info(&target, &name, "userlist").await,
         Command::Fslist { name, target } => guest_info(&target, &name, "filesystemlist").await,
+        Command::SoftReboot { name, target } => vm_verb(&target, "virtualmachineinstances", &name, "softreboot").await,
+        Command::Reset { name, target } => vm_verb(&target, "virtualmachineinstances", &name, "reset").await,
+        Command::PortForward { guest, ports, stdio, address, kubeconfig } => {
+            access::port_forward(kube_config(kubeconfig.as_deref()).await?, &guest, &ports, stdio, &address).await
+        }
+        Command::Vnc { guest, port, kubeconfig } => {
+            let guest = if guest.contains('/') { guest } else { format!("vmi/{guest}") };
+            access::vnc(kube_config(kubeconfig.as_deref()).await?, &guest, port).await
+        }
+        Command::Ssh { port, target, args } => openssh("ssh", port, &target, &args).await,
+        Command::Scp { port, target, args } => openssh("scp", port, &target, &args).await,
+        Command::Version { kubeconfig } => {
+            println!("Client Version: kumo {}", env!("CARGO_PKG_VERSION"));
+            let client = client_from(kubeconfig.as_deref()).await?;
+            let req = http::Request::get("/apis/subresources.kubevirt.io/v1/version").body(Vec::new())?;
+            let v: serde_json::Value =
+                serde_json::from_str(&client.request_text(req).await.context("asking the server's version")?)?;
+            println!("Server Version: {}", v["gitVersion"].as_str().unwrap_or("unknown"));
+            Ok(())
+        }
         Command::Pause { kind, name, target } => {
             virtctl::kind_plural(&kind)?;
             vm_verb(&target, "virtualmachineinstances", &name, "pause").await
@@ -575,6 +660,12 @@ async fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn openssh(program: &str, port: u16, target: &Target, args: &[String]) -> Result<()> {
+    let config = kube_config(target.kubeconfig.as_deref()).await?;
+    let ns = target.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+    access::openssh(program, target.kubeconfig.as_deref(), &ns, port, args)
 }
 
 /// The client and namespace a virtctl-like verb works in.

@@ -182,30 +182,10 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
 /// `kumo console NAME`: the VMI's serial console through the API server, interactive until Ctrl-].
 pub async fn console(config: kube::Config, ns: &str, name: &str) -> Result<()> {
     use futures::{SinkExt, StreamExt};
-    use secrecy::ExposeSecret;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    use tokio_tungstenite::tungstenite::Message;
 
-    let url = &config.cluster_url;
-    let (host, port, stream) = connect_tls(&config, url, false).await?;
-    let path = format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/console");
-    let mut req = format!("wss://{host}:{port}{path}").into_client_request()?;
-    if let Some(t) = &config.auth_info.token {
-        req.headers_mut().insert("authorization", format!("Bearer {}", t.expose_secret()).parse()?);
-    }
-    req.headers_mut().insert("sec-websocket-protocol", "plain.kubevirt.io".parse()?);
-    let (ws, _) = match tokio_tungstenite::client_async(req, stream).await {
-        Ok(x) => x,
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-            let msg = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
-                .unwrap_or(body);
-            bail!("console {name}: {msg}");
-        }
-        Err(e) => return Err(e).with_context(|| format!("console {name}")),
-    };
+    let ws = crate::access::open(&config, ns, "virtualmachineinstances", name, "console").await?;
     eprintln!("Successfully connected to {name} console. The escape sequence is ^]");
     let _raw = RawTerminal::enter();
     let (mut tx, mut rx) = ws.split();
@@ -231,7 +211,13 @@ pub async fn console(config: kube::Config, ns: &str, name: &str) -> Result<()> {
             msg = rx.next() => match msg {
                 Some(Ok(Message::Binary(b))) => { stdout.write_all(&b).await?; stdout.flush().await?; }
                 Some(Ok(Message::Text(t))) => { stdout.write_all(t.as_bytes()).await?; stdout.flush().await?; }
-                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(Message::Close(frame))) => {
+                    if let Some(f) = frame.filter(|f| !f.reason.is_empty()) {
+                        eprintln!("\r\nconsole {name} closed: {}\r", f.reason);
+                    }
+                    break;
+                }
+                None => break,
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.into()),
             }

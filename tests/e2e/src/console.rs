@@ -62,7 +62,15 @@ impl Console {
 
     /// Types `line` (and a newline).
     pub fn send(&mut self, line: &str) {
-        self.stdin.write_all(format!("{line}\n").as_bytes()).expect("writing to kumo console");
+        if let Err(e) = self.stdin.write_all(format!("{line}\n").as_bytes()) {
+            // kumo console has ended: what it said is the reason.
+            let _ = self.child.wait();
+            let mut stderr = String::new();
+            if let Some(mut err) = self.child.stderr.take() {
+                let _ = err.read_to_string(&mut stderr);
+            }
+            panic!("writing to kumo console: {e}; it said: {stderr}\nthe console showed: {}", self.seen());
+        }
     }
 
     /// Waits until the output holds `text`.

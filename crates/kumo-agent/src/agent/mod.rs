@@ -145,8 +145,8 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
     let ca = cfg.cluster_ca.clone().context(
         "the console endpoint needs the cluster CA to check the API server by: use a kubeconfig that names it",
     )?;
-    let uploads: crate::console::Uploads = Arc::default();
-    let console = crate::console::serve(bind, cfg.state_dir.join("vmis"), &ca, uploads.clone()).await?;
+    let cell: crate::console::AgentCell = Arc::default();
+    let console = crate::console::serve(bind, cfg.state_dir.join("vmis"), &ca, cell.clone()).await?;
     host.console = Some((format!("https://{}", console.addr), console.fingerprint));
     // Rounded up: the control plane must never wait less than the watchdog does.
     host.fencing_secs = cfg.fencing_period.map(|p| p.as_secs() + u64::from(p.subsec_nanos() > 0));
@@ -185,7 +185,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<()> {
         sandbox: cfg.sandbox,
     };
     let agent = Arc::new(Agent::new(client, host.name.clone(), Arc::new(Qemu(Arc::new(hv))), images, volume_dirs, cfg));
-    let _ = uploads.set(agent.clone());
+    let _ = cell.set(agent.clone());
     tokio::spawn(keeper::run(agent.clone()));
     serve(agent).await;
     Ok(())

@@ -131,6 +131,12 @@ fn control_and_console(a: &mut Args, cfg: &LaunchConfig) {
         ),
     );
     a.push("-serial", "chardev:serial0");
+    if cfg.graphics {
+        // The screen is served on a unix socket only, never a TCP port: `virtctl vnc` reaches it through the
+        // API server and the node agent.
+        a.push("-device", "VGA");
+        a.push("-vnc", format!("unix:{}", path_str(&p.vnc_socket())));
+    }
     a.push("-pidfile", p.pid_file().to_string_lossy());
     // The guest agent's channel, on every VM as KubeVirt gives it: probes, freezes and guest info use it.
     a.push("-chardev", format!("socket,id=qga0,path={},server=on,wait=off", path_str(&p.guest_agent_socket())));

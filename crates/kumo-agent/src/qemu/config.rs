@@ -25,6 +25,9 @@ pub struct LaunchConfig {
     pub nics: Vec<NicConfig>,
     /// Attach a virtio-rng device fed from the host's `/dev/urandom`.
     pub rng: bool,
+    /// A graphics device, its screen served by QEMU's VNC server on `vnc.sock` (KubeVirt's
+    /// `autoattachGraphicsDevice`, on unless set false).
+    pub graphics: bool,
     /// Direct kernel boot instead of firmware boot from a disk.
     pub kernel_boot: Option<KernelBoot>,
     pub accel: Accel,
@@ -55,6 +58,7 @@ impl LaunchConfig {
             disks: Vec::new(),
             nics: Vec::new(),
             rng: false,
+            graphics: false,
             kernel_boot: None,
             accel: Accel::Tcg,
             start_paused: false,
@@ -344,6 +348,10 @@ impl RunPaths {
     /// Serial console socket, for interactive `virtctl console`.
     pub fn serial_socket(&self) -> PathBuf {
         self.dir.join("serial.sock")
+    }
+    /// QEMU's VNC server (RFB), for `virtctl vnc`: a unix socket, never a TCP port.
+    pub fn vnc_socket(&self) -> PathBuf {
+        self.dir.join("vnc.sock")
     }
     /// Everything the guest wrote to its serial console, whether or not anyone was connected.
     pub fn console_log(&self) -> PathBuf {

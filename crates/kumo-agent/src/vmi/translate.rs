@@ -82,6 +82,7 @@ pub fn launch_config(
     cfg.cpu = CpuTopology { sockets: count(cpu.sockets), cores: count(cpu.cores), threads: count(cpu.threads) };
     cfg.memory_mib = memory_mib(spec)?;
     cfg.rng = spec.domain.devices.rng.is_some();
+    cfg.graphics = spec.domain.devices.autoattach_graphics_device != Some(false);
     cfg.accel = host.accel;
     cfg.sandbox = host.sandbox;
     cfg.run_as = host.run_as;
@@ -177,6 +178,7 @@ mod tests {
         assert_eq!(c.uuid, "6f1c2b1e-0000-4000-8000-000000000001");
         assert_eq!(c.smbios_serial.as_deref(), Some("S1"));
         assert!(c.rng);
+        assert!(c.graphics, "KubeVirt attaches a graphics device unless told not to");
         assert_eq!(c.disks[0].boot_order, Some(1));
         assert_eq!((c.disks[1].device, c.disks[1].bus, c.disks[1].readonly), (DeviceKind::Cdrom, Bus::Sata, true));
         assert_eq!(c.disks[2].bus, Bus::Scsi);

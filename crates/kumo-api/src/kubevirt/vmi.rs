@@ -163,6 +163,8 @@ pub struct Devices {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rng: Option<Empty>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoattach_graphics_device: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub disks: Option<Vec<Disk>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interfaces: Option<Vec<Interface>>,

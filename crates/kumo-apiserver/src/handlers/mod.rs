@@ -194,9 +194,9 @@ async fn serve(api: &Arc<ApiServer>, call: Incoming, target: Option<Target>) -> 
         let why = format!("User \"{}\" cannot use {}", user.name(), crate::kubevirt::GROUP);
         return response::error(&ApiError::forbidden(why));
     }
-    if rpath.group == crate::kubevirt::GROUP && rpath.subresource.as_deref() == Some("console") {
+    if crate::kubevirt::is_stream(&rpath) {
         // A WebSocket upgrade, proxied to the node: the body stays unread.
-        return crate::console::proxy(api, Request::from_parts(parts, body), rpath).await;
+        return crate::kubevirt::stream::proxy(api, Request::from_parts(parts, body), rpath).await;
     }
     if accept.protobuf_only {
         return response::error(&ApiError::not_acceptable("only application/json and application/yaml are served"));

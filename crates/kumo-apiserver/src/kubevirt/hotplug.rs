@@ -3,9 +3,37 @@
 //! out), and the node agent attaches it to the guest (or detaches it). On a VM they change its template too,
 //! so the volume stays across restarts.
 
+use crate::handlers::Call;
+use crate::objects::parse_rv;
+use crate::state::ApiServer;
 use kumo_api::status::Cause;
-use kumo_api::ApiError;
+use kumo_api::{meta, ApiError};
 use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// `PUT virtualmachines|virtualmachineinstances/{name}/addvolume|removevolume`.
+pub async fn serve(api: &Arc<ApiServer>, call: &Call, sub: &str) -> Result<(), ApiError> {
+    let (vm_def, vmi_def) = (super::vm_def(api)?, super::vmi_def(api)?);
+    let (ns, name, p) = (call.namespace(), call.name(), &call.path);
+    let vmi = api.objects.try_get(&vmi_def, ns, name).await?;
+    let running = vmi.as_ref().filter(|i| i.pointer("/status/phase").and_then(Value::as_str) == Some("Running"));
+    if p.resource == "virtualmachines" {
+        // The VM's template keeps the volume; a running instance gets it now too.
+        let mut vm = api.objects.get(&vm_def, ns, name).await?;
+        apply(sub, &mut vm["spec"]["template"]["spec"], &call.body)?;
+        check("VirtualMachine", name, &vm)?;
+        api.objects.update(&vm_def, &vm, parse_rv(meta::resource_version(&vm))?).await?;
+    } else if running.is_none() {
+        return Err(super::conflict(&vmi_def, name, "VMI is not running"));
+    }
+    if let Some(i) = running {
+        let mut next = i.clone();
+        apply(sub, &mut next["spec"], &call.body)?;
+        check("VirtualMachineInstance", name, &next)?;
+        api.objects.update(&vmi_def, &next, parse_rv(meta::resource_version(i))?).await?;
+    }
+    Ok(())
+}
 
 /// Adds the volume `opts` (KubeVirt's AddVolumeOptions) to a VMI spec.
 pub fn add(spec: &mut Value, opts: &Value) -> Result<(), String> {

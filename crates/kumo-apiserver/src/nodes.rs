@@ -1,106 +1,55 @@
-//! `GET .../virtualmachineinstances/{name}/console`: the serial console as a WebSocket. The API server finds
-//! the node running the VMI, connects to that node agent's console endpoint (TLS pinned to the certificate
-//! fingerprint the agent published on its Node), forwards the client's WebSocket upgrade, and then splices the
-//! two upgraded connections — as kube-apiserver proxies exec/attach to the kubelet.
+//! Connections from the API server to node agents: HTTPS to the endpoint an agent published on its Node, the
+//! agent's certificate pinned to the fingerprint published beside it, the API server authenticated by its
+//! client certificate. Consoles, VNC, port forwarding, guest-agent questions and uploads go this way, as
+//! kube-apiserver reaches the kubelet for exec and logs.
 
-use crate::request::ResourcePath;
-use crate::response::{self, Resp};
-use crate::state::ApiServer;
-use http::{header, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use kumo_api::{ApiError, ResourceDef};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
+use crate::state::ApiServer;
 use kumo_api::kubevirt::{
     CONSOLE_ENDPOINT_ANNOTATION as ENDPOINT_ANNOTATION, CONSOLE_FINGERPRINT_ANNOTATION as FINGERPRINT_ANNOTATION,
 };
-
-pub async fn proxy(api: &Arc<ApiServer>, req: Request<hyper::body::Incoming>, p: ResourcePath) -> Resp {
-    match open(api, req, p).await {
-        Ok(r) => r,
-        Err(e) => response::error(&e),
-    }
-}
 
 fn def(api: &ApiServer, group: &str, plural: &str) -> Result<Arc<ResourceDef>, ApiError> {
     api.registry.get(group, "v1", plural).ok_or_else(|| ApiError::internal(format!("{plural} are not served")))
 }
 
-async fn open(
-    api: &Arc<ApiServer>,
-    mut req: Request<hyper::body::Incoming>,
-    p: ResourcePath,
-) -> Result<Resp, ApiError> {
-    if p.resource != "virtualmachineinstances" || p.name.is_none() {
-        return Err(ApiError::path_not_found(&format!("{}/console", p.resource)));
-    }
-    let key = req
-        .headers()
-        .get("sec-websocket-key")
-        .cloned()
-        .ok_or_else(|| ApiError::bad_request("the console is a WebSocket: send an Upgrade: websocket request"))?;
-    let name = p.name.as_deref().unwrap_or_default();
-    let vmi =
-        api.objects.get(&*def(api, "kubevirt.io", "virtualmachineinstances")?, p.namespace.as_deref(), name).await?;
-    let phase = vmi.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
-    if phase != "Running" {
-        return Err(ApiError::conflict(
-            "kubevirt.io",
-            "virtualmachineinstances",
-            name,
-            &format!("VMI is not running (phase {phase:?})"),
-        ));
-    }
-    let node_name = vmi.pointer("/status/nodeName").and_then(Value::as_str).unwrap_or_default();
-    let mut sender = connect_agent::<http_body_util::Empty<bytes::Bytes>>(api, node_name).await?;
-    let uid = vmi.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
-    let mut upstream = Request::get(format!("/console/{uid}"))
-        .header(header::HOST, "kumo-agent")
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", key);
-    if let Some(proto) = req.headers().get("sec-websocket-protocol") {
-        upstream = upstream.header("sec-websocket-protocol", proto.clone());
-    }
-    let upstream = upstream.body(http_body_util::Empty::<bytes::Bytes>::new()).expect("request");
-    let resp = sender.send_request(upstream).await.map_err(|e| unavailable(format!("agent console request: {e}")))?;
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ApiError::new(
-            502,
-            "BadGateway",
-            format!("the agent of node {node_name} refused the console: {}", resp.status()),
-        ));
-    }
-    let mut answer = http::Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket");
-    for h in ["sec-websocket-accept", "sec-websocket-protocol"] {
-        if let Some(v) = resp.headers().get(h) {
-            answer = answer.header(h, v.clone());
-        }
-    }
-    let agent_side = hyper::upgrade::on(resp);
-    let client_side = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let (Ok(a), Ok(c)) = (agent_side.await, client_side.await) else { return };
-        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(c)).await;
-    });
-    Ok(answer.body(response::full(bytes::Bytes::new())).expect("response"))
-}
-
-pub(crate) fn unavailable(m: String) -> ApiError {
+pub fn unavailable(m: String) -> ApiError {
     let mut e = ApiError::new(503, "ServiceUnavailable", m);
     e.retry_after_seconds = Some(1);
     e
 }
 
+/// One bodiless request to the agent of `node`: its status and body.
+pub async fn request(
+    api: &Arc<ApiServer>,
+    node: &str,
+    method: http::Method,
+    path: &str,
+) -> Result<(http::StatusCode, bytes::Bytes), ApiError> {
+    let mut sender = connect_agent::<http_body_util::Empty<bytes::Bytes>>(api, node).await?;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "kumo-agent")
+        .body(http_body_util::Empty::new())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(|e| unavailable(format!("asking node {node}: {e}")))?;
+    let status = resp.status();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| unavailable(format!("reading node {node}'s answer: {e}")))?;
+    Ok((status, body))
+}
+
 /// An HTTP/1.1 connection to the agent of `node_name`: TLS pinned to the certificate fingerprint the agent
 /// published on its Node, authenticated with the API server's client certificate (upgrades allowed).
-pub(crate) async fn connect_agent<B>(
+pub async fn connect_agent<B>(
     api: &Arc<ApiServer>,
     node_name: &str,
 ) -> Result<hyper::client::conn::http1::SendRequest<B>, ApiError>
