@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod objects;
 pub mod openapi;
+pub mod openapi_v2;
 pub mod registry;
 pub mod request;
 pub mod response;

@@ -75,6 +75,42 @@ fn apply_get_table_yaml_and_reapply() {
     assert_eq!(s.kubectl_ok(&["get", "cm", "web", "-o", "jsonpath={.data.a}"]).unwrap(), "9");
 }
 
+/// A list by `metadata.name` reads the one key (as a watch of one object lists): names that share a prefix, other
+/// namespaces and other selectors still decide what it returns.
+#[test]
+fn list_by_field_selector_name() {
+    let s = Server::start().unwrap();
+    s.kubectl_ok(&["create", "namespace", "other"]).unwrap();
+    for (ns, name) in [("default", "web"), ("default", "web2"), ("default", "we"), ("other", "web")] {
+        s.kubectl_ok(&["-n", ns, "create", "configmap", name]).unwrap();
+    }
+    s.kubectl_ok(&["-n", "other", "label", "configmap", "web", "tier=db"]).unwrap();
+    let names = |args: &[&str]| {
+        let mut a =
+            vec!["get", "configmaps", "-o", "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name} {end}"];
+        a.extend_from_slice(args);
+        s.kubectl_ok(&a).unwrap().trim().to_string()
+    };
+    assert_eq!(names(&["--field-selector", "metadata.name=web"]), "default/web");
+    assert_eq!(names(&["-n", "other", "--field-selector", "metadata.name=web"]), "other/web");
+    assert_eq!(names(&["-n", "other", "--field-selector", "metadata.name=web", "-l", "tier=web"]), "");
+    assert_eq!(names(&["-n", "other", "--field-selector", "metadata.name=web", "-l", "tier=db"]), "other/web");
+    assert_eq!(names(&["--field-selector", "metadata.name=w"]), "");
+    let all = names(&["-A", "--field-selector", "metadata.name=web"]);
+    assert_eq!(all, "default/web other/web");
+    for node in ["n1", "n10"] {
+        s.apply(&format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n")).unwrap();
+    }
+    let one = s.kubectl_ok(&["get", "nodes", "--field-selector", "metadata.name=n1", "-o", "name"]).unwrap();
+    assert_eq!(one.trim(), "node/n1");
+    let list = s
+        .kubectl_ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps?fieldSelector=metadata.name%3Dweb2"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert!(v["metadata"]["resourceVersion"].as_str().is_some_and(|rv| rv.parse::<i64>().unwrap() > 0), "{v}");
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(1), "{v}");
+}
+
 #[test]
 fn crd_columns_schema_defaults_and_strict_validation() {
     let s = with_crd();
@@ -279,4 +315,54 @@ fn deleting_a_crd_deletes_its_objects_and_stops_serving_it() {
     s.apply(WIDGET_CRD).unwrap();
     let names = kumo_e2e::eventually(Duration::from_secs(10), || s.kubectl_ok(&["get", "widgets", "-o", "name"]).ok());
     assert_eq!(names.as_deref().map(str::trim), Some(""));
+}
+
+/// kubectl validates a `kind: List` (what `kubectl get -o yaml` prints for several objects) against
+/// `/openapi/v2`: a dump applied back succeeds and changes no object's content, a List can be created, and a
+/// List item with an unknown field is refused by that validation.
+#[test]
+fn a_dumped_list_applies_back_with_validation() {
+    let s = Server::start().unwrap();
+    s.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: one}\ndata: {a: '1'}\n").unwrap();
+    s.kubectl_ok(&["create", "configmap", "two", "--from-literal=b=2"]).unwrap();
+    s.apply(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: vm1}\nspec:\n  runStrategy: Halted\n  template:\n    spec:\n      domain:\n        memory: {guest: 64Mi}\n        devices: {}\n",
+    )
+    .unwrap();
+    let content = |s: &Server| {
+        s.kubectl_ok(&["get", "vm,configmaps", "-o", "jsonpath={range .items[*]}{.metadata.name}={.spec}{.data};{end}"])
+            .unwrap()
+    };
+    let before = content(&s);
+    let dump = s.kubectl_ok(&["get", "vm,vmi,configmaps", "-o", "yaml"]).unwrap();
+    assert!(dump.contains("kind: List"), "{dump}");
+    let out = s.kubectl_stdin(&["apply", "--validate=strict", "-f", "-"], &dump).unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "applying the dump back: {stderr}{stdout}");
+    for name in ["configmap/one", "configmap/two", "virtualmachine.kubevirt.io/vm1"] {
+        assert!(stdout.contains(name), "{name} in {stdout}");
+    }
+    assert_eq!(content(&s), before, "the dump applied back changed an object");
+
+    let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: three}\n  data: {c: '3'}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: four}\n";
+    let out = s.kubectl_stdin(&["create", "-f", "-"], list).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s.kubectl_ok(&["get", "cm", "three", "-o", "jsonpath={.data.c}"]).unwrap(), "3");
+
+    let bad = list.replace("name: four}", "name: five}\n  bogus: 1").replace("name: three", "name: six");
+    let out = s.kubectl_stdin(&["create", "-f", "-"], &bad).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unknown field \"bogus\""), "{err}");
+    assert!(
+        s.kubectl_ok(&["get", "cm", "six", "--ignore-not-found", "-o", "name"]).unwrap().is_empty(),
+        "nothing made"
+    );
+
+    // The document itself: protobuf as kubectl asks, JSON otherwise, with the same definitions as v3.
+    let v2: serde_json::Value = serde_json::from_str(&s.kubectl_ok(&["get", "--raw", "/openapi/v2"]).unwrap()).unwrap();
+    assert_eq!(v2["swagger"], "2.0");
+    let defs = v2["definitions"].as_object().unwrap();
+    let cm = defs.values().find(|d| d["x-kubernetes-group-version-kind"][0]["kind"] == "ConfigMap").expect("ConfigMap");
+    assert_eq!(cm["type"], "object");
+    assert!(defs.values().any(|d| d["x-kubernetes-group-version-kind"][0]["kind"] == "VirtualMachine"));
 }

@@ -178,6 +178,9 @@ async fn serve(api: &Arc<ApiServer>, call: Incoming, target: Option<Target>) -> 
     if path == crate::snapshot::PATH {
         return crate::snapshot::serve(api, &user, &parts.method).await;
     }
+    if path == "/openapi/v2" {
+        return crate::openapi_v2::serve(api, &parts.headers);
+    }
     if path == "/openapi/v3" || path.starts_with("/openapi/v3/") {
         return crate::openapi::serve(api, &path);
     }
