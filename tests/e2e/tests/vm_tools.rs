@@ -312,3 +312,39 @@ fn port_forward_vnc_reboots_and_refusals_with_a_real_guest() {
     });
     assert!(stopped.is_some(), "a stopped VM's portforward is refused with the reason");
 }
+
+/// `expand-spec` of a stored VM and `expand-vm-spec` of one sent: the flavor applied to the template, the
+/// references removed; a missing flavor and a namespace mismatch are refused with the reason.
+#[test]
+fn expand_spec_applies_the_flavor() {
+    let s = Server::start().unwrap();
+    s.apply(
+        "apiVersion: instancetype.kubevirt.io/v1beta1\nkind: VirtualMachineInstancetype\nmetadata: {name: two}\nspec: {cpu: {guest: 2}, memory: {guest: 320Mi}}\n",
+    )
+    .unwrap();
+    let vm = "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: flavored}\nspec:\n  instancetype: {kind: VirtualMachineInstancetype, name: two}\n  preference: {name: linux}\n  runStrategy: Halted\n  template:\n    spec:\n      domain: {devices: {}}\n";
+    s.apply(vm).unwrap();
+    let out = get(&s, &["get", "--raw", &format!("{SUB}/namespaces/default/virtualmachines/flavored/expand-spec")]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let domain = &v["spec"]["template"]["spec"]["domain"];
+    let vcpus = ["sockets", "cores", "threads"].iter().map(|k| domain["cpu"][k].as_u64().unwrap_or(1)).product::<u64>();
+    assert_eq!(vcpus, 2, "{v}");
+    assert_eq!(domain["memory"]["guest"], "320Mi", "{v}");
+    assert!(v["spec"].get("instancetype").is_none() && v["spec"].get("preference").is_none(), "{v}");
+
+    let path = format!("{SUB}/namespaces/default/expand-vm-spec");
+    let body = serde_json::json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "x"},
+        "spec": {"instancetype": {"name": "u1.small"}, "template": {"spec": {"domain": {"devices": {}}}}}});
+    let out = s.kubectl_stdin(&["replace", "--raw", &path, "-f", "-"], &body.to_string()).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["spec"]["template"]["spec"]["domain"]["memory"]["guest"], "2Gi", "u1.small: {v}");
+    let missing = body.to_string().replace("u1.small", "no-such-type");
+    let out = s.kubectl_stdin(&["replace", "--raw", &path, "-f", "-"], &missing).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no-such-type not found"), "{err}");
+    let other = body.to_string().replace(r#""name":"x""#, r#""name":"x","namespace":"other""#);
+    let out = s.kubectl_stdin(&["replace", "--raw", &path, "-f", "-"], &other).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("must be empty or match"), "{err}");
+}

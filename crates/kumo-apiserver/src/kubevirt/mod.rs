@@ -4,6 +4,7 @@
 //! ([`guest`]) and the WebSocket streams ([`stream`]) reach the node agent running the VMI. Paths whose
 //! capability kumo does not have yet answer a 4xx naming it, never a 404.
 
+pub mod expand;
 pub mod guest;
 pub mod hotplug;
 pub mod lifecycle;
@@ -58,7 +59,7 @@ pub const SUBRESOURCES: &[(&str, &str, Verb, Served)] = &[
     (VM, "evacuate/cancel", Verb::Put, Served::Later("live migration")),
     (VM, "memorydump", Verb::Put, Served::Later("memory dumps")),
     (VM, "removememorydump", Verb::Put, Served::Later("memory dumps")),
-    (VM, "expand-spec", Verb::Get, Served::Later("expanding a VM's instancetype and preference")),
+    (VM, "expand-spec", Verb::Get, Served::Yes),
     (VM, "objectgraph", Verb::Get, Served::Later("object graphs")),
     (VMI, "pause", Verb::Put, Served::Yes),
     (VMI, "unpause", Verb::Put, Served::Yes),
@@ -95,7 +96,7 @@ pub const SUBRESOURCES: &[(&str, &str, Verb, Served)] = &[
     ),
     (VMI, "sev/setupsession", Verb::Put, Served::Refused("SEV is not enabled: kumo runs no confidential guests")),
     (VMI, "sev/injectlaunchsecret", Verb::Put, Served::Refused("SEV is not enabled: kumo runs no confidential guests")),
-    ("", "expand-vm-spec", Verb::Put, Served::Later("expanding a VM's instancetype and preference")),
+    ("", "expand-vm-spec", Verb::Put, Served::Yes),
 ];
 
 /// The discovery document for `subresources.kubevirt.io/v1`: each subresource by name, as virt-api lists them.
@@ -243,6 +244,24 @@ pub async fn serve(api: &Arc<ApiServer>, call: &Call) -> Result<Resp, ApiError> 
             return Err(ApiError::bad_request(format!("{sub} is a WebSocket: send a GET with Upgrade: websocket")))
         }
         (VMI, what, Verb::Get) => return guest::get(api, ns, name, what).await,
+        (VM, "expand-spec", _) => {
+            let vm = api.objects.get(&*vm_def(api)?, Some(ns), name).await?;
+            return Ok(response::json_response(StatusCode::OK, &expand::expand(api, ns, &vm).await?));
+        }
+        (_, "expand-vm-spec", _) => {
+            let vm: Value = serde_json::from_slice(&call.body)
+                .map_err(|e| ApiError::bad_request(format!("the body is not a VirtualMachine: {e}")))?;
+            if vm.get("kind").and_then(Value::as_str) != Some("VirtualMachine") {
+                return Err(ApiError::bad_request("Object is not a valid VirtualMachine: kind must be VirtualMachine"));
+            }
+            let vm_ns = vm.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(ns);
+            if vm_ns != ns {
+                return Err(ApiError::bad_request(format!(
+                    "VM namespace {vm_ns:?} must be empty or match the namespace of the request, {ns:?}"
+                )));
+            }
+            return Ok(response::json_response(StatusCode::OK, &expand::expand(api, ns, &vm).await?));
+        }
         (_, "addvolume" | "removevolume", _) => hotplug::serve(api, call, sub).await?,
         (VM, "start" | "stop" | "restart", _) => lifecycle::vm_state(api, call, sub).await?,
         (VMI, "pause" | "unpause", _) => lifecycle::pause(api, call, sub).await?,
