@@ -56,6 +56,29 @@ pub struct Ctx {
     placed: tokio::sync::Mutex<sched::Placed>,
     /// VMIs that fit nowhere when last planned: what a Node, Namespace or storage change may let in.
     unschedulable: Unschedulable,
+    /// VMIs the VM controller created that the cache may not show yet, by namespace/name, with when.
+    made: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+}
+
+/// How long a VMI the VM controller created may stay out of the cache before it is taken as never made.
+const MADE_TTL: Duration = Duration::from_secs(30);
+
+impl Ctx {
+    /// Whether the VM `ns/name` made a VMI the cache does not show yet (`seen`: whether it shows one now).
+    /// Creating it again would only be refused (409): under load the cache lags, and every VM reconciled in
+    /// that lag asked again each second.
+    fn awaiting_vmi(&self, ns: &str, name: &str, seen: bool) -> bool {
+        let mut made = self.made.lock().expect("made lock");
+        let key = (ns.to_string(), name.to_string());
+        match made.get(&key) {
+            Some(at) if !seen && at.elapsed() < MADE_TTL => true,
+            Some(_) => {
+                made.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 /// The VMIs a change elsewhere may let in, as kube-scheduler's unschedulable queue. Only these are looked at
@@ -113,6 +136,7 @@ pub async fn run(
         classes,
         placed: tokio::sync::Mutex::new(sched::Placed::new(sched.clone())),
         unschedulable: unschedulable.clone(),
+        made: Default::default(),
     });
     let placed_feed = feed_placed(ctx.clone(), shared);
     let vm_controller = slim_controller(vms, watcher::Config::default())
@@ -379,6 +403,10 @@ async fn reconcile_vm(vm_obj: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Acti
     // a delete is conditional on the uid, and the VMI's next change reconciles the VM again.
     crate::shared::wait_synced(ctx.vmis_synced.clone()).await;
     let vmi = ctx.vmis.get(&ObjectRef::new(&name).within(&ns));
+    if ctx.awaiting_vmi(&ns, &name, vmi.is_some()) {
+        // Its change in the cache reconciles the VM again; this is for a create that never shows.
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
     let dvs = Api::<DataVolume>::namespaced(ctx.client.clone(), &ns);
     let mut existing = std::collections::HashSet::new();
     for t in vm_obj.spec.data_volume_templates.iter().flatten() {
@@ -412,7 +440,11 @@ async fn reconcile_vm(vm_obj: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Acti
     for action in &plan.actions {
         match action {
             vm::Action::CreateVmi(obj) => match vmis.create(&PostParams::default(), obj).await {
-                Ok(_) => {}
+                Ok(_) => {
+                    let mut made = ctx.made.lock().expect("made lock");
+                    made.retain(|_, at| at.elapsed() < MADE_TTL);
+                    made.insert((ns.clone(), name.clone()), std::time::Instant::now());
+                }
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => return Err(e.into()),
             },
