@@ -114,13 +114,7 @@ pub async fn resolve(client: &Client, vm: &VirtualMachine) -> Result<Resolved, k
 }
 
 async fn read_flavor(client: &Client, ns: &str, r: &FlavorRef, preference: bool) -> Result<Option<Value>, kube::Error> {
-    let cluster = r.cluster_wide(preference);
-    let kind = match (preference, cluster) {
-        (false, true) => it::CLUSTER_INSTANCETYPE,
-        (false, false) => it::INSTANCETYPE,
-        (true, true) => it::CLUSTER_PREFERENCE,
-        (true, false) => it::PREFERENCE,
-    };
+    let (cluster, kind) = (r.cluster_wide(preference), r.object_kind(preference));
     let ar = ApiResource {
         group: it::GROUP.into(),
         version: it::VERSION.into(),

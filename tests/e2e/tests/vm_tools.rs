@@ -29,7 +29,7 @@ struct Running {
 
 impl Running {
     fn stderr(&self) -> String {
-        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+        std::fs::read_to_string(self.stderr.path()).expect("reading kumo's stderr file")
     }
 }
 
@@ -55,7 +55,8 @@ fn spawn_kumo(s: &Server, args: &[&str]) -> Running {
     out.read_line(&mut first_line).expect("reading kumo's output");
     if first_line.is_empty() {
         let _ = child.wait();
-        panic!("kumo {args:?} printed nothing: {}", std::fs::read_to_string(stderr.path()).unwrap_or_default());
+        let err = std::fs::read_to_string(stderr.path()).expect("reading kumo's stderr file");
+        panic!("kumo {args:?} printed nothing: {err}");
     }
     Running { child, first_line, _out: out, stderr }
 }

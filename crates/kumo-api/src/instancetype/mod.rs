@@ -41,6 +41,16 @@ impl FlavorRef {
         let kind = self.kind.as_deref().unwrap_or(if preference { CLUSTER_PREFERENCE } else { CLUSTER_INSTANCETYPE });
         kind.to_ascii_lowercase().contains("cluster")
     }
+
+    /// The kind of object it names, as served: one of the four flavor kinds.
+    pub fn object_kind(&self, preference: bool) -> &'static str {
+        match (preference, self.cluster_wide(preference)) {
+            (false, true) => CLUSTER_INSTANCETYPE,
+            (false, false) => INSTANCETYPE,
+            (true, true) => CLUSTER_PREFERENCE,
+            (true, false) => PREFERENCE,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

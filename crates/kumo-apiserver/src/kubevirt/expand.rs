@@ -51,13 +51,7 @@ async fn spec<S: DeserializeOwned + Default>(
         };
         return flavor_spec(obj.get("data").cloned().unwrap_or_default());
     }
-    let cluster = r.cluster_wide(preference);
-    let kind = match (preference, cluster) {
-        (false, true) => it::CLUSTER_INSTANCETYPE,
-        (false, false) => it::INSTANCETYPE,
-        (true, true) => it::CLUSTER_PREFERENCE,
-        (true, false) => it::PREFERENCE,
-    };
+    let (cluster, kind) = (r.cluster_wide(preference), r.object_kind(preference));
     let def =
         api.registry.get(it::GROUP, it::VERSION, it::plural(kind)).ok_or_else(|| ApiError::internal("no flavors"))?;
     let obj = api.objects.try_get(&def, if cluster { None } else { Some(ns) }, &r.name).await?;
