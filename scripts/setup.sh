@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 # tests start a real etcd; benchmark), etcd-client (etcdctl: `kumo store snapshot` reads and restores etcd's
 # snapshots with it), protobuf-compiler + libprotobuf-dev (the etcd-client crate generates its
 # gRPC code with protoc at build time and imports protobuf's well-known types, so both before any cargo build),
-# openssh-client (`kumo ssh` and `kumo scp` run it; the guest tools test uses them).
+# openssh-client (`kumo ssh` and `kumo scp` run it; the guest tools test uses them), prometheus (the metrics
+# test scrapes kumo with a real one).
 pkgs=(qemu-system-x86 qemu-utils iproute2 nftables docker-registry busybox xorriso genisoimage curl ca-certificates
-  etcd-server etcd-client protobuf-compiler libprotobuf-dev openssh-client)
+  etcd-server etcd-client protobuf-compiler libprotobuf-dev openssh-client prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,7 +31,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Nor start it at the next boot: images/start-registry.sh runs the registry the tests use on :5000.
   # Likewise etcd: its tests and the benchmark start their own on free ports.
-  if command -v systemctl >/dev/null; then systemctl disable docker-registry etcd >/dev/null 2>&1 || true; fi
+  if command -v systemctl >/dev/null; then systemctl disable docker-registry etcd prometheus >/dev/null 2>&1 || true; fi
 fi
 command -v kubectl >/dev/null || echo "setup: warning: kubectl not found; the end-to-end tests use it" >&2
 

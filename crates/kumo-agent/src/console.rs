@@ -1,7 +1,7 @@
 //! The agent's endpoint for the API server: per VMI, WebSockets to the serial console, to QEMU's VNC server and
 //! to ports of the guest ([`crate::streams`]), which the API server proxies KubeVirt's `console`, `vnc` and
 //! `portforward` subresources to (as kube-apiserver proxies exec to the kubelet); the guest agent's answers,
-//! soft reboots and resets; and uploads into this node's volumes. HTTPS with a certificate the agent
+//! soft reboots and resets; uploads into this node's volumes; and the node's metrics ([`crate::metrics`]). HTTPS with a certificate the agent
 //! generates; its SHA-256 fingerprint is published on the Node, so the API server can pin it. Callers must
 //! present a client certificate issued by the cluster CA to the API server (`CN=kumo-apiserver`): a node's own
 //! certificate, from the same CA, is refused.
@@ -111,6 +111,15 @@ async fn route(
     agent: Option<Arc<crate::agent::Agent>>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    if path == "/metrics" && req.method() == http::Method::GET {
+        return match agent {
+            Some(agent) => Response::builder()
+                .header(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                .body(Full::new(Bytes::from(crate::metrics::render(&agent).await)))
+                .expect("response"),
+            None => reply(StatusCode::SERVICE_UNAVAILABLE, "the agent is starting"),
+        };
+    }
     let mut parts = path.trim_start_matches('/').split('/');
     let (kind, uid) = (parts.next().unwrap_or(""), uid_of(parts.next()));
     let rest: Vec<&str> = parts.collect();

@@ -11,6 +11,7 @@ pub mod console;
 pub mod fence;
 pub mod hypervisor;
 pub mod image;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod outage;

@@ -1,13 +1,19 @@
 //! The API server's metrics, in Prometheus' text format at `/metrics` (admin only), under the names
 //! Kubernetes uses: `apiserver_request_total` (by verb, group, version, resource, subresource, code) and
-//! `apiserver_request_duration_seconds` (by verb and resource; watches, which last, are not timed).
+//! `apiserver_request_duration_seconds` (by verb and resource; watches, which last, are not timed),
+//! `apiserver_resource_objects` (stored objects per resource, counted at most once a minute, as kube-apiserver
+//! counts them periodically) and `apiserver_longrunning_requests` (live watches per resource).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Counting every resource's keys is a scan of the store's index: not more often than this.
+const COUNT_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -34,11 +40,27 @@ struct FlowLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabels {
+    group: String,
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LongRunningLabels {
+    verb: String,
+    group: String,
+    resource: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: Histograms,
     rejected: Family<FlowLabels, Counter>,
+    objects: Family<ResourceLabels, Gauge>,
+    watches: Family<LongRunningLabels, Gauge>,
+    counted: std::sync::Mutex<Option<Instant>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -67,7 +89,19 @@ impl Default for Metrics {
             "Requests API Priority and Fairness refused (429), by flow schema, priority level and reason",
             rejected.clone(),
         );
-        Metrics { registry, requests, durations, rejected }
+        let objects = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "apiserver_resource_objects",
+            "Objects stored, by group and resource (counted at most once a minute)",
+            objects.clone(),
+        );
+        let watches = Family::<LongRunningLabels, Gauge>::default();
+        registry.register(
+            "apiserver_longrunning_requests",
+            "Requests open now that last (watches), by verb, group and resource",
+            watches.clone(),
+        );
+        Metrics { registry, requests, durations, rejected, objects, watches, counted: Default::default() }
     }
 }
 
@@ -91,12 +125,73 @@ impl Metrics {
         self.rejected.get_or_create(&labels).inc();
     }
 
+    /// Whether the stored objects are due to be counted again (once a minute at most).
+    fn count_due(&self) -> bool {
+        let mut c = self.counted.lock().expect("lock");
+        if c.is_some_and(|t| t.elapsed() < COUNT_EVERY) {
+            return false;
+        }
+        *c = Some(Instant::now());
+        true
+    }
+
+    fn set_objects(&self, counts: &[((String, String), i64)]) {
+        self.objects.clear();
+        for ((group, resource), n) in counts {
+            self.objects.get_or_create(&ResourceLabels { group: group.clone(), resource: resource.clone() }).set(*n);
+        }
+    }
+
+    fn set_watches(&self, counts: &[((String, String), usize)]) {
+        self.watches.clear();
+        for ((group, resource), n) in counts {
+            let l = LongRunningLabels { verb: "WATCH".into(), group: group.clone(), resource: resource.clone() };
+            self.watches.get_or_create(&l).set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Everything, in Prometheus' text exposition format.
     pub fn text(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
+}
+
+/// The metrics with what is counted at scrape time brought up to date: live watches always, stored objects
+/// when due.
+pub async fn scrape(api: &crate::state::ApiServer) -> String {
+    // One entry per stored resource: all served versions share a key prefix.
+    let mut by_prefix = std::collections::BTreeMap::new();
+    for def in api.registry.all() {
+        by_prefix.entry(def.key_prefix()).or_insert_with(|| (def.group.clone(), def.plural.clone()));
+    }
+    let mut watches = std::collections::BTreeMap::<(String, String), usize>::new();
+    let caches = if std::sync::Arc::ptr_eq(&api.cache, &api.events_cache) {
+        vec![&api.cache]
+    } else {
+        vec![&api.cache, &api.events_cache]
+    };
+    for cache in caches {
+        for (prefix, n) in cache.watchers() {
+            // A watch over several resources has none to name.
+            let key = prefix.and_then(|p| by_prefix.get(&p).cloned()).unwrap_or_default();
+            *watches.entry(key).or_default() += n;
+        }
+    }
+    api.metrics.set_watches(&watches.into_iter().collect::<Vec<_>>());
+    if api.metrics.count_due() {
+        let mut counts = Vec::with_capacity(by_prefix.len());
+        for (prefix, names) in by_prefix {
+            let req = kumo_store::RangeRequest { prefix: prefix.clone(), limit: 1, ..Default::default() };
+            match api.objects.store_for(&prefix).range(req).await {
+                Ok(r) => counts.push((names, r.kvs.len() as i64 + r.remaining)),
+                Err(e) => tracing::warn!("metrics: counting {prefix}: {e}"),
+            }
+        }
+        api.metrics.set_objects(&counts);
+    }
+    api.metrics.text()
 }
 
 #[cfg(test)]
@@ -129,5 +224,32 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains(r#"apiserver_request_duration_seconds_count{verb="watch""#), "{text}");
+    }
+
+    #[test]
+    fn counted_objects_and_watches_replace_the_last_count() {
+        let m = Metrics::default();
+        let vms = ("kubevirt.io".to_string(), "virtualmachines".to_string());
+        let pods = ("".to_string(), "configmaps".to_string());
+        m.set_objects(&[(vms.clone(), 3), (pods.clone(), 1)]);
+        m.set_watches(&[(vms.clone(), 2)]);
+        let text = m.text();
+        assert!(
+            text.contains(r#"apiserver_resource_objects{group="kubevirt.io",resource="virtualmachines"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"apiserver_longrunning_requests{verb="WATCH",group="kubevirt.io",resource="virtualmachines"} 2"#
+            ),
+            "{text}"
+        );
+        // A resource no longer counted (a CRD removed) and watches that ended leave no stale series.
+        m.set_objects(&[(vms, 4)]);
+        m.set_watches(&[]);
+        let text = m.text();
+        assert!(!text.contains(r#"resource="configmaps""#), "{text}");
+        assert!(!text.contains("apiserver_longrunning_requests{"), "{text}");
+        assert!(m.count_due() && !m.count_due(), "counted at most once a minute");
     }
 }

@@ -24,6 +24,35 @@ pub fn unavailable(m: String) -> ApiError {
     e
 }
 
+/// `GET /api/v1/nodes/{name}/proxy/metrics`: the node agent's metrics, proxied as kube-apiserver proxies to
+/// the kubelet (the path Prometheus' usual node scrape configuration uses). Nothing else of the agent is
+/// reachable this way: its other endpoints are KubeVirt's subresources.
+pub async fn proxy(
+    api: &Arc<ApiServer>,
+    method: &http::Method,
+    p: &crate::request::ResourcePath,
+) -> crate::response::Resp {
+    let node = p.name.as_deref().unwrap_or_default();
+    if method != http::Method::GET {
+        return crate::response::error(&ApiError::new(405, "MethodNotAllowed", "a node's proxy serves only GET"));
+    }
+    if p.subpath != ["metrics"] {
+        let why = format!("a node's proxy serves only metrics, not {:?}", p.subpath.join("/"));
+        return crate::response::error(&ApiError::new(404, "NotFound", why));
+    }
+    match request(api, node, http::Method::GET, "/metrics").await {
+        Ok((status, body)) if status.is_success() => http::Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(crate::response::full(body))
+            .expect("response"),
+        Ok((status, body)) => crate::response::error(&unavailable(format!(
+            "the agent of node {node} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ))),
+        Err(e) => crate::response::error(&e),
+    }
+}
+
 /// One bodiless request to the agent of `node`: its status and body.
 pub async fn request(
     api: &Arc<ApiServer>,

@@ -93,7 +93,7 @@ fn set_name(p: &mut ResourcePath, tail: &[String]) -> Option<()> {
             p.name = Some(name.clone());
             p.subresource = Some(sub.clone());
         }
-        [name, sub, rest @ ..] if p.group == crate::kubevirt::GROUP => {
+        [name, sub, rest @ ..] if p.group == crate::kubevirt::GROUP || is_node_proxy(p, sub) => {
             p.name = Some(name.clone());
             p.subresource = Some(sub.clone());
             p.subpath = rest.to_vec();
@@ -101,6 +101,11 @@ fn set_name(p: &mut ResourcePath, tail: &[String]) -> Option<()> {
         _ => return None,
     }
     Some(())
+}
+
+/// `nodes/{name}/proxy/{path}`: the node agent's endpoints (see [`crate::nodes::proxy`]).
+fn is_node_proxy(p: &ResourcePath, sub: &str) -> bool {
+    p.group.is_empty() && p.resource == "nodes" && sub == "proxy"
 }
 
 /// Query parameters (the last value wins, as in Kubernetes).
@@ -164,6 +169,8 @@ mod tests {
             (Some("portforward"), &["22".into(), "tcp".into()][..])
         );
         assert!(parse_path("/api/v1/namespaces/d/pods/p/status/extra").is_none(), "only KubeVirt's have sub-paths");
+        let r = res("/api/v1/nodes/n1/proxy/metrics");
+        assert_eq!((r.subresource.as_deref(), r.subpath.as_slice()), (Some("proxy"), &["metrics".into()][..]));
     }
 
     #[test]

@@ -121,6 +121,8 @@ pub(crate) struct Agent {
     pub volume_dirs: VolumeDirs,
     /// What this node's watch delivered (simulated nodes report it, so tests can check the server's selection).
     pub seen: Option<Arc<crate::simulate::Seen>>,
+    /// This node's VMIs as its watch has them, once it runs (what `/metrics` reports on).
+    pub vmi_cache: std::sync::OnceLock<kube::runtime::reflector::Store<VirtualMachineInstance>>,
 }
 
 /// Runs the agent until the process ends.
@@ -212,6 +214,7 @@ impl Agent {
             volume_dirs,
             cfg,
             seen: None,
+            vmi_cache: Default::default(),
         }
     }
 }
@@ -226,6 +229,7 @@ pub(crate) async fn serve(agent: Arc<Agent>) {
     // Cached without managedFields: the agent never reads them, and they were most of a VMI's size (thousands
     // of simulated nodes share one process).
     let (store, writer) = kube::runtime::reflector::store();
+    let _ = agent.vmi_cache.set(store.clone());
     // Leftovers of VMIs that vanished while this agent was away, once the cache has its first list and every
     // half minute after (a VMI deleted while this host was cut off never shows up in the watch again, but is
     // gone from the cache once the watch lists again). The cache, not a list: at 10,000 nodes a list each per

@@ -168,7 +168,7 @@ async fn serve(api: &Arc<ApiServer>, call: Incoming, target: Option<Target>) -> 
         if user != User::Admin {
             return response::error(&ApiError::forbidden(format!("User \"{}\" cannot get /metrics", user.name())));
         }
-        let mut r = plain(api.metrics.text());
+        let mut r = plain(crate::metrics::scrape(api).await);
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -192,6 +192,12 @@ async fn serve(api: &Arc<ApiServer>, call: Incoming, target: Option<Target>) -> 
         Target::Resource(p) => p,
         other => return crate::discovery::serve(api, &other),
     };
+    if rpath.group.is_empty() && rpath.resource == "nodes" && rpath.subresource.as_deref() == Some("proxy") {
+        if user != User::Admin {
+            return response::error(&ApiError::forbidden(format!("User \"{}\" cannot proxy to nodes", user.name())));
+        }
+        return crate::nodes::proxy(api, &parts.method, &rpath).await;
+    }
     if rpath.group == crate::kubevirt::GROUP && user != User::Admin {
         // VM verbs and consoles are for people (and their tools), not for node credentials.
         let why = format!("User \"{}\" cannot use {}", user.name(), crate::kubevirt::GROUP);

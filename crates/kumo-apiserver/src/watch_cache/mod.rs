@@ -299,6 +299,11 @@ impl WatchCache {
         Some((ix.keys(prefix, value, None), r.last))
     }
 
+    /// Live watches per resource key prefix (None: over several resources), for the metrics.
+    pub fn watchers(&self) -> std::collections::HashMap<Option<String>, usize> {
+        self.routes.lock().expect("lock").per_resource()
+    }
+
     /// The newest revision the cache has seen.
     pub fn revision(&self) -> i64 {
         self.ring.read().expect("lock").last

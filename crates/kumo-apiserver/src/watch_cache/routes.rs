@@ -84,6 +84,19 @@ impl Routes {
         self.slot_of.clear();
     }
 
+    /// How many watchers are filed per resource (`/registry/{group}/{plural}/`; None: over several).
+    pub fn per_resource(&self) -> HashMap<Option<String>, usize> {
+        let mut out = HashMap::new();
+        for (slot, ws) in &self.slots {
+            let r = match slot {
+                Slot::Broad => None,
+                Slot::Resource(r) | Slot::Label(r, ..) => Some(r.clone()),
+            };
+            *out.entry(r).or_default() += ws.len();
+        }
+        out
+    }
+
     /// How many watchers are filed.
     #[cfg(test)]
     pub fn len(&self) -> usize {
