@@ -31,6 +31,7 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod tls;
+pub mod ui;
 pub mod upload;
 pub mod watch_cache;
 

@@ -104,6 +104,7 @@ fn validate_vmi_spec(spec: &VirtualMachineInstanceSpec, p: &str) -> Vec<Cause> {
             ));
         }
     }
+    validate_quantities(spec, p, &mut c);
     let volumes: Vec<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
     let networks: Vec<&str> = spec.networks.iter().flatten().map(|n| n.name.as_str()).collect();
     let mut seen = HashSet::new();
@@ -191,6 +192,27 @@ fn validate_vmi_spec(spec: &VirtualMachineInstanceSpec, p: &str) -> Vec<Cause> {
     c
 }
 
+/// Memory and resource quantities must parse (as the schema's quantity pattern requires in Kubernetes): a
+/// VM whose `memory.guest` is "lots" is refused when stored, not when its guest first starts.
+fn validate_quantities(spec: &VirtualMachineInstanceSpec, p: &str, c: &mut Vec<Cause>) {
+    let domain = &spec.domain;
+    let mut check = |path: String, q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
+        if let Err(e) = crate::quantity::milli(&q.0) {
+            c.push(Cause::invalid(path, e));
+        }
+    };
+    if let Some(g) = domain.memory.as_ref().and_then(|m| m.guest.as_ref()) {
+        check(format!("{p}.domain.memory.guest"), g);
+    }
+    if let Some(r) = &domain.resources {
+        for (kind, map) in [("requests", &r.requests), ("limits", &r.limits)] {
+            for (name, q) in map.iter().flatten() {
+                check(format!("{p}.domain.resources.{kind}[{name}]"), q);
+            }
+        }
+    }
+}
+
 /// KubeVirt's rules for kernelBoot, plus kumo's: QEMU boots the kernel directly, so an initrd alone (which
 /// KubeVirt lets through to libvirt) cannot boot and is refused here.
 fn validate_kernel_boot(kb: &KernelBoot, p: &str, c: &mut Vec<Cause>) {
@@ -242,6 +264,16 @@ mod tests {
                 "spec.template.spec.volumes[0]",
             ]
         );
+    }
+
+    #[test]
+    fn quantities_must_parse() {
+        let vmi = json!({"spec": {"domain": {"devices": {}, "memory": {"guest": "lots"},
+            "resources": {"requests": {"memory": "128Mi", "cpu": "500m"}, "limits": {"cpu": "two"}}}}});
+        let causes = validate("VirtualMachineInstance", &vmi);
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, vec!["spec.domain.memory.guest", "spec.domain.resources.limits[cpu]"]);
+        assert!(causes[0].message.contains("\"lots\""), "{:?}", causes[0]);
     }
 
     #[test]

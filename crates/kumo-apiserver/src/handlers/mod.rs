@@ -80,6 +80,10 @@ pub async fn dispatch(api: Arc<ApiServer>, req: Request<hyper::body::Incoming>, 
         "/version" => return response::json_response(StatusCode::OK, &crate::discovery::version()),
         _ => {}
     }
+    if crate::ui::owns(&path) {
+        // The console's files are public, as a login page is; its data comes through the API with a token.
+        return crate::ui::serve(&path);
+    }
     if path.starts_with(crate::upload::PREFIX) {
         // The upload proxy takes its own bearer tokens (UploadTokenRequest), not API credentials.
         return crate::upload::serve(&api, Request::from_parts(parts, body)).await;
@@ -313,9 +317,23 @@ async fn authenticate(api: &ApiServer, headers: &http::HeaderMap, cert_user: Opt
     if cert_user.is_some() {
         return cert_user;
     }
-    let auth = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())?;
-    let token = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer "))?;
+    let token = match headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        Some(auth) => auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer "))?.to_string(),
+        None => websocket_bearer(headers)?,
+    };
     auth::user_from_token(api, token.trim()).await
+}
+
+/// Kubernetes' WebSocket subprotocol carrying a bearer token, for browsers, which cannot set headers on a
+/// WebSocket: `base64url.bearer.authorization.k8s.io.<token in unpadded base64url>`.
+pub const WS_BEARER_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
+
+fn websocket_bearer(headers: &http::HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let offered = headers.get("sec-websocket-protocol")?.to_str().ok()?;
+    let encoded = offered.split(',').find_map(|p| p.trim().strip_prefix(WS_BEARER_PREFIX))?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded.trim_end_matches('=')).ok()?;
+    String::from_utf8(raw).ok()
 }
 
 /// The Kubernetes verb of a resource request.

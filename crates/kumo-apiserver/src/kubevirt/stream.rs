@@ -123,8 +123,13 @@ async fn open(
         .header(header::UPGRADE, "websocket")
         .header("sec-websocket-version", "13")
         .header("sec-websocket-key", key);
-    if let Some(proto) = req.headers().get("sec-websocket-protocol") {
-        upstream = upstream.header("sec-websocket-protocol", proto.clone());
+    if let Some(proto) = req.headers().get("sec-websocket-protocol").and_then(|p| p.to_str().ok()) {
+        // The bearer token a browser sent as a subprotocol is the API server's, not the node's.
+        let prefix = crate::handlers::WS_BEARER_PREFIX;
+        let kept: Vec<&str> = proto.split(',').map(str::trim).filter(|p| !p.starts_with(prefix)).collect();
+        if !kept.is_empty() {
+            upstream = upstream.header("sec-websocket-protocol", kept.join(", "));
+        }
     }
     let upstream = upstream.body(http_body_util::Empty::<bytes::Bytes>::new()).expect("request");
     let resp = sender
