@@ -11,9 +11,9 @@ cd "$(dirname "$0")/.."
 # snapshots with it), protobuf-compiler + libprotobuf-dev (the etcd-client crate generates its
 # gRPC code with protoc at build time and imports protobuf's well-known types, so both before any cargo build),
 # openssh-client (`kumo ssh` and `kumo scp` run it; the guest tools test uses them), prometheus (the metrics
-# test scrapes kumo with a real one).
+# test scrapes kumo with a real one), chromium (the web console's browser test).
 pkgs=(qemu-system-x86 qemu-utils iproute2 nftables docker-registry busybox xorriso genisoimage curl ca-certificates
-  etcd-server etcd-client protobuf-compiler libprotobuf-dev openssh-client prometheus)
+  etcd-server etcd-client protobuf-compiler libprotobuf-dev openssh-client prometheus chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -44,6 +44,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
+
+# The web console (ui/dist), which kumo embeds when it is built next.
+scripts/build-ui.sh
 
 # Kernel pieces the per-VMI network uses (already built in on most kernels; failures are harmless).
 for m in tun bridge veth nf_tables nft_chain_nat nft_masq isofs; do modprobe -q "$m" 2>/dev/null || true; done

@@ -22,7 +22,9 @@ fn main() {
     let mut found = Vec::new();
     files(&dist, &mut found);
     found.sort();
-    let mut code = String::from("/// The web console's files: (path under /ui/, contents).\npub static ASSETS: &[(&str, &[u8])] = &[\n");
+    let mut code = String::from(
+        "/// The web console's files: (path under /ui/, contents).\npub static ASSETS: &[(&str, &[u8])] = &[\n",
+    );
     for p in &found {
         let rel = p.strip_prefix(&dist).expect("under dist").to_string_lossy().replace('\\', "/");
         code.push_str(&format!("    ({rel:?}, include_bytes!({:?})),\n", p.display().to_string()));

@@ -21,6 +21,7 @@ let consoleWs = null;
 let rfb = null;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const when = (t) => (t ? new Date(t).toLocaleString() : '');
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
 class ApiError extends Error {
@@ -144,7 +145,7 @@ function renderEvents() {
     .filter((e) => e.involvedObject?.name === selected)
     .sort((a, b) => String(b.lastTimestamp || b.eventTime).localeCompare(String(a.lastTimestamp || a.eventTime)));
   $('#events tbody').innerHTML = mine.map((e) =>
-    `<tr><td>${esc(e.lastTimestamp || e.eventTime)}</td><td>${esc(e.type)}</td><td>${esc(e.reason)}</td>` +
+    `<tr><td>${esc(when(e.lastTimestamp || e.eventTime))}</td><td>${esc(e.type)}</td><td>${esc(e.reason)}</td>` +
     `<td>${esc(e.involvedObject?.kind)}/${esc(e.involvedObject?.name)}</td><td>${esc(e.count ?? 1)}</td>` +
     `<td>${esc(e.message)}</td></tr>`).join('') || '<tr><td colspan="6">No events.</td></tr>';
 }

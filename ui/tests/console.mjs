@@ -21,7 +21,17 @@ try {
   const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 1000 } });
   page = await context.newPage();
   page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
-  await page.goto(`${url}/ui/`);
+  // Chromium drops requests in flight when the host's interfaces change (ERR_NETWORK_CHANGED), and the node
+  // agent adds veths as guests start: load again when that happens. The page's watches retry on their own.
+  for (let i = 0; ; i++) {
+    try {
+      await page.goto(`${url}/ui/`);
+      break;
+    } catch (e) {
+      if (i === 5 || !String(e).includes('ERR_NETWORK_CHANGED')) throw e;
+      await page.waitForTimeout(1000);
+    }
+  }
 
   await page.fill('#token', 'not-a-token');
   await page.click('#login-form button');
@@ -38,8 +48,10 @@ try {
 
   await row.locator('button[data-action=open]').click();
   await page.locator('#console-state', { hasText: 'Connected' }).waitFor({ timeout: minutes(1) });
-  const answer = page.locator('.xterm-rows', { hasText: 'from-the-browser-42' });
-  // The shell may still be starting: ask until it answers.
+  // A row that is exactly the answer: the command line itself, or a shell's complaint about a mangled one,
+  // would also contain it.
+  const answer = page.locator('.xterm-rows > div', { hasText: /^\s*from-the-browser-42\s*$/ });
+  // The shell may still be starting (keys typed during boot are lost): ask until it answers.
   for (let i = 0; ; i++) {
     await page.locator('#terminal').click();
     await page.keyboard.type('echo from-the-browser-$((6*7))');
@@ -52,6 +64,15 @@ try {
     }
   }
   await shot('3-serial-console');
+
+  // VNC in the page (noVNC): connected, with the guest's screen drawn on its canvas.
+  await page.click('.tabs button[data-tab=vnc]');
+  await page.locator('#vnc-state', { hasText: 'Connected' }).waitFor({ timeout: minutes(1) });
+  await page.locator('#screen canvas').waitFor();
+  await page.waitForTimeout(1000);
+  await shot('3b-vnc');
+  await page.click('.tabs button[data-tab=console]');
+  await page.locator('#console-state', { hasText: 'Connected' }).waitFor({ timeout: minutes(1) });
 
   await row.locator('button[data-action=stop]').click();
   await status('Stopped').waitFor({ timeout: minutes(2) });

@@ -23,7 +23,8 @@ fn ui_dir() -> PathBuf {
 fn curl(s: &Server, path: &str, extra: &[&str]) -> (String, String) {
     let ca = s.data_dir().join("ca-for-curl.crt");
     if !ca.exists() {
-        let b64 = get(s, &["config", "view", "--raw", "-o", "jsonpath={.clusters[0].cluster.certificate-authority-data}"]);
+        let b64 =
+            get(s, &["config", "view", "--raw", "-o", "jsonpath={.clusters[0].cluster.certificate-authority-data}"]);
         use base64::Engine;
         let pem = base64::engine::general_purpose::STANDARD.decode(b64.trim()).expect("base64 CA");
         std::fs::write(&ca, pem).unwrap();
@@ -81,6 +82,10 @@ fn a_browser_logs_in_stops_and_starts_a_vm_and_reads_its_serial_console() {
     );
     let s = Server::start_with_guests(&[]).unwrap();
     s.apply(&fleet::vm("webvm", "", "            #!/bin/sh\n            echo web-console-guest")).unwrap();
+    // Running before the browser starts: the node's network is then set up (Chromium drops requests in flight
+    // when the host's interfaces change).
+    s.wait_vmi_ready("webvm", Duration::from_secs(180))
+        .unwrap_or_else(|e| panic!("{e:#}: {}", get(&s, &["describe", "vmi", "webvm"])));
     let uid_before = get(&s, &["get", "vm", "webvm", "-o", "jsonpath={.metadata.uid}"]);
     let token = get(&s, &["config", "view", "--raw", "-o", "jsonpath={.users[0].user.token}"]);
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots");
@@ -109,7 +114,14 @@ fn a_browser_logs_in_stops_and_starts_a_vm_and_reads_its_serial_console() {
     assert_eq!(get(&s, &["get", "vm", "webvm", "-o", "jsonpath={.metadata.uid}"]), uid_before);
     let starts = get(
         &s,
-        &["get", "events", "--field-selector", "involvedObject.name=webvm,reason=Started", "-o", "jsonpath={.items[*].count}"],
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=webvm,reason=Started",
+            "-o",
+            "jsonpath={.items[*].count}",
+        ],
     );
     let total: u64 = starts.split_whitespace().filter_map(|n| n.parse::<u64>().ok()).sum();
     assert!(total >= 2, "started, stopped from the page and started again: Started counts {starts:?}");
