@@ -329,17 +329,30 @@ fn a_dumped_list_applies_back_with_validation() {
         "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: vm1}\nspec:\n  runStrategy: Halted\n  template:\n    spec:\n      domain:\n        memory: {guest: 64Mi}\n        devices: {}\n",
     )
     .unwrap();
+    // A VM that runs has a VMI (Pending here: no node), which the dump holds too.
+    s.apply(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: vm2}\nspec:\n  runStrategy: Always\n  template:\n    spec:\n      domain:\n        memory: {guest: 64Mi}\n        devices: {}\n",
+    )
+    .unwrap();
+    let vmi = eventually(Duration::from_secs(30), || s.kubectl_ok(&["get", "vmi", "vm2", "-o", "name"]).ok());
+    assert!(vmi.is_some(), "the VM's VMI was made");
     let content = |s: &Server| {
-        s.kubectl_ok(&["get", "vm,configmaps", "-o", "jsonpath={range .items[*]}{.metadata.name}={.spec}{.data};{end}"])
-            .unwrap()
+        let what = "jsonpath={range .items[*]}{.kind}/{.metadata.name}={.spec}{.data};{end}";
+        s.kubectl_ok(&["get", "vm,vmi,configmaps", "-o", what]).unwrap()
     };
     let before = content(&s);
+    assert!(before.contains("VirtualMachineInstance/vm2="), "{before}");
     let dump = s.kubectl_ok(&["get", "vm,vmi,configmaps", "-o", "yaml"]).unwrap();
     assert!(dump.contains("kind: List"), "{dump}");
     let out = s.kubectl_stdin(&["apply", "--validate=strict", "-f", "-"], &dump).unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "applying the dump back: {stderr}{stdout}");
-    for name in ["configmap/one", "configmap/two", "virtualmachine.kubevirt.io/vm1"] {
+    for name in [
+        "configmap/one",
+        "configmap/two",
+        "virtualmachine.kubevirt.io/vm1",
+        "virtualmachineinstance.kubevirt.io/vm2",
+    ] {
         assert!(stdout.contains(name), "{name} in {stdout}");
     }
     assert_eq!(content(&s), before, "the dump applied back changed an object");
