@@ -1,8 +1,10 @@
 // The web console in headless Chromium (Debian's), driven by Playwright, as a user uses it: a refused token,
 // then login; the VM seen Running (updated by watches); a line read from its serial console; stop and start;
-// its events; a VM created from the form and a bad one refused with the server's reason. Screenshots go to
-// SHOTS. Run by tests/e2e/tests/web_console.rs: node ui/tests/console.mjs URL TOKEN VM SHOTS
+// its events; a VM created from the form and a bad one refused with the server's reason; the server killed
+// and started again under the open page (the test does it when this prints READY-FOR-RESTART, and answers
+// "restarted" on stdin). Screenshots go to SHOTS. Run by tests/e2e/tests/web_console.rs: node ui/tests/console.mjs URL TOKEN VM SHOTS
 import { chromium } from 'playwright-core';
+import readline from 'node:readline';
 
 const [url, token, vm, shots] = process.argv.slice(2);
 if (!shots) throw new Error('usage: console.mjs URL TOKEN VM SHOTS');
@@ -96,6 +98,17 @@ try {
   await page.locator('#create-result.error', { hasText: 'memory' }).waitFor();
   await shot('7-created-and-refused');
   console.log(`create error shown: ${await page.locator('#create-result').textContent()}`);
+
+  // The server is SIGKILLed and started again by the test while the page stays open: the page's watches
+  // follow it back, and a VM made while it was away shows up without a reload.
+  console.log('READY-FOR-RESTART');
+  for await (const line of readline.createInterface({ input: process.stdin })) {
+    if (line.trim() === 'restarted') break;
+  }
+  await page.locator('#vms tr[data-vm="after-restart"]').waitFor({ timeout: minutes(2) });
+  await page.locator('#live.on').waitFor({ timeout: minutes(1) });
+  await status('Running').waitFor({ timeout: minutes(1) });
+  await shot('8-after-server-restart');
 } catch (e) {
   if (page) await shot('failure').catch(() => {});
   console.log(`page text at failure:\n${page ? await page.locator('body').innerText().catch(() => '') : ''}`);

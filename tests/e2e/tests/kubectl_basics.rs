@@ -347,12 +347,9 @@ fn a_dumped_list_applies_back_with_validation() {
     let out = s.kubectl_stdin(&["apply", "--validate=strict", "-f", "-"], &dump).unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "applying the dump back: {stderr}{stdout}");
-    for name in [
-        "configmap/one",
-        "configmap/two",
-        "virtualmachine.kubevirt.io/vm1",
-        "virtualmachineinstance.kubevirt.io/vm2",
-    ] {
+    for name in
+        ["configmap/one", "configmap/two", "virtualmachine.kubevirt.io/vm1", "virtualmachineinstance.kubevirt.io/vm2"]
+    {
         assert!(stdout.contains(name), "{name} in {stdout}");
     }
     assert_eq!(content(&s), before, "the dump applied back changed an object");

@@ -1,14 +1,16 @@
 //! The web console at `/ui/`, used in headless Chromium (Debian's `chromium`, driven by Playwright:
 //! `ui/tests/console.mjs`) against a real guest: login by bearer token, the VM seen Running through watches, a
-//! line read from its serial console in the page, stop and start, events, create from the form and a refusal.
+//! line read from its serial console in the page, its screen over VNC, stop and start, events, create from the
+//! form and a refusal, and the server SIGKILLed and restarted under the open page (its watches follow it back).
 //! What the page did is checked here again through kubectl, and its screenshots are kept under
 //! `target/ui-screenshots/`. Also: the assets are served without a token and nothing else is, and a browser's
 //! WebSocket bearer subprotocol authenticates without reaching the node. Needs root, QEMU, the test guest +
 //! registry, Chromium and the built console (scripts/setup.sh does all of it).
 
 use kumo_e2e::{fleet, Server};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn get(s: &Server, args: &[&str]) -> String {
@@ -80,7 +82,7 @@ fn a_browser_logs_in_stops_and_starts_a_vm_and_reads_its_serial_console() {
         ui_dir().join("node_modules/playwright-core").exists(),
         "playwright-core is not installed: run scripts/build-ui.sh (npm ci in ui/)"
     );
-    let s = Server::start_with_guests(&[]).unwrap();
+    let mut s = Server::start_with_guests(&[]).unwrap();
     s.apply(&fleet::vm("webvm", "", "            #!/bin/sh\n            echo web-console-guest")).unwrap();
     // Running before the browser starts: the node's network is then set up (Chromium drops requests in flight
     // when the host's interfaces change).
@@ -94,19 +96,47 @@ fn a_browser_logs_in_stops_and_starts_a_vm_and_reads_its_serial_console() {
         let _ = std::fs::remove_file(old.path());
     }
     let started = std::time::Instant::now();
-    let out = Command::new("node")
+    let mut node = Command::new("node")
         .current_dir(ui_dir())
         .arg("tests/console.mjs")
         .args([&s.url(), token.trim(), "webvm"])
         .arg(&shots)
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("node (scripts/build-ui.sh installs it)");
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the browser test failed after {:?}:\n{said}", started.elapsed());
+    let mut said = String::new();
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while lines.read_line(&mut line).expect("reading the browser test's output") > 0 {
+        said.push_str(&line);
+        if line.trim() == "READY-FOR-RESTART" {
+            // SIGKILL under the open page; a VM made once it is back must reach the page by its watches.
+            s.restart().unwrap_or_else(|e| panic!("restarting kumo: {e:#}\n{}", s.log()));
+            s.apply(&fleet::vm("after-restart", "", "").replace("runStrategy: Always", "runStrategy: Halted")).unwrap();
+            let mut stdin = node.stdin.take().expect("stdin");
+            writeln!(stdin, "restarted").expect("telling the browser test");
+        }
+        line.clear();
+    }
+    let status = node.wait().expect("node");
+    let mut err = String::new();
+    node.stderr.take().expect("stderr").read_to_string(&mut err).expect("reading node's stderr");
+    said.push_str(&err);
+    assert!(status.success(), "the browser test failed after {:?}:\n{said}", started.elapsed());
     assert!(said.contains("web console: all steps passed"), "{said}");
 
     // What the page did, seen from outside it.
-    for name in ["2-running", "3-serial-console", "4-stopped", "5-started-again", "6-events"] {
+    for name in [
+        "2-running",
+        "3-serial-console",
+        "3b-vnc",
+        "4-stopped",
+        "5-started-again",
+        "6-events",
+        "8-after-server-restart",
+    ] {
         let p = shots.join(format!("{name}.png"));
         let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         assert!(size > 5_000, "screenshot {} missing or empty", p.display());
