@@ -83,6 +83,16 @@ fn a_volume_without_a_disk_boots_and_the_defaults_are_stored() {
     assert!(names.contains(&"kumo"), "kumo userlist: {users}");
     let fs = run("fslist");
     assert!(fs["items"].is_array(), "kumo fslist: {fs}");
+    // Each answer is KubeVirt's published definition, field for field.
+    use kumo_api::kubevirt::published::mismatches;
+    for (def, v) in [
+        ("v1.VirtualMachineInstanceGuestAgentInfo", &info),
+        ("v1.VirtualMachineInstanceGuestOSUserList", &users),
+        ("v1.VirtualMachineInstanceFileSystemList", &fs),
+    ] {
+        assert_eq!(mismatches(def, v), Vec::<String>::new(), "{v}");
+    }
+    assert!(info["supportedCommands"].as_array().is_some_and(|c| !c.is_empty()), "{info}");
     // Without a running guest there is nothing to ask: a clear error, not an empty answer.
     let out = s.kumo(&["guestosinfo", "no-such-vmi"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not found"));

@@ -349,3 +349,72 @@ fn expand_spec_applies_the_flavor() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("must be empty or match"), "{err}");
 }
+
+/// A PUT with `body`: kubectl's stderr on failure.
+fn put(s: &Server, path: &str, body: &str) -> Result<(), String> {
+    let out = s.kubectl_stdin(&["replace", "--raw", path, "-f", "-"], body).unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn action_bodies_are_kubevirts_options() {
+    let s = Server::start().unwrap();
+    s.apply(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: opts}\nspec:\n  runStrategy: Always\n  template:\n    spec:\n      terminationGracePeriodSeconds: 30\n      domain:\n        memory: {guest: 64Mi}\n        devices: {}\n",
+    )
+    .unwrap();
+    let made =
+        kumo_e2e::eventually(Duration::from_secs(30), || s.kubectl_ok(&["get", "vmi", "opts", "-o", "name"]).ok());
+    assert!(made.is_some(), "the VM's VMI (Pending: no node here)");
+    let vm = format!("{SUB}/namespaces/default/virtualmachines/opts");
+    let strategy = || get(&s, &["get", "vm", "opts", "-o", "jsonpath={.spec.runStrategy}"]);
+
+    // What virtctl sends, published fields only; a dry run checks and changes nothing.
+    put(
+        &s,
+        &format!("{vm}/stop"),
+        r#"{"kind":"StopOptions","apiVersion":"subresources.kubevirt.io/v1","gracePeriod":0,"dryRun":["All"]}"#,
+    )
+    .unwrap();
+    assert_eq!(strategy(), "Always", "a dry run changed the VM");
+    // Refused by name: a field KubeVirt does not define, a wrong type, a start kumo cannot honour.
+    let e = put(&s, &format!("{vm}/stop"), r#"{"graceperiod": 3}"#).unwrap_err();
+    assert!(e.contains("StopOptions: unknown field \"graceperiod\""), "{e}");
+    let e = put(&s, &format!("{vm}/restart"), r#"{"gracePeriodSeconds": "now"}"#).unwrap_err();
+    assert!(e.contains("RestartOptions.gracePeriodSeconds: expected integer"), "{e}");
+    let e = put(&s, &format!("{vm}/start"), r#"{"paused": true}"#).unwrap_err();
+    assert!(e.contains("StartOptions.paused"), "{e}");
+    let e = put(&s, &format!("{SUB}/namespaces/default/virtualmachineinstances/opts/pause"), r#"{"dryRun": ["Some"]}"#)
+        .unwrap_err();
+    assert!(e.contains("PauseOptions.dryRun"), "{e}");
+    assert_eq!(strategy(), "Always", "refused requests changed the VM");
+    // A stop's grace period becomes the instance's before it is stopped (as KubeVirt does); the VM stops.
+    let watch = s
+        .kubectl_cmd(&[
+            "get",
+            "vmi",
+            "opts",
+            "--watch",
+            "-o",
+            "jsonpath={.spec.terminationGracePeriodSeconds}{\"\\n\"}",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kubectl watch");
+    std::thread::sleep(Duration::from_millis(500));
+    put(&s, &format!("{vm}/stop"), r#"{"gracePeriod": 3}"#).unwrap();
+    assert_eq!(strategy(), "Halted");
+    let gone = kumo_e2e::eventually(Duration::from_secs(30), || {
+        s.kubectl_ok(&["get", "vmi", "opts", "--ignore-not-found", "-o", "name"]).ok().filter(|o| o.trim().is_empty())
+    });
+    assert!(gone.is_some(), "the VMI was stopped");
+    let mut watch = watch;
+    let _ = watch.kill();
+    let mut seen = String::new();
+    watch.stdout.take().unwrap().read_to_string(&mut seen).unwrap();
+    assert!(seen.lines().any(|l| l.trim() == "3"), "the VMI took the stop's grace period: {seen:?}");
+}

@@ -75,53 +75,108 @@ pub async fn info(socket: &std::path::Path, what: &str) -> Result<Value, String>
         let agent = agent.clone();
         async move { agent.execute(cmd, None, INFO_TIMEOUT).await.map_err(|e| e.to_string()) }
     };
-    let items = |v: Value| json!({"metadata": {}, "items": v});
+    let items = |v: Vec<Value>| json!({"metadata": {}, "items": v});
     match what {
         "guestosinfo" => {
             let version = ask("guest-info").await?;
-            let os = ask("guest-get-osinfo").await.map(|o| os_info(&o)).unwrap_or(json!({}));
-            let host = ask("guest-get-host-name").await.ok();
-            let tz = ask("guest-get-timezone").await.ok();
-            let zone = tz.as_ref().map(|t| {
-                let name = t.get("zone").and_then(Value::as_str).unwrap_or("");
-                format!("{name}, {}", t.get("offset").and_then(Value::as_i64).unwrap_or(0))
-            });
-            Ok(json!({
-                "guestAgentVersion": version.get("version"),
-                "hostname": host.as_ref().and_then(|h| h.get("host-name")),
-                "os": os,
-                "timezone": zone,
-            }))
+            let replies = AgentReplies {
+                os: ask("guest-get-osinfo").await.ok(),
+                host: ask("guest-get-host-name").await.ok(),
+                timezone: ask("guest-get-timezone").await.ok(),
+                users: ask("guest-get-users").await.ok(),
+                filesystems: ask("guest-get-fsinfo").await.ok(),
+                freeze: ask("guest-fsfreeze-status").await.ok(),
+            };
+            Ok(agent_info(&version, &replies))
         }
-        "userlist" => {
-            let users = ask("guest-get-users").await?;
-            let list: Vec<Value> = users
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|u| {
-                    json!({
-                "userName": u.get("user"), "domain": u.get("domain"), "loginTime": u.get("login-time")})
-                })
-                .collect();
-            Ok(items(json!(list)))
-        }
-        "filesystemlist" => {
-            let fs = ask("guest-get-fsinfo").await?;
-            let list: Vec<Value> = fs
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|f| {
-                    json!({
-                "diskName": f.get("name"), "mountPoint": f.get("mountpoint"), "fileSystemType": f.get("type"),
-                "usedBytes": f.get("used-bytes"), "totalBytes": f.get("total-bytes")})
-                })
-                .collect();
-            Ok(items(json!(list)))
-        }
+        "userlist" => Ok(items(users(&ask("guest-get-users").await?))),
+        "filesystemlist" => Ok(items(filesystems(&ask("guest-get-fsinfo").await?))),
         other => Err(format!("no guest information called {other:?}")),
     }
+}
+
+/// The guest agent's answers besides `guest-info`, each None when it had none.
+#[derive(Default)]
+pub struct AgentReplies {
+    pub os: Option<Value>,
+    pub host: Option<Value>,
+    pub timezone: Option<Value>,
+    pub users: Option<Value>,
+    pub filesystems: Option<Value>,
+    pub freeze: Option<Value>,
+}
+
+/// An object of the pairs whose value is known (KubeVirt omits empty fields rather than sending nulls).
+fn known<'a>(pairs: impl IntoIterator<Item = (&'a str, Option<Value>)>) -> Value {
+    Value::Object(pairs.into_iter().filter_map(|(k, v)| Some((k.to_string(), v.filter(|v| !v.is_null())?))).collect())
+}
+
+/// KubeVirt's VirtualMachineInstanceGuestAgentInfo from `guest-info` and the other answers.
+pub fn agent_info(version: &Value, r: &AgentReplies) -> Value {
+    let commands: Vec<Value> = version
+        .get("supported_commands")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| known([("name", c.get("name").cloned()), ("enabled", c.get("enabled").cloned())]))
+        .collect();
+    let zone = r.timezone.as_ref().map(|t| {
+        let name = t.get("zone").and_then(Value::as_str).unwrap_or("");
+        json!(format!("{name}, {}", t.get("offset").and_then(Value::as_i64).unwrap_or(0)))
+    });
+    known([
+        ("guestAgentVersion", version.get("version").cloned()),
+        ("supportedCommands", Some(json!(commands))),
+        ("hostname", r.host.as_ref().and_then(|h| h.get("host-name").cloned())),
+        ("os", Some(r.os.as_ref().map(os_info).unwrap_or_else(|| json!({})))),
+        ("timezone", zone),
+        ("fsFreezeStatus", r.freeze.clone()),
+        ("userList", r.users.as_ref().map(|u| json!(users(u)))),
+        ("fsInfo", r.filesystems.as_ref().map(|f| json!({"disks": filesystems(f)}))),
+    ])
+}
+
+/// KubeVirt's VirtualMachineInstanceGuestOSUser items from `guest-get-users`.
+pub fn users(reply: &Value) -> Vec<Value> {
+    let list = reply.as_array().into_iter().flatten();
+    list.map(|u| {
+        known([
+            ("userName", Some(u.get("user").cloned().unwrap_or(json!("")))),
+            ("domain", u.get("domain").cloned()),
+            ("loginTime", u.get("login-time").cloned()),
+        ])
+    })
+    .collect()
+}
+
+/// KubeVirt's VirtualMachineInstanceFileSystem items from `guest-get-fsinfo` (sizes 0 when the agent has none).
+pub fn filesystems(reply: &Value) -> Vec<Value> {
+    let list = reply.as_array().into_iter().flatten();
+    list.map(|f| {
+        let disks: Vec<Value> = f
+            .get("disk")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                known([
+                    ("busType", Some(d.get("bus-type").cloned().unwrap_or(json!("")))),
+                    ("serial", d.get("serial").cloned()),
+                ])
+            })
+            .collect();
+        let text = |k: &str| Some(f.get(k).cloned().unwrap_or(json!("")));
+        let bytes = |k: &str| Some(f.get(k).cloned().unwrap_or(json!(0)));
+        known([
+            ("diskName", text("name")),
+            ("mountPoint", text("mountpoint")),
+            ("fileSystemType", text("type")),
+            ("usedBytes", bytes("used-bytes")),
+            ("totalBytes", bytes("total-bytes")),
+            ("disk", Some(json!(disks))),
+        ])
+    })
+    .collect()
 }
 
 /// The VMI's status with what the guest agent said, or None when nothing changes. The condition goes while the
@@ -144,6 +199,41 @@ pub fn status_with(vmi: &VirtualMachineInstance, seen: &GuestView, now: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kumo_api::kubevirt::published::mismatches;
+
+    #[test]
+    fn answers_are_kubevirts_published_definitions() {
+        let version = json!({"version": "7.2.0", "supported_commands": [
+            {"enabled": true, "name": "guest-ping", "success-response": true},
+            {"enabled": false, "name": "guest-exec", "success-response": true}]});
+        let users_reply = json!([{"user": "root", "login-time": 1733470000.25}, {"user": "kumo", "domain": "LOCAL",
+            "login-time": 1733470001.0}]);
+        let fs_reply = json!([{"name": "vda1", "mountpoint": "/", "type": "ext4", "used-bytes": 1048576,
+            "total-bytes": 8388608, "disk": [{"bus-type": "virtio", "serial": "root", "bus": 0, "target": 0,
+            "unit": 0, "dev": "/dev/vda1"}]}, {"name": "tmpfs", "mountpoint": "/tmp", "type": "tmpfs", "disk": []}]);
+        let replies = AgentReplies {
+            os: Some(json!({"id": "kumo", "name": "Kumo Test Guest", "kernel-release": "6.1.0", "machine": "x86_64"})),
+            host: Some(json!({"host-name": "webvm"})),
+            timezone: Some(json!({"zone": "UTC", "offset": 0})),
+            users: Some(users_reply.clone()),
+            filesystems: Some(fs_reply.clone()),
+            freeze: Some(json!("thawed")),
+        };
+        let info = agent_info(&version, &replies);
+        assert_eq!(mismatches("v1.VirtualMachineInstanceGuestAgentInfo", &info), Vec::<String>::new(), "{info}");
+        assert_eq!(info["timezone"], "UTC, 0");
+        assert_eq!(info["supportedCommands"][1], json!({"name": "guest-exec", "enabled": false}));
+        assert_eq!(info["fsInfo"]["disks"][0]["disk"][0], json!({"busType": "virtio", "serial": "root"}));
+        // An agent that answers only guest-info still gives a conforming answer, without nulls.
+        let bare = agent_info(&json!({"version": "7.2.0"}), &AgentReplies::default());
+        assert_eq!(mismatches("v1.VirtualMachineInstanceGuestAgentInfo", &bare), Vec::<String>::new(), "{bare}");
+        assert!(!bare.to_string().contains("null"), "{bare}");
+        let list = json!({"metadata": {}, "items": users(&users_reply)});
+        assert_eq!(mismatches("v1.VirtualMachineInstanceGuestOSUserList", &list), Vec::<String>::new(), "{list}");
+        let list = json!({"metadata": {}, "items": filesystems(&fs_reply)});
+        assert_eq!(mismatches("v1.VirtualMachineInstanceFileSystemList", &list), Vec::<String>::new(), "{list}");
+        assert_eq!(list["items"][1]["usedBytes"], 0, "sizes the agent did not give are 0");
+    }
 
     #[test]
     fn the_condition_follows_the_agent_and_os_info_is_kubevirts() {

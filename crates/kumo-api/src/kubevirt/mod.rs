@@ -8,6 +8,7 @@
 mod defaults;
 pub(crate) mod object;
 mod probe;
+pub mod published;
 mod replicaset;
 mod status;
 #[cfg(test)]

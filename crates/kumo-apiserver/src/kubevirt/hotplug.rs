@@ -15,22 +15,28 @@ use std::sync::Arc;
 pub async fn serve(api: &Arc<ApiServer>, call: &Call, sub: &str) -> Result<(), ApiError> {
     let (vm_def, vmi_def) = (super::vm_def(api)?, super::vmi_def(api)?);
     let (ns, name, p) = (call.namespace(), call.name(), &call.path);
+    let opts = super::options::read(sub, &call.body)?;
+    let body = serde_json::to_vec(&opts.fields).expect("JSON");
     let vmi = api.objects.try_get(&vmi_def, ns, name).await?;
     let running = vmi.as_ref().filter(|i| i.pointer("/status/phase").and_then(Value::as_str) == Some("Running"));
     if p.resource == "virtualmachines" {
         // The VM's template keeps the volume; a running instance gets it now too.
         let mut vm = api.objects.get(&vm_def, ns, name).await?;
-        apply(sub, &mut vm["spec"]["template"]["spec"], &call.body)?;
+        apply(sub, &mut vm["spec"]["template"]["spec"], &body)?;
         check("VirtualMachine", name, &vm)?;
-        api.objects.update(&vm_def, &vm, parse_rv(meta::resource_version(&vm))?).await?;
+        if !opts.dry_run {
+            api.objects.update(&vm_def, &vm, parse_rv(meta::resource_version(&vm))?).await?;
+        }
     } else if running.is_none() {
         return Err(super::conflict(&vmi_def, name, "VMI is not running"));
     }
     if let Some(i) = running {
         let mut next = i.clone();
-        apply(sub, &mut next["spec"], &call.body)?;
+        apply(sub, &mut next["spec"], &body)?;
         check("VirtualMachineInstance", name, &next)?;
-        api.objects.update(&vmi_def, &next, parse_rv(meta::resource_version(i))?).await?;
+        if !opts.dry_run {
+            api.objects.update(&vmi_def, &next, parse_rv(meta::resource_version(i))?).await?;
+        }
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! VM start/stop/restart and VMI pause/unpause: ordinary writes the controllers and the node agent act on — a
-//! runStrategy change or a stateChangeRequest on the VM, a pause annotation on the VMI.
+//! runStrategy change or a stateChangeRequest on the VM, a pause annotation on the VMI. Their bodies are
+//! KubeVirt's options ([`super::options`]): `dryRun`, and a stop's or restart's grace period, which (as in
+//! KubeVirt) becomes the running VMI's `terminationGracePeriodSeconds` before it is stopped.
 
 use super::{conflict, vm_def, vmi_def};
 use crate::handlers::Call;
@@ -14,9 +16,22 @@ use std::sync::Arc;
 pub async fn vm_state(api: &Arc<ApiServer>, call: &Call, sub: &str) -> Result<(), ApiError> {
     let (vm_def, vmi_def) = (vm_def(api)?, vmi_def(api)?);
     let (ns, name) = (call.namespace(), call.name());
+    let opts = super::options::read(sub, &call.body)?;
+    if sub == "start" {
+        super::options::refuse_paused_start(&opts)?;
+    }
+    let grace = if sub == "start" { None } else { super::options::grace_period(sub, &opts)? };
     let vm = api.objects.get(&vm_def, ns, name).await?;
     let vmi = api.objects.try_get(&vmi_def, ns, name).await?;
     let next = vm_transition(&vm_def, &vm, vmi.as_ref(), sub)?;
+    if opts.dry_run {
+        return Ok(());
+    }
+    if let (Some(g), Some(i)) = (grace, vmi.as_ref().filter(|i| meta::deletion_timestamp(i).is_none())) {
+        let mut shorter = i.clone();
+        shorter["spec"]["terminationGracePeriodSeconds"] = json!(g);
+        api.objects.update(&vmi_def, &shorter, parse_rv(meta::resource_version(i))?).await?;
+    }
     let rv = parse_rv(meta::resource_version(&vm))?;
     api.objects.update(&vm_def, &next, rv).await?;
     Ok(())
@@ -26,6 +41,7 @@ pub async fn vm_state(api: &Arc<ApiServer>, call: &Call, sub: &str) -> Result<()
 pub async fn pause(api: &Arc<ApiServer>, call: &Call, sub: &str) -> Result<(), ApiError> {
     let vmi_def = vmi_def(api)?;
     let (ns, name) = (call.namespace(), call.name());
+    let opts = super::options::read(sub, &call.body)?;
     let vmi = api.objects.get(&vmi_def, ns, name).await?;
     if vmi.pointer("/status/phase").and_then(Value::as_str) != Some("Running") {
         return Err(conflict(&vmi_def, name, "VMI is not running"));
@@ -45,6 +61,9 @@ pub async fn pause(api: &Arc<ApiServer>, call: &Call, sub: &str) -> Result<(), A
         m.remove(PAUSE_ANNOTATION);
     }
     meta::set_meta(&mut next, "annotations", ann);
+    if opts.dry_run {
+        return Ok(());
+    }
     api.objects.update(&vmi_def, &next, parse_rv(meta::resource_version(&vmi))?).await?;
     Ok(())
 }

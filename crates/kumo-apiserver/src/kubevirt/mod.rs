@@ -8,6 +8,7 @@ pub mod expand;
 pub mod guest;
 pub mod hotplug;
 pub mod lifecycle;
+pub mod options;
 pub mod stream;
 
 pub use lifecycle::vm_transition;
