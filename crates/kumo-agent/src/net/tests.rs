@@ -312,13 +312,14 @@ fn tap_is_owned_single_queue_and_torn_down() {
     }
     let mut env = Env::new();
     let mut spec = env.spec(Binding::Masquerade { ports: vec![] }, "g0");
-    spec.link = GuestLink::Tap { owner: Some((107, 108)) };
+    // Ids no account has: `ip` prints names for ids it can resolve (installing prometheus made group 108).
+    spec.link = GuestLink::Tap { owner: Some((61107, 61108)) };
     spec.mac = Some("02:4B:56:00:00:2A".into());
     let net = env.node.setup_vmi(&spec).unwrap();
     assert_eq!(net.mac, "02:4b:56:00:00:2a");
     assert_eq!(env.node.setup_vmi(&spec).unwrap(), net, "setup is idempotent with a live tap");
     let tap = run("ip", &["-n", &net.netns_name, "-d", "link", "show", "dev", "tap0"]).unwrap();
-    assert!(tap.contains("tun type tap") && tap.contains("user 107") && tap.contains("group 108"), "{tap}");
+    assert!(tap.contains("tun type tap") && tap.contains("user 61107") && tap.contains("group 61108"), "{tap}");
     assert!(tap.contains("vnet_hdr") && !tap.contains("multi_queue"), "{tap}");
     assert!(tap.contains("master k6t-br"), "{tap}");
     let rules = nft::list_ruleset(Some(&net.netns_name)).unwrap();
