@@ -284,6 +284,34 @@ async fn publish(ctx: &Ctx, reference: &ObjectReference, events: &[vm::Event]) {
     }
 }
 
+/// The widest batch [`slow_start`] sends at once.
+const SLOW_START_MAX: usize = 32;
+
+/// Runs `make` on the items in batches of 1, 2, 4, … (at most 32) at a time, each batch concurrently, as
+/// Kubernetes' controllers create replicas: a burst the server refuses stops after a small batch, and one it
+/// takes is sent many at a time rather than one round trip after another. Stops after the first batch with an
+/// error; the results are in item order, the untried items have none.
+pub(crate) async fn slow_start<'a, T, R, E, F, Fut>(items: &'a [T], make: F) -> Vec<Result<R, E>>
+where
+    F: Fn(&'a T) -> Fut,
+    Fut: std::future::Future<Output = Result<R, E>>,
+{
+    let mut out = Vec::with_capacity(items.len());
+    let (mut rest, mut size) = (items, 1);
+    while !rest.is_empty() {
+        let (batch, tail) = rest.split_at(size.min(rest.len()));
+        let results = futures::future::join_all(batch.iter().map(&make)).await;
+        let failed = results.iter().any(Result::is_err);
+        out.extend(results);
+        if failed {
+            break;
+        }
+        rest = tail;
+        size = (size * 2).min(SLOW_START_MAX);
+    }
+    out
+}
+
 /// Records an event about `obj` (a failure to record is logged: an event is never worth failing the work for).
 pub(crate) async fn record<K: Resource<DynamicType = ()>>(
     recorder: &Recorder,
@@ -630,4 +658,42 @@ async fn select_node(ctx: &Ctx, vmi: &VirtualMachineInstance, node: &str, names:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod slow_start_tests {
+    use super::slow_start;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn batches_double_and_stop_at_the_first_failing_one() {
+        let items: Vec<usize> = (0..100).collect();
+        let (live, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let all = slow_start(&items, |i| {
+            let (live, peak) = (&live, &peak);
+            async move {
+                peak.fetch_max(live.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                live.fetch_sub(1, Ordering::SeqCst);
+                Ok::<usize, ()>(*i)
+            }
+        })
+        .await;
+        assert_eq!(all.into_iter().map(Result::unwrap).collect::<Vec<_>>(), items, "all made, in order");
+        assert_eq!(peak.load(Ordering::SeqCst), 32, "at most 32 at once, and that many");
+        // Item 5 fails: batches 1 (0), 2 (1-2), 4 (3-6); nothing after the failing batch is tried.
+        let tried = slow_start(&items, |i| {
+            let i = *i;
+            async move {
+                if i == 5 {
+                    Err(())
+                } else {
+                    Ok(i)
+                }
+            }
+        })
+        .await;
+        assert_eq!(tried.len(), 7);
+        assert!(tried[5].is_err() && tried[6].is_ok());
+    }
 }
