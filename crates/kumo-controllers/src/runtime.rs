@@ -109,16 +109,10 @@ pub async fn run(
     let (classes, class_events) = cache::<StorageClass>(&client);
     let vmi_store = shared.store();
     let unschedulable = Unschedulable::default();
-    // Two queues over the same VMIs, as kube-scheduler watches only unscheduled pods: VMIs that want a node
-    // (the scheduler), and the rest (their lifecycle). A new VMI must not wait behind the status changes of
-    // thousands just started. Placements are serialized by `assumed` anyway: a few at a time, so a burst of
-    // ten thousand VMIs queues in the controller (their deadlines not yet running) instead of piling up on the
-    // lock.
-    let wanting = |want: bool| shared.changes().filter(move |v| std::future::ready(vmi::wants_node(v) == want));
-    let vmi_controller =
-        Controller::for_shared_stream(wanting(true), vmi_store.clone()).with_config(concurrency(SCHEDULER_CONCURRENCY));
-    let lifecycle_controller =
-        Controller::for_shared_stream(wanting(false), vmi_store.clone()).with_config(concurrency(CONCURRENCY));
+    // Placements are serialized by `assumed` anyway: a few at a time, so a burst of ten thousand VMIs queues in
+    // the controller (their deadlines not yet running) instead of piling up on the lock.
+    let vmi_controller = Controller::for_shared_stream(shared.changes(), vmi_store.clone())
+        .with_config(concurrency(SCHEDULER_CONCURRENCY));
     // Said once the scheduler sees the cluster (tests wait for it before racing schedulers).
     let synced = {
         let (nodes, vmis, vmis_synced) = (nodes.clone(), vmi_store.clone(), shared.synced_signal());
@@ -160,20 +154,13 @@ pub async fn run(
         .watches_stream(claim_events, waiting(vmi_store.clone(), unschedulable.clone()))
         .watches_stream(volume_events, waiting(vmi_store.clone(), unschedulable.clone()))
         .watches_stream(class_events, waiting(vmi_store, unschedulable))
-        .run(|vmi, ctx| async move { bounded(&*vmi.clone(), reconcile_vmi(vmi, ctx)).await }, error_policy, ctx.clone())
+        .run(|vmi, ctx| async move { bounded(&*vmi.clone(), reconcile_vmi(vmi, ctx)).await }, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!("vmi controller: {e}");
             }
         });
-    let lifecycle_controller = lifecycle_controller
-        .run(|vmi, ctx| async move { bounded(&*vmi.clone(), reconcile_vmi(vmi, ctx)).await }, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!("vmi lifecycle controller: {e}");
-            }
-        });
-    let (_, _, _, (), ()) = tokio::join!(vm_controller, vmi_controller, lifecycle_controller, synced, placed_feed);
+    let (_, _, (), ()) = tokio::join!(vm_controller, vmi_controller, synced, placed_feed);
     Ok(())
 }
 
