@@ -11,5 +11,6 @@ data="${KUMO_DATA:-$HOME/.local/share/kumo}"
 listen="${KUMO_LISTEN:-127.0.0.1:6443}"
 echo "run: starting kumo server; in another shell: export KUBECONFIG=$data/kubeconfig"
 echo "run: then: kubectl apply -f examples/vm.yaml"
+echo "run: web console: https://$listen/ui/ (log in with: kubectl config view --raw -o jsonpath='{.users[0].user.token}')"
 exec target/release/kumo server --data-dir "$data" --listen "$listen" \
   --insecure-registry 127.0.0.1:5000 --registry-mirror quay.io=127.0.0.1:5000
