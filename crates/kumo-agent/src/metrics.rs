@@ -335,7 +335,6 @@ async fn usage(local: &LocalVm) -> Option<Usage> {
     let mut u = Usage { resident_bytes: read("status").as_deref().and_then(resident_bytes), ..Default::default() };
     let qmp = q.qmp();
     if let Ok(Ok(cpus)) = tokio::time::timeout(QMP_TIMEOUT, qmp.execute("query-cpus-fast", None)).await {
-        // SAFETY: sysconf has no memory effects.
         let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
         for (id, tid) in vcpu_threads(&cpus) {
             if let Some(t) = read(&format!("task/{tid}/stat")).as_deref().and_then(cpu_ticks) {

@@ -12,6 +12,9 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::time::{Duration, Instant};
 
+/// What `/metrics` (and a node's, proxied) is: prometheus-client encodes OpenMetrics text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Counting every resource's keys is a scan of the store's index: not more often than this.
 const COUNT_EVERY: Duration = Duration::from_secs(60);
 

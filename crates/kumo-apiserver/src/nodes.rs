@@ -42,7 +42,7 @@ pub async fn proxy(
     }
     match request(api, node, http::Method::GET, "/metrics").await {
         Ok((status, body)) if status.is_success() => http::Response::builder()
-            .header(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .header(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
             .body(crate::response::full(body))
             .expect("response"),
         Ok((status, body)) => crate::response::error(&unavailable(format!(

@@ -93,7 +93,7 @@ fn set_name(p: &mut ResourcePath, tail: &[String]) -> Option<()> {
             p.name = Some(name.clone());
             p.subresource = Some(sub.clone());
         }
-        [name, sub, rest @ ..] if p.group == crate::kubevirt::GROUP || is_node_proxy(p, sub) => {
+        [name, sub, rest @ ..] if p.group == crate::kubevirt::GROUP || node_proxy(p, sub) => {
             p.name = Some(name.clone());
             p.subresource = Some(sub.clone());
             p.subpath = rest.to_vec();
@@ -103,9 +103,17 @@ fn set_name(p: &mut ResourcePath, tail: &[String]) -> Option<()> {
     Some(())
 }
 
-/// `nodes/{name}/proxy/{path}`: the node agent's endpoints (see [`crate::nodes::proxy`]).
-fn is_node_proxy(p: &ResourcePath, sub: &str) -> bool {
+/// Whether `sub` of this path is a Node's `proxy`: `nodes/{name}/proxy/{path}` reaches the node agent's
+/// endpoints (see [`crate::nodes::proxy`]).
+fn node_proxy(p: &ResourcePath, sub: &str) -> bool {
     p.group.is_empty() && p.resource == "nodes" && sub == "proxy"
+}
+
+impl ResourcePath {
+    /// `nodes/{name}/proxy/...`.
+    pub fn is_node_proxy(&self) -> bool {
+        self.subresource.as_deref().is_some_and(|s| node_proxy(self, s))
+    }
 }
 
 /// Query parameters (the last value wins, as in Kubernetes).

@@ -6,6 +6,24 @@ use base64::Engine;
 use std::path::PathBuf;
 
 impl Server {
+    /// One field of the admin kubeconfig, by JSONPath (e.g. `.users[0].user.token`).
+    fn kubeconfig_field(&self, path: &str) -> Result<String> {
+        let v = self.kubectl_ok(&["config", "view", "--raw", "-o", &format!("jsonpath={{{path}}}")])?;
+        ensure!(!v.trim().is_empty(), "the kubeconfig has no {path}");
+        Ok(v.trim().to_string())
+    }
+
+    /// The admin's bearer token, as the kubeconfig holds it.
+    pub fn admin_token(&self) -> Result<String> {
+        self.kubeconfig_field(".users[0].user.token")
+    }
+
+    /// The cluster CA (PEM), as the kubeconfig holds it: what clients other than kubectl trust the server by.
+    pub fn ca_pem(&self) -> Result<Vec<u8>> {
+        let b64 = self.kubeconfig_field(".clusters[0].cluster.certificate-authority-data")?;
+        base64::engine::general_purpose::STANDARD.decode(b64).context("the kubeconfig's CA is not base64")
+    }
+
     /// A kubeconfig holding node `node`'s own credential (`CN=system:node:NODE, O=system:nodes`), obtained as a
     /// joining host obtains it: a bootstrap token from `kumo token create`, and a CSR made with it, which the
     /// server signs.
@@ -35,13 +53,7 @@ impl Server {
         if cert.trim().is_empty() {
             bail!("the server did not sign node {node}'s CSR");
         }
-        let ca = self.kubectl_ok(&[
-            "config",
-            "view",
-            "--raw",
-            "-o",
-            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
-        ])?;
+        let ca = self.kubeconfig_field(".clusters[0].cluster.certificate-authority-data")?;
         let kubeconfig = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: kumo\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
              users:\n- name: {node}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n\

@@ -6,7 +6,6 @@
 //! `kubevirt_vmi_phase_count` and `apiserver_request_total`. A deleted VMI's series go. Needs root, QEMU,
 //! Prometheus and the test guest + registry that scripts/setup.sh prepares.
 
-use base64::Engine;
 use kumo_e2e::{eventually, fleet, free_port, Server};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -50,12 +49,8 @@ impl Prometheus {
             "prometheus not found: install it (scripts/setup.sh does: apt-get install prometheus)"
         );
         let dir = tempfile::tempdir().unwrap();
-        let raw = |path: &str| get(s, &["config", "view", "--raw", "-o", &format!("jsonpath={{{path}}}")]);
-        let ca = base64::engine::general_purpose::STANDARD
-            .decode(raw(".clusters[0].cluster.certificate-authority-data").trim())
-            .expect("the kubeconfig's CA is base64");
-        std::fs::write(dir.path().join("ca.crt"), ca).unwrap();
-        std::fs::write(dir.path().join("token"), raw(".users[0].user.token").trim()).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), s.ca_pem().expect("the server's CA")).unwrap();
+        std::fs::write(dir.path().join("token"), s.admin_token().expect("the admin token")).unwrap();
         std::fs::copy(monitoring_file("kumo-rules.yml"), dir.path().join("kumo-rules.yml")).unwrap();
         let shipped = std::fs::read_to_string(monitoring_file("prometheus.yml")).unwrap();
         let server = s.url().trim_start_matches("https://").to_string();

@@ -25,11 +25,7 @@ fn ui_dir() -> PathBuf {
 fn curl(s: &Server, path: &str, extra: &[&str]) -> (String, String) {
     let ca = s.data_dir().join("ca-for-curl.crt");
     if !ca.exists() {
-        let b64 =
-            get(s, &["config", "view", "--raw", "-o", "jsonpath={.clusters[0].cluster.certificate-authority-data}"]);
-        use base64::Engine;
-        let pem = base64::engine::general_purpose::STANDARD.decode(b64.trim()).expect("base64 CA");
-        std::fs::write(&ca, pem).unwrap();
+        std::fs::write(&ca, s.ca_pem().expect("the server's CA")).unwrap();
     }
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
@@ -59,7 +55,7 @@ fn assets_are_public_and_the_websocket_bearer_subprotocol_authenticates() {
     let (code, _) = curl(&s, "/ui/no-such-file.js", &[]);
     assert_eq!(code, "404");
     // The token as Kubernetes' WebSocket subprotocol is a credential (a wrong one is not).
-    let token = get(&s, &["config", "view", "--raw", "-o", "jsonpath={.users[0].user.token}"]);
+    let token = s.admin_token().expect("the admin token");
     use base64::Engine;
     let proto = |t: &str| {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t.trim());
@@ -89,7 +85,7 @@ fn a_browser_logs_in_stops_and_starts_a_vm_and_reads_its_serial_console() {
     s.wait_vmi_ready("webvm", Duration::from_secs(180))
         .unwrap_or_else(|e| panic!("{e:#}: {}", get(&s, &["describe", "vmi", "webvm"])));
     let uid_before = get(&s, &["get", "vm", "webvm", "-o", "jsonpath={.metadata.uid}"]);
-    let token = get(&s, &["config", "view", "--raw", "-o", "jsonpath={.users[0].user.token}"]);
+    let token = s.admin_token().expect("the admin token");
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     for old in std::fs::read_dir(&shots).unwrap().flatten() {
@@ -99,7 +95,7 @@ fn a_browser_logs_in_stops_and_starts_a_vm_and_reads_its_serial_console() {
     let mut node = Command::new("node")
         .current_dir(ui_dir())
         .arg("tests/console.mjs")
-        .args([&s.url(), token.trim(), "webvm"])
+        .args([&s.url(), &token, "webvm"])
         .arg(&shots)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

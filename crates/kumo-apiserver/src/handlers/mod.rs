@@ -173,10 +173,8 @@ async fn serve(api: &Arc<ApiServer>, call: Incoming, target: Option<Target>) -> 
             return response::error(&ApiError::forbidden(format!("User \"{}\" cannot get /metrics", user.name())));
         }
         let mut r = plain(crate::metrics::scrape(api).await);
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        );
+        r.headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
         return r;
     }
     if path == crate::snapshot::PATH {
@@ -196,7 +194,7 @@ async fn serve(api: &Arc<ApiServer>, call: Incoming, target: Option<Target>) -> 
         Target::Resource(p) => p,
         other => return crate::discovery::serve(api, &other),
     };
-    if rpath.group.is_empty() && rpath.resource == "nodes" && rpath.subresource.as_deref() == Some("proxy") {
+    if rpath.is_node_proxy() {
         if user != User::Admin {
             return response::error(&ApiError::forbidden(format!("User \"{}\" cannot proxy to nodes", user.name())));
         }

@@ -16,7 +16,7 @@ pub async fn serve(api: &Arc<ApiServer>, call: &Call, sub: &str) -> Result<(), A
     let (vm_def, vmi_def) = (super::vm_def(api)?, super::vmi_def(api)?);
     let (ns, name, p) = (call.namespace(), call.name(), &call.path);
     let opts = super::options::read(sub, &call.body)?;
-    let body = serde_json::to_vec(&opts.fields).expect("JSON");
+    let body = Value::Object(opts.fields.clone());
     let vmi = api.objects.try_get(&vmi_def, ns, name).await?;
     let running = vmi.as_ref().filter(|i| i.pointer("/status/phase").and_then(Value::as_str) == Some("Running"));
     if p.resource == "virtualmachines" {
@@ -102,12 +102,11 @@ fn push(list: &mut Value, item: Value) {
     }
 }
 
-/// `add` or `remove` per the subresource, as an API error naming what is wrong.
-pub fn apply(sub: &str, spec: &mut Value, body: &[u8]) -> Result<(), ApiError> {
-    let opts: Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+/// `add` or `remove` per the subresource (`opts`: the body, read by [`super::options::read`]), as an API
+/// error naming what is wrong.
+pub fn apply(sub: &str, spec: &mut Value, opts: &Value) -> Result<(), ApiError> {
     let done = if sub == "addvolume" {
-        add(spec, &opts)
+        add(spec, opts)
     } else {
         let name = opts.get("name").and_then(Value::as_str).unwrap_or_default();
         remove(spec, name)
