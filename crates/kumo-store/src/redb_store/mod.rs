@@ -112,7 +112,7 @@ impl RedbStore {
         // Damage in the file's structure stops the server here, with what to do; damaged values are only
         // reported (a read of one fails naming it). The walk stops at a time budget.
         let opened = guard::guarded(|| -> Result<_> {
-            let db = slot::open_db(path)?;
+            let db = slot::open_db_waiting(path)?;
             let (revision, compacted) = init(&db)?;
             let sample = check::rows(&db, path, Some(START_CHECK_BUDGET))?;
             Ok((db, revision, compacted, sample))

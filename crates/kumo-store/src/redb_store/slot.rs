@@ -47,16 +47,69 @@ pub(crate) struct Failure {
 /// How long writes are refused outright after a failure before one is tried again.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// How long opening at start waits for the file's lock. A predecessor that was just killed can leave it held
+/// for a moment: by a child it had forked and not yet exec'd (the lock belongs to the open file, which the
+/// child shares until exec closes it).
+const LOCK_WAIT: Duration = Duration::from_secs(15);
+
+/// Opens the database at start, waiting up to [`LOCK_WAIT`] for another process's lock on it to go.
+pub(crate) fn open_db_waiting(path: &Path) -> Result<Database> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    let mut logged = false;
+    loop {
+        match try_open(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                if !logged {
+                    let holders = lock_holders(path);
+                    tracing::warn!(path = %path.display(), ?holders, "the store file is locked by another process; waiting for it to let go");
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            r => return r.map_err(|e| open_error(path, e)),
+        }
+    }
+}
+
+/// The processes holding a lock on `path`, with their command lines, from `/proc/locks` (for the log only).
+fn lock_holders(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(meta), Ok(locks)) = (std::fs::metadata(path), std::fs::read_to_string("/proc/locks")) else {
+        return Vec::new();
+    };
+    let inode = format!(":{}", meta.ino());
+    locks
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+            let (pid, dev_ino) = (f.get(4)?, f.get(5)?);
+            dev_ino.ends_with(&inode).then(|| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                format!("{pid} {}", String::from_utf8_lossy(&cmd).replace('\0', " ").trim())
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn open_db(path: &Path) -> Result<Database> {
+    try_open(path).map_err(|e| open_error(path, e))
+}
+
+fn try_open(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
     // redb's default page cache is 1 GiB; the API server's watch cache already keeps hot data in memory, so a
     // smaller cache keeps resident memory proportional to what is actually used.
-    redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| match e {
+    redb::Builder::new().set_cache_size(CACHE_BYTES).create(path)
+}
+
+fn open_error(path: &Path, e: redb::DatabaseError) -> Error {
+    match e {
         redb::DatabaseError::DatabaseAlreadyOpen => Error::Backend(format!(
             "opening {}: {e} (is another kumo server using this data directory?)",
             path.display()
         )),
         e => super::check::unusable(path, &e.to_string()),
-    })
+    }
 }
 
 impl Slot {

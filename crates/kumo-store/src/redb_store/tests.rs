@@ -206,3 +206,19 @@ async fn expiry_survives_reopen_and_deletes_in_batches() {
     assert_eq!(txn.open_table(schema::EXPIRY).unwrap().len().unwrap(), 0, "the index is emptied with the keys");
     assert_eq!(txn.open_table(schema::EXPIRES).unwrap().len().unwrap(), 0);
 }
+
+#[test]
+fn opening_waits_for_a_lock_that_is_let_go() {
+    // A killed predecessor's lock can outlive it for a moment (a forked child not yet exec'd holds the file).
+    let (_dir, path) = temp();
+    let held = Database::create(&path).unwrap();
+    let letting_go = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        drop(held);
+    });
+    let started = std::time::Instant::now();
+    let store = RedbStore::open(&path).expect("opened once the lock went");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500), "it did not wait: the lock was held");
+    letting_go.join().unwrap();
+    drop(store);
+}
