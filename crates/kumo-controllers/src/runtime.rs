@@ -109,10 +109,16 @@ pub async fn run(
     let (classes, class_events) = cache::<StorageClass>(&client);
     let vmi_store = shared.store();
     let unschedulable = Unschedulable::default();
-    // Placements are serialized by `assumed` anyway: a few at a time, so a burst of ten thousand VMIs queues in
-    // the controller (their deadlines not yet running) instead of piling up on the lock.
-    let vmi_controller = Controller::for_shared_stream(shared.changes(), vmi_store.clone())
-        .with_config(concurrency(SCHEDULER_CONCURRENCY));
+    // Two queues over the same VMIs, as kube-scheduler watches only unscheduled pods: VMIs that want a node
+    // (the scheduler), and the rest (their lifecycle). A new VMI must not wait behind the status changes of
+    // thousands just started. Placements are serialized by `assumed` anyway: a few at a time, so a burst of
+    // ten thousand VMIs queues in the controller (their deadlines not yet running) instead of piling up on the
+    // lock.
+    let wanting = |want: bool| shared.changes().filter(move |v| std::future::ready(vmi::wants_node(v) == want));
+    let vmi_controller =
+        Controller::for_shared_stream(wanting(true), vmi_store.clone()).with_config(concurrency(SCHEDULER_CONCURRENCY));
+    let lifecycle_controller =
+        Controller::for_shared_stream(wanting(false), vmi_store.clone()).with_config(concurrency(CONCURRENCY));
     // Said once the scheduler sees the cluster (tests wait for it before racing schedulers).
     let synced = {
         let (nodes, vmis, vmis_synced) = (nodes.clone(), vmi_store.clone(), shared.synced_signal());
@@ -154,13 +160,28 @@ pub async fn run(
         .watches_stream(claim_events, waiting(vmi_store.clone(), unschedulable.clone()))
         .watches_stream(volume_events, waiting(vmi_store.clone(), unschedulable.clone()))
         .watches_stream(class_events, waiting(vmi_store, unschedulable))
-        .run(|vmi, ctx| async move { bounded(&*vmi.clone(), reconcile_vmi(vmi, ctx)).await }, error_policy, ctx)
+        .run(|vmi, ctx| async move { bounded(&*vmi.clone(), reconcile_vmi(vmi, ctx)).await }, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!("vmi controller: {e}");
             }
         });
-    let (_, _, (), ()) = tokio::join!(vm_controller, vmi_controller, synced, placed_feed);
+    // Started once the VMI cache is whole: a controller's runner waits for its store with kube-rs'
+    // `Store::wait_until_ready`, which wakes only the last of several waiters, and the scheduler's runner above
+    // already waits on this store (two runners waiting at once left one asleep for good).
+    let lifecycle_synced = shared.synced_signal();
+    let lifecycle_controller = async move {
+        crate::shared::wait_synced(lifecycle_synced).await;
+        lifecycle_controller
+            .run(|vmi, ctx| async move { bounded(&*vmi.clone(), reconcile_vmi(vmi, ctx)).await }, error_policy, ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!("vmi lifecycle controller: {e}");
+                }
+            })
+            .await
+    };
+    let (_, _, _, (), ()) = tokio::join!(vm_controller, vmi_controller, lifecycle_controller, synced, placed_feed);
     Ok(())
 }
 
