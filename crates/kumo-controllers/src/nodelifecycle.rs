@@ -146,7 +146,8 @@ pub async fn run(
     // then says nothing about its node.
     let gap = Arc::new(AtomicBool::new(false));
     let (node_store, node_feed) = watch(nodes.clone(), gap.clone());
-    let (lease_store, lease_feed) = watch(Api::<Lease>::namespaced(client.clone(), "kube-node-lease"), gap.clone());
+    let leases = Api::<Lease>::namespaced(client.clone(), "kube-node-lease");
+    let (lease_store, lease_feed) = watch(leases.clone(), gap.clone());
     let vmis = vmis.store();
     let observe = async {
         let mut seen: HashMap<String, Seen> = HashMap::new();
@@ -160,7 +161,7 @@ pub async fn run(
                 continue;
             }
             let stores = Stores { nodes: &node_store, leases: &lease_store, vmis: &vmis };
-            if let Err(e) = pass(&client, &nodes, &stores, &mut seen, &cfg).await {
+            if let Err(e) = pass(&client, &nodes, &leases, &stores, &mut seen, &cfg).await {
                 // What was seen before a gap in observation (e.g. the store was down, and agents could not
                 // renew either) says nothing about silence: count afresh once the API answers again.
                 tracing::warn!("node lifecycle: {e}; restarting observation");
@@ -200,6 +201,7 @@ struct Stores<'a> {
 async fn pass(
     client: &Client,
     nodes: &Api<Node>,
+    leases: &Api<Lease>,
     stores: &Stores<'_>,
     seen: &mut HashMap<String, Seen>,
     cfg: &Config,
@@ -217,7 +219,15 @@ async fn pass(
             let all = stores.vmis.state();
             all.into_iter().filter(|v| v.node_name() == Some(name.as_str())).collect::<Vec<_>>()
         };
-        for action in plan(node, by_name.get(&name).map(|l| &**l), s, on_node, now, cfg) {
+        let mut actions = plan(node, by_name.get(&name).map(|l| &**l), s, on_node, now, cfg);
+        if actions.iter().any(|a| !matches!(a, NodeAction::MarkReachable)) {
+            // Under load the watch can run well behind (a burst of other changes queued ahead of the Lease's):
+            // silence is confirmed by reading the Lease itself before anything is done about it. Only once per
+            // node going silent, and once at its failover.
+            let fresh = leases.get_opt(&name).await?;
+            actions = plan(node, fresh.as_ref(), s, on_node, now, cfg);
+        }
+        for action in actions {
             apply(client, nodes, node, &name, action).await?;
         }
     }
@@ -388,5 +398,21 @@ mod tests {
         unfenced.metadata.annotations = None;
         let acts = plan(&unfenced, Some(&lease("2")), &mut seen, || vmis.to_vec(), at(1000), &cfg);
         assert!(acts.iter().all(|a| !matches!(a, NodeAction::FailOver(_))), "{acts:?}");
+    }
+    #[test]
+    fn a_renewal_the_watch_has_not_shown_yet_is_life() {
+        // `pass` reads the Lease afresh before acting on silence: the fresh one replans with no action.
+        let cfg = Config { grace_period: Duration::from_secs(10) };
+        let t0 = Instant::now();
+        let mut seen = Seen { record: None, since: t0 };
+        let none = Vec::<VirtualMachineInstance>::new;
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(plan(&node(false), Some(&lease("1")), &mut seen, none, at(0), &cfg).is_empty());
+        let lagging = plan(&node(false), Some(&lease("1")), &mut seen, none, at(10), &cfg);
+        assert_eq!(lagging, vec![NodeAction::MarkUnreachable]);
+        assert!(plan(&node(false), Some(&lease("7")), &mut seen, none, at(10), &cfg).is_empty(), "read fresh");
+        // The watch still shows the old one, then catches up: neither is silence.
+        assert!(plan(&node(false), Some(&lease("1")), &mut seen, none, at(11), &cfg).is_empty());
+        assert!(plan(&node(false), Some(&lease("7")), &mut seen, none, at(12), &cfg).is_empty());
     }
 }
