@@ -248,7 +248,9 @@ pub(crate) async fn serve(agent: Arc<Agent>) {
         }
     });
     let slim = |v: &mut VirtualMachineInstance| v.metadata.managed_fields = None;
-    let vmis = watcher(api, watcher::Config::default().labels(&mine)).modify(slim);
+    // Listed at any recent revision (resourceVersion=0), as kubelets list their pods: served from the API
+    // server's index without waiting for its cache to catch up, which matters when every agent relists at once.
+    let vmis = watcher(api, watcher::Config::default().labels(&mine).any_semantic()).modify(slim);
     // Said after the cache took the list in (the reflector yields each event once applied): a sweep against a
     // cache still empty would take every guest for an orphan.
     let vmis = kube::runtime::reflector(writer, vmis).inspect(move |ev| {

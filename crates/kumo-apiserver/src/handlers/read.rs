@@ -114,7 +114,14 @@ pub async fn list(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Res
     let as_json = !call.accept.table && !call.accept.yaml;
     let indexed = match (revision, &start_after, single_key(def, call, &sel)) {
         (None, None, Some(key)) => Some(from_key(api, def, &sel, &key, Items::new(as_json)).await?),
-        (None, None, None) => from_index(api, def, &sel, &prefix, limit, Items::new(as_json)).await?,
+        (None, None, None) => {
+            // resourceVersion=0 asks for any recent state, as client-go's informers list: the index answers at
+            // its own revision without waiting for it to catch up with the store (and the watch that follows
+            // from that revision brings the rest). Ten thousand agents relisting after a restart must not each
+            // wait, then scan every VMI, while the cache is behind a burst.
+            let any = rv == Some("0");
+            from_index(api, def, &sel, &prefix, limit, any, Items::new(as_json)).await?
+        }
         _ => None,
     };
     let Page { items, more, remaining, last_key, read_rev } = match indexed {
@@ -235,14 +242,16 @@ async fn from_key(
 }
 
 /// A list selecting on a label the watch cache indexes, answered by reading only the keys that carry it, at
-/// the cache's revision once it has caught up with the store (so the read is as consistent as the store's).
-/// None: not indexed, or the cache is behind; the caller scans.
+/// the cache's revision once it has caught up with the store (so the read is as consistent as the store's),
+/// or at once when `any` recent revision will do. None: not indexed, or the cache is behind; the caller scans.
+#[allow(clippy::too_many_arguments)]
 async fn from_index(
     api: &ApiServer,
     def: &ResourceDef,
     sel: &Selectors,
     prefix: &str,
     limit: usize,
+    any: bool,
     items: Items,
 ) -> Result<Option<Page>, ApiError> {
     let Some((label, value)) = sel.labels.required_label() else { return Ok(None) };
@@ -250,9 +259,11 @@ async fn from_index(
         return Ok(None);
     }
     let (store, cache) = (api.objects.store_for(prefix), api.cache_for(prefix));
-    let current = store.current_revision().await.map_err(|e| store_error(def, "", e))?;
-    if !cache.wait_for(current, Duration::from_secs(3)).await {
-        return Ok(None);
+    if !any {
+        let current = store.current_revision().await.map_err(|e| store_error(def, "", e))?;
+        if !cache.wait_for(current, Duration::from_secs(3)).await {
+            return Ok(None);
+        }
     }
     let Some((keys, rev)) = cache.indexed_keys(prefix, label, value) else { return Ok(None) };
     let mut page = Page { items, more: false, remaining: 0, last_key: None, read_rev: rev };
