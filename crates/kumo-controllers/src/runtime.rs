@@ -159,7 +159,8 @@ pub async fn run(
         .watches_stream(ns_events, waiting(vmi_store.clone(), unschedulable.clone()))
         .watches_stream(claim_events, waiting(vmi_store.clone(), unschedulable.clone()))
         .watches_stream(volume_events, waiting(vmi_store.clone(), unschedulable.clone()))
-        .watches_stream(class_events, waiting(vmi_store, unschedulable))
+        .watches_stream(class_events, waiting(vmi_store.clone(), unschedulable.clone()))
+        .reconcile_on(unplaced(vmi_store, unschedulable))
         .run(|vmi, ctx| async move { bounded(&*vmi.clone(), reconcile_vmi(vmi, ctx)).await }, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
@@ -250,6 +251,42 @@ fn waiting<T>(
         set.retain(|r| vmis.get(r).is_some_and(|v| vmi::wants_node(&v)));
         set.iter().cloned().collect()
     }
+}
+
+/// How often VMIs still wanting a node that the scheduler has not marked unschedulable are queued again.
+const UNPLACED_RESYNC: Duration = Duration::from_secs(10);
+
+/// VMIs that want a node, were made over [`UNPLACED_RESYNC`] ago and are not known to fit nowhere, queued again
+/// each period, as kube-scheduler flushes pods left in its queues: a change that never reached the scheduler's
+/// queue must not leave its VMI without a phase for good. Said in the log when it finds any.
+fn unplaced(
+    vmis: Store<VirtualMachineInstance>,
+    unschedulable: Unschedulable,
+) -> impl futures::Stream<Item = ObjectRef<VirtualMachineInstance>> {
+    futures::stream::unfold((), move |()| {
+        let (vmis, unschedulable) = (vmis.clone(), unschedulable.clone());
+        async move {
+            tokio::time::sleep(UNPLACED_RESYNC).await;
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let old = |v: &VirtualMachineInstance| {
+                let made = v.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
+                now.duration_since(made).as_secs() >= UNPLACED_RESYNC.as_secs() as i64
+            };
+            let waiting = unschedulable.lock().expect("unschedulable lock").clone();
+            let stale: Vec<_> = vmis
+                .state()
+                .into_iter()
+                .filter(|v| vmi::wants_node(v) && old(v))
+                .map(|v| ObjectRef::from_obj(&*v))
+                .filter(|r| !waiting.contains(r))
+                .collect();
+            if !stale.is_empty() {
+                tracing::warn!(count = stale.len(), "VMIs waiting for a node were not placed yet: queued again");
+            }
+            Some((futures::stream::iter(stale), ()))
+        }
+    })
+    .flatten()
 }
 
 /// Reconciles a controller runs at once, as kube-controller-manager's workers per controller: unbounded, a
