@@ -124,7 +124,7 @@ pub async fn run(
         let (nodes, vmis, vmis_synced) = (nodes.clone(), vmi_store.clone(), shared.synced_signal());
         async move {
             crate::shared::wait_synced(vmis_synced).await;
-            if nodes.wait_until_ready().await.is_ok() {
+            if crate::shared::store_ready(&nodes).await.is_ok() {
                 tracing::info!("scheduler caches synced: {} nodes, {} VMIs", nodes.len(), vmis.len());
             }
         }
@@ -591,11 +591,11 @@ async fn apply_vmi_plan(
 ) -> Result<Option<Action>, Error> {
     let key = sched::placed_key(vmi);
     let plan = if vmi::wants_node(vmi) {
-        ctx.nodes.wait_until_ready().await?;
-        ctx.namespaces.wait_until_ready().await?;
-        ctx.claims.wait_until_ready().await?;
-        ctx.volumes.wait_until_ready().await?;
-        ctx.classes.wait_until_ready().await?;
+        crate::shared::store_ready(&ctx.nodes).await?;
+        crate::shared::store_ready(&ctx.namespaces).await?;
+        crate::shared::store_ready(&ctx.claims).await?;
+        crate::shared::store_ready(&ctx.volumes).await?;
+        crate::shared::store_ready(&ctx.classes).await?;
         crate::shared::wait_synced(ctx.vmis_synced.clone()).await;
         let (nodes, namespaces) = (ctx.nodes.state(), ctx.namespaces.state());
         let (mut claims, mut volumes, classes) = (ctx.claims.state(), ctx.volumes.state(), ctx.classes.state());

@@ -208,6 +208,20 @@ impl<K> Clone for Update<K> {
     }
 }
 
+/// Waits until `store` holds a whole list, for any number of waiters at once. kube-rs'
+/// `Store::wait_until_ready` wakes only the last of several waiting on it (the scheduler's concurrent reconciles
+/// after a restart: the others hung until their deadline); asking again each moment finds it ready.
+pub async fn store_ready<K>(store: &Store<K>) -> Result<(), reflector::store::WriterDropped>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    loop {
+        if let Ok(r) = tokio::time::timeout(std::time::Duration::from_millis(100), store.wait_until_ready()).await {
+            return r;
+        }
+    }
+}
+
 /// Waits until `synced` says true (a feed gone counts as never).
 pub async fn wait_synced(mut synced: tokio::sync::watch::Receiver<bool>) {
     if synced.wait_for(|s| *s).await.is_err() {
