@@ -51,8 +51,18 @@ pub struct Gone {
 /// How many times the ring's length of events the copies for writes cover.
 const RECENT_PER_EVENT: usize = 2;
 
+/// History the ring keeps however many events that is (up to [`MAX_EVENTS`]), as kube-apiserver's watch cache
+/// keeps 75 s: a client's watch starts from the revision of the list it just made, and at ten thousand nodes the
+/// Lease renewals alone are a thousand events a second. With only the last `capacity` events (seconds), any
+/// list taking longer was followed by 410 Gone and a relist, over and over.
+const FRESH: std::time::Duration = std::time::Duration::from_secs(75);
+/// The most events the ring keeps to cover [`FRESH`].
+const MAX_EVENTS: usize = 250_000;
+
 struct Ring {
     events: VecDeque<Arc<CachedEvent>>,
+    /// When each of `events` arrived.
+    arrived: VecDeque<std::time::Instant>,
     /// Every event with revision > `start` is in `events` (or the store watch must be used).
     start: i64,
     last: i64,
@@ -93,6 +103,7 @@ impl Ring {
     fn new(rev: i64) -> Ring {
         Ring {
             events: VecDeque::new(),
+            arrived: VecDeque::new(),
             start: rev,
             last: rev,
             newest: Recent::default(),
@@ -131,6 +142,8 @@ pub struct WatchCache {
     /// live watch: they end with 410 and relist rather than silently missing what the cache could not follow.
     routes: Mutex<Routes>,
     capacity: usize,
+    /// Events younger than this stay beyond `capacity` ([`FRESH`]; zero in tests of eviction).
+    fresh: std::time::Duration,
 }
 
 /// The change decoded. `before` is the key's newest cached event: when it is the state this change replaced,
@@ -185,9 +198,19 @@ fn namespace_entry(key: &str, ns: &Value) -> (String, bool) {
 impl WatchCache {
     /// Starts following the store from its current revision.
     pub async fn start(store: Arc<dyn Store>, capacity: usize) -> anyhow::Result<Arc<Self>> {
+        Self::start_keeping(store, capacity, FRESH).await
+    }
+
+    /// [`WatchCache::start`], keeping events younger than `fresh` beyond `capacity`.
+    pub async fn start_keeping(
+        store: Arc<dyn Store>,
+        capacity: usize,
+        fresh: std::time::Duration,
+    ) -> anyhow::Result<Arc<Self>> {
         let rev = store.current_revision().await?;
         let ring = RwLock::new(Ring::at(&*store, rev).await);
-        let cache = Arc::new(WatchCache { store, ring, routes: Default::default(), capacity: capacity.max(1) });
+        let capacity = capacity.max(1);
+        let cache = Arc::new(WatchCache { store, ring, routes: Default::default(), capacity, fresh });
         let c = cache.clone();
         tokio::spawn(async move { c.pump().await });
         Ok(cache)
@@ -250,6 +273,7 @@ impl WatchCache {
         }
         r.last = ev.revision;
         r.events.push_back(ev.clone());
+        r.arrived.push_back(std::time::Instant::now());
         r.newest.note(&ev, self.capacity * RECENT_PER_EVENT);
         if let Some(ix) = r.index.as_mut() {
             ix.update(&ev.key, (!ev.deleted).then_some(&*ev.object));
@@ -262,6 +286,11 @@ impl WatchCache {
             };
         }
         while r.events.len() > self.capacity {
+            let fresh = r.arrived.front().is_some_and(|t| t.elapsed() < self.fresh);
+            if fresh && r.events.len() <= MAX_EVENTS {
+                break;
+            }
+            r.arrived.pop_front();
             if let Some(old) = r.events.pop_front() {
                 r.start = old.revision;
             }
@@ -276,6 +305,7 @@ impl WatchCache {
         let mut r = self.ring.write().expect("lock");
         while r.events.front().is_some_and(|e| e.revision <= rev) {
             r.events.pop_front();
+            r.arrived.pop_front();
         }
         r.start = r.start.max(rev.min(r.last));
     }
@@ -373,8 +403,9 @@ impl WatchCache {
             if after < r.start {
                 return None;
             }
-            let replay: Vec<_> =
-                r.events.iter().filter(|e| e.revision > after && e.key.starts_with(&prefix)).cloned().collect();
+            // The ring is in revision order and may hold a quarter million events: start at `after`.
+            let from = r.events.partition_point(|e| e.revision <= after);
+            let replay: Vec<_> = r.events.range(from..).filter(|e| e.key.starts_with(&prefix)).cloned().collect();
             let (id, rx) = self.routes.lock().expect("lock").add(&interest, self.capacity.max(1024));
             (replay, rx, RouteGuard { cache: Arc::downgrade(self), id })
         };
@@ -436,6 +467,32 @@ mod tests {
         let mut w2 = cache.watch("/registry/", cache.revision()).await.unwrap();
         let kv = store.create("/registry/core/configmaps/default/b", b"{}".to_vec()).await.unwrap();
         assert_eq!(next(&mut w2).await.unwrap().revision, kv.mod_revision);
+    }
+
+    #[tokio::test]
+    async fn recent_history_outlives_the_capacity() {
+        // A watch from the revision of a list that took a while resumes, however many events came meanwhile.
+        for (fresh, resumes) in [(FRESH, true), (Duration::ZERO, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn Store> = Arc::new(kumo_store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+            let cache = WatchCache::start_keeping(store.clone(), 3, fresh).await.unwrap();
+            let listed_at = cache.revision();
+            let mut last = 0;
+            for i in 0..10 {
+                let key = format!("/registry/core/configmaps/default/c{i}");
+                last = store.create(&key, b"{}".to_vec()).await.unwrap().mod_revision;
+            }
+            caught_up(&cache, last).await;
+            match cache.watch_with(Interest::prefix("/registry/core/configmaps/"), listed_at) {
+                Ok(mut w) => {
+                    assert!(resumes, "kept {fresh:?}: the events beyond capacity should be gone");
+                    for i in 1..=10 {
+                        assert_eq!(next(&mut w).await.unwrap().revision, listed_at + i);
+                    }
+                }
+                Err(gone) => assert!(!resumes, "kept {fresh:?}: {gone:?}"),
+            }
+        }
     }
 
     async fn caught_up(cache: &WatchCache, rev: i64) {
