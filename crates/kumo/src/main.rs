@@ -376,8 +376,7 @@ struct ServerArgs {
     /// Where scheduled snapshots go (default: DATA_DIR/snapshots).
     #[arg(long)]
     snapshot_dir: Option<PathBuf>,
-    /// Events the watch cache keeps in memory at least; those of the last 75 s stay beyond it (up to 250,000),
-    /// as kube-apiserver's, so that a watch can follow a long list.
+    /// Events the watch cache keeps at least (those of the last 75 s stay beyond it, up to 250,000).
     #[arg(long, default_value_t = 5_000)]
     watch_cache_size: usize,
     /// How often watchers that asked for bookmarks get one.
