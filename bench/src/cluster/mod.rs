@@ -219,7 +219,10 @@ impl Run {
         let cores = (procs::cpu_secs(pid)? - cpu) / window.as_secs_f64();
         // Every sampled VMI reaches Running (or the step fails).
         let sampled_running = self.vms + samples * (self.steps.len() + 1);
-        fleet::wait_running(&self.tracker, sampled_running, Duration::from_secs(120)).await?;
+        if let Err(e) = fleet::wait_running(&self.tracker, sampled_running, Duration::from_secs(120)).await {
+            crate::progress(fleet::diagnose(&mut self.api, self.kumo.proc.dir()).await);
+            return Err(e);
+        }
         let startup: Vec<Duration> = {
             let mut t = self.tracker.lock().expect("lock");
             std::mem::take(&mut t.startup).into_iter().map(|d| d.saturating_sub(self.args.boot_delay)).collect()

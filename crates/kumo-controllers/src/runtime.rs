@@ -273,8 +273,9 @@ fn unplaced(
                 now.duration_since(made).as_secs() >= UNPLACED_RESYNC.as_secs() as i64
             };
             let waiting = unschedulable.lock().expect("unschedulable lock").clone();
-            let stale: Vec<_> = vmis
-                .state()
+            let all = vmis.state();
+            tracing::debug!(cached = all.len(), unschedulable = waiting.len(), "scheduler resync");
+            let stale: Vec<_> = all
                 .into_iter()
                 .filter(|v| vmi::wants_node(v) && old(v))
                 .map(|v| ObjectRef::from_obj(&*v))

@@ -121,11 +121,15 @@ where
                         let _ = feed_tx.send(Update::Changed(Arc::new(o)));
                     }
                     Ok(watcher::Event::InitDone) => {
-                        feed_owners.lock().expect("lock").refile(feed_store.state());
+                        let all = feed_store.state();
+                        tracing::info!(kind = K::kind(&()).as_ref(), objects = all.len(), "shared cache listed");
+                        feed_owners.lock().expect("lock").refile(all);
                         synced_tx.send_replace(true);
                         let _ = feed_tx.send(Update::Relist);
                     }
-                    Ok(watcher::Event::Init) | Err(_) => {}
+                    Ok(watcher::Event::Init) => {}
+                    // The watcher retries with backoff; said, since every controller of the kind waits meanwhile.
+                    Err(e) => tracing::warn!(kind = K::kind(&()).as_ref(), "shared cache watch: {e}; retrying"),
                 }
                 std::future::ready(())
             });
