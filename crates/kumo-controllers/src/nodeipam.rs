@@ -146,7 +146,7 @@ pub async fn run(client: Client, cfg: Config) {
         async move { deleted.then_some(()) }
     });
     // One reconcile at a time: two Nodes planned concurrently from the same list would get the same block.
-    crate::runtime::slim_controller(api, watcher::Config::default())
+    crate::reflect::slim_controller(api, watcher::Config::default())
         .with_config(controller::Config::default().concurrency(1))
         .reconcile_all_on(deletions)
         .run(reconcile, error_policy, ctx)

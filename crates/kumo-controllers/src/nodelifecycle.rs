@@ -181,7 +181,7 @@ where
     let (store, writer) = reflector::store();
     let feed = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(crate::runtime::slim)
+        .modify(crate::reflect::slim)
         .reflect(writer)
         .for_each(move |e| {
             if e.is_err() {

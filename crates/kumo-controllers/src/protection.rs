@@ -88,14 +88,14 @@ pub async fn run(client: Client, vmis: &crate::shared::Shared<VirtualMachineInst
     let ctx = Arc::new(client.clone());
     // A VMI that ends or goes away may free the claims it used.
     let claims =
-        crate::runtime::slim_controller(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
+        crate::reflect::slim_controller(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
             .watches_shared_stream(vmis.changes(), |vmi| {
                 let ns = vmi.namespace().unwrap_or_default();
                 vmi.claim_names().map(|c| ObjectRef::new(c).within(&ns)).collect::<Vec<_>>()
             })
             .run(reconcile_claim, retry, ctx.clone())
             .for_each(|_| async {});
-    let volumes = crate::runtime::slim_controller(Api::<PersistentVolume>::all(client), watcher::Config::default())
+    let volumes = crate::reflect::slim_controller(Api::<PersistentVolume>::all(client), watcher::Config::default())
         .run(reconcile_volume, retry, ctx)
         .for_each(|_| async {});
     tokio::join!(claims, volumes);

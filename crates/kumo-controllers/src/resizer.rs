@@ -72,7 +72,7 @@ struct Error(#[from] kube::Error);
 pub async fn run(client: Client) {
     let reporter = Reporter { controller: "external-resizer kumo.dev".into(), instance: None };
     let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone() });
-    crate::runtime::slim_controller(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
+    crate::reflect::slim_controller(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
         .watches(Api::<PersistentVolume>::all(client), watcher::Config::default(), |pv| {
             let r = pv.spec.as_ref()?.claim_ref.clone()?;
             Some(ObjectRef::new(r.name.as_deref()?).within(r.namespace.as_deref()?))

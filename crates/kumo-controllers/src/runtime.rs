@@ -7,6 +7,7 @@
 //! VMI is read again and planned again. Within this process, choices are made one at a time, and each binding
 //! counts (as "assumed", like kube-scheduler's) until the cache shows it.
 
+use crate::reflect::{cache, slim_controller};
 use crate::sched::{self, Cluster};
 use crate::shared::Update;
 use crate::{vm, vmi};
@@ -18,7 +19,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KEvent, EventType, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use kumo_api::cdi::DataVolume;
 use kumo_api::kubevirt::{VirtualMachine, VirtualMachineInstance, NODE_NAME_LABEL};
@@ -209,35 +210,6 @@ fn feed_placed(
 /// The cache's state of `vmi` (None: it is gone, or its name now belongs to another VMI).
 fn newest(cache: &Store<VirtualMachineInstance>, vmi: &VirtualMachineInstance) -> Option<Arc<VirtualMachineInstance>> {
     cache.get(&ObjectRef::from_obj(vmi)).filter(|c| c.metadata.uid == vmi.metadata.uid)
-}
-
-/// A watch cache of every `K`, and the stream of the objects it sees change.
-fn cache<K>(client: &Client) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>>)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(slim)
-        .reflect(writer)
-        .touched_objects();
-    (store, events)
-}
-
-/// Drops what no controller reads before an object is cached: its managedFields, which were most of a cached
-/// VMI's size (a few entries of field sets per writer, about 13 KiB a VMI).
-pub fn slim<K: Resource>(o: &mut K) {
-    o.meta_mut().managed_fields = None;
-}
-
-/// A controller of every `K` in `api`, as `Controller::new` makes one, whose cache is [`slim`].
-pub fn slim_controller<K>(api: Api<K>, wc: watcher::Config) -> Controller<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    Controller::for_stream(reflector::reflector(writer, watcher(api, wc).modify(slim)).applied_objects(), store)
 }
 
 /// A Node, Namespace or storage change may make room (or a match) for the VMIs that fit nowhere: look at those

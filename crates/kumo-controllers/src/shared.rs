@@ -104,7 +104,7 @@ where
         // index is rebuilt from it (what a relist no longer shows was deleted unseen).
         let feed = watcher(api, watcher::Config::default())
             .default_backoff()
-            .modify(crate::runtime::slim)
+            .modify(crate::reflect::slim)
             .reflect(writer)
             .for_each(move |ev| {
                 match ev {

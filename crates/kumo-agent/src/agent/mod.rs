@@ -251,14 +251,26 @@ pub(crate) async fn serve(agent: Arc<Agent>) {
     // Listed at any recent revision (resourceVersion=0), as kubelets list their pods: served from the API
     // server's index without waiting for its cache to catch up, which matters when every agent relists at once.
     let vmis = watcher(api, watcher::Config::default().labels(&mine).any_semantic()).modify(slim);
-    // Said after the cache took the list in (the reflector yields each event once applied): a sweep against a
-    // cache still empty would take every guest for an orphan.
-    let vmis = kube::runtime::reflector(writer, vmis).inspect(move |ev| {
-        if matches!(ev, Ok(watcher::Event::InitDone)) {
-            listed_tx.send_replace(true);
-        }
-    });
-    Controller::for_stream(vmis.applied_objects(), store)
+    // Each change once the cache holds it, and every VMI once a (re)list is whole: a relist's objects reach the
+    // cache only at its end, and one looked up before was dropped (a VMI bound here while the watch was down
+    // would never start). Listed is said then too: a sweep against a cache still empty would take every guest
+    // for an orphan.
+    let cache = store.clone();
+    let vmis = kube::runtime::reflector(writer, vmis)
+        .map(move |ev| match ev {
+            Ok(watcher::Event::Apply(v)) => vec![Arc::new(v)],
+            Ok(watcher::Event::InitDone) => {
+                listed_tx.send_replace(true);
+                cache.state()
+            }
+            Ok(_) => vec![],
+            Err(e) => {
+                tracing::debug!("VMI watch: {e}");
+                vec![]
+            }
+        })
+        .flat_map(futures::stream::iter);
+    Controller::for_shared_stream(vmis, store)
         .run(reconcile::reconcile, reconcile::error_policy, agent)
         .for_each(|r| async move {
             if let Err(e) = r {

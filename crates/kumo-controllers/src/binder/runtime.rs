@@ -35,7 +35,7 @@ pub async fn run(client: Client, vmis: &crate::shared::Shared<VirtualMachineInst
     let reporter = Reporter { controller: "persistentvolume-controller".into(), instance: None };
     let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone() });
     let claims =
-        crate::runtime::slim_controller(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
+        crate::reflect::slim_controller(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
             // A volume that names a claim wakes it; any other volume change may let a waiting claim bind.
             .watches(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default(), |pv| {
                 let r = pv.spec.as_ref().and_then(|s| s.claim_ref.clone());
@@ -49,7 +49,7 @@ pub async fn run(client: Client, vmis: &crate::shared::Shared<VirtualMachineInst
             .run(reconcile_claim, retry, ctx.clone())
             .for_each(|_| async {});
     let volumes =
-        crate::runtime::slim_controller(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default())
+        crate::reflect::slim_controller(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default())
             .watches(Api::<PersistentVolumeClaim>::all(client), watcher::Config::default(), |pvc| {
                 pvc.spec
                     .as_ref()

@@ -31,7 +31,7 @@ struct Error(#[from] kube::Error);
 pub async fn run(client: Client) {
     let reporter = Reporter { controller: "datavolume-controller".into(), instance: None };
     let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone() });
-    crate::runtime::slim_controller(Api::<DataVolume>::all(client.clone()), watcher::Config::default())
+    crate::reflect::slim_controller(Api::<DataVolume>::all(client.clone()), watcher::Config::default())
         .owns(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
         // A volume's progress reaches the DataVolume of its claim (same name and namespace).
         .watches(Api::<PersistentVolume>::all(client), watcher::Config::default(), |pv| {

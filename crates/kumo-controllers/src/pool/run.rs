@@ -38,7 +38,7 @@ pub async fn run(client: Client, vmis: &crate::shared::Shared<VirtualMachineInst
         let pool = vmi.labels().get(api::POOL_LABEL)?.clone();
         Some(ObjectRef::<VirtualMachinePool>::new(&pool).within(&vmi.namespace()?))
     };
-    crate::runtime::slim_controller(Api::<VirtualMachinePool>::all(client.clone()), watcher::Config::default())
+    crate::reflect::slim_controller(Api::<VirtualMachinePool>::all(client.clone()), watcher::Config::default())
         .with_config(crate::runtime::concurrency(crate::runtime::CONCURRENCY))
         .owns(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default())
         .watches_shared_stream(vmis.changes(), by_label)

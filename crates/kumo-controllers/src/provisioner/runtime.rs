@@ -32,10 +32,10 @@ pub async fn run(client: Client) {
     let reporter = Reporter { controller: "kumo-provisioner".into(), instance: None };
     let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone() });
     let claims =
-        crate::runtime::slim_controller(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
+        crate::reflect::slim_controller(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default())
             .run(reconcile_claim, retry, ctx.clone())
             .for_each(|_| async {});
-    let volumes = crate::runtime::slim_controller(Api::<PersistentVolume>::all(client), watcher::Config::default())
+    let volumes = crate::reflect::slim_controller(Api::<PersistentVolume>::all(client), watcher::Config::default())
         .run(reconcile_volume, retry, ctx)
         .for_each(|_| async {});
     tokio::join!(claims, volumes);

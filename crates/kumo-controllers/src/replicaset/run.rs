@@ -105,7 +105,7 @@ pub async fn run(client: Client, shared: &crate::shared::Shared<VirtualMachineIn
         vmis: shared.clone(),
         expected: Default::default(),
     });
-    crate::runtime::slim_controller(
+    crate::reflect::slim_controller(
         Api::<VirtualMachineInstanceReplicaSet>::all(client.clone()),
         watcher::Config::default(),
     )

@@ -35,11 +35,11 @@ pub async fn run(client: Client) {
         Action::requeue(Duration::from_secs(2))
     };
     let snapshots =
-        crate::runtime::slim_controller(Api::<VirtualMachineSnapshot>::all(client.clone()), watcher::Config::default())
+        crate::reflect::slim_controller(Api::<VirtualMachineSnapshot>::all(client.clone()), watcher::Config::default())
             .run(reconcile_snapshot, on_error, ctx.clone())
             .for_each(|_| async {});
     let restores =
-        crate::runtime::slim_controller(Api::<VirtualMachineRestore>::all(client), watcher::Config::default())
+        crate::reflect::slim_controller(Api::<VirtualMachineRestore>::all(client), watcher::Config::default())
             .run(
                 reconcile_restore,
                 |_, err: &Error, _| {
