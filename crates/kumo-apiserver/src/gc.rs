@@ -175,6 +175,8 @@ async fn run_collector(api: &ApiServer) -> anyhow::Result<()> {
     let revision = revision.unwrap_or(0);
     dirty.extend(index.owners.keys().filter(|k| index.orphaned(k)).cloned());
     let mut events = api.cache.watch("/registry/", revision).await.map_err(|g| anyhow::anyhow!("watch: {g:?}"))?;
+    // The newest change taken in: where the watch resumes when it falls behind.
+    let mut seen = revision;
     loop {
         for key in std::mem::take(&mut dirty) {
             if let Err(e) = collect_key(api, &index, &key).await {
@@ -184,7 +186,18 @@ async fn run_collector(api: &ApiServer) -> anyhow::Result<()> {
         // Wait for a change; re-check everything pending now and then in case an action raced a write.
         let ev = match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
             Ok(Some(Ok(ev))) => ev,
-            Ok(Some(Err(g))) => anyhow::bail!("watch fell behind: {g:?}"),
+            // Dropped for falling behind (a burst): resume from what was taken in, from the cache's history or
+            // the store's. Listing every object again instead cost seconds of CPU at the worst moment, and fell
+            // behind again under the same burst.
+            Ok(Some(Err(g))) => {
+                events = api
+                    .cache
+                    .watch("/registry/", seen)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("watch fell behind: {g:?}"))?;
+                tracing::info!("garbage collector's watch fell behind at revision {seen}: resumed");
+                continue;
+            }
             Ok(None) => anyhow::bail!("watch ended"),
             Err(_) => {
                 dirty.extend(index.owners.keys().filter(|k| index.orphaned(k)).cloned());
@@ -192,6 +205,7 @@ async fn run_collector(api: &ApiServer) -> anyhow::Result<()> {
                 continue;
             }
         };
+        seen = ev.revision;
         let uid = meta::uid(&ev.object).to_string();
         if ev.deleted {
             index.remove(&ev.key);
