@@ -46,6 +46,9 @@ pub use snapshot::restore;
 /// Live events buffered per watcher before a slow one is cut off (counted in commits, not events).
 const BROADCAST_CAPACITY: usize = 4096;
 
+/// Revisions a compaction drops per transaction.
+pub(crate) const COMPACT_STEP: i64 = if cfg!(test) { 3 } else { 10_000 };
+
 /// Committed counters, updated by the writer after each commit so they can be read without a transaction.
 #[derive(Debug, Default)]
 struct Shared {
@@ -307,7 +310,24 @@ impl Store for RedbStore {
     }
 
     async fn compact(&self, revision: i64) -> Result<()> {
-        self.submit(Op::Compact { revision }).await.map(|_| ())
+        // A step per transaction, other writes in between: a five-minute interval at ten thousand nodes is
+        // hundreds of thousands of revisions, and dropping them in one transaction held every write (Lease
+        // renewals too) for minutes.
+        let start = self.compacted_revision().await?;
+        if revision > self.current_revision().await? {
+            // Refused whole (FutureRevision), not after compacting part of the way.
+            return self.submit(Op::Compact { revision, first: true, last: true }).await.map(|_| ());
+        }
+        let mut from = start;
+        loop {
+            let to = if revision - from > COMPACT_STEP { from + COMPACT_STEP } else { revision };
+            let (first, last) = (from == start, to == revision);
+            self.submit(Op::Compact { revision: to, first, last }).await?;
+            if last {
+                return Ok(());
+            }
+            from = to;
+        }
     }
 
     async fn snapshot(&self) -> Result<BoxStream<'static, Result<bytes::Bytes>>> {

@@ -50,8 +50,12 @@ pub(crate) enum Op {
         key: String,
         expected: Option<i64>,
     },
+    /// One step of a compaction ([`super::COMPACT_STEP`] revisions at most): `first` and `last` say where in
+    /// the whole it falls (what the interval used is measured before the first, space given back after the last).
     Compact {
         revision: i64,
+        first: bool,
+        last: bool,
     },
     /// Deletes keys whose deadline is at or before `now`.
     Expire {
@@ -87,6 +91,8 @@ pub(crate) fn run(
     events: broadcast::Sender<EventBatch>,
 ) {
     let mut expiry_checked = Instant::now();
+    // What the file used before the compaction under way began.
+    let mut used_before = None;
     loop {
         if expiry_checked.elapsed() >= EXPIRY_TICK {
             expiry_checked = Instant::now();
@@ -113,14 +119,17 @@ pub(crate) fn run(
         let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
         // What the interval before a compaction used decides whether the file is worth shrinking after it. Even a
         // compaction with nothing to drop counts: it is how an idle store notices its space has gone unused.
-        let compacts = ops.iter().any(|op| matches!(op, Op::Compact { .. }));
-        let used_before = compacts.then(|| super::defrag::in_use(&slot)).flatten();
+        if ops.iter().any(|op| matches!(op, Op::Compact { first: true, .. })) {
+            used_before = super::defrag::in_use(&slot);
+        }
+        let compacted = ops.iter().any(|op| matches!(op, Op::Compact { last: true, .. }));
         let outcomes = write(&slot, &shared, &events, &ops);
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // The caller may have given up waiting; the write stands regardless.
             let _ = reply.send(outcome);
         }
-        if let (Some(used), None) = (used_before, slot.failure()) {
+        if let (true, Some(used), None) = (compacted, used_before, slot.failure()) {
+            used_before = None;
             super::defrag::after_compaction(&slot, used);
         }
     }
@@ -391,7 +400,7 @@ impl Tables<'_> {
                 }
                 Ok(Ok(None))
             }
-            Op::Compact { revision } => {
+            Op::Compact { revision, .. } => {
                 if *revision > a.revision {
                     return Ok(Err(Error::FutureRevision { requested: *revision, current: a.revision }));
                 }
