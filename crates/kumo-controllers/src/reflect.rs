@@ -35,7 +35,9 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let events = reflector::reflector(writer, watcher(api, wc).modify(slim));
+    // Backoff, as `Controller::new` has: `settled` yields nothing for an error, so a watch failing at once (the
+    // server gone, the runtime shutting down) would otherwise spin without ever yielding.
+    let events = reflector::reflector(writer, watcher(api, wc).default_backoff().modify(slim));
     Controller::for_shared_stream(settled(store.clone(), events), store)
 }
 

@@ -250,7 +250,8 @@ pub(crate) async fn serve(agent: Arc<Agent>) {
     let slim = |v: &mut VirtualMachineInstance| v.metadata.managed_fields = None;
     // Listed at any recent revision (resourceVersion=0), as kubelets list their pods: served from the API
     // server's index without waiting for its cache to catch up, which matters when every agent relists at once.
-    let vmis = watcher(api, watcher::Config::default().labels(&mine).any_semantic()).modify(slim);
+    // With backoff: an error yields nothing below, so a watch failing at once must wait before trying again.
+    let vmis = watcher(api, watcher::Config::default().labels(&mine).any_semantic()).default_backoff().modify(slim);
     // Each change once the cache holds it, and every VMI once a (re)list is whole: a relist's objects reach the
     // cache only at its end, and one looked up before was dropped (a VMI bound here while the watch was down
     // would never start). Listed is said then too: a sweep against a cache still empty would take every guest
