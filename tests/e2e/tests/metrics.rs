@@ -96,6 +96,10 @@ impl Prometheus {
         write!(c, "GET /api/v1/query?query={enc} HTTP/1.0\r\nHost: prometheus\r\n\r\n").ok()?;
         let mut out = String::new();
         c.read_to_string(&mut out).ok()?;
+        // 503 while Prometheus is still starting (its storage not open yet): not an answer yet.
+        if out.split(' ').nth(1) == Some("503") {
+            return None;
+        }
         let body = out.split_once("\r\n\r\n")?.1;
         let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"));
         assert_eq!(v["status"], "success", "query {q}: {out}");
