@@ -206,12 +206,13 @@ async fn run_collector(api: &ApiServer) -> anyhow::Result<()> {
             }
         };
         seen = ev.revision;
-        let uid = meta::uid(&ev.object).to_string();
+        let object = ev.object();
+        let uid = meta::uid(&object).to_string();
         if ev.deleted {
             index.remove(&ev.key);
             // Dependents of a vanished owner may now be orphans; owners waiting in foreground may be done.
             dirty.extend(index.dependents.get(&uid).into_iter().flatten().cloned());
-            for o in meta::owner_uids(&ev.object) {
+            for o in meta::owner_uids(&object) {
                 if let Some(k) = index.key_of.get(&o) {
                     dirty.insert(k.clone());
                 }
@@ -224,8 +225,8 @@ async fn run_collector(api: &ApiServer) -> anyhow::Result<()> {
                 dirty.insert(crd_key);
             }
         } else {
-            index.put(&ev.key, &ev.object);
-            if meta::deletion_timestamp(&ev.object).is_some() || index.orphaned(&ev.key) {
+            index.put(&ev.key, &object);
+            if meta::deletion_timestamp(&object).is_some() || index.orphaned(&ev.key) {
                 dirty.insert(ev.key.clone());
             }
             if let Some(ns) = key_namespace(&ev.key).filter(|ns| index.terminating.contains(*ns)) {

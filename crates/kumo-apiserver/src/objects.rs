@@ -27,9 +27,14 @@ pub struct Objects {
 
 /// Decodes a stored object and stamps its resourceVersion.
 pub fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
-    let mut v: Value = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::internal(format!("stored object {} is not valid JSON: {e}", kv.key)))?;
-    kumo_api::meta::set_meta(&mut v, "resourceVersion", Value::String(kv.mod_revision.to_string()));
+    decode_at(&kv.key, &kv.value, kv.mod_revision)
+}
+
+/// [`decode`] of `json`, stored under `key` at `revision`.
+pub fn decode_at(key: &str, json: &[u8], revision: i64) -> Result<Value, ApiError> {
+    let mut v: Value = serde_json::from_slice(json)
+        .map_err(|e| ApiError::internal(format!("stored object {key} is not valid JSON: {e}")))?;
+    kumo_api::meta::set_meta(&mut v, "resourceVersion", Value::String(revision.to_string()));
     Ok(v)
 }
 

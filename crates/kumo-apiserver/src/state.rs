@@ -302,10 +302,11 @@ async fn follow_once(api: &ApiServer, def: &ResourceDef) -> anyhow::Result<()> {
     let mut events = api.cache.watch(crate::gc::CRD_PREFIX, rev).await.map_err(|g| anyhow::anyhow!("watch: {g:?}"))?;
     while let Some(ev) = events.next().await {
         let ev = ev.map_err(|g| anyhow::anyhow!("watch fell behind: {g:?}"))?;
+        let object = ev.object();
         if ev.deleted {
-            api.registry.remove_crd(kumo_api::meta::name(&ev.object));
+            api.registry.remove_crd(kumo_api::meta::name(&object));
         } else {
-            api.registry.put_crd(&ev.object);
+            api.registry.put_crd(&object);
         }
     }
     anyhow::bail!("watch ended")

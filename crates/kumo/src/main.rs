@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 // The API server allocates and frees many small JSON values per request; mimalloc spends less CPU on that
-// than glibc's allocator (measured by scripts/bench.sh).
+// than glibc's allocator (measured by scripts/bench.sh). `--features system-allocator` lets heaptrack see it all.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -41,10 +41,10 @@ impl Encoder {
     /// A change event; plain JSON encodings are shared between watchers through the cache.
     fn change(&mut self, kind: &str, ev: &CachedEvent) -> Bytes {
         if self.table {
-            return self.event(kind, &ev.object);
+            return self.event(kind, &ev.object());
         }
         let key = format!("{kind}|{}", self.def.api_version());
-        ev.encoded(&key, || self.event(kind, &ev.object))
+        ev.encoded(&key, || self.event(kind, &ev.object()))
     }
 
     fn bookmark(&self, rv: i64, initial_end: bool) -> Bytes {
@@ -192,8 +192,8 @@ pub async fn watch(api: Arc<ApiServer>, def: Arc<ResourceDef>, call: &Call) -> R
 
 /// The event a watcher with `sel` sees for `ev`: objects entering the selection are ADDED, leaving it DELETED.
 fn transition(enc: &mut Encoder, sel: &Selectors, ev: &CachedEvent) -> Option<Bytes> {
-    let now = selected(enc, sel, &ev.object);
-    let before = ev.prev.as_ref().is_some_and(|p| selected(enc, sel, p));
+    let now = selected(enc, sel, &ev.object());
+    let before = ev.prev().is_some_and(|p| selected(enc, sel, &p));
     if ev.deleted {
         return (now || before).then(|| enc.change("DELETED", ev));
     }

@@ -144,7 +144,7 @@ pub async fn current_guess(
     let wanted = |rv_of: i64| rv.is_none_or(|rv| rv == rv_of);
     let key = def.key(ns, name);
     if let Some(ev) = api.cache_for(&key).newest(&key).filter(|ev| !ev.deleted && wanted(ev.revision)) {
-        return Ok(Some((*ev.object).clone()));
+        return Ok(Some((*ev.object()).clone()));
     }
     let read = api.objects.get_serializable(def, ns, name).await?;
     Ok(read.filter(|obj| parse_rv(meta::resource_version(obj)).is_ok_and(wanted)))

@@ -3,43 +3,18 @@
 
 use crate::objects::decode;
 use futures::stream::{BoxStream, StreamExt};
-use kumo_store::{EventKind, Store};
+use kumo_store::Store;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
+mod event;
 mod index;
 mod routes;
+pub use event::CachedEvent;
 pub use index::covers as index_covers;
 pub use routes::Interest;
 use routes::Routes;
-
-/// One change, decoded once and shared by every watcher.
-#[derive(Debug)]
-pub struct CachedEvent {
-    pub revision: i64,
-    pub key: String,
-    pub deleted: bool,
-    /// The new object (for a deletion: the last state), resourceVersion stamped with `revision`.
-    pub object: Arc<Value>,
-    pub prev: Option<Arc<Value>>,
-    /// Watch-stream lines already encoded for this event, by (event type, served apiVersion): watchers of the
-    /// same kind share one serialization instead of each encoding the object again.
-    encoded: std::sync::Mutex<Vec<(String, bytes::Bytes)>>,
-}
-
-impl CachedEvent {
-    /// The encoding of this event under `key`, computed by `make` the first time.
-    pub fn encoded(&self, key: &str, make: impl FnOnce() -> bytes::Bytes) -> bytes::Bytes {
-        let mut cache = self.encoded.lock().expect("lock");
-        if let Some((_, b)) = cache.iter().find(|(k, _)| k == key) {
-            return b.clone();
-        }
-        let b = make();
-        cache.push((key.to_string(), b.clone()));
-        b
-    }
-}
 
 /// Why a watch cannot continue: the client must relist.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,25 +121,6 @@ pub struct WatchCache {
     fresh: std::time::Duration,
 }
 
-/// The change decoded. `before` is the key's newest cached event: when it is the state this change replaced,
-/// its object is the previous state, shared rather than decoded again (which held most objects twice).
-fn to_cached(e: kumo_store::Event, before: Option<Arc<CachedEvent>>) -> Option<Arc<CachedEvent>> {
-    // For a deletion, `kv` is the last state and its mod_revision the deletion's: decode stamps that.
-    let object = decode(&e.kv).ok()?;
-    let prev = e.prev.as_ref().and_then(|p| match before.filter(|b| !b.deleted && b.revision == p.mod_revision) {
-        Some(b) => Some(b.object.clone()),
-        None => decode(p).ok().map(Arc::new),
-    });
-    Some(Arc::new(CachedEvent {
-        revision: e.kv.mod_revision,
-        key: e.kv.key.clone(),
-        deleted: e.kind == EventKind::Delete,
-        object: Arc::new(object),
-        prev,
-        encoded: Default::default(),
-    }))
-}
-
 /// The label indexes as of `rev`, read a page at a time (never the whole resource in memory at once).
 async fn build_index(store: &dyn Store, rev: i64) -> kumo_store::Result<index::LabelIndex> {
     let mut ix = index::LabelIndex::default();
@@ -237,7 +193,7 @@ impl WatchCache {
                 match item {
                     Ok(e) => {
                         let before = self.newest(&e.kv.key);
-                        if let Some(ev) = to_cached(e, before) {
+                        if let Some(ev) = CachedEvent::new(e, before) {
                             self.push(ev);
                         }
                     }
@@ -275,11 +231,16 @@ impl WatchCache {
         r.events.push_back(ev.clone());
         r.arrived.push_back(std::time::Instant::now());
         r.newest.note(&ev, self.capacity * RECENT_PER_EVENT);
+        // Events beyond the newest `capacity` are kept only for watchers resuming from the past: as bytes.
+        if let Some(old) = r.events.len().checked_sub(self.capacity + 1).and_then(|i| r.events.get(i)) {
+            old.cool();
+        }
+        let object = ev.object();
         if let Some(ix) = r.index.as_mut() {
-            ix.update(&ev.key, (!ev.deleted).then_some(&*ev.object));
+            ix.update(&ev.key, (!ev.deleted).then_some(&*object));
         }
         if let Some(namespaces) = r.namespaces.as_mut().filter(|_| ev.key.starts_with(NAMESPACES)) {
-            let (name, terminating) = namespace_entry(&ev.key, &ev.object);
+            let (name, terminating) = namespace_entry(&ev.key, &object);
             match ev.deleted {
                 true => namespaces.remove(&name),
                 false => namespaces.insert(name, terminating),
@@ -370,7 +331,7 @@ impl WatchCache {
         })?;
         Ok(s.filter_map(move |item| async move {
             match item {
-                Ok(e) => to_cached(e, None).map(Ok),
+                Ok(e) => CachedEvent::new(e, None).map(Ok),
                 Err(_) => Some(Err(Gone { requested: after, oldest: after + 1 })),
             }
         })
@@ -487,7 +448,10 @@ mod tests {
                 Ok(mut w) => {
                     assert!(resumes, "kept {fresh:?}: the events beyond capacity should be gone");
                     for i in 1..=10 {
-                        assert_eq!(next(&mut w).await.unwrap().revision, listed_at + i);
+                        // The older seven are held only as bytes by now: they decode again, the same.
+                        let ev = next(&mut w).await.unwrap();
+                        assert_eq!(ev.revision, listed_at + i);
+                        assert_eq!(kumo_api::meta::resource_version(&ev.object()), ev.revision.to_string());
                     }
                 }
                 Err(gone) => assert!(!resumes, "kept {fresh:?}: {gone:?}"),
@@ -527,7 +491,7 @@ mod tests {
         caught_up(&cache, a.mod_revision).await;
         let newest = cache.newest(&a.key).expect("a was just written");
         assert_eq!((newest.revision, newest.deleted), (a.mod_revision, false));
-        assert_eq!(kumo_api::meta::resource_version(&newest.object), a.mod_revision.to_string());
+        assert_eq!(kumo_api::meta::resource_version(&newest.object()), a.mod_revision.to_string());
         // The copies cover twice the ring (capacity 3): six more events push `a`'s out.
         let mut last = 0;
         for k in ["b", "c", "d", "e", "f", "g"] {

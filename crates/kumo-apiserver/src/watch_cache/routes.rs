@@ -109,7 +109,8 @@ impl Routes {
         if let Some(resource) = resource_of(&ev.key) {
             slots.push(Slot::Resource(resource.to_string()));
             let mut labels = HashSet::new();
-            for obj in std::iter::once(&*ev.object).chain(ev.prev.as_deref()) {
+            let objects = [Some(ev.object()), ev.prev()];
+            for obj in objects.iter().flatten() {
                 for (k, v) in obj.pointer("/metadata/labels").and_then(|l| l.as_object()).into_iter().flatten() {
                     if let Some(v) = v.as_str() {
                         labels.insert((k.as_str(), v));
@@ -140,14 +141,14 @@ mod tests {
     use serde_json::json;
 
     fn event(key: &str, labels: serde_json::Value, prev: Option<serde_json::Value>) -> Arc<CachedEvent> {
-        Arc::new(CachedEvent {
-            revision: 1,
+        let kv = |labels: serde_json::Value, rev: i64| kumo_store::KeyValue {
             key: key.into(),
-            deleted: false,
-            object: Arc::new(json!({"metadata": {"labels": labels}})),
-            prev: prev.map(|p| Arc::new(json!({"metadata": {"labels": p}}))),
-            encoded: Default::default(),
-        })
+            value: serde_json::to_vec(&json!({"metadata": {"labels": labels}})).unwrap(),
+            create_revision: 1,
+            mod_revision: rev,
+        };
+        let e = kumo_store::Event { kind: kumo_store::EventKind::Put, kv: kv(labels, 2), prev: prev.map(|p| kv(p, 1)) };
+        CachedEvent::new(e, None).unwrap()
     }
 
     #[test]

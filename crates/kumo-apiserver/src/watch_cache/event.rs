@@ -1,0 +1,145 @@
+//! One change as the watch cache holds it. While it is among the newest events it is held decoded (live
+//! watchers, the garbage collector and writes all read it then); older, it is only its stored bytes. The ring
+//! keeps 75 s of history, which at ten thousand nodes is over a hundred thousand events: decoded trees are
+//! several times their JSON, and they were most of the API server's memory.
+
+use crate::objects::{decode, decode_at};
+use bytes::Bytes;
+use kumo_store::{EventKind, KeyValue};
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug)]
+pub struct CachedEvent {
+    pub revision: i64,
+    pub key: String,
+    pub deleted: bool,
+    object: Stored,
+    prev: Option<Stored>,
+    hot: Mutex<Option<Hot>>,
+}
+
+/// An object as the store holds it, and the revision decoding stamps on it as its resourceVersion.
+#[derive(Debug, Clone)]
+struct Stored {
+    json: Bytes,
+    revision: i64,
+}
+
+impl Stored {
+    fn of(kv: KeyValue) -> Stored {
+        Stored { json: Bytes::from(kv.value), revision: kv.mod_revision }
+    }
+
+    fn decode(&self, key: &str) -> Option<Value> {
+        decode_at(key, &self.json, self.revision).ok()
+    }
+}
+
+#[derive(Debug)]
+struct Hot {
+    object: Arc<Value>,
+    prev: Option<Arc<Value>>,
+    /// Watch-stream lines already encoded for this event, by (event type, served apiVersion): watchers of the
+    /// same kind share one serialization instead of each encoding the object again.
+    encoded: Vec<(String, Bytes)>,
+}
+
+impl CachedEvent {
+    /// The change decoded (None: its object is not JSON). `before` is the key's newest cached event: when it is
+    /// the state this change replaced, its object is the previous state, shared rather than decoded again.
+    pub(super) fn new(e: kumo_store::Event, before: Option<Arc<CachedEvent>>) -> Option<Arc<CachedEvent>> {
+        // For a deletion, `kv` is the last state and its mod_revision the deletion's: decode stamps that.
+        let object = decode(&e.kv).ok()?;
+        let before = before.filter(|b| !b.deleted && e.prev.as_ref().is_some_and(|p| b.revision == p.mod_revision));
+        let (prev, prev_value) = match (e.prev, before) {
+            (Some(_), Some(b)) => (Some(b.object.clone()), Some(b.object())),
+            (Some(p), None) => {
+                let value = decode(&p).ok().map(Arc::new);
+                (Some(Stored::of(p)), value)
+            }
+            (None, _) => (None, None),
+        };
+        Some(Arc::new(CachedEvent {
+            revision: e.kv.mod_revision,
+            deleted: e.kind == EventKind::Delete,
+            key: e.kv.key.clone(),
+            object: Stored::of(e.kv),
+            prev,
+            hot: Mutex::new(Some(Hot { object: Arc::new(object), prev: prev_value, encoded: Vec::new() })),
+        }))
+    }
+
+    /// The new object (for a deletion: the last state), resourceVersion stamped with `revision`.
+    pub fn object(&self) -> Arc<Value> {
+        if let Some(hot) = self.hot.lock().expect("lock").as_ref() {
+            return hot.object.clone();
+        }
+        Arc::new(self.object.decode(&self.key).expect("decoded when the event was cached"))
+    }
+
+    /// The state this change replaced, when the store said.
+    pub fn prev(&self) -> Option<Arc<Value>> {
+        if let Some(hot) = self.hot.lock().expect("lock").as_ref() {
+            return hot.prev.clone();
+        }
+        self.prev.as_ref().and_then(|p| p.decode(&self.key)).map(Arc::new)
+    }
+
+    /// The encoding of this event under `key`, computed by `make` the first time (every time, once cold).
+    pub fn encoded(&self, key: &str, make: impl FnOnce() -> Bytes) -> Bytes {
+        if let Some(b) = self.hot.lock().expect("lock").as_ref().and_then(|h| h.find(key)) {
+            return b;
+        }
+        // Made outside the lock: `make` reads the object, and watchers of other kinds need not wait on it.
+        let b = make();
+        if let Some(hot) = self.hot.lock().expect("lock").as_mut() {
+            if hot.find(key).is_none() {
+                hot.encoded.push((key.to_string(), b.clone()));
+            }
+        }
+        b
+    }
+
+    /// Drops the decoded object and the encodings: the event is old, and few will read it again.
+    pub(super) fn cool(&self) {
+        self.hot.lock().expect("lock").take();
+    }
+}
+
+impl Hot {
+    fn find(&self, key: &str) -> Option<Bytes> {
+        self.encoded.iter().find(|(k, _)| k == key).map(|(_, b)| b.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: &Value, rev: i64) -> KeyValue {
+        KeyValue { key: key.into(), value: serde_json::to_vec(value).unwrap(), create_revision: 1, mod_revision: rev }
+    }
+
+    #[test]
+    fn a_cooled_event_reads_the_same_as_a_hot_one() {
+        let key = "/registry/core/configmaps/default/a";
+        let (v1, v2) = (serde_json::json!({"data": {"x": "1"}}), serde_json::json!({"data": {"x": "2"}}));
+        let put = |kv1: KeyValue, kv2: KeyValue| kumo_store::Event { kind: EventKind::Put, kv: kv2, prev: Some(kv1) };
+        let first = CachedEvent::new(kumo_store::Event { kind: EventKind::Put, kv: kv(key, &v1, 2), prev: None }, None)
+            .unwrap();
+        // With the state it replaced at hand, and without: the same previous object either way.
+        for before in [Some(first.clone()), None] {
+            let ev = CachedEvent::new(put(kv(key, &v1, 2), kv(key, &v2, 3)), before).unwrap();
+            let hot = (ev.object(), ev.prev(), ev.encoded("MODIFIED|v1", || Bytes::from_static(b"line")));
+            ev.cool();
+            assert_eq!(*ev.object(), *hot.0);
+            assert_eq!(kumo_api::meta::resource_version(&ev.object()), "3");
+            assert_eq!(ev.prev().as_deref(), hot.1.as_deref());
+            assert_eq!(kumo_api::meta::resource_version(&ev.prev().unwrap()), "2");
+            assert_eq!(hot.2, Bytes::from_static(b"line"));
+            // Cold, an encoding is made again rather than kept.
+            assert_eq!(ev.encoded("MODIFIED|v1", || Bytes::from_static(b"again")), Bytes::from_static(b"again"));
+        }
+    }
+}
