@@ -192,8 +192,11 @@ pub async fn watch(api: Arc<ApiServer>, def: Arc<ResourceDef>, call: &Call) -> R
 
 /// The event a watcher with `sel` sees for `ev`: objects entering the selection are ADDED, leaving it DELETED.
 fn transition(enc: &mut Encoder, sel: &Selectors, ev: &CachedEvent) -> Option<Bytes> {
-    let now = selected(enc, sel, &ev.object());
-    let before = ev.prev().is_some_and(|p| selected(enc, sel, &p));
+    // Without a selector nothing is decoded here: a cold event replayed to thousands of watchers is encoded once.
+    let (now, before) = match sel.is_empty() {
+        true => (true, ev.replaced()),
+        false => (selected(enc, sel, &ev.object()), ev.prev().is_some_and(|p| selected(enc, sel, &p))),
+    };
     if ev.deleted {
         return (now || before).then(|| enc.change("DELETED", ev));
     }
@@ -207,9 +210,7 @@ fn transition(enc: &mut Encoder, sel: &Selectors, ev: &CachedEvent) -> Option<By
 
 /// Selector match on the served representation, skipping the conversion when nothing needs it.
 fn selected(enc: &Encoder, sel: &Selectors, obj: &Value) -> bool {
-    if sel.is_empty() {
-        true
-    } else if enc.def.storage_group.is_some() {
+    if enc.def.storage_group.is_some() {
         sel.matches(&present(&enc.def, obj.clone()))
     } else {
         sel.matches(obj)

@@ -16,7 +16,14 @@ pub struct CachedEvent {
     pub deleted: bool,
     object: Stored,
     prev: Option<Stored>,
+    /// The labels the object has or had: which watchers a change concerns is decided without decoding it
+    /// (ten thousand agents resuming their watches each pass over every VMI change since their revision).
+    labels: Box<[(String, String)]>,
     hot: Mutex<Option<Hot>>,
+    /// Watch-stream lines already encoded for this event, by (event type, served apiVersion): watchers of the
+    /// same kind share one serialization instead of each encoding the object again. Made again on demand once
+    /// cold: a replay to thousands of watchers (every agent's watch of Nodes resuming) encodes it once.
+    encoded: Mutex<Vec<(String, Bytes)>>,
 }
 
 /// An object as the store holds it, and the revision decoding stamps on it as its resourceVersion.
@@ -40,9 +47,6 @@ impl Stored {
 struct Hot {
     object: Arc<Value>,
     prev: Option<Arc<Value>>,
-    /// Watch-stream lines already encoded for this event, by (event type, served apiVersion): watchers of the
-    /// same kind share one serialization instead of each encoding the object again.
-    encoded: Vec<(String, Bytes)>,
 }
 
 impl CachedEvent {
@@ -60,13 +64,19 @@ impl CachedEvent {
             }
             (None, _) => (None, None),
         };
+        let mut labels: Vec<(String, String)> =
+            std::iter::once(&object).chain(prev_value.as_deref()).flat_map(labels_of).collect();
+        labels.sort();
+        labels.dedup();
         Some(Arc::new(CachedEvent {
+            labels: labels.into_boxed_slice(),
             revision: e.kv.mod_revision,
             deleted: e.kind == EventKind::Delete,
             key: e.kv.key.clone(),
             object: Stored::of(e.kv),
             prev,
-            hot: Mutex::new(Some(Hot { object: Arc::new(object), prev: prev_value, encoded: Vec::new() })),
+            hot: Mutex::new(Some(Hot { object: Arc::new(object), prev: prev_value })),
+            encoded: Mutex::default(),
         }))
     }
 
@@ -86,31 +96,43 @@ impl CachedEvent {
         self.prev.as_ref().and_then(|p| p.decode(&self.key)).map(Arc::new)
     }
 
-    /// The encoding of this event under `key`, computed by `make` the first time (every time, once cold).
+    /// The encoding of this event under `key`, computed by `make` the first time. Made under the lock, so that
+    /// watchers handed the event together wait for one encoding rather than each making their own.
     pub fn encoded(&self, key: &str, make: impl FnOnce() -> Bytes) -> Bytes {
-        if let Some(b) = self.hot.lock().expect("lock").as_ref().and_then(|h| h.find(key)) {
-            return b;
+        let mut encoded = self.encoded.lock().expect("lock");
+        if let Some((_, b)) = encoded.iter().find(|(k, _)| k == key) {
+            return b.clone();
         }
-        // Made outside the lock: `make` reads the object, and watchers of other kinds need not wait on it.
         let b = make();
-        if let Some(hot) = self.hot.lock().expect("lock").as_mut() {
-            if hot.find(key).is_none() {
-                hot.encoded.push((key.to_string(), b.clone()));
-            }
-        }
+        encoded.push((key.to_string(), b.clone()));
         b
+    }
+
+    /// Whether this change replaced a state the store told of (an update, or a deletion).
+    pub fn replaced(&self) -> bool {
+        self.prev.is_some()
+    }
+
+    /// Whether the object has or had label `key` = `value`.
+    pub fn has_label(&self, key: &str, value: &str) -> bool {
+        self.labels.iter().any(|(k, v)| k == key && v == value)
+    }
+
+    /// Every label the object has or had.
+    pub fn labels(&self) -> &[(String, String)] {
+        &self.labels
     }
 
     /// Drops the decoded object and the encodings: the event is old, and few will read it again.
     pub(super) fn cool(&self) {
         self.hot.lock().expect("lock").take();
+        *self.encoded.lock().expect("lock") = Vec::new();
     }
 }
 
-impl Hot {
-    fn find(&self, key: &str) -> Option<Bytes> {
-        self.encoded.iter().find(|(k, _)| k == key).map(|(_, b)| b.clone())
-    }
+fn labels_of(obj: &Value) -> impl Iterator<Item = (String, String)> + '_ {
+    let labels = obj.pointer("/metadata/labels").and_then(Value::as_object).into_iter().flatten();
+    labels.filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
 }
 
 #[cfg(test)]
@@ -124,7 +146,10 @@ mod tests {
     #[test]
     fn a_cooled_event_reads_the_same_as_a_hot_one() {
         let key = "/registry/core/configmaps/default/a";
-        let (v1, v2) = (serde_json::json!({"data": {"x": "1"}}), serde_json::json!({"data": {"x": "2"}}));
+        let (v1, v2) = (
+            serde_json::json!({"metadata": {"labels": {"x": "1"}}}),
+            serde_json::json!({"metadata": {"labels": {"x": "2"}}}),
+        );
         let put = |kv1: KeyValue, kv2: KeyValue| kumo_store::Event { kind: EventKind::Put, kv: kv2, prev: Some(kv1) };
         let first = CachedEvent::new(kumo_store::Event { kind: EventKind::Put, kv: kv(key, &v1, 2), prev: None }, None)
             .unwrap();
@@ -138,8 +163,11 @@ mod tests {
             assert_eq!(ev.prev().as_deref(), hot.1.as_deref());
             assert_eq!(kumo_api::meta::resource_version(&ev.prev().unwrap()), "2");
             assert_eq!(hot.2, Bytes::from_static(b"line"));
-            // Cold, an encoding is made again rather than kept.
+            assert!(ev.has_label("x", "1") && ev.has_label("x", "2"), "labels it had and has: {:?}", ev.labels());
+            assert!(!ev.has_label("x", "3"));
+            // Cold, an encoding is made again when asked for, then shared.
             assert_eq!(ev.encoded("MODIFIED|v1", || Bytes::from_static(b"again")), Bytes::from_static(b"again"));
+            assert_eq!(ev.encoded("MODIFIED|v1", || Bytes::from_static(b"third")), Bytes::from_static(b"again"));
         }
     }
 }

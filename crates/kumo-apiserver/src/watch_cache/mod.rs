@@ -358,7 +358,6 @@ impl WatchCache {
         interest: Interest,
         after: i64,
     ) -> Option<BoxStream<'static, Result<Arc<CachedEvent>, Gone>>> {
-        let prefix = interest.prefix.clone();
         let (replay, rx, guard) = {
             let r = self.ring.read().expect("lock");
             if after < r.start {
@@ -366,7 +365,7 @@ impl WatchCache {
             }
             // The ring is in revision order and may hold a quarter million events: start at `after`.
             let from = r.events.partition_point(|e| e.revision <= after);
-            let replay: Vec<_> = r.events.range(from..).filter(|e| e.key.starts_with(&prefix)).cloned().collect();
+            let replay: Vec<_> = r.events.range(from..).filter(|e| interest.concerns(e)).cloned().collect();
             let (id, rx) = self.routes.lock().expect("lock").add(&interest, self.capacity.max(1024));
             (replay, rx, RouteGuard { cache: Arc::downgrade(self), id })
         };
@@ -457,6 +456,33 @@ mod tests {
                 Err(gone) => assert!(!resumes, "kept {fresh:?}: {gone:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_replay_passes_on_only_the_changes_a_watcher_is_filed_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(kumo_store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        // Capacity 1: all but the newest event are cold when replayed.
+        let cache = WatchCache::start(store.clone(), 1).await.unwrap();
+        let from = cache.revision();
+        let vmis = "/registry/kubevirt.io/virtualmachineinstances/";
+        let on = |node: &str| serde_json::to_vec(&serde_json::json!({"metadata": {"labels": {"n": node}}})).unwrap();
+        let a1 = store.create(&format!("{vmis}ns/a1"), on("a")).await.unwrap();
+        store.create(&format!("{vmis}ns/b1"), on("b")).await.unwrap();
+        // Moved from a to b: a's watcher must see it leave.
+        let moved = store.update(&a1.key, on("b"), a1.mod_revision).await.unwrap();
+        let last = store.create(&format!("{vmis}ns/b2"), on("b")).await.unwrap().mod_revision;
+        caught_up(&cache, last).await;
+        let interest = Interest { prefix: vmis.into(), label: Some(("n".into(), "a".into())) };
+        let mut w = cache.watch_with(interest, from).unwrap();
+        assert_eq!(next(&mut w).await.unwrap().revision, a1.mod_revision);
+        assert_eq!(next(&mut w).await.unwrap().revision, moved.mod_revision);
+        let more = tokio::time::timeout(Duration::from_millis(200), w.next()).await;
+        assert!(
+            more.is_err(),
+            "only a's changes are replayed, got {:?}",
+            more.map(|e| e.map(|e| e.map(|e| e.key.clone())))
+        );
     }
 
     async fn caught_up(cache: &WatchCache, rev: i64) {

@@ -6,7 +6,7 @@
 //! A watcher whose queue is full (it fell behind) is dropped: its stream ends and its client relists.
 
 use super::CachedEvent;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -20,6 +20,12 @@ pub struct Interest {
 impl Interest {
     pub fn prefix(prefix: &str) -> Interest {
         Interest { prefix: prefix.to_string(), label: None }
+    }
+
+    /// Whether `ev` is of interest: as a live change reaches only the watchers it concerns, so a replay of
+    /// history passes only those changes on (the caller still applies its whole selector).
+    pub fn concerns(&self, ev: &CachedEvent) -> bool {
+        ev.key.starts_with(&self.prefix) && self.label.as_ref().is_none_or(|(k, v)| ev.has_label(k, v))
     }
 }
 
@@ -108,16 +114,8 @@ impl Routes {
         let mut slots = vec![Slot::Broad];
         if let Some(resource) = resource_of(&ev.key) {
             slots.push(Slot::Resource(resource.to_string()));
-            let mut labels = HashSet::new();
-            let objects = [Some(ev.object()), ev.prev()];
-            for obj in objects.iter().flatten() {
-                for (k, v) in obj.pointer("/metadata/labels").and_then(|l| l.as_object()).into_iter().flatten() {
-                    if let Some(v) = v.as_str() {
-                        labels.insert((k.as_str(), v));
-                    }
-                }
-            }
-            slots.extend(labels.into_iter().map(|(k, v)| Slot::Label(resource.to_string(), k.into(), v.into())));
+            let labels = ev.labels().iter();
+            slots.extend(labels.map(|(k, v)| Slot::Label(resource.to_string(), k.clone(), v.clone())));
         }
         let mut behind = Vec::new();
         for slot in slots {
