@@ -16,7 +16,7 @@ pub mod nodelifecycle;
 pub mod pool;
 pub mod protection;
 pub mod provisioner;
-pub mod reflect;
+pub use kumo_reflect as reflect;
 pub mod replicaset;
 pub mod resizer;
 pub mod runtime;

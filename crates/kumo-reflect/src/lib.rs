@@ -1,5 +1,5 @@
-//! Watches as the controllers hold them: a cache of every object of a kind, slimmed of what no controller reads,
-//! and the objects to reconcile from it.
+//! Watches as kumo's controllers and node agents hold them: a cache of every object of a kind (or of those a
+//! selector picks), slimmed of what no controller reads, and the objects to reconcile from it.
 
 use futures::StreamExt;
 use kube::runtime::controller::Controller;
@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
 /// A watch cache of every `K`, and the stream of the objects it sees change.
-pub(crate) fn cache<K>(client: &Client) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>>)
+pub fn cache<K>(client: &Client) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
@@ -53,10 +53,25 @@ pub fn settled<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
+    settled_with(store, events, || {})
+}
+
+/// [`settled`], calling `listed` each time a (re)list is whole, before its objects are handed out.
+pub fn settled_with<K>(
+    store: Store<K>,
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    listed: impl Fn() + Send + 'static,
+) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
     events
         .map(move |ev| match ev {
             Ok(watcher::Event::Apply(o)) => vec![store.get(&ObjectRef::from_obj(&o)).unwrap_or_else(|| Arc::new(o))],
-            Ok(watcher::Event::InitDone) => store.state(),
+            Ok(watcher::Event::InitDone) => {
+                listed();
+                store.state()
+            }
             Ok(_) => vec![],
             Err(e) => {
                 tracing::debug!("{} watch: {e}", K::kind(&()));

@@ -220,6 +220,17 @@ impl Agent {
 }
 
 /// What every node runs, real or simulated: sweeping what vanished VMIs left, and reconciling this node's VMIs.
+/// A watch of this node's objects, ended by the server after a time of this node's own: watches made together
+/// (every agent after an API server restart) would otherwise all end and resume together every five minutes,
+/// ten thousand replays at once.
+pub(crate) fn watch_config(node: &str) -> watcher::Config {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    node.hash(&mut h);
+    // Under kube's 295 s read timeout, as its own default (290 s) is.
+    watcher::Config::default().timeout(150 + (h.finish() % 140) as u32)
+}
+
 pub(crate) async fn serve(agent: Arc<Agent>) {
     // Only this node's VMIs, selected by the server: KubeVirt's node label, which the scheduler sets when it
     // binds and keeps on the VMI until it is gone (deleting and finished ones included, so their cleanup is
@@ -247,30 +258,18 @@ pub(crate) async fn serve(agent: Arc<Agent>) {
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
     });
-    let slim = |v: &mut VirtualMachineInstance| v.metadata.managed_fields = None;
     // Listed at any recent revision (resourceVersion=0), as kubelets list their pods: served from the API
     // server's index without waiting for its cache to catch up, which matters when every agent relists at once.
     // With backoff: an error yields nothing below, so a watch failing at once must wait before trying again.
-    let vmis = watcher(api, watcher::Config::default().labels(&mine).any_semantic()).default_backoff().modify(slim);
-    // Each change once the cache holds it, and every VMI once a (re)list is whole: a relist's objects reach the
-    // cache only at its end, and one looked up before was dropped (a VMI bound here while the watch was down
-    // would never start). Listed is said then too: a sweep against a cache still empty would take every guest
-    // for an orphan.
-    let cache = store.clone();
-    let vmis = kube::runtime::reflector(writer, vmis)
-        .map(move |ev| match ev {
-            Ok(watcher::Event::Apply(v)) => vec![Arc::new(v)],
-            Ok(watcher::Event::InitDone) => {
-                listed_tx.send_replace(true);
-                cache.state()
-            }
-            Ok(_) => vec![],
-            Err(e) => {
-                tracing::debug!("VMI watch: {e}");
-                vec![]
-            }
-        })
-        .flat_map(futures::stream::iter);
+    let vmis = watcher(api, watch_config(&agent.node).labels(&mine).any_semantic())
+        .default_backoff()
+        .modify(kumo_reflect::slim);
+    // Each change once the cache holds it, and every VMI once a (re)list is whole (a VMI bound here while the
+    // watch was down would otherwise never start). Listed is said then too: a sweep against a cache still empty
+    // would take every guest for an orphan.
+    let vmis = kumo_reflect::settled_with(store.clone(), kube::runtime::reflector(writer, vmis), move || {
+        listed_tx.send_replace(true);
+    });
     Controller::for_shared_stream(vmis, store)
         .run(reconcile::reconcile, reconcile::error_policy, agent)
         .for_each(|r| async move {

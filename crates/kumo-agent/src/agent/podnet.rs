@@ -146,7 +146,7 @@ async fn apply(net: &NodeNet, want: &Peers, nat: bool) -> Result<()> {
 /// Follows the Nodes and re-applies whenever what this node wants changes, and every [`RESYNC`].
 async fn follow(api: Api<Node>, me: String, net: NodeNet, mut applied: Peers) {
     let (reader, writer) = reflector::store();
-    let mut events = Box::pin(reflector(writer, watcher(api, watcher::Config::default()).default_backoff()));
+    let mut events = Box::pin(reflector(writer, watcher(api, super::watch_config(&me)).default_backoff()));
     // `start` has just applied: the first resync is one period away.
     let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC, RESYNC);
     let (mut ready, mut warned_cidr) = (false, false);

@@ -11,9 +11,8 @@ use crate::image::{create_empty_disk, PullPolicy};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use kumo_api::cdi::POPULATE_SOURCE;
 use kumo_api::provisioning::{self as prov, CLEANUP_FINALIZER, VOLUME_NODE_LABEL};
@@ -34,7 +33,9 @@ pub enum Error {
 pub(crate) async fn run(keeper: Arc<Keeper>) {
     let mine = format!("{VOLUME_NODE_LABEL}={}", keeper.node);
     let api = Api::<PersistentVolume>::all(keeper.client.clone());
-    Controller::new(api, watcher::Config::default().labels(&mine))
+    // Each volume once the cache holds it, and all again after a relist (`Controller::new` drops objects a
+    // relist brings until the list is whole).
+    kumo_reflect::slim_controller(api, crate::agent::watch_config(&keeper.node).labels(&mine))
         .run(
             reconcile,
             |_, err, _| {
