@@ -69,6 +69,7 @@ pub struct Running {
 /// is bound (serving continues in the background).
 pub async fn run(config: Config, store: Arc<dyn Store>, events: Option<Arc<dyn Store>>) -> Result<Running> {
     private_dir(&config.data_dir)?;
+    let mut phases = Phases::new();
     let mut secret = ClusterSecret::resolve(&config.data_dir, config.cluster_secret.as_deref())?;
     let encryption = match &config.encryption_config {
         Some(path) => EncryptionConfig::load(path)?,
@@ -84,6 +85,7 @@ pub async fn run(config: Config, store: Arc<dyn Store>, events: Option<Arc<dyn S
     let pki = tls::load_or_create(&*store, &secret, &config.data_dir, &hosts).await?;
     secret.persist()?;
     let tls_config = tls::server_config(&pki)?;
+    phases.mark("pki");
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {} (is another kumo server running?)", config.listen))?;
@@ -96,15 +98,18 @@ pub async fn run(config: Config, store: Arc<dyn Store>, events: Option<Arc<dyn S
         Some(e) => WatchCache::start(e.clone(), config.watch_cache_size).await?,
         None => cache.clone(),
     };
+    phases.mark("watch cache");
     let objects = Objects { events: events.unwrap_or_else(|| store.clone()), store, event_ttl: config.event_ttl };
     let ca = tls::ClusterCa::new(&pki);
     let registry = Arc::new(Registry::with_builtins());
     let api = Arc::new(ApiServer::new(objects, registry, (cache, events_cache), pki.token.clone(), ca, &config));
     state::bootstrap(&api).await?;
+    phases.mark("bootstrap");
     crate::flowcontrol::start(&api).await?;
     state::publish_upload_proxy(&api, &server_url).await?;
     state::follow_crds(api.clone());
     crate::corruption::spawn(api.clone());
+    phases.mark("flow control and CRDs");
 
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let serve_api = api.clone();
@@ -147,7 +152,10 @@ pub async fn run(config: Config, store: Arc<dyn Store>, events: Option<Arc<dyn S
             });
         }
     });
-    tracing::info!("kumo API server listening on {server_url}; kubeconfig at {}", kubeconfig.display());
+    tracing::info!(
+        "kumo API server listening on {server_url}; kubeconfig at {}; started in {phases}",
+        kubeconfig.display()
+    );
     Ok(Running { addr, kubeconfig, api })
 }
 
@@ -157,4 +165,33 @@ fn private_dir(dir: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("making {} private (mode 0700)", dir.display()))
+}
+
+/// How long each start-up phase took, for the log: a slow restart says where its time went.
+struct Phases {
+    last: std::time::Instant,
+    took: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases { last: std::time::Instant::now(), took: Vec::new() }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.took.push((phase, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all: Duration = self.took.iter().map(|(_, d)| *d).sum();
+        write!(f, "{:.2}s (", all.as_secs_f64())?;
+        for (i, (phase, d)) in self.took.iter().enumerate() {
+            write!(f, "{}{phase} {:.2}s", if i > 0 { ", " } else { "" }, d.as_secs_f64())?;
+        }
+        write!(f, ")")
+    }
 }

@@ -254,7 +254,11 @@ fn unplaced(
                 .filter(|r| !waiting.contains(r))
                 .collect();
             if !stale.is_empty() {
-                tracing::warn!(count = stale.len(), "VMIs waiting for a node were not placed yet: queued again");
+                // Info, not a warning: during a burst most of them are simply still in the scheduler's queue.
+                tracing::info!(
+                    count = stale.len(),
+                    "VMIs waiting over 10s for a node (a backlog, or a missed change): queued again"
+                );
             }
             Some((futures::stream::iter(stale), ()))
         }

@@ -90,7 +90,10 @@ impl StoreArgs {
 }
 
 fn open_embedded(path: &Path) -> Result<Arc<dyn Store>> {
+    let started = std::time::Instant::now();
     let store = RedbStore::open(path).with_context(|| format!("opening the store at {}", path.display()))?;
+    // After a crash redb checks the whole file before it opens: the first thing to look at in a slow restart.
+    tracing::info!("opened the store at {} in {:.2}s", path.display(), started.elapsed().as_secs_f64());
     // The store holds every object, Secrets included (sealed, but still): only this user may read it.
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .with_context(|| format!("making {} private", path.display()))?;
