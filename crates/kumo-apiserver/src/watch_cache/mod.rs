@@ -366,7 +366,11 @@ impl WatchCache {
             // The ring is in revision order and may hold a quarter million events: start at `after`.
             let from = r.events.partition_point(|e| e.revision <= after);
             let replay: Vec<_> = r.events.range(from..).filter(|e| interest.concerns(e)).cloned().collect();
-            let (id, rx) = self.routes.lock().expect("lock").add(&interest, self.capacity.max(1024));
+            // A watcher is dropped only once as far behind as the ring is long: its queue holds the ring's own
+            // events (pointers), and a watcher dropped must relist, which at 100,000 VMIs takes longer than the
+            // history lasts (the controllers' shared watch, dropped in a burst of 500 VMs a second, relisted
+            // over and over).
+            let (id, rx) = self.routes.lock().expect("lock").add(&interest, MAX_EVENTS);
             (replay, rx, RouteGuard { cache: Arc::downgrade(self), id })
         };
         let last = replay.last().map(|e| e.revision).unwrap_or(after);
