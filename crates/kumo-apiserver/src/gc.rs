@@ -153,26 +153,40 @@ fn key_namespace(key: &str) -> Option<&str> {
 async fn run_collector(api: &ApiServer) -> anyhow::Result<()> {
     let mut index = Index::default();
     let mut dirty: BTreeSet<String> = BTreeSet::new();
-    // Read a page at a time at one revision: the index is all that stays, never every object at once.
-    let (mut revision, mut start_after) = (None, None);
-    loop {
-        let req = RangeRequest { prefix: "/registry/".into(), start_after, limit: 1000, revision };
-        let page = api.objects.store.range(req).await?;
-        revision = Some(page.revision);
-        for kv in &page.kvs {
-            if let Ok(obj) = decode(kv) {
-                index.put(&kv.key, &obj);
-                if meta::deletion_timestamp(&obj).is_some() {
-                    dirty.insert(kv.key.clone());
+    let mut take = |key: &str, obj: &Value| {
+        index.put(key, obj);
+        if meta::deletion_timestamp(obj).is_some() {
+            dirty.insert(key.to_string());
+        }
+    };
+    let revision = match api.cache.listing("/registry/") {
+        // The watch cache holds every object: one at a time decoded, the index is all that stays.
+        Some(listing) => {
+            for ev in listing.items.iter() {
+                take(&ev.key, &ev.object());
+            }
+            listing.revision
+        }
+        None => {
+            // Read a page at a time at one revision, never every object at once.
+            let (mut revision, mut start_after) = (None, None);
+            loop {
+                let req = RangeRequest { prefix: "/registry/".into(), start_after, limit: 1000, revision };
+                let page = api.objects.store.range(req).await?;
+                revision = Some(page.revision);
+                for kv in &page.kvs {
+                    if let Ok(obj) = decode(kv) {
+                        take(&kv.key, &obj);
+                    }
+                }
+                start_after = page.kvs.last().map(|kv| kv.key.clone());
+                if !page.more || start_after.is_none() {
+                    break;
                 }
             }
+            revision.unwrap_or(0)
         }
-        start_after = page.kvs.last().map(|kv| kv.key.clone());
-        if !page.more || start_after.is_none() {
-            break;
-        }
-    }
-    let revision = revision.unwrap_or(0);
+    };
     dirty.extend(index.owners.keys().filter(|k| index.orphaned(k)).cloned());
     let mut events = api.cache.watch("/registry/", revision).await.map_err(|g| anyhow::anyhow!("watch: {g:?}"))?;
     // The newest change taken in: where the watch resumes when it falls behind.

@@ -101,6 +101,41 @@ async fn watch_from_compacted_version_is_410() {
     }
 }
 
+/// A paged list is one snapshot, served from the watch cache: the pages after the first show the objects as
+/// they were at the first page's resourceVersion, whatever changed since, even once the store has compacted
+/// that revision (read from the store, such a page is 410 Gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_list_is_one_snapshot_from_the_cache() {
+    let s = Server::start_with(&["--compaction-interval", "1s"]).unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(s.client().await.unwrap(), "default");
+    let names: Vec<String> = (0..7).map(|i| format!("p{i}")).collect();
+    for n in &names {
+        api.create(&PostParams::default(), &cm(n)).await.unwrap();
+    }
+    let first = api.list(&kube::api::ListParams::default().limit(3)).await.unwrap();
+    let rv = first.metadata.resource_version.clone().expect("a list has a resourceVersion");
+    assert_eq!(first.metadata.remaining_item_count, Some(4), "{:?}", first.metadata);
+    let mut seen: Vec<String> = first.items.iter().filter_map(|c| c.metadata.name.clone()).collect();
+    // Changes after the first page, then time for compaction to pass its revision.
+    api.delete("p5", &DeleteParams::default()).await.unwrap();
+    api.create(&PostParams::default(), &cm("p3a")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    api.create(&PostParams::default(), &cm("late")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut token = first.metadata.continue_.clone();
+    while let Some(t) = token.filter(|t| !t.is_empty()) {
+        let page = api.list(&kube::api::ListParams::default().limit(3).continue_token(&t)).await.unwrap();
+        assert_eq!(page.metadata.resource_version.as_deref(), Some(rv.as_str()), "every page is at the first's");
+        seen.extend(page.items.iter().filter_map(|c| c.metadata.name.clone()));
+        token = page.metadata.continue_.clone();
+    }
+    assert_eq!(seen, names, "the pages are the objects as of the first page");
+    // A new list sees the changes.
+    let now: Vec<String> =
+        api.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|c| c.metadata.name).collect();
+    assert!(now.contains(&"p3a".to_string()) && !now.contains(&"p5".to_string()), "{now:?}");
+}
+
 /// Writers racing on one object: read-modify-write replaces (retried on 409) and merge patches. Writes start
 /// from the watch cache's copy, which may lag; every increment and every patched key must still land once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,19 +112,26 @@ pub async fn list(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Res
     }
     let prefix = def.list_prefix(call.namespace());
     let as_json = !call.accept.table && !call.accept.yaml;
-    let indexed = match (revision, &start_after, single_key(def, call, &sel)) {
+    let cached = match (revision, &start_after, single_key(def, call, &sel)) {
         (None, None, Some(key)) => Some(from_key(api, def, &sel, &key, Items::new(as_json)).await?),
         (None, None, None) => {
-            // resourceVersion=0 asks for any recent state, as client-go's informers list: the index answers at
-            // its own revision without waiting for it to catch up with the store (and the watch that follows
-            // from that revision brings the rest). Ten thousand agents relisting after a restart must not each
-            // wait, then scan every VMI, while the cache is behind a burst.
-            let any = rv == Some("0");
-            from_index(api, def, &sel, &prefix, limit, any, Items::new(as_json)).await?
+            // A resourceVersion asks for any state not older (0: any recent one, as client-go's informers
+            // list): the cache, which has already reached it, answers at its own revision without waiting to
+            // catch up with the store (and the watch that follows from that revision brings the rest). Ten
+            // thousand agents relisting after a restart must not each wait while the cache is behind a burst.
+            let any = rv.is_some();
+            let cache = Cached { api, def, sel: &sel, prefix: &prefix, limit };
+            match cache.indexed(any, Items::new(as_json)).await? {
+                Some(page) => Some(page),
+                None => cache.first(any, Items::new(as_json)).await?,
+            }
+        }
+        (Some(rev), Some(after), _) => {
+            Cached { api, def, sel: &sel, prefix: &prefix, limit }.continued(rev, after, Items::new(as_json))
         }
         _ => None,
     };
-    let Page { items, more, remaining, last_key, read_rev } = match indexed {
+    let Page { items, more, remaining, last_key, read_rev } = match cached {
         Some(page) => page,
         None => scan(api, def, call, &sel, &prefix, limit, revision, start_after, Items::new(as_json)).await?,
     };
@@ -241,47 +248,76 @@ async fn from_key(
     Ok(page)
 }
 
-/// A list selecting on a label the watch cache indexes, answered by reading only the keys that carry it, at
-/// the cache's revision once it has caught up with the store (so the read is as consistent as the store's),
-/// or at once when `any` recent revision will do. None: not indexed, or the cache is behind; the caller scans.
-#[allow(clippy::too_many_arguments)]
-async fn from_index(
-    api: &ApiServer,
-    def: &ResourceDef,
-    sel: &Selectors,
-    prefix: &str,
+/// A list answered from the watch cache, which holds every object.
+struct Cached<'a> {
+    api: &'a ApiServer,
+    def: &'a ResourceDef,
+    sel: &'a Selectors,
+    prefix: &'a str,
     limit: usize,
-    any: bool,
-    items: Items,
-) -> Result<Option<Page>, ApiError> {
-    let Some((label, value)) = sel.labels.required_label() else { return Ok(None) };
-    if !crate::watch_cache::index_covers(prefix, label) {
-        return Ok(None);
+}
+
+impl Cached<'_> {
+    /// Whether the cache may answer now: it has caught up with the store (so the list is as consistent as a
+    /// read of the store), or `any` recent revision will do.
+    async fn current(&self, any: bool) -> Result<bool, ApiError> {
+        if any {
+            return Ok(true);
+        }
+        let store = self.api.objects.store_for(self.prefix);
+        let current = store.current_revision().await.map_err(|e| store_error(self.def, "", e))?;
+        Ok(self.api.cache_for(self.prefix).wait_for(current, Duration::from_secs(3)).await)
     }
-    let (store, cache) = (api.objects.store_for(prefix), api.cache_for(prefix));
-    if !any {
-        let current = store.current_revision().await.map_err(|e| store_error(def, "", e))?;
-        if !cache.wait_for(current, Duration::from_secs(3)).await {
+
+    /// A list selecting on a label the cache indexes: only the objects that carry it are looked at. None: not
+    /// indexed, or the cache is behind; the caller reads the store.
+    async fn indexed(&self, any: bool, items: Items) -> Result<Option<Page>, ApiError> {
+        let Some((label, value)) = self.sel.labels.required_label() else { return Ok(None) };
+        if !crate::watch_cache::index_covers(self.prefix, label) || !self.current(any).await? {
             return Ok(None);
         }
+        let listing = self.api.cache_for(self.prefix).indexed(self.prefix, label, value);
+        Ok(listing.map(|l| self.page(&l, 0, items)))
     }
-    let Some((keys, rev)) = cache.indexed_keys(prefix, label, value) else { return Ok(None) };
-    let mut page = Page { items, more: false, remaining: 0, last_key: None, read_rev: rev };
-    for key in keys {
-        if limit > 0 && page.items.len() == limit {
-            page.more = true;
-            break;
+
+    /// The first page of a list, its snapshot kept for the pages that follow.
+    async fn first(&self, any: bool, items: Items) -> Result<Option<Page>, ApiError> {
+        if !self.current(any).await? {
+            return Ok(None);
         }
-        let req = RangeRequest { prefix: key.clone(), limit: 1, revision: Some(rev), ..Default::default() };
-        let r = store.range(req).await.map_err(|e| store_error(def, "", e))?;
-        let Some(kv) = r.kvs.first().filter(|kv| kv.key == key) else { continue };
-        let obj = present(def, decode(kv)?);
-        if sel.matches(&obj) {
-            page.items.push(obj);
-            page.last_key = Some(key);
+        let cache = self.api.cache_for(self.prefix);
+        let Some(listing) = cache.listing(self.prefix) else { return Ok(None) };
+        let page = self.page(&listing, 0, items);
+        if page.more {
+            cache.keep(listing);
         }
+        Ok(Some(page))
     }
-    Ok(Some(page))
+
+    /// A page after the first, from the first page's snapshot when it is still kept (None: read the store at
+    /// the token's revision).
+    fn continued(&self, revision: i64, after: &str, items: Items) -> Option<Page> {
+        let listing = self.api.cache_for(self.prefix).kept(self.prefix, revision)?;
+        Some(self.page(&listing, listing.after(after), items))
+    }
+
+    /// Up to `limit` selected objects of `listing` from its `from`th.
+    fn page(&self, listing: &crate::watch_cache::Listing, from: usize, items: Items) -> Page {
+        let mut page = Page { items, more: false, remaining: 0, last_key: None, read_rev: listing.revision };
+        for (i, ev) in listing.items.iter().enumerate().skip(from) {
+            if self.limit > 0 && page.items.len() == self.limit {
+                page.more = true;
+                page.remaining = (listing.items.len() - i) as i64;
+                break;
+            }
+            let obj = present(self.def, std::sync::Arc::unwrap_or_clone(ev.object()));
+            if self.sel.matches(&obj) {
+                page.items.push(obj);
+            }
+            page.last_key = Some(ev.key.clone());
+        }
+        page
+    }
 }
 
 /// A list read from the store: in pages until `limit` selected items are found.

@@ -80,6 +80,33 @@ impl CachedEvent {
         }))
     }
 
+    /// An object as read from the store (when the cache starts): its bytes only, and its labels.
+    pub(super) fn stored(kv: KeyValue) -> Arc<CachedEvent> {
+        #[derive(serde::Deserialize)]
+        struct Labelled {
+            #[serde(default)]
+            metadata: Meta,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct Meta {
+            #[serde(default)]
+            labels: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+        }
+        // Most of each object is skipped, not decoded.
+        let labels = serde_json::from_slice::<Labelled>(&kv.value).ok().and_then(|o| o.metadata.labels);
+        let labels = labels.into_iter().flatten().filter_map(|(k, v)| Some((k, v.as_str()?.to_string())));
+        Arc::new(CachedEvent {
+            labels: labels.collect(),
+            revision: kv.mod_revision,
+            deleted: false,
+            key: kv.key.clone(),
+            object: Stored::of(kv),
+            prev: None,
+            hot: Mutex::new(None),
+            encoded: Mutex::default(),
+        })
+    }
+
     /// The new object (for a deletion: the last state), resourceVersion stamped with `revision`.
     pub fn object(&self) -> Arc<Value> {
         if let Some(hot) = self.hot.lock().expect("lock").as_ref() {

@@ -34,23 +34,10 @@ impl LabelIndex {
         self.set(key, value);
     }
 
-    /// Records `key`'s stored bytes, reading only its labels (at start, every indexed object is read: most of
-    /// each is skipped rather than decoded).
-    pub fn update_raw(&mut self, key: &str, stored: &[u8]) {
-        #[derive(serde::Deserialize)]
-        struct Labelled {
-            #[serde(default)]
-            metadata: Meta,
-        }
-        #[derive(serde::Deserialize, Default)]
-        struct Meta {
-            #[serde(default)]
-            labels: std::collections::BTreeMap<String, String>,
-        }
+    /// Records `key`'s labels, as read from its stored bytes when the cache starts.
+    pub fn update_labels(&mut self, key: &str, labels: &[(String, String)]) {
         let Some((_, label)) = index_of(key) else { return };
-        if let Ok(o) = serde_json::from_slice::<Labelled>(stored) {
-            self.set(key, o.metadata.labels.get(label).map(String::as_str));
-        }
+        self.set(key, labels.iter().find(|(k, _)| k == label).map(|(_, v)| v.as_str()));
     }
 
     fn set(&mut self, key: &str, value: Option<&str>) {
@@ -117,8 +104,13 @@ mod tests {
         let p = INDEXED[0].0;
         let obj = json!({"metadata": {"name": "x", "labels": {"kubevirt.io/nodeName": "n1", "app": "a"}},
             "spec": {"domain": {"devices": {}}}, "status": {"phase": "Running"}});
-        ix.update_raw(&format!("{p}a/x"), &serde_json::to_vec(&obj).unwrap());
-        ix.update_raw(&format!("{p}a/y"), br#"{"metadata": {"name": "y"}}"#);
+        for (key, value) in
+            [("a/x", serde_json::to_vec(&obj).unwrap()), ("a/y", br#"{"metadata": {"name": "y"}}"#.to_vec())]
+        {
+            let kv = kumo_store::KeyValue { key: format!("{p}{key}"), value, create_revision: 1, mod_revision: 1 };
+            let ev = super::super::CachedEvent::stored(kv);
+            ix.update_labels(&ev.key, ev.labels());
+        }
         assert_eq!(ix.keys(p, "n1", None), [format!("{p}a/x")]);
         ix.update(&format!("{p}a/x"), None);
         assert!(ix.keys(p, "n1", None).is_empty());

@@ -8,9 +8,12 @@ use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
+mod current;
 mod event;
 mod index;
 mod routes;
+pub use current::Listing;
+use current::{Current, Kept};
 pub use event::CachedEvent;
 pub use index::covers as index_covers;
 pub use routes::Interest;
@@ -22,9 +25,6 @@ pub struct Gone {
     pub requested: i64,
     pub oldest: i64,
 }
-
-/// How many times the ring's length of events the copies for writes cover.
-const RECENT_PER_EVENT: usize = 2;
 
 /// History the ring keeps however many events that is (up to [`MAX_EVENTS`]), as kube-apiserver's watch cache
 /// keeps 75 s: a client's watch starts from the revision of the list it just made, and at ten thousand nodes the
@@ -38,75 +38,131 @@ struct Ring {
     events: VecDeque<Arc<CachedEvent>>,
     /// When each of `events` arrived.
     arrived: VecDeque<std::time::Instant>,
+    /// `events` again, by resource: a resuming watch of one resource is replayed from its own, not from every
+    /// change since its revision (at ten thousand nodes the Lease renewals alone are a thousand a second, and
+    /// ten thousand agents resume a watch every few minutes).
+    by_resource: HashMap<String, VecDeque<Arc<CachedEvent>>>,
     /// Every event with revision > `start` is in `events` (or the store watch must be used).
     start: i64,
     last: i64,
-    /// The newest event of each recently changed key: a write finds the object it replaces here instead of
-    /// reading the store (see [`WatchCache::newest`]).
-    newest: Recent,
-    /// Every namespace, and whether it is terminating (None: the initial read failed), so that creating an
-    /// object need not read its namespace from the store (Kubernetes' admission uses an informer alike).
-    namespaces: Option<HashMap<String, bool>>,
-    /// Label indexes as of `last` (None: the initial read failed; lists scan the store instead).
-    index: Option<index::LabelIndex>,
+    /// What the cache knows of every object as of `last`; None when the initial read failed (lists then read
+    /// the store, creates read namespaces from it, and writes read the object they replace).
+    known: Option<Known>,
+}
+
+struct Known {
+    /// Every object: lists are served from here, and a write finds the object it replaces here (see
+    /// [`WatchCache::newest`]).
+    current: Current,
+    /// Every namespace, and whether it is terminating, so that creating an object need not read its namespace
+    /// from the store (Kubernetes' admission uses an informer alike).
+    namespaces: HashMap<String, bool>,
+    /// Label indexes.
+    index: index::LabelIndex,
 }
 
 const NAMESPACES: &str = "/registry/core/namespaces/";
 
-/// The newest event of each key among the last `capacity` events: more than the ring keeps, so that a burst
-/// of changes to many objects can still be followed by writes to each, without holding every object.
-#[derive(Default)]
-struct Recent {
-    order: VecDeque<(String, i64)>,
-    by_key: HashMap<String, Arc<CachedEvent>>,
-}
-
-impl Recent {
-    fn note(&mut self, ev: &Arc<CachedEvent>, capacity: usize) {
-        self.order.push_back((ev.key.clone(), ev.revision));
-        self.by_key.insert(ev.key.clone(), ev.clone());
-        while self.order.len() > capacity {
-            let Some((key, rev)) = self.order.pop_front() else { break };
-            if self.by_key.get(&key).is_some_and(|e| e.revision == rev) {
-                self.by_key.remove(&key);
-            }
-        }
-    }
-}
-
 impl Ring {
     fn new(rev: i64) -> Ring {
-        Ring {
-            events: VecDeque::new(),
-            arrived: VecDeque::new(),
-            start: rev,
-            last: rev,
-            newest: Recent::default(),
-            namespaces: None,
-            index: None,
+        let (events, arrived, by_resource) = Default::default();
+        Ring { events, arrived, by_resource, start: rev, last: rev, known: None }
+    }
+
+    fn push_event(&mut self, ev: &Arc<CachedEvent>) {
+        self.events.push_back(ev.clone());
+        self.arrived.push_back(std::time::Instant::now());
+        if let Some(res) = routes::resource_of(&ev.key) {
+            self.by_resource.entry(res.to_string()).or_default().push_back(ev.clone());
         }
     }
 
-    /// The ring at `rev`, with the namespaces as of `rev` (events after it keep them current).
+    /// Forgets the oldest event.
+    fn pop_event(&mut self) -> Option<Arc<CachedEvent>> {
+        self.arrived.pop_front();
+        let old = self.events.pop_front()?;
+        // The oldest of its resource too: both are in revision order.
+        if let Some(res) = routes::resource_of(&old.key) {
+            if let Some(q) = self.by_resource.get_mut(res) {
+                q.pop_front();
+                if q.is_empty() {
+                    self.by_resource.remove(res);
+                }
+            }
+        }
+        Some(old)
+    }
+
+    /// The events after `after` that `interest` concerns.
+    fn since(&self, interest: &Interest, after: i64) -> Vec<Arc<CachedEvent>> {
+        let events = match routes::resource_of(&interest.prefix) {
+            Some(res) => match self.by_resource.get(res) {
+                Some(q) => q,
+                None => return Vec::new(),
+            },
+            None => &self.events,
+        };
+        // In revision order, and up to a quarter million events: start at `after`.
+        let from = events.partition_point(|e| e.revision <= after);
+        events.range(from..).filter(|e| interest.concerns(e)).cloned().collect()
+    }
+
+    /// The ring at `rev`, with every object as of `rev` (events after it keep them current).
     async fn at(store: &dyn Store, rev: i64) -> Ring {
-        let req = kumo_store::RangeRequest { prefix: NAMESPACES.into(), revision: Some(rev), ..Default::default() };
-        let namespaces = match store.range(req).await {
-            Ok(r) => {
-                Some(r.kvs.iter().filter_map(|kv| decode(kv).ok().map(|ns| namespace_entry(&kv.key, &ns))).collect())
-            }
+        let known = match Known::read(store, rev).await {
+            Ok(k) => Some(k),
             Err(e) => {
-                tracing::warn!("watch cache: reading namespaces: {e}; creates will read them from the store");
+                tracing::warn!("watch cache: reading the objects: {e}; lists, creates and writes will read the store");
                 None
             }
         };
-        let index = match build_index(store, rev).await {
-            Ok(ix) => Some(ix),
-            Err(e) => {
-                tracing::warn!("watch cache: building label indexes: {e}; selected lists will scan the store");
-                None
+        Ring { known, ..Ring::new(rev) }
+    }
+}
+
+impl Known {
+    /// Every object at `rev`, read a page at a time.
+    async fn read(store: &dyn Store, rev: i64) -> kumo_store::Result<Known> {
+        let mut known = Known { current: Current::default(), namespaces: HashMap::new(), index: Default::default() };
+        let mut start_after = None;
+        loop {
+            let req = kumo_store::RangeRequest {
+                prefix: "/registry/".into(),
+                start_after: start_after.take(),
+                limit: 1000,
+                revision: Some(rev),
+            };
+            let page = store.range(req).await?;
+            let more = page.more;
+            for kv in page.kvs {
+                if kv.key.starts_with(NAMESPACES) {
+                    if let Ok(ns) = decode(&kv) {
+                        let (name, terminating) = namespace_entry(&kv.key, &ns);
+                        known.namespaces.insert(name, terminating);
+                    }
+                }
+                let ev = CachedEvent::stored(kv);
+                known.index.update_labels(&ev.key, ev.labels());
+                start_after = Some(ev.key.clone());
+                known.current.apply(&ev);
             }
-        };
-        Ring { namespaces, index, ..Ring::new(rev) }
+            if !more || start_after.is_none() {
+                return Ok(known);
+            }
+        }
+    }
+
+    fn apply(&mut self, ev: &Arc<CachedEvent>) {
+        self.current.apply(ev);
+        let object = ev.object();
+        self.index.update(&ev.key, (!ev.deleted).then_some(&*object));
+        if ev.key.starts_with(NAMESPACES) {
+            let (name, terminating) = namespace_entry(&ev.key, &object);
+            match ev.deleted {
+                true => self.namespaces.remove(&name),
+                false => self.namespaces.insert(name, terminating),
+            };
+        }
     }
 }
 
@@ -119,31 +175,8 @@ pub struct WatchCache {
     capacity: usize,
     /// Events younger than this stay beyond `capacity` ([`FRESH`]; zero in tests of eviction).
     fresh: std::time::Duration,
-}
-
-/// The label indexes as of `rev`, read a page at a time (never the whole resource in memory at once).
-async fn build_index(store: &dyn Store, rev: i64) -> kumo_store::Result<index::LabelIndex> {
-    let mut ix = index::LabelIndex::default();
-    for (prefix, _) in index::INDEXED {
-        let mut start_after = None;
-        loop {
-            let req = kumo_store::RangeRequest {
-                prefix: prefix.to_string(),
-                start_after: start_after.clone(),
-                limit: 1000,
-                revision: Some(rev),
-            };
-            let page = store.range(req).await?;
-            for kv in &page.kvs {
-                ix.update_raw(&kv.key, &kv.value);
-            }
-            start_after = page.kvs.last().map(|kv| kv.key.clone());
-            if !page.more || start_after.is_none() {
-                break;
-            }
-        }
-    }
-    Ok(ix)
+    /// Snapshots that paged lists continue from.
+    kept: Mutex<Kept>,
 }
 
 fn namespace_entry(key: &str, ns: &Value) -> (String, bool) {
@@ -166,7 +199,8 @@ impl WatchCache {
         let rev = store.current_revision().await?;
         let ring = RwLock::new(Ring::at(&*store, rev).await);
         let capacity = capacity.max(1);
-        let cache = Arc::new(WatchCache { store, ring, routes: Default::default(), capacity, fresh });
+        let cache =
+            Arc::new(WatchCache { store, ring, routes: Default::default(), capacity, fresh, kept: Default::default() });
         let c = cache.clone();
         tokio::spawn(async move { c.pump().await });
         Ok(cache)
@@ -228,31 +262,20 @@ impl WatchCache {
             return;
         }
         r.last = ev.revision;
-        r.events.push_back(ev.clone());
-        r.arrived.push_back(std::time::Instant::now());
-        r.newest.note(&ev, self.capacity * RECENT_PER_EVENT);
+        r.push_event(&ev);
         // Events beyond the newest `capacity` are kept only for watchers resuming from the past: as bytes.
         if let Some(old) = r.events.len().checked_sub(self.capacity + 1).and_then(|i| r.events.get(i)) {
             old.cool();
         }
-        let object = ev.object();
-        if let Some(ix) = r.index.as_mut() {
-            ix.update(&ev.key, (!ev.deleted).then_some(&*object));
-        }
-        if let Some(namespaces) = r.namespaces.as_mut().filter(|_| ev.key.starts_with(NAMESPACES)) {
-            let (name, terminating) = namespace_entry(&ev.key, &object);
-            match ev.deleted {
-                true => namespaces.remove(&name),
-                false => namespaces.insert(name, terminating),
-            };
+        if let Some(known) = r.known.as_mut() {
+            known.apply(&ev);
         }
         while r.events.len() > self.capacity {
             let fresh = r.arrived.front().is_some_and(|t| t.elapsed() < self.fresh);
             if fresh && r.events.len() <= MAX_EVENTS {
                 break;
             }
-            r.arrived.pop_front();
-            if let Some(old) = r.events.pop_front() {
+            if let Some(old) = r.pop_event() {
                 r.start = old.revision;
             }
         }
@@ -265,29 +288,47 @@ impl WatchCache {
     pub fn compacted(&self, rev: i64) {
         let mut r = self.ring.write().expect("lock");
         while r.events.front().is_some_and(|e| e.revision <= rev) {
-            r.events.pop_front();
-            r.arrived.pop_front();
+            r.pop_event();
         }
         r.start = r.start.max(rev.min(r.last));
     }
 
-    /// The newest change to `key` the cache still holds. It may lag the store: a caller writing on top of it
+    /// The object at `key` as the cache last saw it. It may lag the store: a caller writing on top of it
     /// must make the write conditional on the event's revision (and go to the store when that fails).
     pub fn newest(&self, key: &str) -> Option<Arc<CachedEvent>> {
-        self.ring.read().expect("lock").newest.by_key.get(key).cloned()
+        self.ring.read().expect("lock").known.as_ref()?.current.get(key).cloned()
     }
 
     /// Whether the cache knows namespace `name` to exist and not be terminating. It may lag the store, so only
     /// a yes is an answer; otherwise ask the store.
     pub fn namespace_active(&self, name: &str) -> bool {
-        self.ring.read().expect("lock").namespaces.as_ref().is_some_and(|n| n.get(name) == Some(&false))
+        self.ring.read().expect("lock").known.as_ref().is_some_and(|k| k.namespaces.get(name) == Some(&false))
     }
 
-    /// Keys under `prefix` whose `label` is `value`, from the index, and the revision they are as of.
-    pub fn indexed_keys(&self, prefix: &str, label: &str, value: &str) -> Option<(Vec<String>, i64)> {
+    /// The objects under `prefix` whose `label` is `value`, from the index, in key order.
+    pub fn indexed(&self, prefix: &str, label: &str, value: &str) -> Option<Listing> {
         let r = self.ring.read().expect("lock");
-        let ix = r.index.as_ref().filter(|_| index::covers(prefix, label))?;
-        Some((ix.keys(prefix, value, None), r.last))
+        let known = r.known.as_ref().filter(|_| index::covers(prefix, label))?;
+        let keys = known.index.keys(prefix, value, None);
+        let items = keys.iter().filter_map(|k| known.current.get(k).cloned()).collect();
+        Some(Listing { prefix: prefix.to_string(), revision: r.last, items })
+    }
+
+    /// Every object under `prefix`, in key order, as of the cache's revision.
+    pub fn listing(&self, prefix: &str) -> Option<Listing> {
+        let r = self.ring.read().expect("lock");
+        let items = r.known.as_ref()?.current.under(prefix).into();
+        Some(Listing { prefix: prefix.to_string(), revision: r.last, items })
+    }
+
+    /// Keeps `listing` for the pages that continue it.
+    pub fn keep(&self, listing: Listing) {
+        self.kept.lock().expect("lock").keep(listing);
+    }
+
+    /// The kept listing of `prefix` at `revision`, which a continue token names.
+    pub fn kept(&self, prefix: &str, revision: i64) -> Option<Listing> {
+        self.kept.lock().expect("lock").find(prefix, revision)
     }
 
     /// Live watches per resource key prefix (None: over several resources), for the metrics.
@@ -363,9 +404,7 @@ impl WatchCache {
             if after < r.start {
                 return None;
             }
-            // The ring is in revision order and may hold a quarter million events: start at `after`.
-            let from = r.events.partition_point(|e| e.revision <= after);
-            let replay: Vec<_> = r.events.range(from..).filter(|e| interest.concerns(e)).cloned().collect();
+            let replay = r.since(&interest, after);
             // A watcher is dropped only once as far behind as the ring is long: its queue holds the ring's own
             // events (pointers), and a watcher dropped must relist, which at 100,000 VMIs takes longer than the
             // history lasts (the controllers' shared watch, dropped in a burst of 500 VMs a second, relisted
@@ -489,6 +528,32 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_resuming_watch_is_replayed_from_its_own_resource() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(kumo_store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let cache = WatchCache::start_keeping(store.clone(), 2, Duration::ZERO).await.unwrap();
+        let from = cache.revision();
+        let (cms, leases) = ("/registry/core/configmaps/", "/registry/coordination.k8s.io/leases/");
+        let mut revs = Vec::new();
+        for (i, prefix) in [cms, leases, leases, cms].iter().enumerate() {
+            revs.push(store.create(&format!("{prefix}ns/o{i}"), b"{}".to_vec()).await.unwrap().mod_revision);
+        }
+        caught_up(&cache, revs[3]).await;
+        // Capacity 2, nothing kept for being fresh: the newest two events remain, one of each resource.
+        let after = revs[1];
+        let mut w = cache.watch_with(Interest::prefix(&format!("{cms}ns/")), after).unwrap();
+        assert_eq!(next(&mut w).await.unwrap().revision, revs[3]);
+        let mut w = cache.watch_with(Interest::prefix(leases), after).unwrap();
+        assert_eq!(next(&mut w).await.unwrap().revision, revs[2]);
+        assert!(cache.watch_with(Interest::prefix(cms), from).is_err(), "older than the ring");
+        cache.compacted(revs[2]);
+        let r = cache.ring.read().unwrap();
+        let by_resource: usize = r.by_resource.values().map(VecDeque::len).sum();
+        assert_eq!((r.events.len(), by_resource), (1, 1), "every resource forgets what the ring forgets");
+        assert!(!r.by_resource.contains_key(leases));
+    }
+
     async fn caught_up(cache: &WatchCache, rev: i64) {
         assert!(cache.wait_for(rev, Duration::from_secs(10)).await, "the cache never reached {rev}");
     }
@@ -522,7 +587,7 @@ mod tests {
         let newest = cache.newest(&a.key).expect("a was just written");
         assert_eq!((newest.revision, newest.deleted), (a.mod_revision, false));
         assert_eq!(kumo_api::meta::resource_version(&newest.object()), a.mod_revision.to_string());
-        // The copies cover twice the ring (capacity 3): six more events push `a`'s out.
+        // Copies outlive the ring (capacity 3): every object has one, held as its stored bytes once old.
         let mut last = 0;
         for k in ["b", "c", "d", "e", "f", "g"] {
             last = store
@@ -532,7 +597,10 @@ mod tests {
                 .mod_revision;
         }
         caught_up(&cache, last).await;
-        assert!(cache.newest(&a.key).is_none(), "an evicted event leaves no copy behind");
-        assert!(cache.newest("/registry/core/configmaps/default/b").is_some(), "copies outlive the ring");
+        let copy = cache.newest(&a.key).expect("an object outside the ring keeps its copy");
+        assert_eq!(kumo_api::meta::resource_version(&copy.object()), a.mod_revision.to_string());
+        let gone = store.delete(&a.key, None).await.unwrap();
+        caught_up(&cache, gone.mod_revision).await;
+        assert!(cache.newest(&a.key).is_none(), "a deleted object leaves no copy behind");
     }
 }
