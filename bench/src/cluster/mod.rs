@@ -86,7 +86,7 @@ struct Run {
     vms: usize,
     replica_sets: usize,
     steps: Vec<Value>,
-    _etcd: Vec<procs::Etcd>,
+    etcd: Vec<procs::Etcd>,
 }
 
 pub async fn run(args: ClusterArgs) -> Result<()> {
@@ -113,18 +113,8 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
     let kumo = procs::start_kumo(&args.kumo_bin, &tmp, args.keep, &extra).await?;
     let api = Api::new(kumo.endpoint.clone());
     let tracker = fleet::track(kumo.endpoint.clone());
-    let mut run = Run {
-        args,
-        kumo,
-        api,
-        tracker,
-        simulators: vec![],
-        nodes: 0,
-        vms: 0,
-        replica_sets: 0,
-        steps: vec![],
-        _etcd: etcd,
-    };
+    let mut run =
+        Run { args, kumo, api, tracker, simulators: vec![], nodes: 0, vms: 0, replica_sets: 0, steps: vec![], etcd };
     let started = Instant::now();
     let result = run.all().await;
     let out = run.report(started.elapsed());
@@ -200,6 +190,7 @@ impl Run {
         crate::progress(format!("measuring: {} nodes, {} VMIs", self.nodes, self.vms));
         let pid = self.kumo.proc.pid();
         let cpu = procs::cpu_secs(pid)?;
+        let etcd_cpu = self.etcd_cpu()?;
         let window = Duration::from_secs(self.args.probe_secs);
         let vmi_ns = (self.vms > 0).then_some("bench-vm-0");
         // VMIs to time are created through the window, spread out.
@@ -217,6 +208,7 @@ impl Run {
         let probe = api::probe(&mut self.api, window, vmi_ns, "sim-0").await?;
         sampler.await??;
         let cores = (procs::cpu_secs(pid)? - cpu) / window.as_secs_f64();
+        let etcd_cores = (self.etcd_cpu()? - etcd_cpu) / window.as_secs_f64();
         // Every sampled VMI reaches Running (or the step fails).
         let sampled_running = self.vms + samples * (self.steps.len() + 1);
         if let Err(e) = fleet::wait_running(&self.tracker, sampled_running, Duration::from_secs(120)).await {
@@ -229,6 +221,16 @@ impl Run {
         };
         let rss = procs::rss_bytes(pid)?;
         let store = procs::dir_bytes(self.kumo.proc.dir());
+        // The etcd members' own cost (the store column is the API server's data directory).
+        let etcd = match self.etcd.is_empty() {
+            true => Value::Null,
+            false => json!({
+                "members": self.etcd.len(),
+                "cpu_cores": (etcd_cores * 100.0).round() / 100.0,
+                "rss_bytes": self.etcd.iter().map(|m| procs::rss_bytes(m.proc.pid())).sum::<Result<u64>>()?,
+                "data_bytes": self.etcd.iter().map(|m| procs::dir_bytes(m.proc.dir())).sum::<u64>(),
+            }),
+        };
         let restart = self.restart().await?;
         let startup = crate::report::Summary::of(startup);
         let [m, g, ln, lc] = probe.p99();
@@ -242,12 +244,18 @@ impl Run {
             "nodes": self.nodes, "vmis": self.vms + samples * (self.steps.len() + 1),
             "api": probe.json(), "vmi_startup": startup.json(),
             "server": {"cpu_cores": (cores * 100.0).round() / 100.0, "rss_bytes": rss, "store_bytes": store},
+            "etcd": etcd,
             "restart_secs": (restart.as_secs_f64() * 100.0).round() / 100.0,
             "slo_met": slo,
         });
         crate::progress(format!("step: {step}"));
         self.steps.push(step);
         Ok(())
+    }
+
+    /// CPU seconds the etcd members have used (0 on the embedded store).
+    fn etcd_cpu(&self) -> Result<f64> {
+        self.etcd.iter().map(|m| procs::cpu_secs(m.proc.pid())).sum()
     }
 
     /// Kills the server and times it back to serving: ready, and a full list of Nodes answered.
@@ -333,6 +341,19 @@ fn markdown(out: &Value) -> String {
             mib("store_bytes"),
             st["restart_secs"],
             if st["slo_met"] == true { "met" } else { "missed" }
+        );
+    }
+    for st in out["steps"].as_array().into_iter().flatten().filter(|st| !st["etcd"].is_null()) {
+        let e = &st["etcd"];
+        let mib = |k: &str| e[k].as_f64().unwrap_or(0.0) / 1048576.0;
+        s += &format!(
+            "\netcd at {} nodes, {} VMIs: {} members, {} cores, RSS {:.0} MiB, data {:.0} MiB\n",
+            st["nodes"],
+            st["vmis"],
+            e["members"],
+            e["cpu_cores"],
+            mib("rss_bytes"),
+            mib("data_bytes")
         );
     }
     if let Some(f) = out.get("flood").filter(|f| !f.is_null()) {
