@@ -99,7 +99,18 @@ pub(crate) fn open_db(path: &Path) -> Result<Database> {
 fn try_open(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
     // redb's default page cache is 1 GiB; the API server's watch cache already keeps hot data in memory, so a
     // smaller cache keeps resident memory proportional to what is actually used.
-    redb::Builder::new().set_cache_size(CACHE_BYTES).create(path)
+    let (name, logged) = (path.display().to_string(), std::sync::atomic::AtomicU64::new(u64::MAX));
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .set_repair_callback(move |session| {
+            // Commits record the allocator's state, so only a file from an older kumo (or a failed write)
+            // needs this walk: it reads all of the file, which takes a while for a large one.
+            let tenth = (session.progress() * 10.0) as u64;
+            if logged.swap(tenth, std::sync::atomic::Ordering::Relaxed) != tenth {
+                tracing::warn!("repairing {name} after an unclean shutdown: {}%", tenth * 10);
+            }
+        })
+        .create(path)
 }
 
 fn open_error(path: &Path, e: redb::DatabaseError) -> Error {

@@ -273,6 +273,9 @@ fn commit(
 ) -> Result<Vec<Outcome>, Failed> {
     let mut txn = db.begin_write().map_err(backend)?;
     txn.set_durability(Durability::Immediate).map_err(backend)?;
+    // Each commit records the allocator's state (and commits in two phases), so that opening the file after a
+    // crash does not walk all of it: at 30,000 VMIs that walk took 35 s of a restart.
+    txn.set_quick_repair(true);
     let mut applied = Applied::default();
     {
         let mut t = Tables {
