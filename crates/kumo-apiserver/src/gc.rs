@@ -162,8 +162,12 @@ async fn run_collector(api: &ApiServer) -> anyhow::Result<()> {
     let revision = match api.cache.listing("/registry/") {
         // The watch cache holds every object: one at a time decoded, the index is all that stays.
         Some(listing) => {
-            for ev in listing.items.iter() {
+            for (i, ev) in listing.items.iter().enumerate() {
                 take(&ev.key, &ev.object());
+                if i % 1000 == 999 {
+                    // Hundreds of thousands of objects: the other tasks of this thread go on meanwhile.
+                    tokio::task::yield_now().await;
+                }
             }
             listing.revision
         }
@@ -171,7 +175,8 @@ async fn run_collector(api: &ApiServer) -> anyhow::Result<()> {
             // Read a page at a time at one revision, never every object at once.
             let (mut revision, mut start_after) = (None, None);
             loop {
-                let req = RangeRequest { prefix: "/registry/".into(), start_after, limit: 1000, revision };
+                let req =
+                    RangeRequest { prefix: "/registry/".into(), start_after, limit: 1000, revision, uncounted: true };
                 let page = api.objects.store.range(req).await?;
                 revision = Some(page.revision);
                 for kv in &page.kvs {

@@ -41,6 +41,9 @@ pub struct RangeRequest {
     pub limit: usize,
     /// Read as of this revision; None means latest.
     pub revision: Option<i64>,
+    /// Whether the keys after a page need not be counted (`remaining` is then only at least 1 when `more`):
+    /// counting walks all of them, which makes reading everything in pages quadratic.
+    pub uncounted: bool,
 }
 
 #[derive(Clone, Debug)]

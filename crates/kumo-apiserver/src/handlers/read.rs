@@ -127,7 +127,7 @@ pub async fn list(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Res
             }
         }
         (Some(rev), Some(after), _) => {
-            Cached { api, def, sel: &sel, prefix: &prefix, limit }.continued(rev, after, Items::new(as_json))
+            Cached { api, def, sel: &sel, prefix: &prefix, limit }.continued(rev, after, Items::new(as_json)).await
         }
         _ => None,
     };
@@ -277,7 +277,10 @@ impl Cached<'_> {
             return Ok(None);
         }
         let listing = self.api.cache_for(self.prefix).indexed(self.prefix, label, value);
-        Ok(listing.map(|l| self.page(&l, 0, items)))
+        match listing {
+            Some(l) => Ok(Some(self.page(&l, 0, items).await)),
+            None => Ok(None),
+        }
     }
 
     /// The first page of a list, its snapshot kept for the pages that follow.
@@ -287,7 +290,7 @@ impl Cached<'_> {
         }
         let cache = self.api.cache_for(self.prefix);
         let Some(listing) = cache.listing(self.prefix) else { return Ok(None) };
-        let page = self.page(&listing, 0, items);
+        let page = self.page(&listing, 0, items).await;
         if page.more {
             cache.keep(listing);
         }
@@ -296,13 +299,13 @@ impl Cached<'_> {
 
     /// A page after the first, from the first page's snapshot when it is still kept (None: read the store at
     /// the token's revision).
-    fn continued(&self, revision: i64, after: &str, items: Items) -> Option<Page> {
+    async fn continued(&self, revision: i64, after: &str, items: Items) -> Option<Page> {
         let listing = self.api.cache_for(self.prefix).kept(self.prefix, revision)?;
-        Some(self.page(&listing, listing.after(after), items))
+        Some(self.page(&listing, listing.after(after), items).await)
     }
 
     /// Up to `limit` selected objects of `listing` from its `from`th.
-    fn page(&self, listing: &crate::watch_cache::Listing, from: usize, items: Items) -> Page {
+    async fn page(&self, listing: &crate::watch_cache::Listing, from: usize, items: Items) -> Page {
         let mut page = Page { items, more: false, remaining: 0, last_key: None, read_rev: listing.revision };
         for (i, ev) in listing.items.iter().enumerate().skip(from) {
             if self.limit > 0 && page.items.len() == self.limit {
@@ -315,6 +318,10 @@ impl Cached<'_> {
                 page.items.push(obj);
             }
             page.last_key = Some(ev.key.clone());
+            if i % 1000 == 999 {
+                // A list of every VMI: the other requests on this thread go on meanwhile.
+                tokio::task::yield_now().await;
+            }
         }
         page
     }
@@ -341,7 +348,13 @@ async fn scan(
         let r = api
             .objects
             .store_for(prefix)
-            .range(RangeRequest { prefix: prefix.to_string(), start_after: start_after.clone(), limit: page, revision })
+            .range(RangeRequest {
+                prefix: prefix.to_string(),
+                start_after: start_after.clone(),
+                limit: page,
+                revision,
+                uncounted: false,
+            })
             .await
             .map_err(|e| match e {
                 kumo_store::Error::Compacted { .. } if call.query.get("continue").is_some() => ApiError::gone(

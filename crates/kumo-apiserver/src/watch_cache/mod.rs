@@ -62,6 +62,8 @@ struct Known {
 }
 
 const NAMESPACES: &str = "/registry/core/namespaces/";
+/// Objects per read when the cache starts.
+const READ_PAGE: usize = 1000;
 
 impl Ring {
     fn new(rev: i64) -> Ring {
@@ -129,8 +131,11 @@ impl Known {
             let req = kumo_store::RangeRequest {
                 prefix: "/registry/".into(),
                 start_after: start_after.take(),
-                limit: 1000,
+                limit: READ_PAGE,
                 revision: Some(rev),
+                // Counting the keys after each page made this read quadratic: 33 s of a restart at 30,000
+                // VMIs (200,000 Events in pages of a thousand).
+                uncounted: true,
             };
             let page = store.range(req).await?;
             let more = page.more;

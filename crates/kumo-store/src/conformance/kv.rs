@@ -133,7 +133,7 @@ pub async fn range_prefix_limit_and_paging(s: Arc<dyn Store>) {
     let mut seen = Vec::new();
     let mut start_after = None;
     loop {
-        let req = RangeRequest { prefix: a.clone(), start_after: start_after.clone(), limit: 4, revision: None };
+        let req = RangeRequest { prefix: a.clone(), start_after: start_after.clone(), limit: 4, ..Default::default() };
         let resp = s.range(req).await.unwrap();
         assert!(resp.revision >= last);
         seen.extend(resp.kvs.iter().map(|kv| kv.key.clone()));
@@ -146,10 +146,28 @@ pub async fn range_prefix_limit_and_paging(s: Arc<dyn Store>) {
     }
     assert_eq!(seen.len(), 6);
     assert_eq!(seen, keys(&*s, "", at(&a, None)).await);
+    // Uncounted, the same pages; `remaining` need only say whether there are more.
+    let (mut again, mut start_after) = (Vec::new(), None);
+    loop {
+        let req = RangeRequest { prefix: a.clone(), start_after, limit: 4, uncounted: true, ..Default::default() };
+        let resp = s.range(req).await.unwrap();
+        again.extend(resp.kvs.iter().map(|kv| kv.key.clone()));
+        assert_eq!(resp.more, again.len() < 6, "after {again:?}");
+        assert_eq!(resp.more, resp.remaining > 0);
+        if !resp.more {
+            break;
+        }
+        start_after = again.last().cloned();
+    }
+    assert_eq!(again, seen);
 
     // A start_after sorting before the prefix starts at the prefix; one past every key finds nothing.
-    let req =
-        |after: String, limit| RangeRequest { prefix: a.clone(), start_after: Some(after), limit, revision: None };
+    let req = |after: String, limit| RangeRequest {
+        prefix: a.clone(),
+        start_after: Some(after),
+        limit,
+        ..Default::default()
+    };
     let resp = s.range(req(format!("{p}0"), 1)).await.unwrap();
     assert_eq!((resp.kvs[0].key.clone(), resp.more, resp.remaining), (format!("{p}a/1"), true, 5));
     assert!(s.range(req(format!("{p}a/6"), 0)).await.unwrap().kvs.is_empty());
@@ -171,15 +189,19 @@ pub async fn range_at_past_and_future_revisions(s: Arc<dyn Store>) {
     let old = s.range(at(&p, Some(before_changes))).await.unwrap();
     assert_eq!(old.revision, before_changes);
     assert_eq!(old.kvs, first, "values, keys and revisions as of {before_changes}");
-    let paged = RangeRequest {
-        prefix: p.clone(),
+    let paged_from = |p: &str, rev: i64| RangeRequest {
+        prefix: p.to_string(),
         start_after: Some(format!("{p}a/2")),
         limit: 2,
-        revision: Some(before_changes),
+        revision: Some(rev),
+        uncounted: false,
     };
-    let resp = s.range(paged).await.unwrap();
+    let resp = s.range(paged_from(&p, before_changes)).await.unwrap();
     let got: Vec<_> = resp.kvs.iter().map(|kv| kv.key.strip_prefix(&p).unwrap()).collect();
     assert_eq!((got, resp.more, resp.remaining), (vec!["a/3", "a/4"], true, 1));
+    let uncounted = RangeRequest { limit: 1, uncounted: true, ..paged_from(&p, before_changes) };
+    let resp = s.range(uncounted).await.unwrap();
+    assert_eq!((resp.kvs[0].key.strip_prefix(&p), resp.more), (Some("a/3"), true));
     assert_eq!(keys(&*s, &p, at(&p, Some(deleted))).await, ["a/1", "a/2", "a/4", "a/5"]);
     assert_eq!(keys(&*s, &p, at(&p, Some(first[0].mod_revision))).await, ["a/1"]);
     let now = keys(&*s, &p, at(&p, None)).await;
@@ -307,7 +329,13 @@ pub async fn many_keys(s: Arc<dyn Store>) {
     let mut seen = Vec::new();
     let mut start_after = None;
     loop {
-        let req = RangeRequest { prefix: p.clone(), start_after, limit: 128, revision: Some(all.revision) };
+        let req = RangeRequest {
+            prefix: p.clone(),
+            start_after,
+            limit: 128,
+            revision: Some(all.revision),
+            ..Default::default()
+        };
         let page = s.range(req).await.unwrap();
         assert_eq!(page.revision, all.revision);
         seen.extend(page.kvs.into_iter().map(|kv| kv.key));

@@ -35,6 +35,7 @@ struct Page {
     limit: usize,
     kvs: Vec<KeyValue>,
     remaining: i64,
+    uncounted: bool,
 }
 
 impl Page {
@@ -46,6 +47,11 @@ impl Page {
             self.remaining += 1;
         }
         Ok(())
+    }
+
+    /// Whether reading on would only count keys no one asked to count.
+    fn done(&self) -> bool {
+        self.uncounted && self.remaining > 0
     }
 }
 
@@ -68,7 +74,7 @@ pub(crate) fn range(txn: &ReadTransaction, req: &RangeRequest) -> Result<RangeRe
         Some(after) if after >= prefix => Bound::Excluded(after),
         _ => Bound::Included(prefix),
     };
-    let mut page = Page { limit: req.limit, kvs: Vec::new(), remaining: 0 };
+    let mut page = Page { limit: req.limit, kvs: Vec::new(), remaining: 0, uncounted: req.uncounted };
     if at == current_rev {
         let table = txn.open_table(CURRENT).map_err(backend)?;
         for entry in table.range::<&str>((start, Bound::Unbounded)).map_err(backend)? {
@@ -78,6 +84,9 @@ pub(crate) fn range(txn: &ReadTransaction, req: &RangeRequest) -> Result<RangeRe
                 break;
             }
             page.push(|| decode_current(key, v.value()))?;
+            if page.done() {
+                break;
+            }
         }
     } else {
         range_history(txn, prefix, start, at, &mut page)?;
@@ -136,6 +145,9 @@ fn range_history(txn: &ReadTransaction, prefix: &str, start: Bound<&str>, at: i6
             }
         }
         after = Some(key);
+        if page.done() {
+            break;
+        }
     }
     Ok(())
 }
