@@ -223,9 +223,12 @@ async fn acknowledged_writes_survive_sigkill() {
     let next = api.create(&PostParams::default(), &cm("after-restart")).await.unwrap();
     let next_rv: i64 = next.metadata.resource_version.unwrap().parse().unwrap();
     assert!(next_rv > max_rv, "revisions keep increasing: {next_rv} > {max_rv}");
-    // Every commit recorded the store's allocator state: reopening after the kill read none of the file again.
+    // Every commit recorded the embedded store's allocator state: reopening after the kill read none of the
+    // file again (on etcd, the etcd pass of CI, there is no file of kumo's).
     let log = s.log();
-    assert!(log.contains("opened the store") && !log.contains("repairing"), "{log}");
+    if std::env::var("KUMO_E2E_STORE").as_deref() != Ok("etcd") {
+        assert!(log.contains("opened the store") && !log.contains("repairing"), "{log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
