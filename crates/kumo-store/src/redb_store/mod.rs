@@ -213,8 +213,7 @@ impl RedbStore {
 
 /// Creates the tables on first open, checks the format version and returns `(revision, compacted)`.
 fn init(db: &Database) -> Result<(i64, i64)> {
-    let mut txn = db.begin_write().map_err(backend)?;
-    txn.set_quick_repair(true);
+    let txn = db.begin_write().map_err(backend)?;
     let revisions = {
         let mut meta = txn.open_table(META).map_err(backend)?;
         let version = meta.get(META_FORMAT_VERSION).map_err(backend)?.map(|v| v.value());

@@ -103,8 +103,7 @@ fn try_open(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
     redb::Builder::new()
         .set_cache_size(CACHE_BYTES)
         .set_repair_callback(move |session| {
-            // Commits record the allocator's state, so only a file from an older kumo (or a failed write)
-            // needs this walk: it reads all of the file, which takes a while for a large one.
+            // After a crash redb walks all of the file, which takes a while for a large one.
             let tenth = (session.progress() * 10.0) as u64;
             if logged.swap(tenth, std::sync::atomic::Ordering::Relaxed) != tenth {
                 tracing::warn!("repairing {name} after an unclean shutdown: {}%", tenth * 10);

@@ -88,8 +88,6 @@ fn write_batch(db: &Database, kvs: &[KeyValue], revision: i64, last: bool) -> Re
     if !last {
         // A restore that stops midway is deleted anyway: only the last commit needs to reach the disk.
         txn.set_durability(redb::Durability::None).map_err(backend)?;
-    } else {
-        txn.set_quick_repair(true);
     }
     {
         let mut current = txn.open_table(CURRENT).map_err(backend)?;
