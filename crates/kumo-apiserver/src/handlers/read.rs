@@ -119,11 +119,14 @@ pub async fn list(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Res
             // list): the cache, which has already reached it, answers at its own revision without waiting to
             // catch up with the store (and the watch that follows from that revision brings the rest). Ten
             // thousand agents relisting after a restart must not each wait while the cache is behind a burst.
-            let any = rv.is_some();
             let cache = Cached { api, def, sel: &sel, prefix: &prefix, limit };
-            match cache.indexed(any, Items::new(as_json)).await? {
-                Some(page) => Some(page),
-                None => cache.first(any, Items::new(as_json)).await?,
+            match cache.current(rv.is_some()).await? {
+                true => match cache.indexed(Items::new(as_json)).await {
+                    Some(page) => Some(page),
+                    None => cache.first(Items::new(as_json)).await,
+                },
+                // Behind the store for longer than a list should wait: the store answers.
+                false => None,
             }
         }
         (Some(rev), Some(after), _) => {
@@ -269,32 +272,27 @@ impl Cached<'_> {
         Ok(self.api.cache_for(self.prefix).wait_for(current, Duration::from_secs(3)).await)
     }
 
-    /// A list selecting on a label the cache indexes: only the objects that carry it are looked at. None: not
-    /// indexed, or the cache is behind; the caller reads the store.
-    async fn indexed(&self, any: bool, items: Items) -> Result<Option<Page>, ApiError> {
-        let Some((label, value)) = self.sel.labels.required_label() else { return Ok(None) };
-        if !crate::watch_cache::index_covers(self.prefix, label) || !self.current(any).await? {
-            return Ok(None);
+    /// A list selecting on a label the cache indexes: only the objects that carry it are looked at (None: not
+    /// indexed).
+    async fn indexed(&self, items: Items) -> Option<Page> {
+        let (label, value) = self.sel.labels.required_label()?;
+        if !crate::watch_cache::index_covers(self.prefix, label) {
+            return None;
         }
-        let listing = self.api.cache_for(self.prefix).indexed(self.prefix, label, value);
-        match listing {
-            Some(l) => Ok(Some(self.page(&l, 0, items).await)),
-            None => Ok(None),
-        }
+        let listing = self.api.cache_for(self.prefix).indexed(self.prefix, label, value)?;
+        Some(self.page(&listing, 0, items).await)
     }
 
-    /// The first page of a list, its snapshot kept for the pages that follow.
-    async fn first(&self, any: bool, items: Items) -> Result<Option<Page>, ApiError> {
-        if !self.current(any).await? {
-            return Ok(None);
-        }
+    /// The first page of a list, its snapshot kept for the pages that follow (None: the cache holds no objects,
+    /// its first read having failed).
+    async fn first(&self, items: Items) -> Option<Page> {
         let cache = self.api.cache_for(self.prefix);
-        let Some(listing) = cache.listing(self.prefix) else { return Ok(None) };
+        let listing = cache.listing(self.prefix)?;
         let page = self.page(&listing, 0, items).await;
         if page.more {
             cache.keep(listing);
         }
-        Ok(Some(page))
+        Some(page)
     }
 
     /// A page after the first, from the first page's snapshot when it is still kept (None: read the store at
