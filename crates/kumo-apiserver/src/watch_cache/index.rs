@@ -26,6 +26,19 @@ pub fn covers(prefix: &str, label: &str) -> bool {
     index_of(prefix).is_some_and(|(_, l)| l == label)
 }
 
+/// The replay queues of the ring an event is filed in: (index, value) for each value of its resource's indexed
+/// label the object has or had (`labels`: deduplicated, so an event is filed in a queue once).
+pub fn queues(key: &str, labels: &[(String, String)]) -> Vec<(usize, String)> {
+    let Some((i, label)) = index_of(key) else { return vec![] };
+    labels.iter().filter(|(k, _)| k == label).map(|(_, v)| (i, v.clone())).collect()
+}
+
+/// The replay queue holding every event a watch of `prefix` selecting `label` (key, value) concerns, when that
+/// label of that resource is indexed.
+pub fn queue_for(prefix: &str, label: &(String, String)) -> Option<(usize, String)> {
+    index_of(prefix).filter(|(_, l)| *l == label.0).map(|(i, _)| (i, label.1.clone()))
+}
+
 impl LabelIndex {
     /// Records `key`'s object (None: deleted).
     pub fn update(&mut self, key: &str, obj: Option<&serde_json::Value>) {

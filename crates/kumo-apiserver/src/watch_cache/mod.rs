@@ -42,6 +42,9 @@ struct Ring {
     /// change since its revision (at ten thousand nodes the Lease renewals alone are a thousand a second, and
     /// ten thousand agents resume a watch every few minutes).
     by_resource: HashMap<String, VecDeque<Arc<CachedEvent>>>,
+    /// `events` again, by the value of an indexed label (see [`index::INDEXED`]) their object has or had: an
+    /// agent resuming its watch of the VMIs on its node is replayed its own, not every VMI change since.
+    by_label: HashMap<(usize, String), VecDeque<Arc<CachedEvent>>>,
     /// Every event with revision > `start` is in `events` (or the store watch must be used).
     start: i64,
     last: i64,
@@ -67,8 +70,8 @@ const READ_PAGE: usize = 1000;
 
 impl Ring {
     fn new(rev: i64) -> Ring {
-        let (events, arrived, by_resource) = Default::default();
-        Ring { events, arrived, by_resource, start: rev, last: rev, known: None }
+        let (events, arrived, by_resource, by_label) = Default::default();
+        Ring { events, arrived, by_resource, by_label, start: rev, last: rev, known: None }
     }
 
     fn push_event(&mut self, ev: &Arc<CachedEvent>) {
@@ -76,6 +79,9 @@ impl Ring {
         self.arrived.push_back(std::time::Instant::now());
         if let Some(res) = routes::resource_of(&ev.key) {
             self.by_resource.entry(res.to_string()).or_default().push_back(ev.clone());
+        }
+        for q in index::queues(&ev.key, ev.labels()) {
+            self.by_label.entry(q).or_default().push_back(ev.clone());
         }
     }
 
@@ -92,17 +98,30 @@ impl Ring {
                 }
             }
         }
+        for key in index::queues(&old.key, old.labels()) {
+            if let Some(q) = self.by_label.get_mut(&key) {
+                q.pop_front();
+                if q.is_empty() {
+                    self.by_label.remove(&key);
+                }
+            }
+        }
         Some(old)
     }
 
     /// The events after `after` that `interest` concerns.
     fn since(&self, interest: &Interest, after: i64) -> Vec<Arc<CachedEvent>> {
-        let events = match routes::resource_of(&interest.prefix) {
-            Some(res) => match self.by_resource.get(res) {
+        let label = interest.label.as_ref().and_then(|l| index::queue_for(&interest.prefix, l));
+        let events = match (label, routes::resource_of(&interest.prefix)) {
+            (Some(q), _) => match self.by_label.get(&q) {
                 Some(q) => q,
                 None => return Vec::new(),
             },
-            None => &self.events,
+            (None, Some(res)) => match self.by_resource.get(res) {
+                Some(q) => q,
+                None => return Vec::new(),
+            },
+            (None, None) => &self.events,
         };
         // In revision order, and up to a quarter million events: start at `after`.
         let from = events.partition_point(|e| e.revision <= after);
@@ -508,29 +527,48 @@ mod tests {
 
     #[tokio::test]
     async fn a_replay_passes_on_only_the_changes_a_watcher_is_filed_for() {
+        // Any label (replayed from the resource's events), and the indexed one (from that label value's own).
+        for label in ["n", kumo_api::kubevirt::NODE_NAME_LABEL] {
+            replays_only_what_concerns(label).await;
+        }
+    }
+
+    async fn replays_only_what_concerns(label: &str) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(kumo_store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
         // Capacity 1: all but the newest event are cold when replayed.
         let cache = WatchCache::start(store.clone(), 1).await.unwrap();
         let from = cache.revision();
         let vmis = "/registry/kubevirt.io/virtualmachineinstances/";
-        let on = |node: &str| serde_json::to_vec(&serde_json::json!({"metadata": {"labels": {"n": node}}})).unwrap();
+        let on = |node: &str| serde_json::to_vec(&serde_json::json!({"metadata": {"labels": {label: node}}})).unwrap();
         let a1 = store.create(&format!("{vmis}ns/a1"), on("a")).await.unwrap();
         store.create(&format!("{vmis}ns/b1"), on("b")).await.unwrap();
         // Moved from a to b: a's watcher must see it leave.
         let moved = store.update(&a1.key, on("b"), a1.mod_revision).await.unwrap();
         let last = store.create(&format!("{vmis}ns/b2"), on("b")).await.unwrap().mod_revision;
         caught_up(&cache, last).await;
-        let interest = Interest { prefix: vmis.into(), label: Some(("n".into(), "a".into())) };
+        let interest = Interest { prefix: vmis.into(), label: Some((label.into(), "a".into())) };
         let mut w = cache.watch_with(interest, from).unwrap();
-        assert_eq!(next(&mut w).await.unwrap().revision, a1.mod_revision);
-        assert_eq!(next(&mut w).await.unwrap().revision, moved.mod_revision);
+        assert_eq!(next(&mut w).await.unwrap().revision, a1.mod_revision, "{label}");
+        assert_eq!(next(&mut w).await.unwrap().revision, moved.mod_revision, "{label}");
         let more = tokio::time::timeout(Duration::from_millis(200), w.next()).await;
         assert!(
             more.is_err(),
-            "only a's changes are replayed, got {:?}",
+            "only a's changes are replayed ({label}), got {:?}",
             more.map(|e| e.map(|e| e.map(|e| e.key.clone())))
         );
+        // A watcher of a value with no change since is replayed nothing, and one of another namespace only its own.
+        let none = Interest { prefix: vmis.into(), label: Some((label.into(), "c".into())) };
+        let mut w = cache.watch_with(none, from).unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(100), w.next()).await.is_err(), "{label}");
+        let other = Interest { prefix: format!("{vmis}other/"), label: Some((label.into(), "b".into())) };
+        let mut w = cache.watch_with(other, from).unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(100), w.next()).await.is_err(), "{label}");
+        // What the ring forgets, the label's queue forgets too.
+        cache.compacted(last);
+        let r = cache.ring.read().unwrap();
+        let by_label: usize = r.by_label.values().map(VecDeque::len).sum();
+        assert_eq!(by_label, 0, "{label}: {:?}", r.by_label.keys().collect::<Vec<_>>());
     }
 
     #[tokio::test]
