@@ -59,6 +59,8 @@ pub struct Ctx {
     unschedulable: Unschedulable,
     /// VMIs the VM controller created that the cache may not show yet, by namespace/name, with when.
     made: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+    /// VMI versions this process wrote that the cache may not show yet.
+    written: crate::shared::Written,
 }
 
 /// How long a VMI the VM controller created may stay out of the cache before it is taken as never made.
@@ -144,6 +146,7 @@ pub async fn run(
         placed: tokio::sync::Mutex::new(sched::Placed::new(sched.clone())),
         unschedulable: unschedulable.clone(),
         made: Default::default(),
+        written: Default::default(),
     });
     let placed_feed = feed_placed(ctx.clone(), shared);
     let vm_controller = slim_controller(vms, watcher::Config::default())
@@ -539,6 +542,10 @@ async fn reconcile_vm(vm_obj: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Acti
 
 async fn reconcile_vmi(vmi_obj: Arc<VirtualMachineInstance>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let api = Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), &vmi_obj.namespace().unwrap_or_default());
+    // Woken by a change while its own last write was on the way: that write's event wakes it again.
+    if ctx.written.is_stale(&vmi_obj.metadata) {
+        return Ok(Action::await_change());
+    }
     let mut current = vmi_obj;
     for _ in 0..CONFLICT_RETRIES {
         match apply_vmi_plan(&ctx, &api, &current).await? {
@@ -641,7 +648,12 @@ async fn apply_vmi_plan(
     if let Some(status) = &plan.status {
         let rv = vmi.resource_version();
         match patch_status(api, &vmi.name_any(), vmi.status.as_ref(), status, rv.as_deref()).await {
-            Ok(written) => latest = written.map(Arc::new).unwrap_or(latest),
+            Ok(written) => {
+                if let Some(w) = &written {
+                    ctx.written.wrote(&w.metadata);
+                }
+                latest = written.map(Arc::new).unwrap_or(latest)
+            }
             Err(e) => {
                 ctx.placed.lock().await.forget(&key, newest(&ctx.vmis, vmi));
                 return match code(&e) {
@@ -663,12 +675,15 @@ async fn apply_vmi_plan(
         };
         let patch =
             json!({"metadata": {"resourceVersion": latest.resource_version(), "labels": {NODE_NAME_LABEL: value}}});
-        if let Err(e) = api.patch(&latest.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
-            return match code(&e) {
-                Some(409) => Ok(None),
-                Some(404) => Ok(Some(Action::await_change())),
-                _ => Err(e.into()),
-            };
+        match api.patch(&latest.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(labelled) => ctx.written.wrote(&labelled.metadata),
+            Err(e) => {
+                return match code(&e) {
+                    Some(409) => Ok(None),
+                    Some(404) => Ok(Some(Action::await_change())),
+                    _ => Err(e.into()),
+                }
+            }
         }
     }
     Ok(Some(if plan.retry { Action::requeue(UNSCHEDULABLE_RETRY) } else { Action::requeue(Duration::from_secs(300)) }))

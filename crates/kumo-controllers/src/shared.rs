@@ -212,6 +212,52 @@ impl<K> Clone for Update<K> {
     }
 }
 
+/// Versions of objects this process wrote, which its cache may not show yet. A change to an object wakes its
+/// reconcile again while the write the reconcile made is still on its way back through the watch: planned from
+/// the older version, the next write met a 409 and the object was read back (two requests more per VMI). A
+/// reconcile of a version older than one written waits for the watch to bring the newer one instead.
+#[derive(Default)]
+pub struct Written {
+    /// By uid: the newest resourceVersion written, and when.
+    by_uid: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+}
+
+/// How long a written version is awaited: the watch brings it in far less, unless it broke (a relist then shows
+/// at least that version anyway).
+const WRITTEN_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Written {
+    /// Notes that `meta` (an object as a write returned it) is in the store.
+    pub fn wrote(&self, meta: &kube::api::ObjectMeta) {
+        let (Some(uid), Some(rv)) = (&meta.uid, meta.resource_version.as_ref().and_then(|v| v.parse().ok())) else {
+            return;
+        };
+        let mut by_uid = self.by_uid.lock().expect("lock");
+        if by_uid.len() >= 10_000 {
+            by_uid.retain(|_, (_, at)| at.elapsed() < WRITTEN_TTL);
+        }
+        let e = by_uid.entry(uid.clone()).or_insert((rv, std::time::Instant::now()));
+        *e = (e.0.max(rv), std::time::Instant::now());
+    }
+
+    /// Whether `meta` is older than a version this process wrote (and forgets versions the cache has shown).
+    pub fn is_stale(&self, meta: &kube::api::ObjectMeta) -> bool {
+        let (Some(uid), Some(rv)) = (&meta.uid, meta.resource_version.as_ref().and_then(|v| v.parse::<u64>().ok()))
+        else {
+            return false;
+        };
+        let mut by_uid = self.by_uid.lock().expect("lock");
+        match by_uid.get(uid) {
+            Some((written, at)) if rv < *written && at.elapsed() < WRITTEN_TTL => true,
+            Some(_) => {
+                by_uid.remove(uid);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
 /// Waits until `store` holds a whole list, for any number of waiters at once. kube-rs'
 /// `Store::wait_until_ready` wakes only the last of several waiting on it (the scheduler's concurrent reconciles
 /// after a restart: the others hung until their deadline); asking again each moment finds it ready.
@@ -251,6 +297,24 @@ mod tests {
 
     fn filed(o: &Owners<VirtualMachineInstance>) -> (usize, usize) {
         (o.by_owner.values().map(HashSet::len).sum(), o.orphans.values().map(HashSet::len).sum())
+    }
+
+    #[test]
+    fn a_version_older_than_one_written_is_stale_until_the_cache_shows_it() {
+        let meta = |uid: &str, rv: &str| kube::api::ObjectMeta {
+            uid: Some(uid.into()),
+            resource_version: Some(rv.into()),
+            ..Default::default()
+        };
+        let w = Written::default();
+        assert!(!w.is_stale(&meta("a", "5")), "nothing written");
+        w.wrote(&meta("a", "7"));
+        w.wrote(&meta("a", "6"));
+        assert!(w.is_stale(&meta("a", "5")) && w.is_stale(&meta("a", "6")), "older than the newest write");
+        assert!(!w.is_stale(&meta("b", "5")), "another object");
+        assert!(!w.is_stale(&meta("a", "7")), "the cache shows the write");
+        assert!(!w.is_stale(&meta("a", "5")), "forgotten once shown");
+        assert!(!w.is_stale(&meta("a", "x")), "an unreadable version is never stale");
     }
 
     #[test]
