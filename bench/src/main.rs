@@ -240,7 +240,7 @@ async fn run(cfg: &Cfg) -> Result<Results> {
     ));
 
     progress("restarting kumo on the same data");
-    kumo.restart().await?;
+    kumo.restart(procs::Stop::Crash).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     growth.rss_after_restart = kumo.proc.rss_bytes()?;
     drop(kumo);

@@ -12,7 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Generous: after a crash the embedded store walks its whole file before serving (minutes for a large one), and
+/// the benchmark records how long that took rather than failing.
+const START_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a stopped server may take to exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Proc {
     pub name: &'static str,
@@ -195,10 +199,36 @@ pub async fn start_kumo(bin: &Path, tmp: &Path, keep: bool, extra: &[String]) ->
     Ok(Kumo { proc, endpoint, backend_pid: None, bin: bin.to_path_buf(), extra: extra.to_vec(), port })
 }
 
+/// How a restarted server is stopped.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stop {
+    /// SIGTERM, and the server exits by itself (an upgrade, a rolling restart).
+    Graceful,
+    /// SIGKILL (a crash, a power cut).
+    Crash,
+}
+
 impl Kumo {
-    /// Kills the server (SIGKILL) and starts it again on the same data directory and port.
-    pub async fn restart(&mut self) -> Result<()> {
-        let _ = self.proc.child.kill();
+    /// Stops the server as `how` says and starts it again on the same data directory and port.
+    pub async fn restart(&mut self, how: Stop) -> Result<()> {
+        match how {
+            Stop::Crash => {
+                let _ = self.proc.child.kill();
+            }
+            Stop::Graceful => {
+                let pid = self.proc.pid().to_string();
+                let sent = Command::new("kill").args(["-TERM", &pid]).status().context("running kill -TERM")?;
+                anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+                let deadline = Instant::now() + STOP_TIMEOUT;
+                while self.proc.child.try_wait()?.is_none() {
+                    if Instant::now() > deadline {
+                        let _ = self.proc.child.kill();
+                        bail!("kumo did not exit within {STOP_TIMEOUT:?} of SIGTERM:\n{}", self.proc.log_tail());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
         let _ = self.proc.child.wait();
         std::fs::remove_file(self.proc.dir().join("kubeconfig"))?;
         self.proc.child =

@@ -1,13 +1,13 @@
 //! `kumo-bench cluster`: builds a cluster step by step against one real `kumo server` (SIMULATED nodes from
 //! `kumo agent --simulate`, VMs through VirtualMachines and VirtualMachineInstanceReplicaSets) and at every
 //! step records API latency per verb class, VMI create → Running (simulated boot excluded), the server's CPU,
-//! memory and store size, and its restart time; then, optionally, the same cluster under an event flood.
+//! memory and store size, and its restart time (after SIGTERM, and after SIGKILL); then, optionally, the same cluster under an event flood.
 //! Writes JSON, and a PNG plot through `bench/plot_cluster.py`.
 
 mod api;
 mod fleet;
 
-use crate::procs::{self, Kumo};
+use crate::procs::{self, Kumo, Stop};
 use anyhow::{bail, Context, Result};
 use api::Api;
 use fleet::Simulator;
@@ -67,6 +67,9 @@ pub struct ClusterArgs {
     /// Keep the server's data directory and logs.
     #[arg(long)]
     keep: bool,
+    /// An argument passed on to `kumo server` (repeatable), e.g. `--server-arg=--compaction-interval=1m`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
 }
 
 /// Kubernetes' API call latency SLOs (p99), and the startup one kumo holds itself to.
@@ -98,6 +101,7 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
     }
     let tmp = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
     let mut extra = vec!["--no-agent".to_string(), "--cluster-cidr".into(), "10.0.0.0/8".into()];
+    extra.extend(args.server_args.iter().cloned());
     let etcd = if args.etcd {
         let bin = match &args.etcd_bin {
             Some(b) => b.clone(),
@@ -231,7 +235,8 @@ impl Run {
                 "data_bytes": self.etcd.iter().map(|m| procs::dir_bytes(m.proc.dir())).sum::<u64>(),
             }),
         };
-        let restart = self.restart().await?;
+        let restart = self.restart(Stop::Graceful).await?;
+        let crash_restart = self.restart(Stop::Crash).await?;
         let startup = crate::report::Summary::of(startup);
         let [m, g, ln, lc] = probe.p99();
         let slo = m <= SLO_MUTATING
@@ -246,6 +251,7 @@ impl Run {
             "server": {"cpu_cores": (cores * 100.0).round() / 100.0, "rss_bytes": rss, "store_bytes": store},
             "etcd": etcd,
             "restart_secs": (restart.as_secs_f64() * 100.0).round() / 100.0,
+            "crash_restart_secs": (crash_restart.as_secs_f64() * 100.0).round() / 100.0,
             "slo_met": slo,
         });
         crate::progress(format!("step: {step}"));
@@ -258,14 +264,15 @@ impl Run {
         self.etcd.iter().map(|m| procs::cpu_secs(m.proc.pid())).sum()
     }
 
-    /// Kills the server and times it back to serving: ready, and a full list of Nodes answered.
-    async fn restart(&mut self) -> Result<Duration> {
+    /// Stops the server (`how`) and times it back to serving: from the signal to ready, and a full list of Nodes
+    /// answered.
+    async fn restart(&mut self, how: Stop) -> Result<Duration> {
         let start = Instant::now();
-        self.kumo.restart().await?;
+        self.kumo.restart(how).await?;
         self.api = Api::new(self.kumo.endpoint.clone());
         self.api.get("/api/v1/nodes").await?;
         let took = start.elapsed();
-        crate::progress(format!("restarted in {:.2}s", took.as_secs_f64()));
+        crate::progress(format!("restarted ({how:?}) in {:.2}s", took.as_secs_f64()));
         // Let agents and controllers settle back before the next measurement.
         fleet::wait_nodes(&mut self.api, self.nodes, Duration::from_secs(300)).await?;
         Ok(took)
@@ -312,6 +319,7 @@ impl Run {
             "store": if self.args.etcd { "etcd (3 members)" } else { "embedded" },
             "boot_delay_secs": self.args.boot_delay.as_secs_f64(),
             "probe_secs": self.args.probe_secs,
+            "server_args": self.args.server_args,
             "environment": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
             "slo": {"mutating_p99_ms": 1000, "get_p99_ms": 1000, "list_namespaced_p99_ms": 5000, "list_cluster_p99_ms": 30000, "vmi_startup_p99_ms": 5000},
             "steps": measured,
@@ -323,12 +331,12 @@ impl Run {
 }
 
 fn markdown(out: &Value) -> String {
-    let mut s = String::from("| nodes | VMIs | mutating p99 ms | get p99 ms | list ns p99 ms | list cluster p99 ms | VMI start p99 ms | CPU cores | RSS MiB | store MiB | restart s | SLO |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut s = String::from("| nodes | VMIs | mutating p99 ms | get p99 ms | list ns p99 ms | list cluster p99 ms | VMI start p99 ms | CPU cores | RSS MiB | store MiB | restart s | after crash s | SLO |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for st in out["steps"].as_array().into_iter().flatten() {
         let p = |k: &str| st["api"][k]["p99_ms"].as_f64().unwrap_or(0.0);
         let mib = |k: &str| st["server"][k].as_f64().unwrap_or(0.0) / 1048576.0;
         s += &format!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} | {} |\n",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} |\n",
             st["nodes"],
             st["vmis"],
             p("mutating"),
@@ -340,6 +348,7 @@ fn markdown(out: &Value) -> String {
             mib("rss_bytes"),
             mib("store_bytes"),
             st["restart_secs"],
+            st["crash_restart_secs"],
             if st["slo_met"] == true { "met" } else { "missed" }
         );
     }
