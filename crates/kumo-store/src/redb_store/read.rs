@@ -24,6 +24,23 @@ pub(crate) fn check_compacted(revision: i64, compacted: i64) -> Result<()> {
     Ok(())
 }
 
+/// The keys the log names at or below `upto`, in key order: those with history a compaction to `upto` drops.
+pub(crate) fn logged_keys(txn: &ReadTransaction, upto: i64) -> Result<Vec<String>> {
+    let log = txn.open_table(LOG).map_err(backend)?;
+    let mut keys = std::collections::BTreeSet::new();
+    for entry in log.range(..=upto).map_err(backend)? {
+        keys.insert(entry.map_err(backend)?.1.value().to_string());
+    }
+    Ok(keys.into_iter().collect())
+}
+
+/// The oldest revision the log still names.
+pub(crate) fn first_logged(txn: &ReadTransaction) -> Result<Option<i64>> {
+    let log = txn.open_table(LOG).map_err(backend)?;
+    let first = log.first().map_err(backend)?;
+    Ok(first.map(|(r, _)| r.value()))
+}
+
 pub(crate) fn get(txn: &ReadTransaction, key: &str) -> Result<Option<KeyValue>> {
     let current = txn.open_table(CURRENT).map_err(backend)?;
     let row = current.get(key).map_err(backend)?;

@@ -7,7 +7,6 @@
 //! The same thread deletes expired keys: about once a second it looks at the first row of the `expiry` index
 //! and, when that is due, deletes every due key in one transaction.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -50,12 +49,20 @@ pub(crate) enum Op {
         key: String,
         expected: Option<i64>,
     },
-    /// One step of a compaction ([`super::COMPACT_STEP`] revisions at most): `first` and `last` say where in
-    /// the whole it falls (what the interval used is measured before the first, space given back after the last).
+    /// One step of a compaction: the `first` sets the compacted revision (reads at or below it are refused from
+    /// then on), later ones drop the log up to `revision` ([`super::COMPACT_STEP`] revisions at most), after
+    /// the [`Op::Sweep`]s. What the interval used is measured before the first, space is given back after the
+    /// `last`.
     Compact {
         revision: i64,
         first: bool,
         last: bool,
+    },
+    /// Drops the history of `keys` at or below `upto` (a compacted revision), keeping each key's version as of
+    /// `upto`.
+    Sweep {
+        keys: Vec<String>,
+        upto: i64,
     },
     /// Deletes keys whose deadline is at or before `now`.
     Expire {
@@ -403,13 +410,23 @@ impl Tables<'_> {
                 }
                 Ok(Ok(None))
             }
-            Op::Compact { revision, .. } => {
+            Op::Compact { revision, first, .. } => {
                 if *revision > a.revision {
                     return Ok(Err(Error::FutureRevision { requested: *revision, current: a.revision }));
                 }
-                if *revision > a.compacted {
-                    self.compact(a.compacted, *revision)?;
-                    a.compacted = *revision;
+                if *first {
+                    a.compacted = a.compacted.max(*revision);
+                } else {
+                    // Only what the sweeps before it covered: never the log of a revision not yet compacted.
+                    let upto = (*revision).min(a.compacted);
+                    self.log.retain_in(..=upto, |_, _| false).map_err(backend)?;
+                }
+                Ok(Ok(None))
+            }
+            Op::Sweep { keys, upto } => {
+                let upto = (*upto).min(a.compacted);
+                for key in keys {
+                    self.sweep(key, upto)?;
                 }
                 Ok(Ok(None))
             }
@@ -467,33 +484,24 @@ impl Tables<'_> {
 
     /// Drops log entries at or below `upto` and every history entry superseded at or below it: a key keeps its
     /// latest version at or below `upto` (in history, unless a tombstone, when its current value is newer).
-    fn compact(&mut self, previous: i64, upto: i64) -> Result<()> {
-        // A key with history at or below `upto` that could now be dropped was written after the previous
-        // compaction (older keys kept only their single surviving entry), so the log since then names them all.
-        let mut keys = BTreeSet::new();
-        for entry in self.log.range(previous + 1..=upto).map_err(backend)? {
-            keys.insert(entry.map_err(backend)?.1.value().to_string());
+    /// Drops `key`'s history at or below `upto`, but for its version as of `upto` when that is in history (the
+    /// current value is newer) and not a deletion.
+    fn sweep(&mut self, key: &str, upto: i64) -> Result<()> {
+        let mut doomed = Vec::new();
+        for entry in self.history.range((key, i64::MIN)..=(key, upto)).map_err(backend)? {
+            let (k, v) = entry.map_err(backend)?;
+            doomed.push((k.value().1, Version::is_tombstone(v.value())));
         }
-        self.log.retain_in(..=upto, |_, _| false).map_err(backend)?;
-        for key in &keys {
-            let mut doomed = Vec::new();
-            let range = (key.as_str(), i64::MIN)..=(key.as_str(), upto);
-            for entry in self.history.range(range).map_err(backend)? {
-                let (k, v) = entry.map_err(backend)?;
-                doomed.push((k.value().1, Version::is_tombstone(v.value())));
+        // When the current value is at or below `upto` it is the version to keep, and history has none.
+        let current_rev = self.current.get(key).map_err(backend)?.and_then(|r| current_mod_revision(r.value()));
+        let current_is_kept = current_rev.is_some_and(|r| r <= upto);
+        if let Some(&(_, tombstone)) = doomed.last() {
+            if !tombstone && !current_is_kept {
+                doomed.pop();
             }
-            // When the current value is at or below `upto` it is the version to keep, and history has none.
-            let current_rev =
-                self.current.get(key.as_str()).map_err(backend)?.and_then(|r| current_mod_revision(r.value()));
-            let current_is_kept = current_rev.is_some_and(|r| r <= upto);
-            if let Some(&(_, tombstone)) = doomed.last() {
-                if !tombstone && !current_is_kept {
-                    doomed.pop();
-                }
-            }
-            for (rev, _) in doomed {
-                self.history.remove((key.as_str(), rev)).map_err(backend)?;
-            }
+        }
+        for (rev, _) in doomed {
+            self.history.remove((key, rev)).map_err(backend)?;
         }
         Ok(())
     }
