@@ -90,6 +90,7 @@ struct Run {
     replica_sets: usize,
     steps: Vec<Value>,
     etcd: Vec<procs::Etcd>,
+    started: Instant,
 }
 
 pub async fn run(args: ClusterArgs) -> Result<()> {
@@ -117,13 +118,22 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
     let kumo = procs::start_kumo(&args.kumo_bin, &tmp, args.keep, &extra).await?;
     let api = Api::new(kumo.endpoint.clone());
     let tracker = fleet::track(kumo.endpoint.clone());
-    let mut run =
-        Run { args, kumo, api, tracker, simulators: vec![], nodes: 0, vms: 0, replica_sets: 0, steps: vec![], etcd };
     let started = Instant::now();
+    let mut run = Run {
+        args,
+        kumo,
+        api,
+        tracker,
+        simulators: vec![],
+        nodes: 0,
+        vms: 0,
+        replica_sets: 0,
+        steps: vec![],
+        etcd,
+        started,
+    };
     let result = run.all().await;
-    let out = run.report(started.elapsed());
-    std::fs::create_dir_all(run.args.out.parent().unwrap_or(std::path::Path::new(".")))?;
-    std::fs::write(&run.args.out, serde_json::to_string_pretty(&out)? + "\n")?;
+    let out = run.save()?;
     crate::progress(format!("results written to {}", run.args.out.display()));
     println!("{}", markdown(&out));
     if !run.args.no_plot {
@@ -256,7 +266,7 @@ impl Run {
         });
         crate::progress(format!("step: {step}"));
         self.steps.push(step);
-        Ok(())
+        self.save().map(drop)
     }
 
     /// CPU seconds the etcd members have used (0 on the embedded store).
@@ -304,7 +314,15 @@ impl Run {
         });
         crate::progress(format!("flood: {flood}"));
         self.steps.push(json!({"flood": flood}));
-        Ok(())
+        self.save().map(drop)
+    }
+
+    /// Writes the report so far: after each step, so a run stopped before its end keeps what it measured.
+    fn save(&self) -> Result<Value> {
+        let out = self.report(self.started.elapsed());
+        std::fs::create_dir_all(self.args.out.parent().unwrap_or(std::path::Path::new(".")))?;
+        std::fs::write(&self.args.out, serde_json::to_string_pretty(&out)? + "\n")?;
+        Ok(out)
     }
 
     fn report(&self, took: Duration) -> Value {
