@@ -649,8 +649,10 @@ async fn apply_vmi_plan(
         let rv = vmi.resource_version();
         match patch_status(api, &vmi.name_any(), vmi.status.as_ref(), status, rv.as_deref()).await {
             Ok(written) => {
-                if let Some(w) = &written {
-                    ctx.written.wrote(&w.metadata);
+                match &written {
+                    Some(w) if plan.label.is_some() => ctx.written.wrote_more_to_come(&w.metadata),
+                    Some(w) => ctx.written.wrote(&w.metadata),
+                    None => {}
                 }
                 latest = written.map(Arc::new).unwrap_or(latest)
             }
@@ -664,8 +666,6 @@ async fn apply_vmi_plan(
             }
         }
     }
-    // After the status: an event should describe what was written, and only the writer tells.
-    publish(ctx, &vmi.object_ref(&()), &plan.events).await;
     if let Some(change) = &plan.label {
         // A compare-and-swap as well: the label must follow the status of the very object it was planned from
         // (not, say, a newer VMI of the same name).
@@ -678,14 +678,19 @@ async fn apply_vmi_plan(
         match api.patch(&latest.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
             Ok(labelled) => ctx.written.wrote(&labelled.metadata),
             Err(e) => {
+                ctx.written.withdraw(&latest.metadata);
+                publish(ctx, &vmi.object_ref(&()), &plan.events).await;
                 return match code(&e) {
                     Some(409) => Ok(None),
                     Some(404) => Ok(Some(Action::await_change())),
                     _ => Err(e.into()),
-                }
+                };
             }
         }
     }
+    // After the writes: an event should describe what was written, and only the writer tells. After the label
+    // too: the agent (watching by the label) starts the guest while these are written.
+    publish(ctx, &vmi.object_ref(&()), &plan.events).await;
     Ok(Some(if plan.retry { Action::requeue(UNSCHEDULABLE_RETRY) } else { Action::requeue(Duration::from_secs(300)) }))
 }
 

@@ -218,37 +218,71 @@ impl<K> Clone for Update<K> {
 /// reconcile of a version older than one written waits for the watch to bring the newer one instead.
 #[derive(Default)]
 pub struct Written {
-    /// By uid: the newest resourceVersion written, and when.
-    by_uid: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    by_uid: Mutex<HashMap<String, Wrote>>,
+}
+
+/// The newest resourceVersion written to one object, when, and whether another write of this process is on
+/// its way (then that version is stale as well).
+struct Wrote {
+    version: u64,
+    at: std::time::Instant,
+    more_to_come: bool,
 }
 
 /// How long a written version is awaited: the watch brings it in far less, unless it broke (a relist then shows
 /// at least that version anyway).
 const WRITTEN_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
+fn uid_and_version(meta: &kube::api::ObjectMeta) -> Option<(&String, u64)> {
+    Some((meta.uid.as_ref()?, meta.resource_version.as_ref()?.parse().ok()?))
+}
+
 impl Written {
     /// Notes that `meta` (an object as a write returned it) is in the store.
     pub fn wrote(&self, meta: &kube::api::ObjectMeta) {
-        let (Some(uid), Some(rv)) = (&meta.uid, meta.resource_version.as_ref().and_then(|v| v.parse().ok())) else {
-            return;
-        };
+        self.note(meta, false);
+    }
+
+    /// Notes that `meta` is in the store and that this process is about to write the object again: until
+    /// then `meta`'s own version counts as stale too, so no other reconcile plans from it (the scheduler's
+    /// label follows its status write, and the lifecycle controller woken by the status would label it as
+    /// well and meet a conflict). [`Written::wrote`] of the next write, or [`Written::withdraw`], ends it.
+    pub fn wrote_more_to_come(&self, meta: &kube::api::ObjectMeta) {
+        self.note(meta, true);
+    }
+
+    fn note(&self, meta: &kube::api::ObjectMeta, more_to_come: bool) {
+        let Some((uid, version)) = uid_and_version(meta) else { return };
         let mut by_uid = self.by_uid.lock().expect("lock");
         if by_uid.len() >= 10_000 {
-            by_uid.retain(|_, (_, at)| at.elapsed() < WRITTEN_TTL);
+            by_uid.retain(|_, w| w.at.elapsed() < WRITTEN_TTL);
         }
-        let e = by_uid.entry(uid.clone()).or_insert((rv, std::time::Instant::now()));
-        *e = (e.0.max(rv), std::time::Instant::now());
+        let at = std::time::Instant::now();
+        let e = by_uid.entry(uid.clone()).or_insert(Wrote { version, at, more_to_come });
+        if version >= e.version {
+            *e = Wrote { version, at, more_to_come };
+        }
+    }
+
+    /// The write promised by [`Written::wrote_more_to_come`] for `meta` will not come: `meta` is current again.
+    pub fn withdraw(&self, meta: &kube::api::ObjectMeta) {
+        let Some((uid, version)) = uid_and_version(meta) else { return };
+        if let Some(e) = self.by_uid.lock().expect("lock").get_mut(uid).filter(|w| w.version == version) {
+            e.more_to_come = false;
+        }
     }
 
     /// Whether `meta` is older than a version this process wrote (and forgets versions the cache has shown).
     pub fn is_stale(&self, meta: &kube::api::ObjectMeta) -> bool {
-        let (Some(uid), Some(rv)) = (&meta.uid, meta.resource_version.as_ref().and_then(|v| v.parse::<u64>().ok()))
-        else {
-            return false;
-        };
+        let Some((uid, version)) = uid_and_version(meta) else { return false };
         let mut by_uid = self.by_uid.lock().expect("lock");
         match by_uid.get(uid) {
-            Some((written, at)) if rv < *written && at.elapsed() < WRITTEN_TTL => true,
+            Some(w)
+                if w.at.elapsed() < WRITTEN_TTL
+                    && (version < w.version || (version == w.version && w.more_to_come)) =>
+            {
+                true
+            }
             Some(_) => {
                 by_uid.remove(uid);
                 false
@@ -299,13 +333,12 @@ mod tests {
         (o.by_owner.values().map(HashSet::len).sum(), o.orphans.values().map(HashSet::len).sum())
     }
 
+    fn meta(uid: &str, rv: &str) -> kube::api::ObjectMeta {
+        kube::api::ObjectMeta { uid: Some(uid.into()), resource_version: Some(rv.into()), ..Default::default() }
+    }
+
     #[test]
     fn a_version_older_than_one_written_is_stale_until_the_cache_shows_it() {
-        let meta = |uid: &str, rv: &str| kube::api::ObjectMeta {
-            uid: Some(uid.into()),
-            resource_version: Some(rv.into()),
-            ..Default::default()
-        };
         let w = Written::default();
         assert!(!w.is_stale(&meta("a", "5")), "nothing written");
         w.wrote(&meta("a", "7"));
@@ -315,6 +348,22 @@ mod tests {
         assert!(!w.is_stale(&meta("a", "7")), "the cache shows the write");
         assert!(!w.is_stale(&meta("a", "5")), "forgotten once shown");
         assert!(!w.is_stale(&meta("a", "x")), "an unreadable version is never stale");
+    }
+
+    #[test]
+    fn a_version_with_a_write_to_follow_is_stale_until_that_write_or_its_withdrawal() {
+        let w = Written::default();
+        w.wrote_more_to_come(&meta("a", "7"));
+        assert!(w.is_stale(&meta("a", "7")), "its own write is on the way");
+        w.wrote(&meta("a", "9"));
+        assert!(w.is_stale(&meta("a", "8")) && !w.is_stale(&meta("a", "9")), "the next write ends the wait");
+        w.wrote_more_to_come(&meta("b", "3"));
+        w.withdraw(&meta("b", "3"));
+        assert!(!w.is_stale(&meta("b", "3")), "withdrawn: the version is current again");
+        w.wrote_more_to_come(&meta("c", "4"));
+        w.wrote(&meta("c", "6"));
+        w.withdraw(&meta("c", "4"));
+        assert!(w.is_stale(&meta("c", "4")), "a withdrawal leaves a newer write alone");
     }
 
     #[test]

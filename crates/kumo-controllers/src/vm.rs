@@ -250,10 +250,11 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: &str
     let printable = printable_status(vm_deleting, vmi, creating, strategy);
     let mut conds = vm_status.conditions.unwrap_or_default();
     let ready = vmi.is_some_and(|i| conditions::is_true(i.conditions(), "Ready") && !deleting(&i.metadata));
+    // The VMI this pass creates exists once the status is written: saying so spares a second status write.
     let (reason, msg) = match vmi {
-        None => ("VMINotExists", "VMI does not exist"),
-        Some(_) if ready => ("", ""),
-        Some(_) => ("VMINotReady", "the virtual machine instance is not ready"),
+        _ if ready => ("", ""),
+        None if !creating => ("VMINotExists", "VMI does not exist"),
+        _ => ("VMINotReady", "the virtual machine instance is not ready"),
     };
     conditions::set(&mut conds, "Ready", if ready { "True" } else { "False" }, reason, msg, now);
     let paused = vmi.is_some_and(|i| conditions::is_true(i.conditions(), "Paused"));
@@ -414,6 +415,16 @@ mod tests {
         assert!(plan(&running, Some(&vmi("Running")), "t").events.is_empty(), "no change, no event");
         let p = plan(&running, Some(&vmi("Failed")), "t");
         assert!(reasons(&p).contains(&("CrashLoopBackOff", true)), "{:?}", reasons(&p));
+    }
+
+    #[test]
+    fn the_status_written_with_a_new_vmi_holds_until_it_runs() {
+        let p = plan(&vm("Always"), None, "t");
+        let starting = with_status(vm("Always"), &p);
+        let json = |p: &Plan| serde_json::to_value(&p.status).expect("a status");
+        for phase in ["Pending", "Scheduled"] {
+            assert_eq!(json(&plan(&starting, Some(&vmi(phase)), "t2")), json(&p), "{phase}: nothing to write");
+        }
     }
 
     #[test]
