@@ -218,11 +218,9 @@ fn configdrive_bridge_and_empty_disk() {
     let disks = eventually(Duration::from_secs(90), || http_get(&ip, "/disks.txt").filter(|b| b.contains("vd")));
     let disks = disks.expect("the guest at the pod IP served the ConfigDrive user-data's output");
     assert!(disks.contains("vdc"), "the emptyDisk is attached: {disks}");
-    assert_eq!(
-        http_get(&ip, "/host.txt").map(|h| h.trim().to_string()),
-        Some("cdbridge".into()),
-        "hostname from ConfigDrive"
-    );
+    // The user-data writes host.txt after disks.txt: it may still be empty a moment after disks.txt shows.
+    let host = eventually(Duration::from_secs(30), || http_get(&ip, "/host.txt").filter(|h| !h.trim().is_empty()));
+    assert_eq!(host.map(|h| h.trim().to_string()), Some("cdbridge".into()), "hostname from ConfigDrive");
     let uid = uid_of(&s, "cdbridge");
     s.kubectl_ok(&["delete", "vmi", "cdbridge", "--timeout=60s"]).unwrap();
     assert_cleaned(&s, &uid, 20);
