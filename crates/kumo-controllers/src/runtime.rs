@@ -460,6 +460,11 @@ where
 }
 
 async fn reconcile_vm(vm_obj: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    // Woken (by its VMI) while its own status write was on the way: planned from the older status, it would
+    // write that status and its events again. The write's event wakes it.
+    if ctx.written.is_stale(&vm_obj.metadata) {
+        return Ok(Action::await_change());
+    }
     let ns = vm_obj.namespace().unwrap_or_default();
     let name = vm_obj.name_any();
     let vms = Api::<VirtualMachine>::namespaced(ctx.client.clone(), &ns);
@@ -529,7 +534,9 @@ async fn reconcile_vm(vm_obj: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Acti
     }
     publish(&ctx, &vm_obj.object_ref(&()), &plan.events).await;
     if vm_obj.meta().deletion_timestamp.is_none() {
-        patch_status(&vms, &name, vm_obj.status.as_ref(), &plan.status, None).await?;
+        if let Some(written) = patch_status(&vms, &name, vm_obj.status.as_ref(), &plan.status, None).await? {
+            ctx.written.wrote(&written.metadata);
+        }
     }
     // Act again soon after changing something, so e.g. a replaced VMI is recreated once the old one is gone;
     // when a crash-loop backoff ends; otherwise now and then.
