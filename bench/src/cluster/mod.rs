@@ -1,7 +1,8 @@
 //! `kumo-bench cluster`: builds a cluster step by step against one real `kumo server` (SIMULATED nodes from
 //! `kumo agent --simulate`, VMs through VirtualMachines and VirtualMachineInstanceReplicaSets) and at every
 //! step records API latency per verb class, VMI create → Running (simulated boot excluded), the server's CPU,
-//! memory and store size, and its restart time (after SIGTERM, and after SIGKILL); then, optionally, the same cluster under an event flood.
+//! memory and store size, and its restart time (after SIGTERM, and after SIGKILL); then, optionally, the same
+//! cluster under an event flood.
 //! Writes JSON, and a PNG plot through `bench/plot_cluster.py`.
 
 mod api;

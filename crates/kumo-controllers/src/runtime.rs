@@ -59,7 +59,7 @@ pub struct Ctx {
     unschedulable: Unschedulable,
     /// VMIs the VM controller created that the cache may not show yet, by namespace/name, with when.
     made: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
-    /// VMI versions this process wrote that the cache may not show yet.
+    /// VM and VMI versions this process wrote that the cache may not show yet.
     written: crate::shared::Written,
 }
 
@@ -673,6 +673,7 @@ async fn apply_vmi_plan(
             }
         }
     }
+    let mut label_failed = None;
     if let Some(change) = &plan.label {
         // A compare-and-swap as well: the label must follow the status of the very object it was planned from
         // (not, say, a newer VMI of the same name).
@@ -686,18 +687,20 @@ async fn apply_vmi_plan(
             Ok(labelled) => ctx.written.wrote(&labelled.metadata),
             Err(e) => {
                 ctx.written.withdraw(&latest.metadata);
-                publish(ctx, &vmi.object_ref(&()), &plan.events).await;
-                return match code(&e) {
-                    Some(409) => Ok(None),
-                    Some(404) => Ok(Some(Action::await_change())),
-                    _ => Err(e.into()),
-                };
+                label_failed = Some(e);
             }
         }
     }
     // After the writes: an event should describe what was written, and only the writer tells. After the label
     // too: the agent (watching by the label) starts the guest while these are written.
     publish(ctx, &vmi.object_ref(&()), &plan.events).await;
+    if let Some(e) = label_failed {
+        return match code(&e) {
+            Some(409) => Ok(None),
+            Some(404) => Ok(Some(Action::await_change())),
+            _ => Err(e.into()),
+        };
+    }
     Ok(Some(if plan.retry { Action::requeue(UNSCHEDULABLE_RETRY) } else { Action::requeue(Duration::from_secs(300)) }))
 }
 

@@ -482,8 +482,6 @@ impl Tables<'_> {
         Ok(())
     }
 
-    /// Drops log entries at or below `upto` and every history entry superseded at or below it: a key keeps its
-    /// latest version at or below `upto` (in history, unless a tombstone, when its current value is newer).
     /// Drops `key`'s history at or below `upto`, but for its version as of `upto` when that is in history (the
     /// current value is newer) and not a deletion.
     fn sweep(&mut self, key: &str, upto: i64) -> Result<()> {
