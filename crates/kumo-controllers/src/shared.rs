@@ -179,6 +179,26 @@ where
             .flat_map(stream::iter)
     }
 
+    /// The owners of kind `O` of the objects seen changing, each at most once per `every` (see
+    /// [`crate::throttle`]): for a controller whose reconcile reads all its objects, as a replica set does.
+    pub fn owner_changes<O>(&self, every: std::time::Duration) -> impl Stream<Item = ObjectRef<O>> + Send + 'static
+    where
+        O: Resource<DynamicType = ()> + Send + 'static,
+    {
+        let owners = self.changes().flat_map(|o| {
+            let ns = o.meta().namespace.clone();
+            let refs: Vec<ObjectRef<O>> = (o.meta().owner_references.iter().flatten())
+                .filter(|r| r.kind == O::kind(&()) && r.api_version == O::api_version(&()))
+                .map(|r| match &ns {
+                    Some(ns) => ObjectRef::new(&r.name).within(ns),
+                    None => ObjectRef::new(&r.name),
+                })
+                .collect();
+            stream::iter(refs)
+        });
+        crate::throttle::throttled(owners, every)
+    }
+
     /// The changes from now on, and when this subscriber fell behind and missed some (deletions among them),
     /// for a subscriber that keeps its own view of the objects.
     pub fn updates(&self) -> impl Stream<Item = Update<K>> + Send + 'static {

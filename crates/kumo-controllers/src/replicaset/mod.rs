@@ -3,8 +3,8 @@
 //! owned by nobody) or lets go (owned, no longer matching), and its status. Pure: [`run`] applies.
 //!
 //! A VMI that finished (Failed, Succeeded) is removed and replaced, as KubeVirt's controller does. The plan is
-//! made from a fresh list of the namespace's VMIs, not a watch cache, so a VMI just made is always counted: a
-//! cache that lags would make the group make too many.
+//! made from the controllers' cache of VMIs once it shows the set's own creates and deletes (its expectations,
+//! in [`run`]): a cache that lags would make the group make too many.
 
 mod run;
 
