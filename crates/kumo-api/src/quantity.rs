@@ -20,7 +20,14 @@ fn scaled(s: &str, extra_dec: i32) -> Result<u64, String> {
         return Err(bad("malformed number"));
     }
     // value = mantissa / 10^frac_digits * 2^bin * 10^dec
-    let mantissa: u128 = format!("{int}{frac}").parse().map_err(|_| bad("number too large"))?;
+    // Digit by digit: the scheduler parses every node's allocatable for each VMI, and a string per parse showed.
+    let mut mantissa: u128 = 0;
+    for d in int.bytes().chain(frac.bytes()) {
+        mantissa = mantissa
+            .checked_mul(10)
+            .and_then(|m| m.checked_add(u128::from(d - b'0')))
+            .ok_or_else(|| bad("number too large"))?;
+    }
     let (bin, dec): (u32, i32) = match suffix {
         "" => (0, 0),
         "Ki" => (10, 0),

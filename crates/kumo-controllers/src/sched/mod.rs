@@ -127,13 +127,16 @@ pub(crate) struct NodeInfo<'a> {
     /// How many VMIs are placed here, and what they take.
     pub count: usize,
     pub used: Request,
+    /// What the node offers, parsed once per placement (the filter and the score both read it).
+    pub alloc: Request,
 }
 
 impl<'a> NodeInfo<'a> {
     fn new(node: &'a Node, placed: &Placed) -> Self {
         let name = node.metadata.name.as_deref().unwrap_or_default();
         let load = placed.load(name);
-        NodeInfo { node, name, count: load.map_or(0, |l| l.vmis.len()), used: load.map(|l| l.used).unwrap_or_default() }
+        let (count, used) = (load.map_or(0, |l| l.vmis.len()), load.map(|l| l.used).unwrap_or_default());
+        NodeInfo { node, name, count, used, alloc: node::allocatable(node) }
     }
 }
 

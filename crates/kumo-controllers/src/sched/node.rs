@@ -31,7 +31,7 @@ pub(super) fn filter(vmi: &VirtualMachineInstance, n: &NodeInfo, want: Request) 
         return one("node(s) didn't match Pod's node affinity/selector");
     }
     let mut short = vec![];
-    let alloc = allocatable(n.node);
+    let alloc = n.alloc;
     if n.used.cpu_milli.saturating_add(want.cpu_milli) > alloc.cpu_milli {
         short.push("Insufficient cpu".to_string());
     }
@@ -147,7 +147,7 @@ fn allocatable_quantity(n: &Node, name: &str, milli: bool) -> Option<u64> {
 }
 
 /// cpu and memory the node offers; absent counts as none, as in Kubernetes.
-fn allocatable(n: &Node) -> Request {
+pub(super) fn allocatable(n: &Node) -> Request {
     Request {
         cpu_milli: allocatable_quantity(n, "cpu", true).unwrap_or(0),
         memory: allocatable_quantity(n, "memory", false).unwrap_or(0),
@@ -161,7 +161,7 @@ fn allocatable_pods(n: &Node) -> Option<u64> {
 /// kube-scheduler's LeastAllocated: the mean over cpu and memory of the share left free after placing the VMI,
 /// 0–100. It spreads VMIs over nodes in proportion to their size.
 pub(super) fn least_allocated(n: &NodeInfo, want: Request) -> i64 {
-    let alloc = allocatable(n.node);
+    let alloc = n.alloc;
     let free = |total: u64, used: u64, more: u64| -> i64 {
         if total == 0 {
             return 0;
