@@ -9,6 +9,9 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
+/// How long setup calls keep retrying what the server asks to retry.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
 /// One connection that speaks JSON, reconnecting when the server went away (it is restarted mid-run).
 pub struct Api {
     endpoint: Endpoint,
@@ -43,6 +46,23 @@ impl Api {
         unreachable!()
     }
 
+    /// The call, again while the server says to retry (429, 503, 504: a store slow after a restart), for up
+    /// to [`RETRY_FOR`], as Kubernetes' clients do. For the run's own setup; the probe times single calls.
+    async fn call_retrying(&mut self, method: Method, path: &str, body: Option<&Value>) -> Result<(StatusCode, Value)> {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(500);
+        loop {
+            let (status, v) = self.call(method.clone(), path, body).await?;
+            let later = [StatusCode::TOO_MANY_REQUESTS, StatusCode::SERVICE_UNAVAILABLE, StatusCode::GATEWAY_TIMEOUT];
+            if !later.contains(&status) || start.elapsed() > RETRY_FOR {
+                return Ok((status, v));
+            }
+            crate::progress(format!("{method} {path}: HTTP {status}; retrying in {pause:?}"));
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
     /// The call, failing unless it answered `want`.
     pub async fn expect(
         &mut self,
@@ -51,7 +71,7 @@ impl Api {
         body: Option<&Value>,
         want: StatusCode,
     ) -> Result<Value> {
-        let (status, v) = self.call(method.clone(), path, body).await?;
+        let (status, v) = self.call_retrying(method.clone(), path, body).await?;
         if status != want {
             bail!("{method} {path}: HTTP {status} (wanted {want}): {v}");
         }
@@ -64,7 +84,7 @@ impl Api {
 
     /// Creates `obj` at `path`; an existing one is fine (a rerun, or a retry that had landed).
     pub async fn create(&mut self, path: &str, obj: &Value) -> Result<()> {
-        let (status, v) = self.call(Method::POST, path, Some(obj)).await?;
+        let (status, v) = self.call_retrying(Method::POST, path, Some(obj)).await?;
         if !status.is_success() && status != StatusCode::CONFLICT {
             bail!("POST {path}: HTTP {status}: {v}");
         }
