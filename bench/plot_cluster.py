@@ -1,5 +1,5 @@
-"""Plots `kumo-bench cluster` results: API latency p99 per verb class and the server's memory and store size,
-against cluster size. Usage: plot_cluster.py RESULTS.json OUT.png"""
+"""Plots `kumo-bench cluster` results: API latency p99 per verb class and the server's memory and store size
+(etcd's members' on the etcd backend), against cluster size. Usage: plot_cluster.py RESULTS.json OUT.png"""
 import json
 import sys
 
@@ -34,10 +34,18 @@ def main(src, dst):
     lat.legend(fontsize=8)
     mib = 1 << 20
     mem.plot(x, [s["server"]["rss_bytes"] / mib for s in steps], marker="o", label="API server RSS")
-    mem.plot(x, [s["server"]["store_bytes"] / mib for s in steps], marker="o", label="store on disk")
+    on_etcd = all("etcd" in s for s in steps)
+    if on_etcd:
+        # The store is etcd's: its members' files and memory, not the API server's data directory.
+        mem.plot(x, [s["etcd"]["data_bytes"] / mib for s in steps], marker="o", label="etcd data on disk (all members)")
+        mem.plot(x, [s["etcd"]["rss_bytes"] / mib for s in steps], marker="o", label="etcd RSS (all members)")
+    else:
+        mem.plot(x, [s["server"]["store_bytes"] / mib for s in steps], marker="o", label="store on disk")
     mem.set_ylabel("MiB")
     cpu = mem.twinx()
     cpu.plot(x, [s["server"]["cpu_cores"] for s in steps], marker="^", color="gray", linestyle="--", label="server CPU (cores)")
+    if on_etcd:
+        cpu.plot(x, [s["etcd"]["cpu_cores"] for s in steps], marker="v", color="black", linestyle=":", label="etcd CPU (cores)")
     cpu.set_ylabel("cores")
     mem.set_title("memory, store size and CPU (SIMULATED nodes)")
     mem.set_xticks(list(x), labels, fontsize=8)
