@@ -11,6 +11,7 @@ use crate::Error;
 /// ErrFutureRev); they arrive with code OutOfRange, which etcd also uses for other things.
 const COMPACTED: &str = "required revision has been compacted";
 const FUTURE: &str = "required revision is a future revision";
+const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
 
 /// Maps one failed call. [`Error::Compacted`] and [`Error::FutureRevision`] come back with zero revisions:
 /// only the caller knows what it asked for, and fills them in.
@@ -45,10 +46,12 @@ pub(super) fn map_status(status: &Status) -> Error {
         // but like a deadline the write may still be applied, which a caller must know.
         Code::Unavailable if message.contains("timed out") => Error::Timeout(text),
         // Unavailable: connection refused or lost, no leader, leader changed. Cancelled: the connection
-        // dropped under the call. ResourceExhausted is also etcd's "too many requests", but its
-        // "database space exceeded" alarm needs an operator, so only the former is retryable.
+        // dropped under the call.
         Code::Unavailable | Code::Cancelled => Error::Unavailable(text),
-        Code::ResourceExhausted if message.contains("too many requests") => Error::Unavailable(text),
+        // etcd applying too far behind what it committed refuses requests before proposing them, so a write
+        // is safe to retry. It has come with another code than ResourceExhausted (500s growing past 100,000 VMIs);
+        // ResourceExhausted's "database space exceeded" alarm needs an operator, so the message decides.
+        _ if message.contains(TOO_MANY_REQUESTS) => Error::Unavailable(text),
         // An HTTP/2 or transport failure tonic could not classify.
         Code::Unknown | Code::Internal if is_connection_error(status) => Error::Unavailable(text),
         _ => Error::Backend(text),
@@ -120,4 +123,19 @@ fn with_sources(mut text: String, mut source: Option<&(dyn std::error::Error + '
         source = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_requests_is_retryable_whatever_its_code_and_a_full_database_is_not() {
+        for code in [Code::ResourceExhausted, Code::Unknown, Code::Unavailable] {
+            let e = map_status(&Status::new(code, "etcdserver: too many requests"));
+            assert!(matches!(e, Error::Unavailable(_)), "{code:?}: {e:?}");
+        }
+        let full = map_status(&Status::new(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"));
+        assert!(matches!(full, Error::Backend(_)), "{full:?}");
+    }
 }
