@@ -8,7 +8,7 @@
 use futures::{stream, Stream, StreamExt};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Resource};
+use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -186,14 +186,9 @@ where
         O: Resource<DynamicType = ()> + Send + 'static,
     {
         let owners = self.changes().flat_map(|o| {
-            let ns = o.meta().namespace.clone();
-            let refs: Vec<ObjectRef<O>> = (o.meta().owner_references.iter().flatten())
-                .filter(|r| r.kind == O::kind(&()) && r.api_version == O::api_version(&()))
-                .map(|r| match &ns {
-                    Some(ns) => ObjectRef::new(&r.name).within(ns),
-                    None => ObjectRef::new(&r.name),
-                })
-                .collect();
+            let ns = o.meta().namespace.as_deref();
+            let refs: Vec<ObjectRef<O>> =
+                o.owner_references().iter().filter_map(|r| ObjectRef::from_owner_ref(ns, r, ())).collect();
             stream::iter(refs)
         });
         crate::throttle::throttled(owners, every)

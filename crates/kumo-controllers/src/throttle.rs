@@ -12,25 +12,36 @@ use tokio::time::Instant;
 /// The bookkeeping, without I/O: when each key last passed, and the keys waiting for their interval to end.
 pub struct Throttle<K> {
     every: Duration,
-    passed: HashMap<K, Instant>,
+    passed: HashMap<K, Passed>,
     /// Waiting keys by when they may pass (a sequence number keeps equal instants apart).
     waiting: BTreeMap<(Instant, u64), K>,
     seq: u64,
+    /// How many remembered keys make the next pass forget the quiet ones.
+    prune_at: usize,
 }
+
+/// When a key last passed, and whether it waits to pass again.
+struct Passed {
+    at: Instant,
+    waiting: bool,
+}
+
+const PRUNE_FROM: usize = 1024;
 
 impl<K: Clone + Eq + Hash> Throttle<K> {
     pub fn new(every: Duration) -> Self {
-        Throttle { every, passed: HashMap::new(), waiting: BTreeMap::new(), seq: 0 }
+        Throttle { every, passed: HashMap::new(), waiting: BTreeMap::new(), seq: 0, prune_at: PRUNE_FROM }
     }
 
     /// A change of `key` at `now`: the key if it may pass now; otherwise it waits (once, however often it
     /// changes meanwhile).
     pub fn offer(&mut self, key: K, now: Instant) -> Option<K> {
-        match self.passed.get(&key) {
-            Some(&at) if now < at + self.every => {
-                if !self.waiting.values().any(|k| *k == key) {
+        match self.passed.get_mut(&key) {
+            Some(p) if now < p.at + self.every => {
+                if !p.waiting {
+                    p.waiting = true;
                     self.seq += 1;
-                    self.waiting.insert((at + self.every, self.seq), key);
+                    self.waiting.insert((p.at + self.every, self.seq), key);
                 }
                 None
             }
@@ -55,12 +66,13 @@ impl<K: Clone + Eq + Hash> Throttle<K> {
     }
 
     fn pass(&mut self, key: K, now: Instant) {
-        // Keys quiet for a whole interval need no memory: forgotten in passing, at most once per doubling.
-        if self.passed.len() >= 1024 && self.passed.len().is_power_of_two() {
+        // Keys quiet for a whole interval need no memory: forgotten in passing, once the map has doubled.
+        if self.passed.len() >= self.prune_at {
             let every = self.every;
-            self.passed.retain(|_, at| now < *at + every);
+            self.passed.retain(|_, p| p.waiting || now < p.at + every);
+            self.prune_at = (2 * self.passed.len()).max(PRUNE_FROM);
         }
-        self.passed.insert(key, now);
+        self.passed.insert(key, Passed { at: now, waiting: false });
     }
 }
 
