@@ -58,6 +58,12 @@ pub(super) fn map_status(status: &Status) -> Error {
     }
 }
 
+/// True when etcd refused the call as too many (it is behind applying what it committed): refused before
+/// being proposed, so a write is safe to send again.
+pub(super) fn is_behind(err: &Error) -> bool {
+    matches!(err, Error::Unavailable(m) if m.contains(TOO_MANY_REQUESTS))
+}
+
 /// True when the call failed while connecting, so it never reached etcd and may be retried on another
 /// endpoint, even for a write.
 pub(super) fn is_connect_failure(err: &etcd_client::Error) -> bool {
@@ -133,7 +139,7 @@ mod tests {
     fn too_many_requests_is_retryable_whatever_its_code_and_a_full_database_is_not() {
         for code in [Code::ResourceExhausted, Code::Unknown, Code::Unavailable] {
             let e = map_status(&Status::new(code, "etcdserver: too many requests"));
-            assert!(matches!(e, Error::Unavailable(_)), "{code:?}: {e:?}");
+            assert!(is_behind(&e), "{code:?}: {e:?}");
         }
         let full = map_status(&Status::new(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"));
         assert!(matches!(full, Error::Backend(_)), "{full:?}");

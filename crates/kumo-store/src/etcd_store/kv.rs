@@ -5,7 +5,9 @@ use etcd_client::{
     Compare, CompareOp, DeleteOptions, GetOptions, GetResponse, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 
-use super::{prefix_end, EtcdStore};
+use std::time::Duration;
+
+use super::{errors, prefix_end, EtcdStore};
 use crate::{Error, KeyValue, RangeRequest, RangeResponse, Result};
 
 impl EtcdStore {
@@ -102,7 +104,7 @@ impl EtcdStore {
             value.clone(),
             put_options(lease),
         )]);
-        let resp = self.txn("create", txn).await?;
+        let resp = self.write_txn("create", txn).await?;
         if !resp.succeeded() {
             return Err(Error::AlreadyExists(key.to_string()));
         }
@@ -131,7 +133,7 @@ impl EtcdStore {
                 TxnOp::get(k.clone(), Some(GetOptions::new().with_keys_only())),
             ])
             .or_else([TxnOp::get(k, None)]);
-        let resp = self.txn("update", txn).await?;
+        let resp = self.write_txn("update", txn).await?;
         let read = last_get(&resp)?;
         if !resp.succeeded() {
             return Err(self.missing_or_conflict(key, &read)?);
@@ -155,7 +157,7 @@ impl EtcdStore {
             .when(when)
             .and_then([TxnOp::delete(k.clone(), Some(DeleteOptions::new().with_prev_key()))])
             .or_else([TxnOp::get(k, None)]);
-        let resp = self.txn("delete", txn).await?;
+        let resp = self.write_txn("delete", txn).await?;
         let ops = resp.op_responses();
         if !resp.succeeded() {
             return Err(self.missing_or_conflict(key, &last_get(&resp)?)?);
@@ -212,12 +214,47 @@ impl EtcdStore {
             let txn = Txn::new()
                 .when([Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision)])
                 .and_then([TxnOp::put(key.clone(), revision.to_string(), Some(PutOptions::new()))]);
-            if self.txn("compact", txn).await?.succeeded() {
+            if self.write_txn("compact", txn).await?.succeeded() {
                 return Ok(());
             }
         }
     }
 
+    /// A transaction that writes, through the gate on writes in flight. One etcd refuses as too many is sent
+    /// again (etcd refuses before proposing, so it cannot apply twice) until the request's deadline.
+    async fn write_txn(&self, what: &str, txn: Txn) -> Result<TxnResponse> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let pass = self.writes.enter(deadline, what).await?;
+            let result = self
+                .call_by(deadline, what, |mut kv| {
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
+                .await;
+            match result {
+                Err(e) if errors::is_behind(&e) => {
+                    self.writes.refused();
+                    drop(pass);
+                    let wake = (tokio::time::Instant::now() + pause).min(deadline);
+                    if wake >= deadline {
+                        return Err(e);
+                    }
+                    tokio::time::sleep_until(wake).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                result => {
+                    if result.is_ok() {
+                        self.writes.succeeded();
+                    }
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// A transaction that only reads.
     async fn txn(&self, what: &str, txn: Txn) -> Result<TxnResponse> {
         self.call(what, |mut kv| {
             let txn = txn.clone();

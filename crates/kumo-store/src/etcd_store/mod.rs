@@ -2,7 +2,8 @@
 //!
 //! etcd already has the model the trait describes (one revision across all keys, MVCC history, watch from a
 //! revision, compaction), so most methods are one etcd transaction: `kv.rs` has reads and writes, `watch.rs`
-//! the watch, `errors.rs` how failures become [`Error::Unavailable`] / [`Error::Timeout`].
+//! the watch, `errors.rs` how failures become [`Error::Unavailable`] / [`Error::Timeout`], `gate.rs` how many
+//! writes are in flight while etcd is behind applying them.
 //!
 //! Layout under the configured prefix `P` (so several kumo clusters or tests can share one etcd):
 //! - `P/kv` + key: the values (`/kumo/kv/registry/...`);
@@ -17,6 +18,7 @@
 //! `--max-request-bytes=8388608` (8 MiB: a 3 MiB value plus the transaction around it, with room to spare).
 
 mod errors;
+mod gate;
 mod kv;
 mod lease;
 mod watch;
@@ -89,6 +91,8 @@ pub struct EtcdStore {
     keys: Keys,
     timeout: Duration,
     leases: lease::Leases,
+    /// Writes in flight, narrowed while etcd is behind applying them.
+    writes: gate::Gate,
 }
 
 struct Endpoint {
@@ -127,6 +131,7 @@ impl EtcdStore {
             keys: Keys::new(&config.prefix),
             timeout: config.timeout,
             leases: Default::default(),
+            writes: gate::Gate::new(gate::MAX_IN_FLIGHT),
         };
         store.current_revision().await?;
         Ok(store)
@@ -139,7 +144,15 @@ impl EtcdStore {
         F: Fn(KvClient) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.call_by(tokio::time::Instant::now() + self.timeout, what, f).await
+    }
+
+    /// [`Self::call`] with a deadline of the caller's.
+    async fn call_by<T, F, Fut>(&self, deadline: tokio::time::Instant, what: &str, f: F) -> Result<T>
+    where
+        F: Fn(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         self.failover(|endpoint| tokio::time::timeout_at(deadline, f(endpoint.kv.clone())), what).await
     }
 
