@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod sched;
 pub mod shared;
 pub mod snapshot;
+pub mod swept;
 pub mod throttle;
 pub mod vm;
 pub mod vmi;

@@ -5,6 +5,7 @@
 //! kube-rs' own shared streams hand out references looked up in the store when polled, so a deleted object
 //! never reaches its owner's controller; this one hands out the objects themselves.
 
+use crate::swept::Swept;
 use futures::{stream, Stream, StreamExt};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -231,9 +232,14 @@ impl<K> Clone for Update<K> {
 /// reconcile again while the write the reconcile made is still on its way back through the watch: planned from
 /// the older version, the next write met a 409 and the object was read back (two requests more per VMI). A
 /// reconcile of a version older than one written waits for the watch to bring the newer one instead.
-#[derive(Default)]
 pub struct Written {
-    by_uid: Mutex<HashMap<String, Wrote>>,
+    by_uid: Mutex<Swept<String, Wrote>>,
+}
+
+impl Default for Written {
+    fn default() -> Self {
+        Written { by_uid: Mutex::new(Swept::new(10_000)) }
+    }
 }
 
 /// The newest resourceVersion written to one object, when, and whether another write of this process is on
@@ -269,9 +275,7 @@ impl Written {
     fn note(&self, meta: &kube::api::ObjectMeta, more_to_come: bool) {
         let Some((uid, version)) = uid_and_version(meta) else { return };
         let mut by_uid = self.by_uid.lock().expect("lock");
-        if by_uid.len() >= 10_000 {
-            by_uid.retain(|_, w| w.at.elapsed() < WRITTEN_TTL);
-        }
+        by_uid.sweep(|_, w| w.at.elapsed() < WRITTEN_TTL);
         let at = std::time::Instant::now();
         let e = by_uid.entry(uid.clone()).or_insert(Wrote { version, at, more_to_come });
         if version >= e.version {

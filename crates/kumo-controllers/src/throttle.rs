@@ -3,8 +3,9 @@
 //! first change of a key passes at once; those within the interval after it fold into one at its end, so a key
 //! that keeps changing is still reconciled once per interval (kube-rs' debounce keeps delaying it instead).
 
+use crate::swept::Swept;
 use futures::{stream, Stream, StreamExt};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -12,12 +13,10 @@ use tokio::time::Instant;
 /// The bookkeeping, without I/O: when each key last passed, and the keys waiting for their interval to end.
 pub struct Throttle<K> {
     every: Duration,
-    passed: HashMap<K, Passed>,
+    passed: Swept<K, Passed>,
     /// Waiting keys by when they may pass (a sequence number keeps equal instants apart).
     waiting: BTreeMap<(Instant, u64), K>,
     seq: u64,
-    /// How many remembered keys make the next pass forget the quiet ones.
-    prune_at: usize,
 }
 
 /// When a key last passed, and whether it waits to pass again.
@@ -30,7 +29,7 @@ const PRUNE_FROM: usize = 1024;
 
 impl<K: Clone + Eq + Hash> Throttle<K> {
     pub fn new(every: Duration) -> Self {
-        Throttle { every, passed: HashMap::new(), waiting: BTreeMap::new(), seq: 0, prune_at: PRUNE_FROM }
+        Throttle { every, passed: Swept::new(PRUNE_FROM), waiting: BTreeMap::new(), seq: 0 }
     }
 
     /// A change of `key` at `now`: the key if it may pass now; otherwise it waits (once, however often it
@@ -67,11 +66,8 @@ impl<K: Clone + Eq + Hash> Throttle<K> {
 
     fn pass(&mut self, key: K, now: Instant) {
         // Keys quiet for a whole interval need no memory: forgotten in passing, once the map has doubled.
-        if self.passed.len() >= self.prune_at {
-            let every = self.every;
-            self.passed.retain(|_, p| p.waiting || now < p.at + every);
-            self.prune_at = (2 * self.passed.len()).max(PRUNE_FROM);
-        }
+        let every = self.every;
+        self.passed.sweep(|_, p| p.waiting || now < p.at + every);
         self.passed.insert(key, Passed { at: now, waiting: false });
     }
 }
