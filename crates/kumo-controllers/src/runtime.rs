@@ -190,21 +190,29 @@ pub async fn run(
     Ok(())
 }
 
-/// Keeps `ctx.placed` current with each VMI change: the newest state in the cache, or gone.
+/// Changes taken into `ctx.placed` under one hold of its lock.
+const PLACED_BATCH: usize = 4096;
+
+/// Keeps `ctx.placed` current with each VMI change: the newest state in the cache, or gone. The changes that
+/// have arrived go in together: taking the lock once per change, in line behind every placement (each a few
+/// milliseconds among 10,000 nodes), it kept up with a few dozen changes a second, not hundreds,
+/// and bindings it had not taken in yet sent the scheduler to read their VMIs again and again.
 fn feed_placed(
     ctx: Arc<Ctx>,
     shared: &crate::shared::Shared<VirtualMachineInstance>,
 ) -> impl std::future::Future<Output = ()> {
-    shared.updates().for_each(move |update| {
+    shared.updates().ready_chunks(PLACED_BATCH).for_each(move |updates| {
         let ctx = ctx.clone();
         async move {
             let mut placed = ctx.placed.lock().await;
-            match update {
-                Update::Changed(o) => match newest(&ctx.vmis, &o) {
-                    Some(current) => placed.set(current),
-                    None => placed.remove(&sched::placed_key(&o)),
-                },
-                Update::Relist => placed.relist(ctx.vmis.state()),
+            for update in updates {
+                match update {
+                    Update::Changed(o) => match newest(&ctx.vmis, &o) {
+                        Some(current) => placed.set(current),
+                        None => placed.remove(&sched::placed_key(&o)),
+                    },
+                    Update::Relist => placed.relist(ctx.vmis.state()),
+                }
             }
         }
     })

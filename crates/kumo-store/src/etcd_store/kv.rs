@@ -13,11 +13,18 @@ use crate::{Error, KeyValue, RangeRequest, RangeResponse, Result};
 impl EtcdStore {
     /// `(current revision, recorded compacted revision)` in one read.
     pub(super) async fn read_compacted(&self) -> Result<(i64, i64)> {
+        self.read_compacted_as(false).await
+    }
+
+    /// [`Self::read_compacted`], `serializable`: from what the member has applied, without waiting for it to
+    /// apply everything committed (which, while etcd is behind, takes longer than a request may).
+    pub(super) async fn read_compacted_as(&self, serializable: bool) -> Result<(i64, i64)> {
         let key = self.keys.compact.clone();
+        let options = serializable.then(|| GetOptions::new().with_serializable());
         let resp = self
             .call("read", |mut kv| {
-                let key = key.clone();
-                async move { kv.get(key, None).await }
+                let (key, options) = (key.clone(), options.clone());
+                async move { kv.get(key, options).await }
             })
             .await?;
         let (_, compacted) = parse_compacted(&resp)?;

@@ -72,9 +72,10 @@ impl Default for EtcdConfig {
 const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 
 /// HTTP/2 pings notice a peer that vanished without closing the connection (host down, partition), which
-/// would otherwise leave a watch waiting forever. etcd's default `--grpc-keepalive-min-time` is 5 s.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// would otherwise leave a watch waiting forever. kube-apiserver's values: a ping after 30 s of silence, 10 s
+/// for its answer (a member busy applying can take seconds, and a connection given up ends every watch on it).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A [`Store`] on etcd. Cheap to share as `Arc<EtcdStore>` (or `Arc<dyn Store>`).
 ///

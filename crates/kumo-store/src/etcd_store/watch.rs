@@ -12,6 +12,9 @@ use futures::stream::{self, BoxStream, StreamExt};
 use super::{errors, prefix_end, Endpoint, EtcdStore, Keys};
 use crate::{Error, Event, EventKind, KeyValue, Result};
 
+/// The least time a watch is given to start.
+const WATCH_START: std::time::Duration = std::time::Duration::from_secs(15);
+
 struct Live {
     /// Holds the request side open too: etcd ends the watch when the client half-closes.
     stream: WatchStream,
@@ -30,7 +33,9 @@ impl EtcdStore {
         prefix: &str,
         after_revision: i64,
     ) -> Result<BoxStream<'static, Result<Event>>> {
-        let (_, recorded) = self.read_compacted().await?;
+        // The record as this member has applied it: a watch set up again while etcd is behind must not wait
+        // for it to catch up first (etcd itself refuses a start before its own compaction all the same).
+        let (_, recorded) = self.read_compacted_as(true).await?;
         if recorded > 0 && after_revision <= recorded {
             return Err(Error::Compacted { requested: after_revision, compacted: recorded });
         }
@@ -39,8 +44,10 @@ impl EtcdStore {
             .with_range(prefix_end(&key))
             .with_start_revision(after_revision.max(0) + 1)
             .with_prev_key();
-        // Wait for etcd to confirm the watch, so a watch that could not be set up fails here.
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        // Wait for etcd to confirm the watch, so a watch that could not be set up fails here. Longer than a
+        // request may take: a loaded etcd confirms late, and the caller would only try again (the API server's
+        // watch cache, which meanwhile serves nothing newer).
+        let deadline = tokio::time::Instant::now() + self.timeout.max(WATCH_START);
         let start = |endpoint: &Endpoint| {
             let (mut client, key, options) = (endpoint.watch.clone(), key.clone(), options.clone());
             tokio::time::timeout_at(deadline, async move {
