@@ -234,6 +234,32 @@ pub async fn create_replica_sets(api: &mut Api, from: usize, to: usize, replicas
     Ok(())
 }
 
+/// Waits until at most `ahead` of the `asked` VMIs are not Running yet, printing progress every 10 s (`shown`:
+/// when it last did).
+pub async fn wait_ahead(
+    tracker: &Arc<Mutex<Tracker>>,
+    asked: usize,
+    ahead: usize,
+    limit: Duration,
+    shown: &mut Instant,
+) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let running = tracker.lock().expect("lock").running();
+        if asked.saturating_sub(running) <= ahead {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            bail!("only {running} of {asked} VMIs Running after {limit:?}");
+        }
+        if shown.elapsed() > Duration::from_secs(10) {
+            crate::progress(format!("{asked} VMIs asked for, {running} Running"));
+            *shown = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until the tracker counts `want` Running VMIs, printing progress.
 pub async fn wait_running(tracker: &Arc<Mutex<Tracker>>, want: usize, limit: Duration) -> Result<Duration> {
     let start = Instant::now();

@@ -43,6 +43,11 @@ pub struct ClusterArgs {
     /// Connections creating VirtualMachines.
     #[arg(long, default_value_t = 16)]
     conns: usize,
+    /// At most this many VMIs asked for and not yet Running while growing (0: everything at once): the VMs
+    /// and replica sets go in by the thousand as earlier ones run, as Kubernetes' density tests create pods at
+    /// a set pace. All at once, the server's controllers spent the run on a backlog of hundreds of thousands.
+    #[arg(long, default_value_t = 10000)]
+    ahead: usize,
     /// Crash-looping VMs of the flood scenario at the last step (0: no flood).
     #[arg(long, default_value_t = 1000)]
     flood_vms: usize,
@@ -184,14 +189,30 @@ impl Run {
         let replicas = self.args.rs_replicas.max(1);
         let rs_target = (to - vm_target).div_ceil(replicas);
         let endpoint = self.kumo.endpoint.clone();
-        fleet::create_replica_sets(&mut self.api, self.replica_sets, rs_target, replicas).await?;
-        let vms_before = from - self.replica_sets * replicas;
-        fleet::create_vms(&endpoint, vms_before, vm_target, self.args.conns, "bench-vm", json!({})).await?;
+        let limit = Duration::from_secs(600 + (vm_target + rs_target * replicas - from) as u64 / 20);
+        // The tracker counts every Running VMI, the sampled ones of earlier steps too.
+        let sampled = self.args.samples * self.steps.len();
+        let (mut vms, mut sets) = (from - self.replica_sets * replicas, self.replica_sets);
+        // A replica set or a thousand VMs at a time, whichever kind is behind, each once the VMIs asked for
+        // before it are within `ahead` of Running.
+        let mut shown = Instant::now();
+        while vms < vm_target || sets < rs_target {
+            if self.args.ahead > 0 {
+                let (asked, left) = (vms + sets * replicas + sampled, limit.saturating_sub(start.elapsed()));
+                fleet::wait_ahead(&self.tracker, asked, self.args.ahead, left, &mut shown).await?;
+            }
+            if sets < rs_target && (vms >= vm_target || sets * replicas <= vms) {
+                fleet::create_replica_sets(&mut self.api, sets, sets + 1, replicas).await?;
+                sets += 1;
+            } else {
+                let to = if self.args.ahead > 0 { (vms + replicas).min(vm_target) } else { vm_target };
+                fleet::create_vms(&endpoint, vms, to, self.args.conns, "bench-vm", json!({})).await?;
+                vms = to;
+            }
+        }
         self.replica_sets = rs_target;
         self.vms = vm_target + rs_target * replicas;
-        let limit = Duration::from_secs(600 + (self.vms - from) as u64 / 20);
-        // The tracker counts every Running VMI, the sampled ones of earlier steps too.
-        let want = self.vms + self.args.samples * self.steps.len();
+        let want = self.vms + sampled;
         if let Err(e) = fleet::wait_running(&self.tracker, want, limit).await {
             crate::progress(fleet::diagnose(&mut self.api, self.kumo.proc.dir()).await);
             return Err(e);

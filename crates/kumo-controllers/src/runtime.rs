@@ -67,6 +67,13 @@ pub struct Ctx {
 const MADE_TTL: Duration = Duration::from_secs(30);
 
 impl Ctx {
+    /// Notes that the VM `ns/name` has its VMI in the store (see [`Ctx::awaiting_vmi`]).
+    fn note_made(&self, ns: &str, name: &str) {
+        let mut made = self.made.lock().expect("made lock");
+        made.sweep(|_, at| at.elapsed() < MADE_TTL);
+        made.insert((ns.to_string(), name.to_string()), std::time::Instant::now());
+    }
+
     /// Whether the VM `ns/name` made a VMI the cache does not show yet (`seen`: whether it shows one now).
     /// Creating it again would only be refused (409): under load the cache lags, and every VM reconciled in
     /// that lag asked again each second.
@@ -521,12 +528,14 @@ async fn reconcile_vm(vm_obj: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Acti
     for action in &plan.actions {
         match action {
             vm::Action::CreateVmi(obj) => match vmis.create(&PostParams::default(), obj).await {
-                Ok(_) => {
-                    let mut made = ctx.made.lock().expect("made lock");
-                    made.sweep(|_, at| at.elapsed() < MADE_TTL);
-                    made.insert((ns.clone(), name.clone()), std::time::Instant::now());
+                Ok(_) => ctx.note_made(&ns, &name),
+                // It exists: made by an earlier reconcile that the cache does not show yet. Wait for it as for
+                // one just made; this plan, from a view without it, has no event or status worth writing (a
+                // lagging cache had VMs "create" theirs again every second, each a SuccessfulCreate).
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    ctx.note_made(&ns, &name);
+                    return Ok(Action::requeue(Duration::from_secs(5)));
                 }
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => return Err(e.into()),
             },
             vm::Action::DeleteVmi { uid } => {
