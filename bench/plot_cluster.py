@@ -34,7 +34,7 @@ def main(src, dst):
     lat.legend(fontsize=8)
     mib = 1 << 20
     mem.plot(x, [s["server"]["rss_bytes"] / mib for s in steps], marker="o", label="API server RSS")
-    on_etcd = all("etcd" in s for s in steps)
+    on_etcd = all(s.get("etcd") for s in steps)
     if on_etcd:
         # The store is etcd's: its members' files and memory, not the API server's data directory.
         mem.plot(x, [s["etcd"]["data_bytes"] / mib for s in steps], marker="o", label="etcd data on disk (all members)")
