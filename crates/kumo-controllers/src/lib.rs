@@ -7,6 +7,7 @@
 //! thin runtime that fetches, applies the plan through the API and records events ([`runtime`],
 //! [`nodeipam::run`], [`nodelifecycle::run`]). Start reading at [`vm`].
 
+mod adopt;
 pub mod binder;
 pub mod datavolume;
 pub mod flavor;

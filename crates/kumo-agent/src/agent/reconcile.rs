@@ -2,7 +2,7 @@
 //! stop it on deletion and leave nothing behind.
 
 use super::{status, Agent, LocalVm};
-use crate::hypervisor::Launched;
+use crate::hypervisor::{Exit, Launched};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -231,25 +231,34 @@ async fn register(agent: &Arc<Agent>, vmi: &VirtualMachineInstance, uid: &str, l
         iface,
     });
     agent.vms.lock().await.insert(uid.to_string(), local.clone());
-    let (agent, vmi, uid, watched) = (agent.clone(), vmi.clone(), uid.to_string(), local.clone());
+    // The task waits as long as the guest runs, one per guest: it keeps only what names the VMI (not a copy of
+    // it), and the report after the exit is boxed, so the waiting task is small (a copy of the VMI and room for
+    // the requests' futures were most of a simulated node's memory per VMI).
+    let api = api(agent, vmi);
+    let (agent, name, uid, watched) = (agent.clone(), vmi.name_any(), uid.to_string(), local.clone());
     tokio::spawn(async move {
         let local = watched;
         let exit = local.vm.wait_exit().await;
         if local.stopping.load(Ordering::SeqCst) {
             return;
         }
-        // The name may already belong to a newer VMI (a VM restarted it); only report on this one.
-        let Ok(Some(current)) = api(&agent, &vmi).get_opt(&vmi.name_any()).await else { return };
-        if current.uid().as_deref() != Some(uid.as_str()) {
-            return;
-        }
-        let st = status::finished(&current, exit.ok, &exit.message, &status::now());
-        if let Err(e) = patch_status(&agent, &current, st).await {
-            tracing::warn!("reporting guest exit: {e}");
-        }
-        event(&agent, &current, !exit.ok, if exit.ok { "Stopped" } else { "Failed" }, exit.message).await;
+        Box::pin(report_exit(&agent, &api, &name, &uid, exit)).await;
     });
     local
+}
+
+/// Reports a guest's own exit on its VMI `name` (if that is still the one with `uid`).
+async fn report_exit(agent: &Agent, api: &Api<VirtualMachineInstance>, name: &str, uid: &str, exit: Exit) {
+    // The name may already belong to a newer VMI (a VM restarted it); only report on this one.
+    let Ok(Some(current)) = api.get_opt(name).await else { return };
+    if current.uid().as_deref() != Some(uid) {
+        return;
+    }
+    let st = status::finished(&current, exit.ok, &exit.message, &status::now());
+    if let Err(e) = patch_status(agent, &current, st).await {
+        tracing::warn!("reporting guest exit: {e}");
+    }
+    event(agent, &current, !exit.ok, if exit.ok { "Stopped" } else { "Failed" }, exit.message).await;
 }
 
 async fn reattach(

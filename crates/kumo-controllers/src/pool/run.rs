@@ -125,7 +125,7 @@ async fn reconcile(pool: Arc<VirtualMachinePool>, ctx: Arc<Ctx>) -> Result<Actio
             Err(e) => return Err(e.into()),
         }
     }
-    crate::runtime::adopt_and_release(&vms_api, &super::owner_ref(&pool), &plan.adopt, &plan.release).await?;
+    crate::adopt::adopt_and_release(&vms_api, &super::owner_ref(&pool), &plan.adopt, &plan.release).await?;
     let mut failure: Option<(&str, String)> = None;
     for vm in &plan.create {
         match vms_api.create(&PostParams::default(), vm).await {

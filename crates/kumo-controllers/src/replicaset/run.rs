@@ -139,7 +139,7 @@ async fn reconcile(rs: Arc<VirtualMachineInstanceReplicaSet>, ctx: Arc<Ctx>) -> 
     }
     let mut plan = plan(&rs, vmis.iter().map(|v| &**v), &kumo_api::meta::now_rfc3339());
     let mut failure: Option<(&str, String)> = None;
-    crate::runtime::adopt_and_release(&api, &super::owner_ref(&rs), &plan.adopt, &plan.release).await?;
+    crate::adopt::adopt_and_release(&api, &super::owner_ref(&rs), &plan.adopt, &plan.release).await?;
     let pp = PostParams::default();
     let created = crate::runtime::slow_start(&plan.create, |vmi| api.create(&pp, vmi)).await;
     for made in created {
