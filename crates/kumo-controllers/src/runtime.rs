@@ -208,9 +208,9 @@ pub async fn run(
 const PLACED_BATCH: usize = 4096;
 
 /// Keeps `ctx.placed` current with each VMI change: the newest state in the cache, or gone. The changes that
-/// have arrived go in together: taking the lock once per change, in line behind every placement (each a few
-/// milliseconds among 10,000 nodes), it kept up with a few dozen changes a second, not hundreds,
-/// and bindings it had not taken in yet sent the scheduler to read their VMIs again and again.
+/// have arrived go in together: taking the lock once per change, in line behind every placement waiting for
+/// it (each about a millisecond among 10,000 nodes), it fell behind hundreds of changes a second, and bindings
+/// it had not taken in yet sent the scheduler to read their VMIs again and again.
 fn feed_placed(
     ctx: Arc<Ctx>,
     shared: &crate::shared::Shared<VirtualMachineInstance>,
