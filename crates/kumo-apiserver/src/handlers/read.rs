@@ -351,7 +351,9 @@ async fn scan(
                 start_after: start_after.clone(),
                 limit: page,
                 revision,
-                uncounted: false,
+                // Counting what follows each page of a list of every Event (several a VMI, not in the watch
+                // cache) made paging through them quadratic; remainingItemCount is optional.
+                uncounted: crate::objects::is_event_key(prefix),
             })
             .await
             .map_err(|e| match e {
@@ -376,7 +378,8 @@ async fn scan(
         }
         if limit > 0 && items.len() == limit && (r.more || more) {
             more = true;
-            remaining = if sel.is_empty() { r.remaining + (read as i64 - items.len() as i64).max(0) } else { 0 };
+            let counted = sel.is_empty() && !crate::objects::is_event_key(prefix);
+            remaining = if counted { r.remaining + (read as i64 - items.len() as i64).max(0) } else { 0 };
         }
         if !r.more || limit == 0 || more {
             read_rev = r.revision;

@@ -12,6 +12,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Whether the cache holds copies of the objects under `prefix` (a key, or a prefix of keys). Events are not
+/// held: there are several per VMI, hardly any client lists them, and their copies were about 4 KiB a VMI at
+/// 150,000 (kube-apiserver keeps no watch cache of Events at all). Lists of Events read the store; watches of
+/// them are served from the ring like any other.
+pub fn holds(prefix: &str) -> bool {
+    !crate::objects::is_event_key(prefix)
+}
+
 #[derive(Default)]
 pub(super) struct Current {
     objects: BTreeMap<String, Arc<CachedEvent>>,
@@ -20,10 +28,21 @@ pub(super) struct Current {
 impl Current {
     /// Takes in a change: the object's new state, or its removal.
     pub(super) fn apply(&mut self, ev: &Arc<CachedEvent>) {
+        if !holds(&ev.key) {
+            return;
+        }
         match ev.deleted {
             true => self.objects.remove(&ev.key),
             false => self.objects.insert(ev.key.clone(), ev.clone()),
         };
+    }
+
+    /// `old` leaves the ring: when it is still its object's newest change, the copy sheds the state it
+    /// replaced (kept only for watchers replayed from the ring), about the object's size again.
+    pub(super) fn settle(&mut self, old: &Arc<CachedEvent>) {
+        if let Some(copy) = self.objects.get_mut(&old.key).filter(|c| Arc::ptr_eq(c, old) && old.replaced()) {
+            *copy = old.settled();
+        }
     }
 
     pub(super) fn get(&self, key: &str) -> Option<&Arc<CachedEvent>> {

@@ -82,29 +82,28 @@ impl CachedEvent {
 
     /// An object as read from the store (when the cache starts): its bytes only, and its labels.
     pub(super) fn stored(kv: KeyValue) -> Arc<CachedEvent> {
-        #[derive(serde::Deserialize)]
-        struct Labelled {
-            #[serde(default)]
-            metadata: Meta,
-        }
-        #[derive(serde::Deserialize, Default)]
-        struct Meta {
-            #[serde(default)]
-            labels: Option<std::collections::BTreeMap<String, serde_json::Value>>,
-        }
-        // Most of each object is skipped, not decoded.
-        let labels = serde_json::from_slice::<Labelled>(&kv.value).ok().and_then(|o| o.metadata.labels);
-        let labels = labels.into_iter().flatten().filter_map(|(k, v)| Some((k, v.as_str()?.to_string())));
-        Arc::new(CachedEvent {
-            labels: labels.collect(),
-            revision: kv.mod_revision,
+        let labels = labels_in(&kv.value);
+        Arc::new(CachedEvent::cold(kv.key.clone(), Stored::of(kv), labels))
+    }
+
+    /// This change as the copy of its object once it has left the ring: the object's bytes and labels only.
+    pub(super) fn settled(&self) -> Arc<CachedEvent> {
+        let labels = labels_in(&self.object.json);
+        Arc::new(CachedEvent::cold(self.key.clone(), self.object.clone(), labels))
+    }
+
+    fn cold(key: String, object: Stored, labels: Box<[(String, String)]>) -> CachedEvent {
+        let revision = object.revision;
+        CachedEvent {
+            labels,
+            revision,
             deleted: false,
-            key: kv.key.clone(),
-            object: Stored::of(kv),
+            key,
+            object,
             prev: None,
             hot: Mutex::new(None),
             encoded: Mutex::default(),
-        })
+        }
     }
 
     /// The new object (for a deletion: the last state), resourceVersion stamped with `revision`.
@@ -155,6 +154,22 @@ impl CachedEvent {
         self.hot.lock().expect("lock").take();
         *self.encoded.lock().expect("lock") = Vec::new();
     }
+}
+
+/// The labels of a stored object, read without decoding the rest of it.
+fn labels_in(json: &[u8]) -> Box<[(String, String)]> {
+    #[derive(serde::Deserialize)]
+    struct Labelled {
+        #[serde(default)]
+        metadata: Meta,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Meta {
+        #[serde(default)]
+        labels: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    }
+    let labels = serde_json::from_slice::<Labelled>(json).ok().and_then(|o| o.metadata.labels);
+    labels.into_iter().flatten().filter_map(|(k, v)| Some((k, v.as_str()?.to_string()))).collect()
 }
 
 fn labels_of(obj: &Value) -> impl Iterator<Item = (String, String)> + '_ {

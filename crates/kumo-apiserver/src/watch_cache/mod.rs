@@ -108,6 +108,9 @@ impl Ring {
                 }
             }
         }
+        if let Some(known) = self.known.as_mut() {
+            known.current.settle(&old);
+        }
         Some(old)
     }
 
@@ -161,6 +164,11 @@ impl Known {
             let page = store.range(req).await?;
             let more = page.more;
             for kv in page.kvs {
+                if !current::holds(&kv.key) {
+                    // The next read starts past the Events (together in key order) rather than reading them all.
+                    start_after = Some(format!("{}\u{7f}", crate::objects::EVENTS_PREFIX));
+                    continue;
+                }
                 if kv.key.starts_with(NAMESPACES) {
                     if let Ok(ns) = decode(&kv) {
                         let (name, terminating) = namespace_entry(&kv.key, &ns);
@@ -179,6 +187,9 @@ impl Known {
     }
 
     fn apply(&mut self, ev: &Arc<CachedEvent>) {
+        if !current::holds(&ev.key) {
+            return;
+        }
         self.current.apply(ev);
         let object = ev.object();
         self.index.update(&ev.key, (!ev.deleted).then_some(&*object));
@@ -340,8 +351,12 @@ impl WatchCache {
         Some(Listing { prefix: prefix.to_string(), revision: r.last, items })
     }
 
-    /// Every object under `prefix`, in key order, as of the cache's revision.
+    /// Every object under `prefix`, in key order, as of the cache's revision (None: the cache holds no copies
+    /// of them, see [`current::holds`]).
     pub fn listing(&self, prefix: &str) -> Option<Listing> {
+        if !current::holds(prefix) {
+            return None;
+        }
         let r = self.ring.read().expect("lock");
         let items = r.known.as_ref()?.current.under(prefix).into();
         Some(Listing { prefix: prefix.to_string(), revision: r.last, items })
@@ -597,6 +612,48 @@ mod tests {
         let by_resource: usize = r.by_resource.values().map(VecDeque::len).sum();
         assert_eq!((r.events.len(), by_resource), (1, 1), "every resource forgets what the ring forgets");
         assert!(!r.by_resource.contains_key(leases));
+    }
+
+    #[tokio::test]
+    async fn events_are_watched_but_not_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(kumo_store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        // Read when the cache starts: objects on both sides of the Events in key order.
+        for key in ["configmaps/default/a", "events/default/e1", "events/default/e2", "namespaces/zz"] {
+            store.create(&format!("/registry/core/{key}"), b"{}".to_vec()).await.unwrap();
+        }
+        let cache = WatchCache::start(store.clone(), 3).await.unwrap();
+        let mut w = cache.watch("/registry/core/events/", cache.revision()).await.unwrap();
+        let e3 = store.create("/registry/core/events/default/e3", b"{}".to_vec()).await.unwrap();
+        assert_eq!(next(&mut w).await.unwrap().key, e3.key, "Events are watched as any other kind");
+        caught_up(&cache, e3.mod_revision).await;
+        assert!(cache.listing("/registry/core/events/").is_none(), "lists of Events read the store");
+        assert!(cache.newest(&e3.key).is_none());
+        let keys: Vec<String> = cache.listing("/registry/").unwrap().items.iter().map(|e| e.key.clone()).collect();
+        assert_eq!(keys, ["/registry/core/configmaps/default/a", "/registry/core/namespaces/zz"]);
+    }
+
+    #[tokio::test]
+    async fn a_copy_sheds_the_state_it_replaced_once_its_change_leaves_the_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(kumo_store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let cache = WatchCache::start_keeping(store.clone(), 2, Duration::ZERO).await.unwrap();
+        let labelled = |v: &str| serde_json::to_vec(&serde_json::json!({"metadata": {"labels": {"x": v}}})).unwrap();
+        let key = "/registry/core/configmaps/default/a";
+        let a = store.create(key, labelled("1")).await.unwrap();
+        let a = store.update(key, labelled("2"), a.mod_revision).await.unwrap();
+        caught_up(&cache, a.mod_revision).await;
+        let hot = cache.newest(key).unwrap();
+        assert!(hot.replaced() && hot.has_label("x", "1"), "in the ring, the change tells what it replaced");
+        let mut last = 0;
+        for k in ["b", "c"] {
+            let kv = store.create(&format!("/registry/core/configmaps/default/{k}"), b"{}".to_vec()).await.unwrap();
+            last = kv.mod_revision;
+        }
+        caught_up(&cache, last).await;
+        let copy = cache.newest(key).unwrap();
+        assert!(!copy.replaced() && !copy.has_label("x", "1") && copy.has_label("x", "2"), "{:?}", copy.labels());
+        assert_eq!((copy.revision, copy.object()), (a.mod_revision, hot.object()));
     }
 
     async fn caught_up(cache: &WatchCache, rev: i64) {
