@@ -47,6 +47,12 @@ async fn events_are_stored_apart_and_expire_after_the_ttl_even_across_a_killed_s
          action: Testing\nreason: Testing\nregarding: {kind: ConfigMap, name: keep, namespace: default}\ntype: Normal\n",
     )?;
     assert_eq!(event_names(&s), "first second");
+    // Not in the watch cache, lists of Events read their store, a page at a time as any list.
+    let paged = s.kubectl_ok(&["get", "events", "-A", "--chunk-size=1", "-o", "jsonpath={.items[*].metadata.name}"])?;
+    assert_eq!(paged, "first second", "kubectl following continue tokens");
+    let page: serde_json::Value = serde_json::from_str(&s.kubectl_ok(&["get", "--raw", "/api/v1/events?limit=1"])?)?;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    assert!(page["metadata"]["continue"].as_str().is_some_and(|c| !c.is_empty()), "{page}");
 
     // Killed while they are live: the events are in their own file, none in the main one.
     s.kill();
