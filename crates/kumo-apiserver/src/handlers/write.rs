@@ -124,9 +124,19 @@ pub async fn patch(api: &ApiServer, def: &ResourceDef, call: &Call) -> Result<Re
     // Retry on a concurrent write, as Kubernetes does for patches without a resourceVersion precondition.
     for attempt in 0..PATCH_ATTEMPTS {
         let current = api.objects.try_get(def, call.namespace(), call.name()).await?;
-        match p.attempt(api, current, &mut opts, attempt + 1 < PATCH_ATTEMPTS).await? {
-            Attempt::Done(resp, _) => return Ok(resp),
-            Attempt::Conflict => continue,
+        match p.attempt(api, current, &mut opts, attempt + 1 < PATCH_ATTEMPTS).await {
+            Ok(Attempt::Done(resp, _)) => return Ok(resp),
+            Ok(Attempt::Conflict) => continue,
+            Err(e) => {
+                // Who meets conflicts (a client planning from a stale cache, or two writers racing): at scale
+                // they cost a write and a read each.
+                if e.code == 409 {
+                    let (user, manager) = (call.user.name(), call.manager());
+                    let (resource, sub) = (&call.path.resource, call.path.subresource.as_deref().unwrap_or(""));
+                    tracing::debug!(%user, %manager, %resource, sub, name = call.name(), "patch refused: {}", e.message);
+                }
+                return Err(e);
+            }
         }
     }
     Err(ApiError::stale(&def.group, &def.plural, call.name()))
