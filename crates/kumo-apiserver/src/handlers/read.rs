@@ -264,12 +264,10 @@ impl Cached<'_> {
     /// Whether the cache may answer now: it has caught up with the store (so the list is as consistent as a
     /// read of the store), or `any` recent revision will do.
     async fn current(&self, any: bool) -> Result<bool, ApiError> {
-        if any {
-            return Ok(true);
+        match any {
+            true => Ok(true),
+            false => cache_reached(self.api, self.def, self.prefix, None).await,
         }
-        let store = self.api.objects.store_for(self.prefix);
-        let current = store.current_revision().await.map_err(|e| store_error(self.def, "", e))?;
-        Ok(self.api.cache_for(self.prefix).wait_for(current, Duration::from_secs(3)).await)
     }
 
     /// A list selecting on a label the cache indexes: only the objects that carry it are looked at (None: not
@@ -325,6 +323,21 @@ impl Cached<'_> {
     }
 }
 
+/// Whether the watch cache of `prefix` has reached revision `rev` (None: the store's current one, so that what
+/// it answers is as consistent as a read of the store), waiting up to 3 s.
+pub(super) async fn cache_reached(
+    api: &ApiServer,
+    def: &ResourceDef,
+    prefix: &str,
+    rev: Option<i64>,
+) -> Result<bool, ApiError> {
+    let rev = match rev {
+        Some(rev) => rev,
+        None => api.objects.store_for(prefix).current_revision().await.map_err(|e| store_error(def, "", e))?,
+    };
+    Ok(api.cache_for(prefix).wait_for(rev, Duration::from_secs(3)).await)
+}
+
 /// A list read from the store: in pages until `limit` selected items are found.
 #[allow(clippy::too_many_arguments)]
 async fn scan(
@@ -339,6 +352,9 @@ async fn scan(
     mut items: Items,
 ) -> Result<Page, ApiError> {
     let (mut more, mut remaining, mut last_key) = (false, 0i64, None::<String>);
+    // Counting what follows each page of a list of every Event (several a VMI, not in the watch cache) made
+    // paging through them quadratic; remainingItemCount is optional.
+    let counted = !crate::objects::is_event_key(prefix);
     let read_rev;
     loop {
         // With a selector, read in pages until `limit` matching items are found.
@@ -351,9 +367,7 @@ async fn scan(
                 start_after: start_after.clone(),
                 limit: page,
                 revision,
-                // Counting what follows each page of a list of every Event (several a VMI, not in the watch
-                // cache) made paging through them quadratic; remainingItemCount is optional.
-                uncounted: crate::objects::is_event_key(prefix),
+                uncounted: !counted,
             })
             .await
             .map_err(|e| match e {
@@ -378,8 +392,8 @@ async fn scan(
         }
         if limit > 0 && items.len() == limit && (r.more || more) {
             more = true;
-            let counted = sel.is_empty() && !crate::objects::is_event_key(prefix);
-            remaining = if counted { r.remaining + (read as i64 - items.len() as i64).max(0) } else { 0 };
+            remaining =
+                if counted && sel.is_empty() { r.remaining + (read as i64 - items.len() as i64).max(0) } else { 0 };
         }
         if !r.more || limit == 0 || more {
             read_rev = r.revision;

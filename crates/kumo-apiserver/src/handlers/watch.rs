@@ -1,9 +1,9 @@
 //! watch: initial events, resume from a resourceVersion, selector transitions, bookmarks, timeouts, and
 //! `410 Gone` as an ERROR event once history is compacted.
 
-use super::read::Selectors;
+use super::read::{cache_reached, Selectors};
 use super::Call;
-use crate::objects::{parse_rv, present, store_error};
+use crate::objects::{decode, parse_rv, present, store_error};
 use crate::response::Resp;
 use crate::state::ApiServer;
 use crate::watch_cache::CachedEvent;
@@ -116,7 +116,7 @@ pub async fn watch(api: Arc<ApiServer>, def: Arc<ResourceDef>, call: &Call) -> R
 
     let initial_list = send_initial || rv.is_none() || rv == Some("0");
     let (initial, start) = match initial_list {
-        true => initial_events(&api, &def, call.namespace(), &sel, rv).await?,
+        true => initial_events(&api, &def, call.namespace(), rv).await?,
         false => (Initial::Stored(vec![]), parse_rv(rv.unwrap_or("0"))?),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
@@ -147,9 +147,17 @@ pub async fn watch(api: Arc<ApiServer>, def: Arc<ResourceDef>, call: &Call) -> R
                     }
                 }
             }
-            Initial::Stored(objs) => {
-                for obj in objs {
-                    if tx.send(enc.event("ADDED", &obj)).await.is_err() {
+            Initial::Stored(kvs) => {
+                for kv in &kvs {
+                    let obj = match decode(kv) {
+                        Ok(obj) => present(&enc.def, obj),
+                        // A damaged object ends the watch with its error, as a list of it fails.
+                        Err(e) => {
+                            let _ = tx.send(line(json!({"type": "ERROR", "object": e.to_status()}))).await;
+                            return;
+                        }
+                    };
+                    if sel.matches(&obj) && tx.send(enc.event("ADDED", &obj)).await.is_err() {
                         return;
                     }
                 }
@@ -210,8 +218,9 @@ enum Initial {
     /// decoded at once for each watch without a resourceVersion, three such watches of 150,000 VMIs took the
     /// API server past 20 GiB.
     Cached(crate::watch_cache::Listing),
-    /// Read from the store (kinds the cache holds no copies of), selected and ready to send.
-    Stored(Vec<Value>),
+    /// Read from the store (kinds the cache holds no copies of, or a cache behind), as stored: decoded one by
+    /// one as well.
+    Stored(Vec<kumo_store::KeyValue>),
 }
 
 /// The initial events of a watch, and the revision it goes on from: from the watch cache once it is as recent
@@ -221,26 +230,21 @@ async fn initial_events(
     api: &ApiServer,
     def: &ResourceDef,
     ns: Option<&str>,
-    sel: &Selectors,
     rv: Option<&str>,
 ) -> Result<(Initial, i64), ApiError> {
-    let prefix = &def.list_prefix(ns);
-    let cache = api.cache_for(prefix);
-    let wanted = match rv {
-        None => Some(api.objects.store_for(prefix).current_revision().await.map_err(|e| store_error(def, "", e))?),
-        Some("0") => None,
-        Some(rv) => Some(parse_rv(rv)?),
+    let prefix = def.list_prefix(ns);
+    let fresh = match rv {
+        Some("0") => true,
+        None => cache_reached(api, def, &prefix, None).await?,
+        Some(rv) => cache_reached(api, def, &prefix, Some(parse_rv(rv)?)).await?,
     };
-    let fresh = match wanted {
-        Some(rev) => cache.wait_for(rev, Duration::from_secs(3)).await,
-        None => true,
-    };
-    if let Some(listing) = cache.listing(prefix).filter(|_| fresh) {
+    if let Some(listing) = api.cache_for(&prefix).listing(&prefix).filter(|_| fresh) {
         let rev = listing.revision;
         return Ok((Initial::Cached(listing), rev));
     }
-    let (objs, rev) = api.objects.list_all(def, ns).await?;
-    Ok((Initial::Stored(objs.into_iter().map(|o| present(def, o)).filter(|o| sel.matches(o)).collect()), rev))
+    let read = api.objects.store_for(&prefix).range(kumo_store::RangeRequest { prefix, ..Default::default() });
+    let r = read.await.map_err(|e| store_error(def, "", e))?;
+    Ok((Initial::Stored(r.kvs), r.revision))
 }
 
 /// The event a watcher with `sel` sees for `ev`: objects entering the selection are ADDED, leaving it DELETED.

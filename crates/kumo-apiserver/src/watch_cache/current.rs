@@ -28,9 +28,6 @@ pub(super) struct Current {
 impl Current {
     /// Takes in a change: the object's new state, or its removal.
     pub(super) fn apply(&mut self, ev: &Arc<CachedEvent>) {
-        if !holds(&ev.key) {
-            return;
-        }
         match ev.deleted {
             true => self.objects.remove(&ev.key),
             false => self.objects.insert(ev.key.clone(), ev.clone()),
