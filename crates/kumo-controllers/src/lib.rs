@@ -25,6 +25,7 @@ pub mod sched;
 pub mod shared;
 pub mod snapshot;
 pub mod swept;
+pub mod tasks;
 pub mod throttle;
 pub mod vm;
 pub mod vmi;
@@ -39,23 +40,22 @@ pub struct Config {
     pub scheduler: sched::Config,
 }
 
-/// Runs every controller until the process ends.
+/// Runs every controller until the process ends, each as a task of its own (see [`tasks`]).
 pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
     // Every VMI once, for the scheduler and all that own or follow VMIs.
     let (vmis, feed) = shared::Shared::new(kube::Api::all(client.clone()));
-    let (workloads, (), lifecycle, (), (), (), (), (), (), (), (), ()) = tokio::join!(
-        runtime::run(client.clone(), cfg.scheduler, &vmis),
-        nodeipam::run(client.clone(), cfg.pod_network),
-        nodelifecycle::run(client.clone(), cfg.lifecycle, &vmis),
-        protection::run(client.clone(), &vmis),
-        binder::run(client.clone(), &vmis),
-        provisioner::run(client.clone()),
-        datavolume::run(client.clone()),
-        resizer::run(client.clone()),
-        replicaset::run(client.clone(), &vmis),
-        pool::run(client.clone(), &vmis),
-        snapshot::run(client),
-        feed
-    );
-    workloads.and(lifecycle)
+    let mut tasks = tasks::Tasks::default();
+    tasks.spawn(runtime::run(client.clone(), cfg.scheduler, vmis.clone()));
+    tasks.spawn_unit(nodeipam::run(client.clone(), cfg.pod_network));
+    tasks.spawn(nodelifecycle::run(client.clone(), cfg.lifecycle, vmis.clone()));
+    tasks.spawn_unit(protection::run(client.clone(), vmis.clone()));
+    tasks.spawn_unit(binder::run(client.clone(), vmis.clone()));
+    tasks.spawn_unit(provisioner::run(client.clone()));
+    tasks.spawn_unit(datavolume::run(client.clone()));
+    tasks.spawn_unit(resizer::run(client.clone()));
+    tasks.spawn_unit(replicaset::run(client.clone(), vmis.clone()));
+    tasks.spawn_unit(pool::run(client.clone(), vmis.clone()));
+    tasks.spawn_unit(snapshot::run(client));
+    tasks.spawn_unit(feed);
+    tasks.join().await
 }

@@ -139,7 +139,7 @@ fn ready_status(node: &Node) -> Option<&str> {
 pub async fn run(
     client: Client,
     cfg: Config,
-    vmis: &crate::shared::Shared<VirtualMachineInstance>,
+    vmis: crate::shared::Shared<VirtualMachineInstance>,
 ) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     // A watch that failed (the API or its store down) is a gap in observation: a Lease not seen to change

@@ -84,7 +84,7 @@ fn retry<K>(_obj: Arc<K>, err: &Error, _client: Arc<Client>) -> Action {
 }
 
 /// Runs both controllers until the process ends.
-pub async fn run(client: Client, vmis: &crate::shared::Shared<VirtualMachineInstance>) {
+pub async fn run(client: Client, vmis: crate::shared::Shared<VirtualMachineInstance>) {
     let ctx = Arc::new(client.clone());
     // A VMI that ends or goes away may free the claims it used.
     let claims =

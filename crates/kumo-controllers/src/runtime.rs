@@ -106,7 +106,7 @@ const CONFLICT_RETRIES: usize = 5;
 pub async fn run(
     client: Client,
     sched: sched::Config,
-    shared: &crate::shared::Shared<VirtualMachineInstance>,
+    shared: crate::shared::Shared<VirtualMachineInstance>,
 ) -> anyhow::Result<()> {
     let reporter = Reporter { controller: "kumo-controllers".into(), instance: std::env::var("HOSTNAME").ok() };
     let vms = Api::<VirtualMachine>::all(client.clone());
@@ -154,7 +154,7 @@ pub async fn run(
         made: std::sync::Mutex::new(crate::swept::Swept::new(1024)),
         written: Default::default(),
     });
-    let placed_feed = feed_placed(ctx.clone(), shared);
+    let placed_feed = feed_placed(ctx.clone(), &shared);
     let vm_controller = slim_controller(vms, watcher::Config::default())
         .with_config(concurrency(CONCURRENCY))
         .owns_shared_stream(shared.changes())
@@ -200,8 +200,14 @@ pub async fn run(
             })
             .await
     };
-    let (_, _, _, (), ()) = tokio::join!(vm_controller, vmi_controller, lifecycle_controller, synced, placed_feed);
-    Ok(())
+    // Each its own task: the scheduler's placements must not hold up the lifecycle of VMIs already placed.
+    let mut tasks = crate::tasks::Tasks::default();
+    tasks.spawn_unit(vm_controller);
+    tasks.spawn_unit(vmi_controller);
+    tasks.spawn_unit(lifecycle_controller);
+    tasks.spawn_unit(synced);
+    tasks.spawn_unit(placed_feed);
+    tasks.join().await
 }
 
 /// Changes taken into `ctx.placed` under one hold of its lock.

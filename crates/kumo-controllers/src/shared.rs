@@ -196,9 +196,14 @@ where
     }
 
     /// The changes from now on, and when this subscriber fell behind and missed some (deletions among them),
-    /// for a subscriber that keeps its own view of the objects.
+    /// for a subscriber that keeps its own view of the objects. A subscriber that comes after the first list
+    /// (its controller's task started after the feed's) starts by reading the store, as it would have at the
+    /// end of that list.
     pub fn updates(&self) -> impl Stream<Item = Update<K>> + Send + 'static {
-        stream::unfold(self.tx.subscribe(), |mut rx| async move {
+        let rx = self.tx.subscribe();
+        let listed = *self.synced.borrow();
+        let first = stream::iter(listed.then_some(Update::Relist));
+        first.chain(stream::unfold(rx, |mut rx| async move {
             match rx.recv().await {
                 Ok(u) => Some((u, rx)),
                 Err(RecvError::Lagged(missed)) => {
@@ -207,7 +212,7 @@ where
                 }
                 Err(RecvError::Closed) => None,
             }
-        })
+        }))
     }
 }
 
@@ -402,5 +407,23 @@ mod tests {
         o.file(ObjectRef::from_obj(&b), None);
         assert_eq!(filed(&o), (0, 0));
         assert!(o.by_owner.is_empty() && o.orphans.is_empty() && o.filed.is_empty(), "nothing left behind");
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_after_the_first_list_starts_by_reading_the_store() {
+        let (store, _writer) = reflector::store();
+        let (tx, _) = broadcast::channel(4);
+        let (synced_tx, synced) = tokio::sync::watch::channel(false);
+        let shared = Shared::<VirtualMachineInstance> { store, tx: tx.clone(), owners: Default::default(), synced };
+        let early = shared.updates();
+        synced_tx.send_replace(true);
+        let late = shared.updates();
+        let _ = tx.send(Update::Changed(Arc::new(vmi("a", None))));
+        drop((tx, shared));
+        let kinds = |u: Vec<Update<VirtualMachineInstance>>| -> Vec<bool> {
+            u.iter().map(|u| matches!(u, Update::Relist)).collect()
+        };
+        assert_eq!(kinds(early.collect().await), [false], "before the list: its changes only (the feed relists)");
+        assert_eq!(kinds(late.collect().await), [true, false], "after it: the store, then the changes");
     }
 }

@@ -31,7 +31,7 @@ struct Error(#[from] kube::Error);
 const RESYNC: Duration = Duration::from_secs(15);
 
 /// Runs the claim and volume loops until the process ends.
-pub async fn run(client: Client, vmis: &crate::shared::Shared<VirtualMachineInstance>) {
+pub async fn run(client: Client, vmis: crate::shared::Shared<VirtualMachineInstance>) {
     let reporter = Reporter { controller: "persistentvolume-controller".into(), instance: None };
     let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone() });
     let claims =

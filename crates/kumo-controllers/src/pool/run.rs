@@ -30,7 +30,7 @@ struct Ctx {
 pub struct Error(#[from] kube::Error);
 
 /// Runs the controller until the process ends.
-pub async fn run(client: Client, vmis: &crate::shared::Shared<VirtualMachineInstance>) {
+pub async fn run(client: Client, vmis: crate::shared::Shared<VirtualMachineInstance>) {
     let reporter = Reporter { controller: "virtualmachinepool-controller".into(), instance: None };
     let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client: client.clone() });
     // A pool's guests that finish shutting down make room for a surge: their VMIs carry the pool's label.

@@ -99,7 +99,7 @@ pub(crate) fn set_failure(
 }
 
 /// Runs the controller until the process ends.
-pub async fn run(client: Client, shared: &crate::shared::Shared<VirtualMachineInstance>) {
+pub async fn run(client: Client, shared: crate::shared::Shared<VirtualMachineInstance>) {
     let reporter = Reporter { controller: "virtualmachineinstancereplicaset-controller".into(), instance: None };
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), reporter),
