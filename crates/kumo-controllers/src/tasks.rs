@@ -49,6 +49,14 @@ mod tests {
     async fn tasks_run_apart_and_end_together() {
         // One task spinning on its thread must not stop another from finishing.
         let stop = Arc::new(AtomicBool::new(false));
+        // Ends the spinner however the test ends (an abort cannot stop a loop without an await in it).
+        struct Stop(Arc<AtomicBool>);
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(stop.clone());
         let mut tasks = Tasks::default();
         let spin = stop.clone();
         tasks.spawn_unit(async move {
