@@ -214,10 +214,12 @@ pub async fn heartbeat(
     let mut last_ok = tokio::time::Instant::now();
     let mut status_due = false;
     let mut next_check = tokio::time::Instant::now() + STATUS_CHECK;
+    let mut failures = 0u32;
     loop {
         let sent = crate::fence::boottime_ms();
         match lease.renew().await {
             Ok(()) => {
+                failures = 0;
                 if let Some(f) = &fence {
                     f.renewed(sent);
                 }
@@ -227,6 +229,7 @@ pub async fn heartbeat(
             }
             Err(e) => {
                 tracing::warn!("renewing node lease: {e:#}");
+                failures += 1;
                 status_due = true;
                 if let Some(f) = &fence {
                     f.renewal_failed(sent).await;
@@ -247,8 +250,21 @@ pub async fn heartbeat(
                 Err(e) => tracing::warn!("node status: {e:#}"),
             }
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(next_renewal(every, failures, rand::random::<f64>())).await;
     }
+}
+
+/// When to renew next: after `every`, or sooner after `failures` failed renewals in a row — 200 ms, doubling,
+/// at most half of `every` — so a node whose renewals failed while the API server restarted (or refused them
+/// while it relisted) renews within half an interval of its return, well inside the grace period, not a whole
+/// interval later and then another. `jitter` (0..1) spreads a fleet's retries by up to a fifth.
+fn next_renewal(every: Duration, failures: u32, jitter: f64) -> Duration {
+    if failures == 0 {
+        return every;
+    }
+    let cap = every / 2;
+    let base = (Duration::from_millis(200) * 2u32.saturating_pow(failures - 1)).min(cap);
+    base.mul_f64(1.0 + jitter.clamp(0.0, 1.0) / 5.0).min(cap)
 }
 
 /// How often the agent reads its Node to check that it still shows Ready (its status is not rewritten else).
@@ -317,6 +333,18 @@ impl LeaseRenewer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_renewals_retry_sooner_backing_off_to_half_the_interval() {
+        let every = Duration::from_secs(10);
+        assert_eq!(next_renewal(every, 0, 0.0), every);
+        assert_eq!(next_renewal(every, 0, 1.0), every, "never later than the interval");
+        assert_eq!(next_renewal(every, 1, 0.0), Duration::from_millis(200));
+        assert_eq!(next_renewal(every, 1, 1.0), Duration::from_millis(240));
+        assert_eq!(next_renewal(every, 4, 0.0), Duration::from_millis(1600));
+        assert_eq!(next_renewal(every, 6, 0.0), every / 2);
+        assert_eq!(next_renewal(every, 40, 0.5), every / 2, "a long outage: half an interval, no more");
+    }
 
     #[test]
     fn node_reports_accelerator_and_capacity() {
