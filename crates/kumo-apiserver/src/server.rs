@@ -143,7 +143,10 @@ pub async fn run(config: Config, store: Arc<dyn Store>, events: Option<Arc<dyn S
                     .and_then(|c| auth::user_from_cert(c));
                 let svc = hyper::service::service_fn(move |req| {
                     let (api, user) = (api.clone(), cert_user.clone());
-                    async move { Ok::<_, std::convert::Infallible>(handlers::dispatch(api, req, user).await) }
+                    // Boxed: hyper keeps a request's future inside its stream's task until the response body
+                    // ends, so unboxed every open watch held the whole dispatch future (~7 KiB) for its life.
+                    let fut = Box::pin(handlers::dispatch(api, req, user));
+                    async move { Ok::<_, std::convert::Infallible>(fut.await) }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
