@@ -2,11 +2,12 @@
 //! `kumo agent --simulate`, VMs through VirtualMachines and VirtualMachineInstanceReplicaSets) and at every
 //! step records API latency per verb class, VMI create → Running (simulated boot excluded), the server's CPU,
 //! memory and store size, and its restart time (after SIGTERM, and after SIGKILL); then, optionally, the same
-//! cluster under an event flood.
+//! cluster under an event flood. After the last node step it measures what an agent's watch costs the server.
 //! Writes JSON, and a PNG plot through `bench/plot_cluster.py`.
 
 mod api;
 mod fleet;
+mod watch_cost;
 
 use crate::procs::{self, Kumo, Stop};
 use anyhow::{bail, Context, Result};
@@ -95,6 +96,7 @@ struct Run {
     vms: usize,
     replica_sets: usize,
     steps: Vec<Value>,
+    agent_watches: Option<Value>,
     etcd: Vec<procs::Etcd>,
     started: Instant,
 }
@@ -135,6 +137,7 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
         vms: 0,
         replica_sets: 0,
         steps: vec![],
+        agent_watches: None,
         etcd,
         started,
     };
@@ -154,6 +157,7 @@ impl Run {
             self.grow_nodes(n).await?;
             self.step().await?;
         }
+        self.agent_watches().await?;
         for v in self.args.vms.clone() {
             self.grow_vms(v).await?;
             self.step().await?;
@@ -291,6 +295,16 @@ impl Run {
         self.save().map(drop)
     }
 
+    /// What an agent's watch costs the API server, at the full node count (before VMs: no node has any yet).
+    async fn agent_watches(&mut self) -> Result<()> {
+        // The server holds a connection per simulated node already; the watches on connections of their own
+        // stay within its open-files limit (the benchmark's, which it inherits).
+        let own_limit = procs::open_files_limit()?.saturating_sub(self.nodes as u64 + 4096) as usize;
+        let pid = self.kumo.proc.pid();
+        self.agent_watches = Some(watch_cost::measure(&self.kumo.endpoint, pid, self.nodes, own_limit).await?);
+        self.save().map(drop)
+    }
+
     /// CPU seconds the etcd members have used (0 on the embedded store).
     fn etcd_cpu(&self) -> Result<f64> {
         self.etcd.iter().map(|m| procs::cpu_secs(m.proc.pid())).sum()
@@ -365,6 +379,7 @@ impl Run {
             "steps": measured,
             "flood": self.steps.iter().find_map(|s| s.get("flood")),
             "largest_step_within_slo": largest,
+            "agent_watches": self.agent_watches,
             "total_secs": took.as_secs(),
         })
     }
@@ -403,6 +418,17 @@ fn markdown(out: &Value) -> String {
             e["cpu_cores"],
             mib("rss_bytes"),
             mib("data_bytes")
+        );
+    }
+    if let Some(w) = out.get("agent_watches").filter(|w| !w.is_null()) {
+        let kib = |k: &str| w[k]["bytes_per_watch"].as_f64().unwrap_or(0.0) / 1024.0;
+        s += &format!(
+            "\nAPI server memory per agent watch: {:.1} KiB sharing connections ({} watches), {:.1} KiB on a connection of its own ({}); drift without watches {:.1} MiB\n",
+            kib("shared_connections"),
+            w["shared_connections"]["watches"],
+            kib("own_connection"),
+            w["own_connection"]["watches"],
+            w["drift_without_watches_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
         );
     }
     if let Some(f) = out.get("flood").filter(|f| !f.is_null()) {
