@@ -51,21 +51,36 @@ impl Endpoint {
     }
 
     async fn connect_inner(&self) -> Result<Conn> {
-        let tcp = TcpStream::connect(self.addr).await.with_context(|| format!("connecting to {}", self.addr))?;
-        tcp.set_nodelay(true)?;
         let sender = match &self.tls {
-            Some(cfg) => {
-                let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
-                let tls = tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, tcp).await?;
-                handshake(tls).await?
-            }
-            None => handshake(tcp).await?,
+            Some(cfg) => handshake(self.tls_stream(cfg.clone()).await?).await?,
+            None => handshake(self.tcp().await?).await?,
         };
         let auth = match &self.bearer {
             Some(t) => Some(HeaderValue::from_str(&format!("Bearer {t}"))?),
             None => None,
         };
         Ok(Conn { sender, host: HeaderValue::from_str(&self.addr.to_string())?, auth })
+    }
+}
+
+impl Endpoint {
+    async fn tcp(&self) -> Result<TcpStream> {
+        let tcp = TcpStream::connect(self.addr).await.with_context(|| format!("connecting to {}", self.addr))?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    }
+
+    /// A TLS connection to the server offering `alpn` (HTTP/2 for clients that multiplex, as agents do).
+    pub async fn tls_with_alpn(&self, alpn: &[u8]) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let mut cfg = (**self.tls.as_ref().context("the server speaks TLS")?).clone();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        self.tls_stream(Arc::new(cfg)).await
+    }
+
+    async fn tls_stream(&self, cfg: Arc<rustls::ClientConfig>) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = self.tcp().await?;
+        let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
+        Ok(tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?)
     }
 }
 
