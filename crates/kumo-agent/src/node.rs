@@ -244,7 +244,9 @@ pub async fn heartbeat(
                 Err(_) => false,
             };
         }
-        if status_due {
+        // Only once renewals go through again: failed renewals are retried within a second or so, and a status
+        // write beside each would double what a node asks of a struggling server.
+        if status_due && failures == 0 {
             match report_status(&nodes, &h, reserved, &ready_since).await {
                 Ok(()) => status_due = false,
                 Err(e) => tracing::warn!("node status: {e:#}"),
